@@ -1,0 +1,147 @@
+//! The one error type of walship.
+//!
+//! Every variant says what happened and, where the user can act, what to do.
+//! Errors carry context (the seq, the target, the path) rather than a bare
+//! source, so a line in a log or an HTTP answer is enough to act on.
+
+use std::path::PathBuf;
+
+/// Result with walship's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in walship.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A stored log entry failed its crc or could not be decoded.
+    #[error(
+        "log entry seq {seq} is corrupt: {reason}. Shipping stops before it; \
+         no wrong bytes are shipped. Restore data_dir from a backup, or resync the targets"
+    )]
+    Corrupt {
+        /// The sequence number of the bad entry.
+        seq: u64,
+        /// What was wrong with its bytes.
+        reason: String,
+    },
+
+    /// The log storage (sled) failed.
+    #[error("log storage failed while {op} in {path}: {source}. Check the disk, free space and permissions of data_dir")]
+    Storage {
+        /// What the log was doing.
+        op: &'static str,
+        /// The data directory.
+        path: PathBuf,
+        /// The storage engine's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// The log stopped accepting writes after a failed durable flush.
+    #[error(
+        "the log stopped taking writes after a durable flush failed ({0}); \
+         writes not acknowledged may be lost. Check the disk, then restart walship"
+    )]
+    LogPoisoned(String),
+
+    /// An operating-system I/O error with what we were doing.
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing, e.g. "reading config walship.toml".
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A key that breaks the key rules of SPEC.md.
+    #[error("invalid key {key:?}: {reason}")]
+    InvalidKey {
+        /// The key as given (possibly shortened).
+        key: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+
+    /// A value larger than `max_object_bytes`.
+    #[error("the value is {size} bytes, over max_object_bytes ({max}); raise max_object_bytes in the config or store a smaller object")]
+    TooLarge {
+        /// Size of the value.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+
+    /// A config file that cannot be used; one line per problem.
+    #[error("invalid config:\n{}", .problems.join("\n"))]
+    Config {
+        /// Each problem, naming its field.
+        problems: Vec<String>,
+    },
+
+    /// A target's object store failed.
+    #[error("target {target}: {source}")]
+    Target {
+        /// Target name.
+        target: String,
+        /// The object store error.
+        #[source]
+        source: Box<object_store::Error>,
+    },
+
+    /// A target name that is not configured.
+    #[error("unknown target {0:?}; `walship cursors` lists the configured targets")]
+    UnknownTarget(String),
+
+    /// A write is durable locally but missed its replication quorum in time.
+    #[error(
+        "replication timed out: the entry is durable locally at seq {seq}, acknowledged by {acked} of {required} required targets ({}), \
+         and will still be replicated",
+        if .acked_by.is_empty() { "none".to_string() } else { .acked_by.join(", ") }
+    )]
+    QuorumTimeout {
+        /// The seq of the durable entry.
+        seq: u64,
+        /// Required targets that acknowledged in time.
+        acked: usize,
+        /// Number of targets required by the mode.
+        required: usize,
+        /// Every target whose cursor passed the seq when the wait ended.
+        acked_by: Vec<String>,
+    },
+
+    /// The sidecar is stopping.
+    #[error("walship is shutting down and takes no new writes; retry once it has restarted")]
+    ShuttingDown,
+
+    /// Bad usage of an API (a malformed query, an unknown mode, ...).
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+impl Error {
+    pub(crate) fn storage(
+        op: &'static str,
+        path: &std::path::Path,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Storage {
+            op,
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn target(target: &str, source: object_store::Error) -> Self {
+        Error::Target {
+            target: target.to_string(),
+            source: Box::new(source),
+        }
+    }
+}

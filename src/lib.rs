@@ -1,0 +1,15 @@
+//! walship: a durable write-ahead-log replicator.
+//!
+//! Every write is appended to a local sled log with a gapless `seq` and a
+//! crc32, made durable (group commit), then per-target shippers apply the
+//! entries to object stores. See `SPEC.md` for the contract and README.md
+//! for a tour.
+#![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
+
+pub mod codec;
+pub mod error;
+pub mod key;
+pub mod log;
+pub mod storage;
+
+pub use error::{Error, Result};

@@ -1,0 +1,428 @@
+//! The log storage trait and its sled engine.
+//!
+//! sled 0.34 is beta and its 1.0 is a rewrite, so the replicator only sees
+//! [`LogStorage`]: append a batch, make it durable, scan a range, truncate,
+//! cursors, the key index and small metadata.
+//!
+//! Durability (SPEC guarantee 1): `sync` returns only when every appended
+//! record is on stable storage. sled's `flush()` on Linux stops at
+//! `sync_file_range`, which survives a process crash but not a power loss,
+//! so `sync` follows it with `fdatasync` of sled's data file, and of any
+//! blob file sled wrote for a large value (sled does not sync those).
+//!
+//! Layout (one sled database in `data_dir/log`):
+//! - tree `log`:     seq (u64 big-endian, so byte order is seq order) → record
+//! - tree `keys`:    key → [`KeyInfo`] of its newest entry, plus a watermark
+//! - tree `cursors`: target name → u64 big-endian
+//! - tree `meta`:    small named values (target list, states)
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::codec::Op;
+use crate::error::{Error, Result};
+
+/// A record ready to be appended.
+#[derive(Debug)]
+pub struct PendingRecord<'a> {
+    /// Its seq.
+    pub seq: u64,
+    /// The encoded record (see `codec`).
+    pub record: &'a [u8],
+    /// Its key, for the key index.
+    pub key: &'a str,
+    /// Its op, for the key index.
+    pub op: Op,
+    /// Its value's size in bytes, for the key index.
+    pub value_len: u64,
+}
+
+/// Where a key's newest entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// Seq of the newest entry for the key.
+    pub seq: u64,
+    /// Whether it put or deleted the key.
+    pub op: Op,
+    /// Value size of that entry.
+    pub size: u64,
+}
+
+impl KeyInfo {
+    fn to_bytes(self) -> [u8; 17] {
+        let mut b = [0u8; 17];
+        b[..8].copy_from_slice(&self.seq.to_be_bytes());
+        b[8] = match self.op {
+            Op::Put => 1,
+            Op::Delete => 2,
+        };
+        b[9..].copy_from_slice(&self.size.to_be_bytes());
+        b
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<KeyInfo> {
+        if b.len() != 17 {
+            return None;
+        }
+        let op = match b[8] {
+            1 => Op::Put,
+            2 => Op::Delete,
+            _ => return None,
+        };
+        Some(KeyInfo {
+            seq: u64::from_be_bytes(b[..8].try_into().ok()?),
+            op,
+            size: u64::from_be_bytes(b[9..].try_into().ok()?),
+        })
+    }
+}
+
+/// The storage a log needs. Implementations must keep appended records in
+/// seq order and make them durable on `sync`.
+pub trait LogStorage: Send + Sync + 'static {
+    /// Stores records and updates the key index. Not durable until `sync`.
+    fn append(&self, batch: &[PendingRecord<'_>]) -> Result<()>;
+    /// Makes everything appended (and every cursor set) durable.
+    fn sync(&self) -> Result<()>;
+    /// Calls `f(seq, record)` for stored records with `from <= seq <= to`,
+    /// in seq order, until `f` returns false.
+    fn scan(&self, from: u64, to: u64, f: &mut dyn FnMut(u64, &[u8]) -> bool) -> Result<()>;
+    /// Lowest and highest stored seq.
+    fn bounds(&self) -> Result<Option<(u64, u64)>>;
+    /// Removes records with seq below `seq`; returns how many.
+    fn truncate_below(&self, seq: u64) -> Result<u64>;
+    /// A target's persisted cursor.
+    fn cursor(&self, target: &str) -> Result<Option<u64>>;
+    /// Persists a target's cursor (durable with the next `sync`).
+    fn set_cursor(&self, target: &str, seq: u64) -> Result<()>;
+    /// Every persisted cursor.
+    fn cursors(&self) -> Result<Vec<(String, u64)>>;
+    /// The newest entry of a key.
+    fn key_info(&self, key: &str) -> Result<Option<KeyInfo>>;
+    /// Keys starting with `prefix`, in key order, at most `limit`.
+    fn keys_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<(String, KeyInfo)>>;
+    /// The highest seq the key index has absorbed.
+    fn key_index_watermark(&self) -> Result<u64>;
+    /// A small named value.
+    fn meta(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    /// Sets a small named value (durable with the next `sync`).
+    fn set_meta(&self, name: &str, value: &[u8]) -> Result<()>;
+}
+
+/// Watermark key in the `keys` tree. Starts with NUL, which no valid key can.
+const WATERMARK: &[u8] = b"\0watermark";
+
+/// Records at least this long may land in sled blob files, which need their
+/// own fsync.
+const BLOB_CANDIDATE_BYTES: usize = 16 * 1024;
+
+/// [`LogStorage`] on sled 0.34.
+pub struct SledStorage {
+    path: PathBuf,
+    db: sled::Db,
+    log: sled::Tree,
+    keys: sled::Tree,
+    cursors: sled::Tree,
+    meta: sled::Tree,
+    data_file: File,
+    blobs_pending: AtomicBool,
+    blobs_synced: Mutex<u64>,
+}
+
+impl SledStorage {
+    /// Opens (or creates) the log database in `dir`, with a cache of
+    /// `cache_bytes`.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<SledStorage> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating data directory {}", dir.display()), e))?;
+        let path = dir.join("log");
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(cache_bytes)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+                    Error::io(
+                        format!(
+                            "opening the log in {}: it is in use by another walship process (only one may open a data_dir; talk to it with --addr)",
+                            path.display()
+                        ),
+                        io,
+                    )
+                }
+                other => Error::storage("opening the log", &path, other),
+            })?;
+        let tree = |name: &str| db.open_tree(name).map_err(|e| Error::storage("opening a tree", &path, e));
+        let log = tree("log")?;
+        let keys = tree("keys")?;
+        let cursors = tree("cursors")?;
+        let meta = tree("meta")?;
+        let data_file = File::open(path.join("db"))
+            .map_err(|e| Error::io(format!("opening sled's data file in {}", path.display()), e))?;
+        // Make the directory entries of a new database durable once.
+        for d in [dir, path.as_path()] {
+            if let Ok(f) = File::open(d) {
+                let _ = f.sync_all();
+            }
+        }
+        Ok(SledStorage {
+            path,
+            db,
+            log,
+            keys,
+            cursors,
+            meta,
+            data_file,
+            blobs_pending: AtomicBool::new(false),
+            blobs_synced: Mutex::new(0),
+        })
+    }
+
+    fn err(&self, op: &'static str) -> impl Fn(sled::Error) -> Error + '_ {
+        move |e| Error::storage(op, &self.path, e)
+    }
+
+    /// fsyncs blob files sled wrote since the last call, and their directory.
+    fn sync_new_blobs(&self) -> Result<()> {
+        let dir = self.path.join("blobs");
+        let Ok(read) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        let mut synced = self.blobs_synced.lock().unwrap_or_else(|p| p.into_inner());
+        let mut highest = *synced;
+        for item in read.flatten() {
+            let Some(id) = item.file_name().to_str().and_then(|s| s.parse::<u64>().ok()) else {
+                continue;
+            };
+            if id <= *synced {
+                continue;
+            }
+            match File::open(item.path()) {
+                Ok(f) => f
+                    .sync_data()
+                    .map_err(|e| Error::io(format!("fsync of sled blob {}", item.path().display()), e))?,
+                // sled may collect a blob between the listing and the open.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("opening sled blob {}", item.path().display()), e)),
+            }
+            highest = highest.max(id);
+        }
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(format!("fsync of {}", dir.display()), e))?;
+        *synced = highest;
+        Ok(())
+    }
+}
+
+impl LogStorage for SledStorage {
+    fn append(&self, batch: &[PendingRecord<'_>]) -> Result<()> {
+        let mut log_batch = sled::Batch::default();
+        let mut key_batch = sled::Batch::default();
+        let mut large = false;
+        let mut last = None;
+        for r in batch {
+            large |= r.record.len() >= BLOB_CANDIDATE_BYTES;
+            log_batch.insert(&r.seq.to_be_bytes(), r.record);
+            let info = KeyInfo {
+                seq: r.seq,
+                op: r.op,
+                size: r.value_len,
+            };
+            key_batch.insert(r.key.as_bytes(), &info.to_bytes());
+            last = Some(r.seq);
+        }
+        let Some(last) = last else { return Ok(()) };
+        key_batch.insert(WATERMARK, &last.to_be_bytes());
+        self.log.apply_batch(log_batch).map_err(self.err("appending to the log"))?;
+        self.keys.apply_batch(key_batch).map_err(self.err("updating the key index"))?;
+        if large {
+            self.blobs_pending.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.db.flush().map_err(self.err("flushing the log"))?;
+        self.data_file
+            .sync_data()
+            .map_err(|e| Error::io(format!("fdatasync of {}", self.path.join("db").display()), e))?;
+        if self.blobs_pending.swap(false, Ordering::AcqRel) {
+            if let Err(e) = self.sync_new_blobs() {
+                self.blobs_pending.store(true, Ordering::Release);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn scan(&self, from: u64, to: u64, f: &mut dyn FnMut(u64, &[u8]) -> bool) -> Result<()> {
+        if from > to {
+            return Ok(());
+        }
+        for item in self.log.range(from.to_be_bytes()..=to.to_be_bytes()) {
+            let (k, v) = item.map_err(self.err("reading the log"))?;
+            let seq = seq_of(&k).ok_or_else(|| Error::Corrupt {
+                seq: from,
+                reason: format!("a log key of {} bytes is not a seq", k.len()),
+            })?;
+            if !f(seq, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn bounds(&self) -> Result<Option<(u64, u64)>> {
+        let first = self.log.first().map_err(self.err("reading the log"))?;
+        let last = self.log.last().map_err(self.err("reading the log"))?;
+        Ok(match (first, last) {
+            (Some((a, _)), Some((b, _))) => seq_of(&a).zip(seq_of(&b)),
+            _ => None,
+        })
+    }
+
+    fn truncate_below(&self, seq: u64) -> Result<u64> {
+        let mut removed = 0;
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut n = 0;
+            for item in self.log.range(..seq.to_be_bytes()).take(1024) {
+                let (k, _) = item.map_err(self.err("truncating the log"))?;
+                batch.remove(k);
+                n += 1;
+            }
+            if n == 0 {
+                return Ok(removed);
+            }
+            self.log.apply_batch(batch).map_err(self.err("truncating the log"))?;
+            removed += n;
+        }
+    }
+
+    fn cursor(&self, target: &str) -> Result<Option<u64>> {
+        let v = self.cursors.get(target).map_err(self.err("reading a cursor"))?;
+        Ok(v.and_then(|v| seq_of(&v)))
+    }
+
+    fn set_cursor(&self, target: &str, seq: u64) -> Result<()> {
+        self.cursors
+            .insert(target, &seq.to_be_bytes())
+            .map_err(self.err("persisting a cursor"))?;
+        Ok(())
+    }
+
+    fn cursors(&self) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for item in self.cursors.iter() {
+            let (k, v) = item.map_err(self.err("reading cursors"))?;
+            if let (Ok(name), Some(seq)) = (std::str::from_utf8(&k), seq_of(&v)) {
+                out.push((name.to_string(), seq));
+            }
+        }
+        Ok(out)
+    }
+
+    fn key_info(&self, key: &str) -> Result<Option<KeyInfo>> {
+        let v = self.keys.get(key).map_err(self.err("reading the key index"))?;
+        Ok(v.and_then(|v| KeyInfo::from_bytes(&v)))
+    }
+
+    fn keys_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<(String, KeyInfo)>> {
+        let mut out = Vec::new();
+        for item in self.keys.scan_prefix(prefix) {
+            let (k, v) = item.map_err(self.err("listing the key index"))?;
+            if k.first() == Some(&0) {
+                continue;
+            }
+            if let (Ok(key), Some(info)) = (std::str::from_utf8(&k), KeyInfo::from_bytes(&v)) {
+                out.push((key.to_string(), info));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn key_index_watermark(&self) -> Result<u64> {
+        let v = self.keys.get(WATERMARK).map_err(self.err("reading the key index"))?;
+        Ok(v.and_then(|v| seq_of(&v)).unwrap_or(0))
+    }
+
+    fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let v = self.meta.get(name).map_err(self.err("reading metadata"))?;
+        Ok(v.map(|v| v.to_vec()))
+    }
+
+    fn set_meta(&self, name: &str, value: &[u8]) -> Result<()> {
+        self.meta.insert(name, value).map_err(self.err("writing metadata"))?;
+        Ok(())
+    }
+}
+
+fn seq_of(b: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(b.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec<'a>(seq: u64, record: &'a [u8], key: &'a str) -> PendingRecord<'a> {
+        PendingRecord {
+            seq,
+            record,
+            key,
+            op: Op::Put,
+            value_len: record.len() as u64,
+        }
+    }
+
+    #[test]
+    fn append_scan_truncate_and_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
+            s.append(&[rec(1, b"one", "a"), rec(2, b"two", "b"), rec(3, b"three", "a")])
+                .expect("append");
+            s.set_cursor("t", 2).expect("cursor");
+            s.sync().expect("sync");
+            assert_eq!(s.bounds().expect("bounds"), Some((1, 3)));
+            assert_eq!(s.key_info("a").expect("ki").map(|i| i.seq), Some(3));
+            assert_eq!(s.key_index_watermark().expect("wm"), 3);
+            let mut seen = vec![];
+            s.scan(2, 3, &mut |seq, r| {
+                seen.push((seq, r.to_vec()));
+                true
+            })
+            .expect("scan");
+            assert_eq!(seen, vec![(2, b"two".to_vec()), (3, b"three".to_vec())]);
+            assert_eq!(s.truncate_below(3).expect("truncate"), 2);
+            s.sync().expect("sync");
+        }
+        let s = SledStorage::open(dir.path(), 8 << 20).expect("reopen");
+        assert_eq!(s.bounds().expect("bounds"), Some((3, 3)));
+        assert_eq!(s.cursor("t").expect("cursor"), Some(2));
+        let keys = s.keys_with_prefix("", 10).expect("keys");
+        assert_eq!(keys.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn large_records_sync_their_blobs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
+        let big = vec![7u8; 1 << 20];
+        s.append(&[rec(1, &big, "big")]).expect("append");
+        s.sync().expect("sync with a blob");
+        let mut got = 0;
+        s.scan(1, 1, &mut |_, r| {
+            got = r.len();
+            true
+        })
+        .expect("scan");
+        assert_eq!(got, big.len());
+    }
+}
