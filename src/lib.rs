@@ -13,3 +13,15 @@ pub mod log;
 pub mod storage;
 
 pub use error::{Error, Result};
+pub mod config;
+pub mod faults;
+pub mod target;
+pub mod quorum;
+pub mod status;
+pub mod replicator;
+mod shipper;
+
+pub use config::{Config, Mode};
+pub use replicator::{Replicator, WriteAck};
+pub mod server;
+pub mod cli;

@@ -1,1 +1,26 @@
-fn main(){}
+//! The `walship` binary: see `walship --help` and SPEC.md.
+
+use clap::Parser;
+
+fn main() {
+    let cli = walship::cli::Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("walship: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(f) = runtime.block_on(walship::cli::run(cli)) {
+        eprintln!("walship: {}", f.message);
+        std::process::exit(f.code);
+    }
+}

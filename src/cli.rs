@@ -1,0 +1,440 @@
+//! The `walship` command line (SPEC.md "CLI").
+//!
+//! Exit status: 0 ok, 1 the operation failed, 2 bad usage or bad config.
+//! Every command but `serve` and `init` finds the sidecar and the data
+//! directory from `--config F` (default `./walship.toml` when it exists),
+//! or from `--addr` / `--data-dir`.
+
+use std::io::{Read, Write as _};
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, init_template};
+use crate::error::Error;
+use crate::status::CursorsReport;
+
+/// walship: a durable write-ahead-log replicator.
+#[derive(Debug, Parser)]
+#[command(name = "walship", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file (default: ./walship.toml when it exists).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Address of a running sidecar (default: the config's `listen`).
+    #[arg(long, global = true)]
+    pub addr: Option<String>,
+    /// Data directory, for reading the log when no sidecar runs (default: the config's `data_dir`).
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar (without --config: the embedded default, local directories under ./walship-data).
+    Serve,
+    /// Write a commented walship.toml to start from.
+    Init {
+        /// Directory to write it in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Overwrite an existing walship.toml.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validate a config file without starting (exit 2 on problems).
+    CheckConfig {
+        /// The config file.
+        file: PathBuf,
+    },
+    /// Store an object: the contents of FILE, or standard input with `-` or no FILE.
+    Put {
+        /// Object key.
+        key: String,
+        /// File to upload (`-` for standard input).
+        file: Option<PathBuf>,
+        /// Override the replication mode for this write: sync, semi_sync or async.
+        #[arg(long)]
+        mode: Option<String>,
+    },
+    /// Print an object to standard output.
+    Get {
+        /// Object key.
+        key: String,
+        /// primary, secondary, nearest or any.
+        #[arg(long)]
+        read_preference: Option<String>,
+    },
+    /// Delete an object (a log entry like a put).
+    Delete {
+        /// Object key.
+        key: String,
+        /// Override the replication mode for this write.
+        #[arg(long)]
+        mode: Option<String>,
+    },
+    /// List keys with their latest seq.
+    List {
+        /// Key prefix.
+        prefix: Option<String>,
+    },
+    /// Per target: role, region, health, state, cursor, head and lag.
+    Cursors,
+}
+
+/// A failed command: the message and the exit status.
+#[derive(Debug)]
+pub struct Failure {
+    /// 1: the operation failed; 2: bad usage or config.
+    pub code: i32,
+    /// What to print.
+    pub message: String,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let code = match e {
+            Error::Config { .. } | Error::InvalidKey { .. } | Error::BadRequest(_) => 2,
+            _ => 1,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn fail(code: i32, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Where the client commands look.
+struct Endpoints {
+    addr: String,
+    data_dir: PathBuf,
+    token: Option<String>,
+}
+
+fn endpoints(cli: &Cli) -> Result<Endpoints, Failure> {
+    let cfg_path = match &cli.config {
+        Some(p) => Some(p.clone()),
+        None => Some(PathBuf::from("walship.toml")).filter(|p| p.exists()),
+    };
+    let cfg = match &cfg_path {
+        Some(p) => Some(Config::load(p).map_err(|e| fail(2, format!("{}: {e}", p.display())))?),
+        None => None,
+    };
+    let addr = cli
+        .addr
+        .clone()
+        .or_else(|| cfg.as_ref().map(|c| c.listen.clone()))
+        .unwrap_or_else(|| "127.0.0.1:7600".into());
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .or_else(|| cfg.as_ref().map(|c| c.data_dir.clone()))
+        .unwrap_or_else(|| PathBuf::from("walship-data"));
+    let token = match &cfg {
+        Some(c) => crate::server::load_token(c)?,
+        None => None,
+    };
+    Ok(Endpoints { addr, data_dir, token })
+}
+
+struct Client {
+    base: String,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl Client {
+    fn new(e: &Endpoints) -> Client {
+        let base = if e.addr.starts_with("http://") || e.addr.starts_with("https://") {
+            e.addr.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{}", e.addr)
+        };
+        Client {
+            base,
+            http: reqwest::Client::new(),
+            token: e.token.clone(),
+        }
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{}", self.base, path));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+}
+
+/// The API path of a key, checked first so a bad key fails here (exit 2)
+/// and not as a confusing answer from the server.
+fn object_path(key: &str) -> Result<String, Failure> {
+    crate::key::Key::parse(key)?;
+    let mut out = String::from("/v1/objects/");
+    for (i, seg) in key.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(&url::form_urlencoded::byte_serialize(seg.as_bytes()).collect::<String>().replace('+', "%20"));
+    }
+    Ok(out)
+}
+
+/// Turns a non-2xx answer into a failure carrying the server's message.
+async fn check(resp: reqwest::Response) -> Result<reqwest::Response, Failure> {
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let msg = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+        .unwrap_or(text);
+    let code = if status.is_client_error() && status != reqwest::StatusCode::NOT_FOUND { 2 } else { 1 };
+    Err(fail(code, format!("{status}: {msg}")))
+}
+
+fn unreachable(addr: &str, e: reqwest::Error) -> Failure {
+    fail(
+        1,
+        format!("no sidecar answered at {addr} ({e}); start one with `walship serve` or pass --addr"),
+    )
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Serve => {
+            let cfg = match &cli.config {
+                Some(p) => Config::load(p).map_err(|e| fail(2, format!("{}: {e}", p.display())))?,
+                None => {
+                    let cwd = std::env::current_dir().map_err(|e| fail(1, format!("reading the current directory: {e}")))?;
+                    Config::embedded_default(&cwd)
+                }
+            };
+            crate::server::serve(cfg).await?;
+            Ok(())
+        }
+        Command::Init { dir, force } => init(dir, *force),
+        Command::CheckConfig { file } => check_config(file),
+        Command::Put { key, file, mode } => {
+            let body = match file.as_deref() {
+                None => read_stdin()?,
+                Some(p) if p == Path::new("-") => read_stdin()?,
+                Some(p) => std::fs::read(p).map_err(|e| fail(1, format!("reading {}: {e}", p.display())))?,
+            };
+            let e = endpoints(&cli)?;
+            let c = Client::new(&e);
+            let mut r = c.req(reqwest::Method::PUT, &object_path(key)?).body(body);
+            if let Some(m) = mode {
+                r = r.query(&[("mode", m)]);
+            }
+            let resp = check(r.send().await.map_err(|err| unreachable(&e.addr, err))?).await?;
+            let v: serde_json::Value = resp.json().await.map_err(|err| fail(1, format!("reading the answer: {err}")))?;
+            if cli.json {
+                println!("{v}");
+            } else {
+                println!("seq {} acked by {} ({})", v["seq"], join(&v["acked_by"]), v["mode"].as_str().unwrap_or(""));
+            }
+            Ok(())
+        }
+        Command::Delete { key, mode } => {
+            let e = endpoints(&cli)?;
+            let c = Client::new(&e);
+            let mut r = c.req(reqwest::Method::DELETE, &object_path(key)?);
+            if let Some(m) = mode {
+                r = r.query(&[("mode", m)]);
+            }
+            let resp = check(r.send().await.map_err(|err| unreachable(&e.addr, err))?).await?;
+            let v: serde_json::Value = resp.json().await.map_err(|err| fail(1, format!("reading the answer: {err}")))?;
+            if cli.json {
+                println!("{v}");
+            } else {
+                println!("deleted at seq {} acked by {}", v["seq"], join(&v["acked_by"]));
+            }
+            Ok(())
+        }
+        Command::Get { key, read_preference } => {
+            let e = endpoints(&cli)?;
+            let c = Client::new(&e);
+            let mut r = c.req(reqwest::Method::GET, &object_path(key)?);
+            if let Some(p) = read_preference {
+                r = r.query(&[("read_preference", p)]);
+            }
+            let resp = check(r.send().await.map_err(|err| unreachable(&e.addr, err))?).await?;
+            let bytes = resp.bytes().await.map_err(|err| fail(1, format!("reading the answer: {err}")))?;
+            std::io::stdout()
+                .write_all(&bytes)
+                .map_err(|err| fail(1, format!("writing to standard output: {err}")))?;
+            Ok(())
+        }
+        Command::List { prefix } => {
+            let e = endpoints(&cli)?;
+            let c = Client::new(&e);
+            let r = c
+                .req(reqwest::Method::GET, "/v1/objects")
+                .query(&[("prefix", prefix.clone().unwrap_or_default())]);
+            let resp = check(r.send().await.map_err(|err| unreachable(&e.addr, err))?).await?;
+            let v: serde_json::Value = resp.json().await.map_err(|err| fail(1, format!("reading the answer: {err}")))?;
+            if cli.json {
+                println!("{v}");
+            } else {
+                println!("{:<8} {:>10}  KEY", "SEQ", "SIZE");
+                for k in v["keys"].as_array().into_iter().flatten() {
+                    let n = |f: &str| k[f].as_u64().unwrap_or(0);
+                    println!("{:<8} {:>10}  {}", n("seq"), n("size"), k["key"].as_str().unwrap_or(""));
+                }
+                if v["truncated"].as_bool() == Some(true) {
+                    println!("(more keys; narrow the prefix)");
+                }
+            }
+            Ok(())
+        }
+        Command::Cursors => {
+            let e = endpoints(&cli)?;
+            let report = cursors_report(&e).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string(&report).map_err(|err| fail(1, err.to_string()))?);
+            } else {
+                print!("{}", cursors_table(&report));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn join(v: &serde_json::Value) -> String {
+    let names: Vec<&str> = v.as_array().into_iter().flatten().filter_map(|x| x.as_str()).collect();
+    if names.is_empty() { "none".into() } else { names.join(", ") }
+}
+
+fn read_stdin() -> Result<Vec<u8>, Failure> {
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut buf)
+        .map_err(|e| fail(1, format!("reading standard input: {e}")))?;
+    Ok(buf)
+}
+
+fn init(dir: &Path, force: bool) -> Result<(), Failure> {
+    std::fs::create_dir_all(dir).map_err(|e| fail(1, format!("creating {}: {e}", dir.display())))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| fail(1, format!("resolving {}: {e}", dir.display())))?;
+    let path = dir.join("walship.toml");
+    if path.exists() && !force {
+        return Err(fail(
+            1,
+            format!("{} already exists; pass --force to overwrite it", path.display()),
+        ));
+    }
+    std::fs::write(&path, init_template(&dir)).map_err(|e| fail(1, format!("writing {}: {e}", path.display())))?;
+    println!("wrote {}; start it with: walship serve --config {}", path.display(), path.display());
+    Ok(())
+}
+
+fn check_config(file: &Path) -> Result<(), Failure> {
+    match Config::load(file) {
+        Ok(cfg) => {
+            println!(
+                "{}: ok ({} mode, primary {}, {} replica(s))",
+                file.display(),
+                cfg.replication.mode.as_str(),
+                cfg.primary.name,
+                cfg.targets.len()
+            );
+            Ok(())
+        }
+        Err(Error::Config { problems }) => Err(fail(
+            2,
+            problems
+                .iter()
+                .map(|p| format!("{}: {p}", file.display()))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )),
+        Err(e) => Err(fail(2, format!("{}: {e}", file.display()))),
+    }
+}
+
+/// Asks the running sidecar; when none answers, reads the data directory.
+async fn cursors_report(e: &Endpoints) -> Result<CursorsReport, Failure> {
+    let c = Client::new(e);
+    match c.req(reqwest::Method::GET, "/v1/cursors").send().await {
+        Ok(resp) => {
+            let resp = check(resp).await?;
+            resp.json().await.map_err(|err| fail(1, format!("reading the answer: {err}")))
+        }
+        Err(err) if err.is_connect() => {
+            eprintln!(
+                "no sidecar answered at {}; reading {} directly (offline, read-only)",
+                e.addr,
+                e.data_dir.display()
+            );
+            offline_cursors(&e.data_dir)
+        }
+        Err(err) => Err(unreachable(&e.addr, err)),
+    }
+}
+
+fn offline_cursors(data_dir: &Path) -> Result<CursorsReport, Failure> {
+    if !data_dir.join("log").exists() {
+        return Err(fail(
+            1,
+            format!("no walship log in {} (pass --data-dir or --config)", data_dir.display()),
+        ));
+    }
+    let storage = crate::storage::SledStorage::open(data_dir, 16 << 20)?;
+    Ok(crate::status::offline_report(&storage)?)
+}
+
+fn ser<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The cursors table as `walship cursors` prints it.
+pub fn cursors_table(r: &CursorsReport) -> String {
+    let mut out = format!(
+        "{:<16} {:<12} {:<12} {:<9} {:<8} {:>10} {:>10} {:>11} {:>11} {:>9}\n",
+        "NAME", "ROLE", "REGION", "HEALTH", "STATE", "CURSOR", "HEAD", "LAG_ENTRIES", "LAG_BYTES", "LAG_MS"
+    );
+    for t in &r.targets {
+        out.push_str(&format!(
+            "{:<16} {:<12} {:<12} {:<9} {:<8} {:>10} {:>10} {:>11} {:>11} {:>9}\n",
+            t.name,
+            ser(&t.role),
+            t.region,
+            ser(&t.health),
+            ser(&t.state),
+            t.cursor,
+            r.head,
+            t.lag_entries,
+            t.lag_bytes,
+            t.lag_ms
+        ));
+    }
+    for t in &r.targets {
+        if let Some(e) = &t.error {
+            out.push_str(&format!("{}: {e}\n", t.name));
+        }
+    }
+    out
+}

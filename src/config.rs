@@ -1,0 +1,599 @@
+//! The config file (TOML) of SPEC.md, its defaults and its validation.
+//!
+//! Invariant: a [`Config`] returned by [`Config::from_toml`] or
+//! [`Config::load`] has passed [`Config::problems`]: unique target names,
+//! at least one replica, a sane `min_sync_replicas`, positive timeouts,
+//! known URL schemes and known store options. Unknown keys are rejected by
+//! serde (`deny_unknown_fields`), so a typo never silently becomes a default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How many targets a write waits for (SPEC guarantee 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Every replica that is not paused or removed.
+    Sync,
+    /// `min_sync_replicas` replicas.
+    SemiSync,
+    /// No replica: the durable append and the acting primary.
+    #[default]
+    Async,
+}
+
+impl Mode {
+    /// The name used in the config, the API and answers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Sync => "sync",
+            Mode::SemiSync => "semi_sync",
+            Mode::Async => "async",
+        }
+    }
+}
+
+impl FromStr for Mode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Mode> {
+        match s {
+            "sync" => Ok(Mode::Sync),
+            "semi_sync" => Ok(Mode::SemiSync),
+            "async" => Ok(Mode::Async),
+            other => Err(Error::BadRequest(format!(
+                "unknown mode {other:?}; use sync, semi_sync or async"
+            ))),
+        }
+    }
+}
+
+/// Where reads go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadPreference {
+    /// The acting primary.
+    #[default]
+    Primary,
+    /// A healthy replica, read replicas first, else the primary.
+    Secondary,
+    /// A healthy target within 15 ms of the fastest.
+    Nearest,
+    /// Any healthy target.
+    Any,
+}
+
+impl FromStr for ReadPreference {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<ReadPreference> {
+        match s {
+            "primary" => Ok(ReadPreference::Primary),
+            "secondary" => Ok(ReadPreference::Secondary),
+            "nearest" => Ok(ReadPreference::Nearest),
+            "any" => Ok(ReadPreference::Any),
+            other => Err(Error::BadRequest(format!(
+                "unknown read_preference {other:?}; use primary, secondary, nearest or any"
+            ))),
+        }
+    }
+}
+
+/// What to do when a target holds a version this log did not write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictResolution {
+    /// Newer timestamp wins.
+    #[default]
+    LastWriteWins,
+    /// The version already there wins.
+    FirstWriteWins,
+    /// The acting primary's version wins.
+    PrimaryWins,
+    /// Merge both.
+    Merge,
+    /// Queue for a person.
+    Manual,
+}
+
+/// The `[replication]` table (the seed's `ReplicationConfig`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    /// Default: `async`.
+    pub mode: Mode,
+    /// `semi_sync` only. Default: 1. Minimum: 1.
+    pub min_sync_replicas: usize,
+    /// Default: `primary`.
+    pub read_preference: ReadPreference,
+    /// Default: `last_write_wins`.
+    pub conflict_resolution: ConflictResolution,
+    /// Default: true.
+    pub enable_health_checks: bool,
+    /// Default: 30.0. Must be > 0.
+    pub health_check_interval_seconds: f64,
+    /// Lag past which a target is `degraded`. Default: 5000.0.
+    pub max_replication_lag_ms: f64,
+    /// Default: true.
+    pub enable_failover: bool,
+    /// Default: true.
+    pub enable_metrics: bool,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            mode: Mode::Async,
+            min_sync_replicas: 1,
+            read_preference: ReadPreference::Primary,
+            conflict_resolution: ConflictResolution::LastWriteWins,
+            enable_health_checks: true,
+            health_check_interval_seconds: 30.0,
+            max_replication_lag_ms: 5000.0,
+            enable_failover: true,
+            enable_metrics: true,
+        }
+    }
+}
+
+fn default_priority() -> u32 {
+    1
+}
+fn default_sync_timeout() -> f64 {
+    30.0
+}
+fn default_retries() -> u32 {
+    3
+}
+fn default_retry_delay() -> f64 {
+    1.0
+}
+
+/// A target (the seed's `ReplicaTarget`); `[primary]` takes the same fields.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// Unique name: letters, digits, `.`, `_`, `-`.
+    pub name: String,
+    /// `s3://bucket/prefix`, `gs://…`, `az://container/prefix`,
+    /// `file:///abs/path` or `memory://`.
+    pub url: String,
+    /// Free text, shown in `cursors`. Default: "".
+    #[serde(default)]
+    pub region: String,
+    /// Failover order, lower first. Default: 1.
+    #[serde(default = "default_priority")]
+    pub priority: u32,
+    /// Serves reads, never promoted. Default: false.
+    #[serde(default)]
+    pub is_read_replica: bool,
+    /// Bound of one request and of a write's wait. Default: 30.0. Must be > 0.
+    #[serde(default = "default_sync_timeout")]
+    pub sync_timeout_seconds: f64,
+    /// Failures in a row before the target is marked unhealthy; shipping
+    /// keeps retrying after that, with capped backoff. Default: 3.
+    #[serde(default = "default_retries")]
+    pub max_retry_attempts: u32,
+    /// Base of the exponential backoff. Default: 1.0. Minimum: 0.
+    #[serde(default = "default_retry_delay")]
+    pub retry_delay_seconds: f64,
+    /// Handed to the object_store builder (`endpoint`, `allow_http`, …);
+    /// for `file://`, `fsync = "false"` turns off fsync of each object.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./walship-data")
+}
+fn default_listen() -> String {
+    "127.0.0.1:7600".into()
+}
+fn default_max_object_bytes() -> u64 {
+    16 * 1024 * 1024
+}
+fn default_retention() -> f64 {
+    86400.0
+}
+fn default_max_log_bytes() -> u64 {
+    10 * 1024 * 1024 * 1024
+}
+fn default_grace() -> f64 {
+    30.0
+}
+fn default_cache() -> u64 {
+    64 * 1024 * 1024
+}
+
+/// The whole config file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The log, cursors, conflict records. Default: `./walship-data`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// HTTP API address. Default: `127.0.0.1:7600`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// When set, every request needs `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub auth_token_file: Option<PathBuf>,
+    /// Larger bodies get 413. Default: 16 MiB.
+    #[serde(default = "default_max_object_bytes")]
+    pub max_object_bytes: u64,
+    /// Entries are kept at least this long. Default: 86400.
+    #[serde(default = "default_retention")]
+    pub retention_seconds: f64,
+    /// Past this the target holding truncation back is resynced. Default: 10 GiB.
+    #[serde(default = "default_max_log_bytes")]
+    pub max_log_bytes: u64,
+    /// On SIGTERM, how long shipping may drain. Default: 30. Minimum: 0.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_seconds: f64,
+    /// sled's page cache. Default: 64 MiB (sled's own 1 GiB default lets
+    /// the process grow to hundreds of MiB on a large log).
+    #[serde(default = "default_cache")]
+    pub log_cache_bytes: u64,
+    /// The `[replication]` table.
+    #[serde(default)]
+    pub replication: ReplicationConfig,
+    /// The primary store.
+    pub primary: TargetConfig,
+    /// The replicas.
+    #[serde(default)]
+    pub targets: Vec<TargetConfig>,
+}
+
+/// A target URL, understood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetUrl {
+    /// `memory://`: in this process only, for tests and trials.
+    Memory,
+    /// `file:///abs/path`.
+    File(PathBuf),
+    /// `s3://bucket/prefix`.
+    S3 {
+        /// Bucket.
+        bucket: String,
+        /// Key prefix inside it ("" for none).
+        prefix: String,
+    },
+    /// `gs://bucket/prefix`.
+    Gcs {
+        /// Bucket.
+        bucket: String,
+        /// Key prefix.
+        prefix: String,
+    },
+    /// `az://container/prefix`.
+    Azure {
+        /// Container.
+        container: String,
+        /// Key prefix.
+        prefix: String,
+    },
+}
+
+impl TargetUrl {
+    /// Parses a target URL; the error says which schemes exist.
+    pub fn parse(url: &str) -> std::result::Result<TargetUrl, String> {
+        let u = url::Url::parse(url).map_err(|e| format!("not a URL ({e}): {url:?}"))?;
+        let bucket = || -> std::result::Result<(String, String), String> {
+            let b = u.host_str().unwrap_or("").to_string();
+            if b.is_empty() {
+                return Err(format!("{url:?} names no bucket; write {}://BUCKET/PREFIX", u.scheme()));
+            }
+            Ok((b, u.path().trim_matches('/').to_string()))
+        };
+        match u.scheme() {
+            "memory" => Ok(TargetUrl::Memory),
+            "file" => {
+                if u.host_str().is_some_and(|h| !h.is_empty()) {
+                    return Err(format!("{url:?} has a host; write file:///absolute/path"));
+                }
+                let p = u
+                    .to_file_path()
+                    .map_err(|()| format!("{url:?} is not an absolute path; write file:///absolute/path"))?;
+                Ok(TargetUrl::File(p))
+            }
+            "s3" | "s3a" => bucket().map(|(bucket, prefix)| TargetUrl::S3 { bucket, prefix }),
+            "gs" => bucket().map(|(bucket, prefix)| TargetUrl::Gcs { bucket, prefix }),
+            "az" | "azure" | "abfs" => bucket().map(|(container, prefix)| TargetUrl::Azure { container, prefix }),
+            other => Err(format!(
+                "unknown scheme {other:?}; use s3://, gs://, az://, file:///abs/path or memory://"
+            )),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading config {}", path.display()), e))?;
+        Config::from_toml(&text)
+    }
+
+    /// Parses and validates config text.
+    pub fn from_toml(text: &str) -> Result<Config> {
+        let cfg: Config = toml::from_str(text).map_err(|e| Error::Config {
+            problems: vec![describe_toml_error(text, &e)],
+        })?;
+        let problems = cfg.problems();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(Error::Config { problems })
+        }
+    }
+
+    /// Every problem of a parsed config, one line each, naming the field.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.listen.parse::<SocketAddr>().is_err() {
+            p.push(format!("listen: {:?} is not an address like 127.0.0.1:7600", self.listen));
+        }
+        if self.max_object_bytes == 0 {
+            p.push("max_object_bytes: must be at least 1".into());
+        }
+        if self.max_log_bytes == 0 {
+            p.push("max_log_bytes: must be at least 1".into());
+        }
+        if !(self.retention_seconds >= 0.0 && self.retention_seconds.is_finite()) {
+            p.push(format!("retention_seconds: must be 0 or more, got {}", self.retention_seconds));
+        }
+        if !(self.shutdown_grace_seconds >= 0.0 && self.shutdown_grace_seconds.is_finite()) {
+            p.push(format!(
+                "shutdown_grace_seconds: must be 0 or more, got {}",
+                self.shutdown_grace_seconds
+            ));
+        }
+        let r = &self.replication;
+        if !(r.health_check_interval_seconds > 0.0 && r.health_check_interval_seconds.is_finite()) {
+            p.push(format!(
+                "replication.health_check_interval_seconds: must be more than 0, got {}",
+                r.health_check_interval_seconds
+            ));
+        }
+        if !(r.max_replication_lag_ms > 0.0 && r.max_replication_lag_ms.is_finite()) {
+            p.push(format!(
+                "replication.max_replication_lag_ms: must be more than 0, got {}",
+                r.max_replication_lag_ms
+            ));
+        }
+        if r.min_sync_replicas == 0 {
+            p.push("replication.min_sync_replicas: must be at least 1".into());
+        }
+        if self.targets.is_empty() {
+            p.push("targets: no replica is configured; add at least one [[targets]] table".into());
+        } else if r.min_sync_replicas > self.targets.len() {
+            p.push(format!(
+                "replication.min_sync_replicas: {} is more than the {} configured replica(s)",
+                r.min_sync_replicas,
+                self.targets.len()
+            ));
+        }
+        let mut seen: BTreeMap<&str, String> = BTreeMap::new();
+        for (field, t) in self.all_targets() {
+            target_problems(&field, t, &mut p);
+            if let Some(first) = seen.get(t.name.as_str()) {
+                p.push(format!("{field}.name: duplicate target name {:?} (also used by {first})", t.name));
+            } else {
+                seen.insert(&t.name, field.clone());
+            }
+        }
+        p
+    }
+
+    /// The primary then each replica, with its field path for messages.
+    pub fn all_targets(&self) -> impl Iterator<Item = (String, &TargetConfig)> {
+        std::iter::once(("primary".to_string(), &self.primary))
+            .chain(self.targets.iter().enumerate().map(|(i, t)| (format!("targets[{i}]"), t)))
+    }
+
+    /// The embedded default of `walship serve` without `--config`:
+    /// everything under `base/walship-data`, a primary and two replicas as
+    /// local directories.
+    pub fn embedded_default(base: &Path) -> Config {
+        let data = base.join("walship-data");
+        let dir = |name: &str| TargetConfig {
+            name: name.to_string(),
+            url: file_url(&data.join("targets").join(name)),
+            region: "local".into(),
+            priority: 1,
+            is_read_replica: false,
+            sync_timeout_seconds: default_sync_timeout(),
+            max_retry_attempts: default_retries(),
+            retry_delay_seconds: default_retry_delay(),
+            options: BTreeMap::new(),
+        };
+        let mut r2 = dir("replica-2");
+        r2.priority = 2;
+        Config {
+            data_dir: data.clone(),
+            listen: default_listen(),
+            auth_token_file: None,
+            max_object_bytes: default_max_object_bytes(),
+            retention_seconds: default_retention(),
+            max_log_bytes: default_max_log_bytes(),
+            shutdown_grace_seconds: default_grace(),
+            log_cache_bytes: default_cache(),
+            replication: ReplicationConfig::default(),
+            primary: dir("primary"),
+            targets: vec![dir("replica-1"), r2],
+        }
+    }
+}
+
+/// `file://` URL of an absolute path.
+pub fn file_url(path: &Path) -> String {
+    url::Url::from_directory_path(path)
+        .map(|u| u.to_string().trim_end_matches('/').to_string())
+        .unwrap_or_else(|()| format!("file://{}", path.display()))
+}
+
+fn target_problems(field: &str, t: &TargetConfig, p: &mut Vec<String>) {
+    if t.name.is_empty()
+        || !t
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        p.push(format!(
+            "{field}.name: {:?} must be non-empty and use only letters, digits, '.', '_' and '-'",
+            t.name
+        ));
+    }
+    if !(t.sync_timeout_seconds > 0.0 && t.sync_timeout_seconds.is_finite()) {
+        p.push(format!(
+            "{field}.sync_timeout_seconds: must be more than 0, got {}",
+            t.sync_timeout_seconds
+        ));
+    }
+    if !(t.retry_delay_seconds >= 0.0 && t.retry_delay_seconds.is_finite()) {
+        p.push(format!(
+            "{field}.retry_delay_seconds: must be 0 or more, got {}",
+            t.retry_delay_seconds
+        ));
+    }
+    if t.max_retry_attempts == 0 {
+        p.push(format!("{field}.max_retry_attempts: must be at least 1"));
+    }
+    match TargetUrl::parse(&t.url) {
+        Err(e) => p.push(format!("{field}.url: {e}")),
+        Ok(url) => {
+            for (k, v) in &t.options {
+                if let Err(e) = crate::target::check_option(&url, k, v) {
+                    p.push(format!("{field}.options.{k}: {e}"));
+                }
+            }
+        }
+    }
+}
+
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let snippet = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("line {line} ({snippet}): {msg}")
+        }
+        None => msg,
+    }
+}
+
+/// The commented starting config of `walship init`, with its directories
+/// under `base`.
+pub fn init_template(base: &Path) -> String {
+    let data = base.join("walship-data");
+    let t = |n: &str| file_url(&data.join("targets").join(n));
+    format!(
+        r#"# walship config. Every key is shown with its default unless noted.
+# Check it with: walship check-config walship.toml
+
+data_dir = "{data}"          # the log, cursors, conflict records
+listen = "127.0.0.1:7600"        # HTTP API; loopback by default
+# auth_token_file = "token"      # when set, every request needs "Authorization: Bearer <token>"
+max_object_bytes = 16777216      # larger bodies get 413
+retention_seconds = 86400        # entries are kept at least this long
+max_log_bytes = 10737418240      # past this, the target holding truncation back is resynced
+shutdown_grace_seconds = 30      # on SIGTERM: stop taking writes, drain shipping this long, persist cursors
+log_cache_bytes = 67108864       # sled's page cache
+
+[replication]
+mode = "async"                   # sync | semi_sync | async: how many replicas a write waits for
+min_sync_replicas = 1            # semi_sync only
+read_preference = "primary"      # primary | secondary | nearest | any
+conflict_resolution = "last_write_wins"  # last_write_wins | first_write_wins | primary_wins | merge | manual
+enable_health_checks = true
+health_check_interval_seconds = 30.0
+max_replication_lag_ms = 5000.0
+enable_failover = true
+enable_metrics = true
+
+[primary]
+name = "primary"
+url = "{p}"   # s3://bucket/prefix, gs://…, az://container/prefix, file:///abs/path, memory://
+region = "local"
+# [primary.options]              # handed to the object_store builder, e.g. for S3-compatible stores:
+# endpoint = "http://127.0.0.1:9000"
+# allow_http = "true"
+# region = "us-east-1"
+
+[[targets]]
+name = "replica-1"
+url = "{r1}"
+region = "local"
+priority = 1                     # failover order, lower first
+is_read_replica = false          # serves reads, never promoted
+sync_timeout_seconds = 30.0      # bound of one request and of a write's wait
+max_retry_attempts = 3           # failures in a row before the target is marked unhealthy
+retry_delay_seconds = 1.0        # base of exponential backoff
+# [targets.options]
+# fsync = "false"                # file:// only: skip fsync of each object (faster, not durable)
+
+[[targets]]
+name = "replica-2"
+url = "{r2}"
+region = "local"
+priority = 2
+"#,
+        data = data.display(),
+        p = t("primary"),
+        r1 = t("replica-1"),
+        r2 = t("replica-2"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [primary]
+        name = "p"
+        url = "memory://"
+        [[targets]]
+        name = "r1"
+        url = "file:///tmp/walship-r1"
+    "#;
+
+    #[test]
+    fn defaults_match_spec() {
+        let c = Config::from_toml(GOOD).expect("valid");
+        assert_eq!(c.replication.mode, Mode::Async);
+        assert_eq!(c.replication.min_sync_replicas, 1);
+        assert_eq!(c.replication.read_preference, ReadPreference::Primary);
+        assert_eq!(c.listen, "127.0.0.1:7600");
+        assert_eq!(c.max_object_bytes, 16_777_216);
+        assert_eq!(c.targets[0].priority, 1);
+        assert_eq!(c.targets[0].sync_timeout_seconds, 30.0);
+        assert_eq!(c.targets[0].max_retry_attempts, 3);
+    }
+
+    #[test]
+    fn template_and_embedded_default_are_valid() {
+        let base = Path::new("/tmp/x");
+        Config::from_toml(&init_template(base)).expect("template is valid");
+        let d = Config::embedded_default(base);
+        assert!(d.problems().is_empty(), "{:?}", d.problems());
+        assert_eq!(d.targets.len(), 2);
+        assert_eq!(TargetUrl::parse(&d.primary.url), Ok(TargetUrl::File(base.join("walship-data/targets/primary"))));
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            TargetUrl::parse("s3://b/x/y"),
+            Ok(TargetUrl::S3 { bucket: "b".into(), prefix: "x/y".into() })
+        );
+        assert!(TargetUrl::parse("ftp://x").unwrap_err().contains("unknown scheme"));
+        assert!(TargetUrl::parse("s3:///nobucket").unwrap_err().contains("no bucket"));
+        assert!(TargetUrl::parse("file://host/x").unwrap_err().contains("file:///"));
+    }
+}

@@ -1,0 +1,367 @@
+//! The sidecar's HTTP API (SPEC.md "HTTP API").
+//!
+//! Invariant: a request that is rejected (bad key, body over
+//! `max_object_bytes`, malformed query, missing token) gets a 4xx with
+//! `{"error": "..."}` and reaches neither the log nor any target. A write
+//! that misses its quorum gets 504 with the seq and the acks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::config::{Config, Mode};
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::replicator::Replicator;
+
+#[derive(Clone)]
+struct App {
+    rep: Arc<Replicator>,
+    token: Option<Arc<str>>,
+    max_body: usize,
+}
+
+/// An error as an HTTP answer.
+struct ApiError(Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+fn status_of(e: &Error) -> StatusCode {
+    match e {
+        Error::InvalidKey { .. } | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+        Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::QuorumTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        Error::UnknownTarget(_) => StatusCode::NOT_FOUND,
+        Error::Target { .. } => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = status_of(&self.0);
+        let body = match &self.0 {
+            Error::QuorumTimeout {
+                seq,
+                acked,
+                required,
+                acked_by,
+            } => json!({
+                "error": self.0.to_string(),
+                "seq": seq,
+                "acked": acked,
+                "required": required,
+                "acked_by": acked_by,
+            }),
+            e => json!({ "error": e.to_string() }),
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(Error::BadRequest(msg.into()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WriteQuery {
+    mode: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadQuery {
+    read_preference: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    prefix: Option<String>,
+    limit: Option<usize>,
+}
+
+fn key_of(path: Result<Path<String>, PathRejection>) -> Result<Key, ApiError> {
+    let Path(raw) = path.map_err(|e| bad(format!("bad key in the path: {}", e.body_text())))?;
+    Ok(Key::parse(&raw)?)
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t).map_err(|e| bad(format!("malformed query: {}", e.body_text())))
+}
+
+fn mode_of(q: WriteQuery) -> Result<Option<Mode>, ApiError> {
+    q.mode.as_deref().map(str::parse).transpose().map_err(ApiError)
+}
+
+fn check_read_preference(q: &ReadQuery) -> Result<(), ApiError> {
+    if let Some(p) = &q.read_preference {
+        p.parse::<crate::config::ReadPreference>()?;
+    }
+    Ok(())
+}
+
+async fn put_object(
+    State(app): State<App>,
+    path: Result<Path<String>, PathRejection>,
+    q: Result<Query<WriteQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = key_of(path)?;
+    let mode = mode_of(query(q)?)?;
+    let too_large = |size: usize| {
+        ApiError(Error::TooLarge {
+            size,
+            max: app.max_body,
+        })
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > app.max_body {
+            return Err(too_large(len));
+        }
+    }
+    let value = axum::body::to_bytes(body, app.max_body)
+        .await
+        .map_err(|_| too_large(app.max_body + 1))?;
+    let ack = app.rep.put(&key, value, mode).await?;
+    Ok(axum::Json(ack).into_response())
+}
+
+async fn delete_object(
+    State(app): State<App>,
+    path: Result<Path<String>, PathRejection>,
+    q: Result<Query<WriteQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let key = key_of(path)?;
+    let mode = mode_of(query(q)?)?;
+    let ack = app.rep.delete(&key, mode).await?;
+    Ok(axum::Json(ack).into_response())
+}
+
+fn read_headers(served_by: &str, seq: Option<u64>) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(served_by) {
+        h.insert("x-walship-served-by", v);
+    }
+    if let Some(seq) = seq {
+        h.insert("x-walship-seq", HeaderValue::from(seq));
+    }
+    h
+}
+
+fn not_found(key: &Key) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(json!({ "error": format!("no object under key {:?}", key.as_str()) })),
+    )
+        .into_response()
+}
+
+async fn get_object(
+    State(app): State<App>,
+    path: Result<Path<String>, PathRejection>,
+    q: Result<Query<ReadQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let key = key_of(path)?;
+    check_read_preference(&query(q)?)?;
+    match app.rep.get(&key).await? {
+        Some((bytes, served_by, seq)) => Ok((read_headers(&served_by, seq), bytes).into_response()),
+        None => Ok(not_found(&key)),
+    }
+}
+
+async fn head_object(
+    State(app): State<App>,
+    path: Result<Path<String>, PathRejection>,
+    q: Result<Query<ReadQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let key = key_of(path)?;
+    check_read_preference(&query(q)?)?;
+    match app.rep.head_object(&key).await? {
+        Some((meta, served_by, seq)) => {
+            let mut h = read_headers(&served_by, seq);
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
+            Ok((StatusCode::OK, h).into_response())
+        }
+        None => Ok(StatusCode::NOT_FOUND.into_response()),
+    }
+}
+
+async fn list_objects(
+    State(app): State<App>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(1000);
+    if limit == 0 || limit > 100_000 {
+        return Err(bad("limit must be between 1 and 100000"));
+    }
+    let prefix = q.prefix.unwrap_or_default();
+    let mut keys = app.rep.list(&prefix, limit + 1)?;
+    let truncated = keys.len() > limit;
+    keys.truncate(limit);
+    let keys: Vec<_> = keys
+        .into_iter()
+        .map(|(k, i)| json!({ "key": k, "seq": i.seq, "size": i.size }))
+        .collect();
+    Ok(axum::Json(json!({ "keys": keys, "truncated": truncated })).into_response())
+}
+
+async fn cursors(State(app): State<App>) -> Result<Response, ApiError> {
+    Ok(axum::Json(app.rep.cursors()?).into_response())
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(app): State<App>) -> Response {
+    if app.rep.primary_reachable().await {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "error": "the acting primary does not answer" })),
+        )
+            .into_response()
+    }
+}
+
+async fn fallback() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(json!({ "error": "no such endpoint; see SPEC.md for the HTTP API" })),
+    )
+        .into_response()
+}
+
+async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
+    if let Some(token) = &app.token {
+        let ok = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| t.as_bytes() == token.as_bytes());
+        if !ok {
+            return (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(json!({ "error": "missing or wrong token: send \"Authorization: Bearer <token>\" with the token from auth_token_file" })),
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// The HTTP API over a replicator.
+pub fn router(rep: Arc<Replicator>, token: Option<String>) -> Router {
+    let app = App {
+        max_body: rep.config().max_object_bytes as usize,
+        rep,
+        token: token.map(Arc::from),
+    };
+    Router::new()
+        .route(
+            "/v1/objects/{*key}",
+            get(get_object).head(head_object).put(put_object).delete(delete_object),
+        )
+        .route("/v1/objects", get(list_objects))
+        .route("/v1/cursors", get(cursors))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(fallback)
+        .layer(middleware::from_fn_with_state(app.clone(), auth))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(app)
+}
+
+/// Reads the bearer token named by the config, if any.
+pub fn load_token(cfg: &Config) -> Result<Option<String>> {
+    let Some(path) = &cfg.auth_token_file else {
+        return Ok(None);
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading auth_token_file {}", path.display()), e))?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(Error::Config {
+            problems: vec![format!("auth_token_file: {} is empty", path.display())],
+        });
+    }
+    Ok(Some(token))
+}
+
+/// Runs the sidecar until SIGTERM or SIGINT, then stops taking writes,
+/// drains shipping for `shutdown_grace_seconds`, persists cursors and
+/// returns.
+pub async fn serve(cfg: Config) -> Result<()> {
+    let token = load_token(&cfg)?;
+    let addr: SocketAddr = cfg.listen.parse().map_err(|_| Error::Config {
+        problems: vec![format!("listen: {:?} is not an address", cfg.listen)],
+    })?;
+    let grace = Duration::from_secs_f64(cfg.shutdown_grace_seconds);
+    let rep = Replicator::open(cfg).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::io(format!("listening on {addr} (is another sidecar running there?)"), e))?;
+    let local = listener.local_addr().map_err(|e| Error::io("reading the listen address", e))?;
+    tracing::info!(addr = %local, "walship serving");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = {
+        let stop = stop.clone();
+        let app = router(rep.clone(), token);
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        })
+    };
+    wait_for_signal().await;
+    tracing::info!(grace_seconds = grace.as_secs_f64(), "stopping: no new writes, draining shipping");
+    let result = rep.shutdown(grace).await;
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    match &result {
+        Ok(()) => tracing::info!("cursors persisted; bye"),
+        Err(e) => tracing::error!(error = %e, "shutdown could not persist everything"),
+    }
+    result
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

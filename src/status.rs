@@ -1,0 +1,138 @@
+//! Target roles, health and states, and the `cursors` report.
+//!
+//! The report is the same whether it comes from a running sidecar
+//! (`GET /v1/cursors`) or straight from a data directory when none runs
+//! (`walship cursors --data-dir D`): `{"head": N, "targets": [...]}` with the
+//! fields SPEC.md names. Lag is always cursor distance measured on the log.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::log::lag_of;
+use crate::storage::LogStorage;
+
+/// A target's configured role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The `[primary]` store.
+    Primary,
+    /// A `[[targets]]` entry that may be promoted.
+    Replica,
+    /// A `[[targets]]` entry with `is_read_replica = true`.
+    ReadReplica,
+}
+
+/// How a target is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Requests succeed and lag is within bounds.
+    Healthy,
+    /// Lag is over `max_replication_lag_ms`.
+    Degraded,
+    /// Requests keep failing.
+    Unhealthy,
+    /// Nothing known yet.
+    Unknown,
+}
+
+/// What walship does with a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetState {
+    /// Shipping.
+    Active,
+    /// Not shipping, by request; keeps its cursor.
+    Paused,
+    /// Being copied from the acting primary.
+    Syncing,
+    /// Shipping stopped on an error that needs a person (see `error`).
+    Failed,
+    /// No longer configured.
+    Removed,
+}
+
+/// One row of the cursors report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetRow {
+    /// Target name.
+    pub name: String,
+    /// `primary`, `replica` or `read_replica`.
+    pub role: Role,
+    /// Region from the config.
+    pub region: String,
+    /// Health.
+    pub health: Health,
+    /// State.
+    pub state: TargetState,
+    /// Highest seq such that every entry up to it is applied.
+    pub cursor: u64,
+    /// `head - cursor`.
+    pub lag_entries: u64,
+    /// Bytes of the unapplied entries.
+    pub lag_bytes: u64,
+    /// Age of the oldest unapplied entry in ms (0 when caught up).
+    pub lag_ms: u64,
+    /// The last error shipping met, if it has not succeeded since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /v1/cursors` and `walship cursors --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CursorsReport {
+    /// The highest seq in the log.
+    pub head: u64,
+    /// One row per target, the primary first.
+    pub targets: Vec<TargetRow>,
+}
+
+/// What a sidecar records of its targets so offline tools can name them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TargetRecord {
+    pub(crate) name: String,
+    pub(crate) role: Role,
+    pub(crate) region: String,
+}
+
+pub(crate) const TARGETS_META: &str = "targets";
+
+/// The cursors report read straight from a data directory's storage.
+pub fn offline_report(storage: &dyn LogStorage) -> Result<CursorsReport> {
+    let head = storage.bounds()?.map(|(_, h)| h).unwrap_or(0);
+    let records: Vec<TargetRecord> = storage
+        .meta(TARGETS_META)?
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let cursors = storage.cursors()?;
+    let mut rows = Vec::new();
+    for r in &records {
+        let cursor = cursors.iter().find(|(n, _)| n == &r.name).map(|(_, c)| *c).unwrap_or(0);
+        rows.push(offline_row(storage, &r.name, r.role, &r.region, cursor, head)?);
+    }
+    for (name, cursor) in &cursors {
+        if !records.iter().any(|r| &r.name == name) {
+            let mut row = offline_row(storage, name, Role::Replica, "", *cursor, head)?;
+            row.state = TargetState::Removed;
+            rows.push(row);
+        }
+    }
+    Ok(CursorsReport { head, targets: rows })
+}
+
+fn offline_row(storage: &dyn LogStorage, name: &str, role: Role, region: &str, cursor: u64, head: u64) -> Result<TargetRow> {
+    let lag = lag_of(storage, cursor, head)?;
+    Ok(TargetRow {
+        name: name.to_string(),
+        role,
+        region: region.to_string(),
+        health: Health::Unknown,
+        state: TargetState::Active,
+        cursor,
+        lag_entries: lag.entries,
+        lag_bytes: lag.bytes,
+        lag_ms: lag.ms,
+        error: None,
+    })
+}
