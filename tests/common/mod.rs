@@ -1,0 +1,123 @@
+//! Shared test helpers: configs over in-memory stores wrapped in fault
+//! injectors, and a running replicator to drive.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::memory::InMemory;
+use object_store::{ObjectStore, ObjectStoreExt};
+use walship::faults::{FaultyStore, Faults};
+use walship::key::Key;
+use walship::{Config, Replicator};
+
+/// A replicator over in-memory stores with a fault control per target.
+pub struct Rig {
+    pub dir: tempfile::TempDir,
+    pub cfg: Config,
+    pub rep: Arc<Replicator>,
+    pub stores: HashMap<String, Arc<InMemory>>,
+    pub faults: HashMap<String, Faults>,
+}
+
+/// Config text: a primary `p` and replicas `r1..=rN`, in-memory.
+pub fn config_text(data_dir: &std::path::Path, replicas: usize, mode: &str, min_sync: usize, timeout_s: f64) -> String {
+    let mut t = format!(
+        "data_dir = {:?}\nshutdown_grace_seconds = 1\n[replication]\nmode = \"{mode}\"\nmin_sync_replicas = {min_sync}\n\
+         [primary]\nname = \"p\"\nurl = \"memory://\"\nsync_timeout_seconds = {timeout_s}\nretry_delay_seconds = 0.02\n",
+        data_dir.display().to_string()
+    );
+    for i in 1..=replicas {
+        t.push_str(&format!(
+            "[[targets]]\nname = \"r{i}\"\nurl = \"memory://\"\nsync_timeout_seconds = {timeout_s}\nretry_delay_seconds = 0.02\nmax_retry_attempts = 2\n"
+        ));
+    }
+    t
+}
+
+impl Rig {
+    pub async fn new(replicas: usize, mode: &str, min_sync: usize, timeout_s: f64) -> Rig {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = Config::from_toml(&config_text(dir.path(), replicas, mode, min_sync, timeout_s)).expect("config");
+        Rig::open(dir, cfg, HashMap::new()).await
+    }
+
+    /// Opens (or reopens) with the given inner stores (fresh ones for names
+    /// not given).
+    pub async fn open(dir: tempfile::TempDir, cfg: Config, mut inner: HashMap<String, Arc<InMemory>>) -> Rig {
+        let mut stores = HashMap::new();
+        let mut faults = HashMap::new();
+        let mut wrapped: HashMap<String, Arc<dyn ObjectStore>> = HashMap::new();
+        for (_, t) in cfg.all_targets() {
+            let mem = inner.remove(&t.name).unwrap_or_else(|| Arc::new(InMemory::new()));
+            let (store, f) = FaultyStore::wrap(mem.clone());
+            wrapped.insert(t.name.clone(), store);
+            stores.insert(t.name.clone(), mem);
+            faults.insert(t.name.clone(), f);
+        }
+        let rep = Replicator::open_with_stores(cfg.clone(), wrapped).await.expect("open replicator");
+        Rig { dir, cfg, rep, stores, faults }
+    }
+
+    /// Shuts down and reopens on the same data dir and stores.
+    pub async fn restart(self) -> Rig {
+        self.rep.shutdown(Duration::from_millis(200)).await.expect("shutdown");
+        let Rig { dir, cfg, rep, stores, .. } = self;
+        drop(rep);
+        Rig::open(dir, cfg, stores).await
+    }
+
+    pub fn fault(&self, target: &str) -> &Faults {
+        &self.faults[target]
+    }
+
+    pub async fn object(&self, target: &str, key: &str) -> Option<Bytes> {
+        let store = &self.stores[target];
+        match store.get(&Key::parse(key).expect("key").object_path()).await {
+            Ok(r) => Some(r.bytes().await.expect("bytes")),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => panic!("get {key} from {target}: {e}"),
+        }
+    }
+
+    pub fn cursor(&self, target: &str) -> u64 {
+        let report = self.rep.cursors().expect("cursors");
+        report.targets.iter().find(|t| t.name == target).expect("target").cursor
+    }
+
+    /// Waits (at most 10 s) until `f` holds for the cursors report.
+    pub async fn wait_until(&self, f: impl Fn(&walship::status::CursorsReport) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = self.rep.cursors().expect("cursors");
+            if f(&r) {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("condition not reached within 10 s: {r:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (bounded) until every target's cursor reaches the head.
+    pub async fn wait_caught_up(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let r = self.rep.cursors().expect("cursors");
+            if r.targets.iter().all(|t| t.cursor == r.head) {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("targets did not catch up within {within:?}: {r:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub fn key(k: &str) -> Key {
+    Key::parse(k).expect("valid key")
+}

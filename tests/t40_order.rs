@@ -1,0 +1,63 @@
+//! SPEC guarantee 5: per key, a target never ends on an older version.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Rig, key};
+use walship::codec::Op;
+use walship::faults::Fault;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_versions_of_few_keys_under_concurrency_and_delays_end_on_the_newest() {
+    let rig = Rig::new(3, "async", 1, 5.0).await;
+    // Each replica answers with a different, changing delay.
+    let faults: Vec<_> = ["r1", "r2", "r3"].iter().map(|n| rig.fault(n).clone()).collect();
+    let jitter = tokio::spawn(async move {
+        for round in 0..40u64 {
+            for (i, f) in faults.iter().enumerate() {
+                let ms = (round * 7 + i as u64 * 13) % 9;
+                f.set(Fault::Delay(Duration::from_millis(ms)));
+            }
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        for f in &faults {
+            f.heal();
+        }
+    });
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let rep = rig.rep.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..60 {
+                let k = key(&format!("hot/{}", i % 4));
+                if i % 11 == 10 {
+                    rep.delete(&k, None).await.expect("delete");
+                } else {
+                    rep.put(&k, Bytes::from(format!("w{w}-{i}")), None).await.expect("put");
+                }
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    jitter.await.expect("jitter");
+    rig.wait_caught_up(Duration::from_secs(20)).await;
+
+    let log = rig.rep.log();
+    let batch = log.read(1, 100_000, usize::MAX);
+    assert!(batch.error.is_none());
+    assert_eq!(batch.entries.len(), 480);
+    let mut newest: HashMap<String, Option<Bytes>> = HashMap::new();
+    for e in &batch.entries {
+        newest.insert(e.key.clone(), (e.op == Op::Put).then(|| e.value.clone()));
+    }
+    for target in ["p", "r1", "r2", "r3"] {
+        for (k, v) in &newest {
+            assert_eq!(&rig.object(target, k).await, v, "{target} {k}");
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! SPEC guarantees 4 and 7 inside one process: restart resumes cursors,
+//! a corrupt entry stops shipping naming its seq, a hung target is bounded.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Rig, key};
+use walship::faults::Fault;
+use walship::status::TargetState;
+
+#[tokio::test]
+async fn restart_resumes_every_cursor_and_catches_up() {
+    let rig = Rig::new(2, "async", 1, 0.5).await;
+    rig.fault("r2").set(Fault::Fail);
+    for i in 0..30 {
+        rig.rep.put(&key(&format!("k{i}")), Bytes::from(format!("v{i}")), None).await.expect("put");
+    }
+    rig.wait_until(|r| r.targets.iter().find(|t| t.name == "r1").is_some_and(|t| t.cursor == 30)).await;
+    let rig = rig.restart().await;
+    // r1's cursor was persisted; r2 starts where it was and catches up.
+    assert_eq!(rig.cursor("r1"), 30);
+    assert_eq!(rig.cursor("r2"), 0);
+    rig.wait_caught_up(Duration::from_secs(10)).await;
+    for i in 0..30 {
+        assert_eq!(rig.object("r2", &format!("k{i}")).await, Some(Bytes::from(format!("v{i}"))));
+    }
+    // New writes continue the seq.
+    assert_eq!(rig.rep.put(&key("after"), Bytes::from("x"), None).await.expect("put").seq, 31);
+}
+
+#[tokio::test]
+async fn a_corrupt_entry_stops_shipping_before_it_and_is_named() {
+    let rig = Rig::new(1, "async", 1, 0.5).await;
+    rig.fault("r1").set(Fault::Fail);
+    for i in 1..=10 {
+        rig.rep.put(&key(&format!("k{i}")), Bytes::from(format!("v{i}")), None).await.expect("put");
+    }
+    rig.rep.shutdown(Duration::ZERO).await.expect("shutdown");
+    let common::Rig { dir, cfg, rep, stores, .. } = rig;
+    drop(rep);
+
+    // Flip one byte of entry 6 in the sled database, as a bad disk would.
+    {
+        let db = sled::open(dir.path().join("log")).expect("sled");
+        let log = db.open_tree("log").expect("tree");
+        let k = 6u64.to_be_bytes();
+        let mut v = log.get(k).expect("get").expect("entry 6").to_vec();
+        let n = v.len();
+        v[n - 6] ^= 0x20;
+        log.insert(k, v).expect("insert");
+        db.flush().expect("flush");
+    }
+
+    let rig = Rig::open(dir, cfg, stores).await;
+    rig.wait_until(|r| r.targets.iter().any(|t| t.name == "r1" && t.state == TargetState::Failed)).await;
+    let report = rig.rep.cursors().expect("cursors");
+    let r1 = report.targets.iter().find(|t| t.name == "r1").expect("r1");
+    assert_eq!(r1.cursor, 5, "entries before the corrupt one are shipped");
+    let err = r1.error.as_deref().expect("error shown");
+    assert!(err.contains("seq 6") && err.contains("crc32"), "{err}");
+    let table = walship::cli::cursors_table(&report);
+    assert!(table.contains("failed") && table.contains("seq 6"), "{table}");
+    for i in 1..=5 {
+        assert!(rig.object("r1", &format!("k{i}")).await.is_some());
+    }
+    // Never ships wrong bytes, nor anything past the corrupt entry.
+    for i in 6..=10 {
+        assert_eq!(rig.object("r1", &format!("k{i}")).await, None, "k{i}");
+    }
+}
+
+#[tokio::test]
+async fn a_hung_request_is_bounded_by_sync_timeout_and_retried() {
+    let rig = Rig::new(1, "async", 1, 0.2).await;
+    rig.fault("r1").set(Fault::Hang);
+    rig.rep.put(&key("a"), Bytes::from("1"), None).await.expect("async");
+    // The hung attempt times out and counts as a failure.
+    rig.wait_until(|r| {
+        r.targets
+            .iter()
+            .any(|t| t.name == "r1" && t.error.as_deref().unwrap_or("").contains("sync_timeout_seconds"))
+    })
+    .await;
+    rig.fault("r1").heal();
+    rig.wait_caught_up(Duration::from_secs(10)).await;
+    assert_eq!(rig.object("r1", "a").await, Some(Bytes::from("1")));
+}
