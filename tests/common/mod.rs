@@ -39,9 +39,24 @@ pub fn config_text(data_dir: &std::path::Path, replicas: usize, mode: &str, min_
 
 impl Rig {
     pub async fn new(replicas: usize, mode: &str, min_sync: usize, timeout_s: f64) -> Rig {
+        Rig::with_top(replicas, mode, min_sync, timeout_s, "").await
+    }
+
+    /// Like `new`, with extra top-level config lines (e.g. `max_object_bytes = 10`).
+    pub async fn with_top(replicas: usize, mode: &str, min_sync: usize, timeout_s: f64, top: &str) -> Rig {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = Config::from_toml(&config_text(dir.path(), replicas, mode, min_sync, timeout_s)).expect("config");
+        let text = format!("{top}\n{}", config_text(dir.path(), replicas, mode, min_sync, timeout_s));
+        let cfg = Config::from_toml(&text).expect("config");
         Rig::open(dir, cfg, HashMap::new()).await
+    }
+
+    /// Serves the HTTP API on a free loopback port; returns its base URL.
+    pub async fn serve_http(&self, token: Option<&str>) -> String {
+        let app = walship::server::router(self.rep.clone(), token.map(str::to_string));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
     }
 
     /// Opens (or reopens) with the given inner stores (fresh ones for names

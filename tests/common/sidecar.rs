@@ -1,0 +1,119 @@
+//! Running the real `walship` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_walship"))
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// A config with a primary and two replicas as directories under `root`.
+pub fn dir_config(root: &Path, port: u16, mode: &str) -> String {
+    let url = |n: &str| walship::config::file_url(&root.join("targets").join(n));
+    format!(
+        "data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_seconds = 5\n\
+         [replication]\nmode = \"{mode}\"\n\
+         [primary]\nname = \"primary\"\nurl = \"{}\"\nsync_timeout_seconds = 5\n\
+         [[targets]]\nname = \"replica-1\"\nurl = \"{}\"\nsync_timeout_seconds = 5\nretry_delay_seconds = 0.05\n\
+         [[targets]]\nname = \"replica-2\"\nurl = \"{}\"\nsync_timeout_seconds = 5\nretry_delay_seconds = 0.05\n",
+        root.join("data").display().to_string(),
+        url("primary"),
+        url("replica-1"),
+        url("replica-2"),
+    )
+}
+
+pub struct Sidecar {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Sidecar {
+    /// Starts `walship serve --config cfg` and waits until it answers.
+    pub async fn start(cfg: &Path, port: u16) -> Sidecar {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(cfg.with_extension("log"))
+            .expect("log file");
+        let child = Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(cfg)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn walship");
+        let s = Sidecar {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let c = reqwest::Client::new();
+        for _ in 0..300 {
+            if let Ok(r) = c.get(format!("{}/healthz", s.base)).send().await {
+                if r.status().is_success() {
+                    return s;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("walship did not start; see {}", cfg.with_extension("log").display());
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("wait");
+    }
+
+    /// SIGTERM, then the exit status (bounded wait).
+    pub fn term(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        for _ in 0..600 {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return st;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("walship did not exit within 30 s of SIGTERM");
+    }
+
+    /// Polls `/v1/cursors` until every cursor is at the head.
+    pub async fn wait_caught_up(&self, within: Duration) -> serde_json::Value {
+        let c = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let v: serde_json::Value = c
+                .get(format!("{}/v1/cursors", self.base))
+                .send()
+                .await
+                .expect("cursors")
+                .json()
+                .await
+                .expect("json");
+            let head = v["head"].as_u64().expect("head");
+            if v["targets"].as_array().expect("targets").iter().all(|t| t["cursor"].as_u64() == Some(head)) {
+                return v;
+            }
+            assert!(std::time::Instant::now() < deadline, "not caught up: {v}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

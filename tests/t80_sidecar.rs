@@ -1,0 +1,171 @@
+//! The binary: config checking, init, client commands, SIGTERM, offline
+//! cursors.
+
+#[path = "common/sidecar.rs"]
+mod sidecar;
+
+use std::process::Command;
+
+use sidecar::{Sidecar, bin, dir_config, free_port};
+
+fn run(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
+    let out = Command::new(bin()).args(args).current_dir(dir).output().expect("run walship");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const BASE: &str = "[primary]\nname = \"p\"\nurl = \"memory://\"\n";
+
+#[test]
+fn check_config_names_each_problem_and_exits_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: &[(&str, String, &[&str])] = &[
+        ("empty targets", BASE.to_string(), &["targets: no replica"]),
+        (
+            "duplicate names",
+            format!("{BASE}[[targets]]\nname = \"p\"\nurl = \"memory://\"\n"),
+            &["targets[0].name: duplicate target name \"p\""],
+        ),
+        (
+            "min_sync_replicas",
+            format!("[replication]\nmin_sync_replicas = 3\n{BASE}[[targets]]\nname = \"r\"\nurl = \"memory://\"\n"),
+            &["replication.min_sync_replicas: 3 is more than the 1"],
+        ),
+        (
+            "timeouts",
+            format!(
+                "[replication]\nhealth_check_interval_seconds = 0\n{BASE}[[targets]]\nname = \"r\"\nurl = \"memory://\"\nsync_timeout_seconds = -1\nretry_delay_seconds = -2\n"
+            ),
+            &[
+                "replication.health_check_interval_seconds: must be more than 0",
+                "targets[0].sync_timeout_seconds: must be more than 0",
+                "targets[0].retry_delay_seconds: must be 0 or more",
+            ],
+        ),
+        (
+            "unknown key",
+            format!("bogus = 1\n{BASE}[[targets]]\nname = \"r\"\nurl = \"memory://\"\n"),
+            &["unknown field `bogus`"],
+        ),
+        (
+            "unknown nested key",
+            format!("[replication]\nmdoe = \"sync\"\n{BASE}[[targets]]\nname = \"r\"\nurl = \"memory://\"\n"),
+            &["line 2", "unknown field `mdoe`"],
+        ),
+        (
+            "unknown scheme",
+            format!("{BASE}[[targets]]\nname = \"r\"\nurl = \"ftp://x/y\"\n"),
+            &["targets[0].url: unknown scheme \"ftp\""],
+        ),
+        (
+            "unknown option",
+            format!("{BASE}[[targets]]\nname = \"r\"\nurl = \"s3://b\"\n[targets.options]\nendpont = \"x\"\n"),
+            &["targets[0].options.endpont: unknown option for s3://"],
+        ),
+        (
+            "bad mode",
+            format!("[replication]\nmode = \"fast\"\n{BASE}[[targets]]\nname = \"r\"\nurl = \"memory://\"\n"),
+            &["unknown variant `fast`"],
+        ),
+    ];
+    for (what, text, wants) in cases {
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).expect("write");
+        let (code, _, err) = run(&["check-config", path.to_str().expect("utf8")], dir.path());
+        assert_eq!(code, 2, "{what}: {err}");
+        for want in *wants {
+            assert!(err.contains(want), "{what}: wanted {want:?} in:\n{err}");
+        }
+        if *what == "timeouts" {
+            assert!(err.lines().count() >= wants.len(), "{what}: one line per problem:\n{err}");
+        }
+    }
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, format!("{BASE}[[targets]]\nname = \"r\"\nurl = \"memory://\"\n")).expect("write");
+    let (code, out, err) = run(&["check-config", good.to_str().expect("utf8")], dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok"), "{out}");
+}
+
+#[test]
+fn a_bad_config_starts_nothing_and_creates_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, format!("data_dir = {:?}\n{BASE}", data.display().to_string())).expect("write");
+    let (code, _, err) = run(&["serve", "--config", path.to_str().expect("utf8")], dir.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("targets: no replica"), "{err}");
+    assert!(!data.exists(), "a rejected config must not create the data dir");
+}
+
+#[test]
+fn init_writes_a_valid_config_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, out, err) = run(&["init", "--dir", "."], dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("walship.toml"));
+    let (code, _, err) = run(&["check-config", "walship.toml"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&["init", "--dir", "."], dir.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("already exists") && err.contains("--force"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_sigterm_and_offline_cursors() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let cfg = root.path().join("walship.toml");
+    std::fs::write(&cfg, dir_config(root.path(), port, "sync")).expect("config");
+    let sc = Sidecar::start(&cfg, port).await;
+    let dir = root.path();
+    let input = dir.join("in.txt");
+    std::fs::write(&input, "hello walship").expect("write");
+
+    let (code, out, err) = run(&["put", "greeting/hello.txt", input.to_str().expect("utf8")], dir);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("seq 1") && out.contains("replica-2"), "{out}");
+    let (code, out, _) = run(&["get", "greeting/hello.txt"], dir);
+    assert_eq!((code, out.as_str()), (0, "hello walship"));
+    let (code, out, _) = run(&["list", "greeting/"], dir);
+    assert_eq!(code, 0);
+    assert!(out.contains("greeting/hello.txt"), "{out}");
+    let (code, _, err) = run(&["put", "a/../b", input.to_str().expect("utf8")], dir);
+    assert_eq!(code, 2, "a bad key is bad usage");
+    assert!(err.contains("'..' segment"), "{err}");
+    let (code, _, err) = run(&["get", "missing"], dir);
+    assert_eq!(code, 1, "{err}");
+    let (code, out, _) = run(&["delete", "greeting/hello.txt"], dir);
+    assert_eq!(code, 0);
+    assert!(out.contains("seq 2"), "{out}");
+    assert!(!dir.join("targets/replica-1/greeting/hello.txt").exists());
+    for i in 0..20 {
+        let (code, _, err) = run(&["put", &format!("k/{i}"), input.to_str().expect("utf8"), "--mode", "async"], dir);
+        assert_eq!(code, 0, "{err}");
+    }
+
+    let (code, out, _) = run(&["cursors", "--json"], dir);
+    assert_eq!(code, 0);
+    let online: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(online["head"], 22);
+
+    assert!(sc.term().success(), "SIGTERM must exit 0 after draining");
+
+    // No sidecar now: the same command reads the data directory.
+    let (code, out, err) = run(&["cursors", "--json"], dir);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("offline"), "{err}");
+    let offline: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(offline["head"], 22);
+    for t in offline["targets"].as_array().expect("targets") {
+        assert_eq!(t["cursor"], 22, "drained and persisted on SIGTERM: {t}");
+        assert_eq!(t["lag_entries"], 0);
+    }
+    let (code, out, _) = run(&["cursors"], dir);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("NAME") && out.contains("replica-2"), "{out}");
+}
