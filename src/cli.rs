@@ -148,7 +148,11 @@ fn endpoints(cli: &Cli) -> Result<Endpoints, Failure> {
         Some(c) => crate::server::load_token(c)?,
         None => None,
     };
-    Ok(Endpoints { addr, data_dir, token })
+    Ok(Endpoints {
+        addr,
+        data_dir,
+        token,
+    })
 }
 
 struct Client {
@@ -189,7 +193,11 @@ fn object_path(key: &str) -> Result<String, Failure> {
         if i > 0 {
             out.push('/');
         }
-        out.push_str(&url::form_urlencoded::byte_serialize(seg.as_bytes()).collect::<String>().replace('+', "%20"));
+        out.push_str(
+            &url::form_urlencoded::byte_serialize(seg.as_bytes())
+                .collect::<String>()
+                .replace('+', "%20"),
+        );
     }
     Ok(out)
 }
@@ -205,14 +213,20 @@ async fn check(resp: reqwest::Response) -> Result<reqwest::Response, Failure> {
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
         .unwrap_or(text);
-    let code = if status.is_client_error() && status != reqwest::StatusCode::NOT_FOUND { 2 } else { 1 };
+    let code = if status.is_client_error() && status != reqwest::StatusCode::NOT_FOUND {
+        2
+    } else {
+        1
+    };
     Err(fail(code, format!("{status}: {msg}")))
 }
 
 fn unreachable(addr: &str, e: reqwest::Error) -> Failure {
     fail(
         1,
-        format!("no sidecar answered at {addr} ({e}); start one with `walship serve` or pass --addr"),
+        format!(
+            "no sidecar answered at {addr} ({e}); start one with `walship serve` or pass --addr"
+        ),
     )
 }
 
@@ -223,7 +237,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let cfg = match &cli.config {
                 Some(p) => Config::load(p).map_err(|e| fail(2, format!("{}: {e}", p.display())))?,
                 None => {
-                    let cwd = std::env::current_dir().map_err(|e| fail(1, format!("reading the current directory: {e}")))?;
+                    let cwd = std::env::current_dir()
+                        .map_err(|e| fail(1, format!("reading the current directory: {e}")))?;
                     Config::embedded_default(&cwd)
                 }
             };
@@ -236,7 +251,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let body = match file.as_deref() {
                 None => read_stdin()?,
                 Some(p) if p == Path::new("-") => read_stdin()?,
-                Some(p) => std::fs::read(p).map_err(|e| fail(1, format!("reading {}: {e}", p.display())))?,
+                Some(p) => std::fs::read(p)
+                    .map_err(|e| fail(1, format!("reading {}: {e}", p.display())))?,
             };
             let e = endpoints(&cli)?;
             let c = Client::new(&e);
@@ -245,11 +261,19 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 r = r.query(&[("mode", m)]);
             }
             let resp = check(r.send().await.map_err(|err| unreachable(&e.addr, err))?).await?;
-            let v: serde_json::Value = resp.json().await.map_err(|err| fail(1, format!("reading the answer: {err}")))?;
+            let v: serde_json::Value = resp
+                .json()
+                .await
+                .map_err(|err| fail(1, format!("reading the answer: {err}")))?;
             if cli.json {
                 println!("{v}");
             } else {
-                println!("seq {} acked by {} ({})", v["seq"], join(&v["acked_by"]), v["mode"].as_str().unwrap_or(""));
+                println!(
+                    "seq {} acked by {} ({})",
+                    v["seq"],
+                    join(&v["acked_by"]),
+                    v["mode"].as_str().unwrap_or("")
+                );
             }
             Ok(())
         }
@@ -261,15 +285,25 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 r = r.query(&[("mode", m)]);
             }
             let resp = check(r.send().await.map_err(|err| unreachable(&e.addr, err))?).await?;
-            let v: serde_json::Value = resp.json().await.map_err(|err| fail(1, format!("reading the answer: {err}")))?;
+            let v: serde_json::Value = resp
+                .json()
+                .await
+                .map_err(|err| fail(1, format!("reading the answer: {err}")))?;
             if cli.json {
                 println!("{v}");
             } else {
-                println!("deleted at seq {} acked by {}", v["seq"], join(&v["acked_by"]));
+                println!(
+                    "deleted at seq {} acked by {}",
+                    v["seq"],
+                    join(&v["acked_by"])
+                );
             }
             Ok(())
         }
-        Command::Get { key, read_preference } => {
+        Command::Get {
+            key,
+            read_preference,
+        } => {
             let e = endpoints(&cli)?;
             let c = Client::new(&e);
             let mut r = c.req(reqwest::Method::GET, &object_path(key)?);
@@ -277,7 +311,10 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 r = r.query(&[("read_preference", p)]);
             }
             let resp = check(r.send().await.map_err(|err| unreachable(&e.addr, err))?).await?;
-            let bytes = resp.bytes().await.map_err(|err| fail(1, format!("reading the answer: {err}")))?;
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|err| fail(1, format!("reading the answer: {err}")))?;
             std::io::stdout()
                 .write_all(&bytes)
                 .map_err(|err| fail(1, format!("writing to standard output: {err}")))?;
@@ -290,14 +327,22 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 .req(reqwest::Method::GET, "/v1/objects")
                 .query(&[("prefix", prefix.clone().unwrap_or_default())]);
             let resp = check(r.send().await.map_err(|err| unreachable(&e.addr, err))?).await?;
-            let v: serde_json::Value = resp.json().await.map_err(|err| fail(1, format!("reading the answer: {err}")))?;
+            let v: serde_json::Value = resp
+                .json()
+                .await
+                .map_err(|err| fail(1, format!("reading the answer: {err}")))?;
             if cli.json {
                 println!("{v}");
             } else {
                 println!("{:<8} {:>10}  KEY", "SEQ", "SIZE");
                 for k in v["keys"].as_array().into_iter().flatten() {
                     let n = |f: &str| k[f].as_u64().unwrap_or(0);
-                    println!("{:<8} {:>10}  {}", n("seq"), n("size"), k["key"].as_str().unwrap_or(""));
+                    println!(
+                        "{:<8} {:>10}  {}",
+                        n("seq"),
+                        n("size"),
+                        k["key"].as_str().unwrap_or("")
+                    );
                 }
                 if v["truncated"].as_bool() == Some(true) {
                     println!("(more keys; narrow the prefix)");
@@ -309,7 +354,10 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let e = endpoints(&cli)?;
             let report = cursors_report(&e).await?;
             if cli.json {
-                println!("{}", serde_json::to_string(&report).map_err(|err| fail(1, err.to_string()))?);
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).map_err(|err| fail(1, err.to_string()))?
+                );
             } else {
                 print!("{}", cursors_table(&report));
             }
@@ -319,8 +367,17 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 fn join(v: &serde_json::Value) -> String {
-    let names: Vec<&str> = v.as_array().into_iter().flatten().filter_map(|x| x.as_str()).collect();
-    if names.is_empty() { "none".into() } else { names.join(", ") }
+    let names: Vec<&str> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str())
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
 }
 
 fn read_stdin() -> Result<Vec<u8>, Failure> {
@@ -332,7 +389,8 @@ fn read_stdin() -> Result<Vec<u8>, Failure> {
 }
 
 fn init(dir: &Path, force: bool) -> Result<(), Failure> {
-    std::fs::create_dir_all(dir).map_err(|e| fail(1, format!("creating {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| fail(1, format!("creating {}: {e}", dir.display())))?;
     let dir = dir
         .canonicalize()
         .map_err(|e| fail(1, format!("resolving {}: {e}", dir.display())))?;
@@ -340,11 +398,19 @@ fn init(dir: &Path, force: bool) -> Result<(), Failure> {
     if path.exists() && !force {
         return Err(fail(
             1,
-            format!("{} already exists; pass --force to overwrite it", path.display()),
+            format!(
+                "{} already exists; pass --force to overwrite it",
+                path.display()
+            ),
         ));
     }
-    std::fs::write(&path, init_template(&dir)).map_err(|e| fail(1, format!("writing {}: {e}", path.display())))?;
-    println!("wrote {}; start it with: walship serve --config {}", path.display(), path.display());
+    std::fs::write(&path, init_template(&dir))
+        .map_err(|e| fail(1, format!("writing {}: {e}", path.display())))?;
+    println!(
+        "wrote {}; start it with: walship serve --config {}",
+        path.display(),
+        path.display()
+    );
     Ok(())
 }
 
@@ -378,7 +444,9 @@ async fn cursors_report(e: &Endpoints) -> Result<CursorsReport, Failure> {
     match c.req(reqwest::Method::GET, "/v1/cursors").send().await {
         Ok(resp) => {
             let resp = check(resp).await?;
-            resp.json().await.map_err(|err| fail(1, format!("reading the answer: {err}")))
+            resp.json()
+                .await
+                .map_err(|err| fail(1, format!("reading the answer: {err}")))
         }
         Err(err) if err.is_connect() => {
             eprintln!(
@@ -396,7 +464,10 @@ fn offline_cursors(data_dir: &Path) -> Result<CursorsReport, Failure> {
     if !data_dir.join("log").exists() {
         return Err(fail(
             1,
-            format!("no walship log in {} (pass --data-dir or --config)", data_dir.display()),
+            format!(
+                "no walship log in {} (pass --data-dir or --config)",
+                data_dir.display()
+            ),
         ));
     }
     let storage = crate::storage::SledStorage::open(data_dir, 16 << 20)?;
@@ -414,7 +485,16 @@ fn ser<T: serde::Serialize>(v: &T) -> String {
 pub fn cursors_table(r: &CursorsReport) -> String {
     let mut out = format!(
         "{:<16} {:<12} {:<12} {:<9} {:<8} {:>10} {:>10} {:>11} {:>11} {:>9}\n",
-        "NAME", "ROLE", "REGION", "HEALTH", "STATE", "CURSOR", "HEAD", "LAG_ENTRIES", "LAG_BYTES", "LAG_MS"
+        "NAME",
+        "ROLE",
+        "REGION",
+        "HEALTH",
+        "STATE",
+        "CURSOR",
+        "HEAD",
+        "LAG_ENTRIES",
+        "LAG_BYTES",
+        "LAG_MS"
     );
     for t in &r.targets {
         out.push_str(&format!(

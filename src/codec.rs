@@ -108,7 +108,7 @@ pub fn encode(seq: u64, ts_ms: u64, op: Op, key: &str, value: &[u8]) -> Vec<u8> 
 /// The crc32 stored in a record, if it is long enough to hold one.
 pub fn stored_crc(record: &[u8]) -> Option<u32> {
     let n = record.len();
-    (n >= 1 + CRC_LEN).then(|| {
+    (n > CRC_LEN).then(|| {
         let mut b = [0u8; 4];
         b.copy_from_slice(&record[n - CRC_LEN..]);
         u32::from_le_bytes(b)
@@ -119,7 +119,10 @@ pub fn stored_crc(record: &[u8]) -> Option<u32> {
 pub fn decode(seq: u64, record: &[u8]) -> Result<Entry> {
     let corrupt = |reason: String| Error::Corrupt { seq, reason };
     let Some(stored) = stored_crc(record) else {
-        return Err(corrupt(format!("record is {} bytes, too short", record.len())));
+        return Err(corrupt(format!(
+            "record is {} bytes, too short",
+            record.len()
+        )));
     };
     let body = &record[..record.len() - CRC_LEN];
     let actual = crc32fast::hash(body);
@@ -176,7 +179,11 @@ mod tests {
             0x03, b'a', b'/', b'b', // key
             0x02, b'h', b'i', // value
         ];
-        assert_eq!(&rec[..rec.len() - 4], &expected[..], "record body drifted: {rec:02x?}");
+        assert_eq!(
+            &rec[..rec.len() - 4],
+            &expected[..],
+            "record body drifted: {rec:02x?}"
+        );
         let crc = crc32fast::hash(&expected);
         assert_eq!(stored_crc(&rec), Some(crc));
         assert_eq!(crc, 0xb452_06a6, "crc of golden record: {crc:08x}");
@@ -211,8 +218,14 @@ mod tests {
     #[test]
     fn wrong_seq_truncation_and_version_are_corrupt() {
         let rec = encode(5, 1, Op::Put, "k", b"v");
-        assert!(matches!(decode(6, &rec), Err(Error::Corrupt { seq: 6, .. })));
-        assert!(matches!(decode(5, &rec[..3]), Err(Error::Corrupt { seq: 5, .. })));
+        assert!(matches!(
+            decode(6, &rec),
+            Err(Error::Corrupt { seq: 6, .. })
+        ));
+        assert!(matches!(
+            decode(5, &rec[..3]),
+            Err(Error::Corrupt { seq: 5, .. })
+        ));
         assert!(matches!(decode(5, &[]), Err(Error::Corrupt { seq: 5, .. })));
         let mut v2 = rec.clone();
         v2[0] = 2;

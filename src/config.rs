@@ -285,7 +285,10 @@ impl TargetUrl {
         let bucket = || -> std::result::Result<(String, String), String> {
             let b = u.host_str().unwrap_or("").to_string();
             if b.is_empty() {
-                return Err(format!("{url:?} names no bucket; write {}://BUCKET/PREFIX", u.scheme()));
+                return Err(format!(
+                    "{url:?} names no bucket; write {}://BUCKET/PREFIX",
+                    u.scheme()
+                ));
             }
             Ok((b, u.path().trim_matches('/').to_string()))
         };
@@ -295,14 +298,16 @@ impl TargetUrl {
                 if u.host_str().is_some_and(|h| !h.is_empty()) {
                     return Err(format!("{url:?} has a host; write file:///absolute/path"));
                 }
-                let p = u
-                    .to_file_path()
-                    .map_err(|()| format!("{url:?} is not an absolute path; write file:///absolute/path"))?;
+                let p = u.to_file_path().map_err(|()| {
+                    format!("{url:?} is not an absolute path; write file:///absolute/path")
+                })?;
                 Ok(TargetUrl::File(p))
             }
             "s3" | "s3a" => bucket().map(|(bucket, prefix)| TargetUrl::S3 { bucket, prefix }),
             "gs" => bucket().map(|(bucket, prefix)| TargetUrl::Gcs { bucket, prefix }),
-            "az" | "azure" | "abfs" => bucket().map(|(container, prefix)| TargetUrl::Azure { container, prefix }),
+            "az" | "azure" | "abfs" => {
+                bucket().map(|(container, prefix)| TargetUrl::Azure { container, prefix })
+            }
             other => Err(format!(
                 "unknown scheme {other:?}; use s3://, gs://, az://, file:///abs/path or memory://"
             )),
@@ -335,7 +340,10 @@ impl Config {
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         if self.listen.parse::<SocketAddr>().is_err() {
-            p.push(format!("listen: {:?} is not an address like 127.0.0.1:7600", self.listen));
+            p.push(format!(
+                "listen: {:?} is not an address like 127.0.0.1:7600",
+                self.listen
+            ));
         }
         if self.max_object_bytes == 0 {
             p.push("max_object_bytes: must be at least 1".into());
@@ -344,7 +352,10 @@ impl Config {
             p.push("max_log_bytes: must be at least 1".into());
         }
         if !(self.retention_seconds >= 0.0 && self.retention_seconds.is_finite()) {
-            p.push(format!("retention_seconds: must be 0 or more, got {}", self.retention_seconds));
+            p.push(format!(
+                "retention_seconds: must be 0 or more, got {}",
+                self.retention_seconds
+            ));
         }
         if !(self.shutdown_grace_seconds >= 0.0 && self.shutdown_grace_seconds.is_finite()) {
             p.push(format!(
@@ -381,7 +392,10 @@ impl Config {
         for (field, t) in self.all_targets() {
             target_problems(&field, t, &mut p);
             if let Some(first) = seen.get(t.name.as_str()) {
-                p.push(format!("{field}.name: duplicate target name {:?} (also used by {first})", t.name));
+                p.push(format!(
+                    "{field}.name: duplicate target name {:?} (also used by {first})",
+                    t.name
+                ));
             } else {
                 seen.insert(&t.name, field.clone());
             }
@@ -391,8 +405,12 @@ impl Config {
 
     /// The primary then each replica, with its field path for messages.
     pub fn all_targets(&self) -> impl Iterator<Item = (String, &TargetConfig)> {
-        std::iter::once(("primary".to_string(), &self.primary))
-            .chain(self.targets.iter().enumerate().map(|(i, t)| (format!("targets[{i}]"), t)))
+        std::iter::once(("primary".to_string(), &self.primary)).chain(
+            self.targets
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (format!("targets[{i}]"), t)),
+        )
     }
 
     /// The embedded default of `walship serve` without `--config`:
@@ -583,17 +601,35 @@ mod tests {
         let d = Config::embedded_default(base);
         assert!(d.problems().is_empty(), "{:?}", d.problems());
         assert_eq!(d.targets.len(), 2);
-        assert_eq!(TargetUrl::parse(&d.primary.url), Ok(TargetUrl::File(base.join("walship-data/targets/primary"))));
+        assert_eq!(
+            TargetUrl::parse(&d.primary.url),
+            Ok(TargetUrl::File(base.join("walship-data/targets/primary")))
+        );
     }
 
     #[test]
     fn urls() {
         assert_eq!(
             TargetUrl::parse("s3://b/x/y"),
-            Ok(TargetUrl::S3 { bucket: "b".into(), prefix: "x/y".into() })
+            Ok(TargetUrl::S3 {
+                bucket: "b".into(),
+                prefix: "x/y".into()
+            })
         );
-        assert!(TargetUrl::parse("ftp://x").unwrap_err().contains("unknown scheme"));
-        assert!(TargetUrl::parse("s3:///nobucket").unwrap_err().contains("no bucket"));
-        assert!(TargetUrl::parse("file://host/x").unwrap_err().contains("file:///"));
+        assert!(
+            TargetUrl::parse("ftp://x")
+                .unwrap_err()
+                .contains("unknown scheme")
+        );
+        assert!(
+            TargetUrl::parse("s3:///nobucket")
+                .unwrap_err()
+                .contains("no bucket")
+        );
+        assert!(
+            TargetUrl::parse("file://host/x")
+                .unwrap_err()
+                .contains("file:///")
+        );
     }
 }

@@ -25,7 +25,9 @@ pub enum Error {
     },
 
     /// The log storage (sled) failed.
-    #[error("log storage failed while {op} in {path}: {source}. Check the disk, free space and permissions of data_dir")]
+    #[error(
+        "log storage failed while {op} in {path}: {source}. Check the disk, free space and permissions of data_dir"
+    )]
     Storage {
         /// What the log was doing.
         op: &'static str,
@@ -63,7 +65,9 @@ pub enum Error {
     },
 
     /// A value larger than `max_object_bytes`.
-    #[error("the value is {size} bytes, over max_object_bytes ({max}); raise max_object_bytes in the config or store a smaller object")]
+    #[error(
+        "the value is {size} bytes, over max_object_bytes ({max}); raise max_object_bytes in the config or store a smaller object"
+    )]
     TooLarge {
         /// Size of the value.
         size: usize,

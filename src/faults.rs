@@ -16,8 +16,8 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
-    PutOptions, PutPayload, PutResult,
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 use tokio::sync::watch;
 
@@ -96,7 +96,11 @@ impl Faults {
 
     /// The recorded put paths.
     pub fn recorded_puts(&self) -> Vec<String> {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default()
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default()
     }
 
     /// Applies the fault; `Ok(true)` means "pretend it worked".
@@ -138,7 +142,13 @@ impl FaultyStore {
     /// Wraps `inner`; the returned [`Faults`] controls it.
     pub fn wrap(inner: Arc<dyn ObjectStore>) -> (Arc<FaultyStore>, Faults) {
         let faults = Faults::default();
-        (Arc::new(FaultyStore { inner, faults: faults.clone() }), faults)
+        (
+            Arc::new(FaultyStore {
+                inner,
+                faults: faults.clone(),
+            }),
+            faults,
+        )
     }
 }
 
@@ -156,7 +166,12 @@ impl fmt::Display for FaultyStore {
 
 #[async_trait]
 impl ObjectStore for FaultyStore {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> object_store::Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
         if self.faults.gate(true).await? {
             return Ok(PutResult {
                 e_tag: None,
@@ -165,7 +180,13 @@ impl ObjectStore for FaultyStore {
             });
         }
         self.faults.puts.fetch_add(1, Ordering::Relaxed);
-        if let Some(log) = self.faults.log.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if let Some(log) = self
+            .faults
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
             log.push(location.to_string());
         }
         self.inner.put_opts(location, payload, opts).await
@@ -180,12 +201,20 @@ impl ObjectStore for FaultyStore {
         self.inner.put_multipart_opts(location, opts).await
     }
 
-    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
         self.faults.gate(false).await?;
         self.inner.get_opts(location, options).await
     }
 
-    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> object_store::Result<Vec<Bytes>> {
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
         self.faults.gate(false).await?;
         self.inner.get_ranges(location, ranges).await
     }
@@ -205,7 +234,8 @@ impl ObjectStore for FaultyStore {
                     if faults.gate(true).await? {
                         return Ok(loc);
                     }
-                    let mut out = inner.delete_stream(futures::stream::once(async move { Ok(loc) }).boxed());
+                    let mut out =
+                        inner.delete_stream(futures::stream::once(async move { Ok(loc) }).boxed());
                     match out.next().await {
                         Some(r) => r,
                         None => Err(object_store::Error::Generic {
@@ -237,7 +267,12 @@ impl ObjectStore for FaultyStore {
         self.inner.list_with_delimiter(prefix).await
     }
 
-    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
         if self.faults.gate(true).await? {
             return Ok(());
         }

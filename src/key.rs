@@ -86,7 +86,14 @@ mod tests {
 
     #[test]
     fn good_keys() {
-        for k in ["a", "a/b/c", "results/2024 report.json", "ünïcødé/κλειδί", "a.b/..c/d..", &"x".repeat(1024)] {
+        for k in [
+            "a",
+            "a/b/c",
+            "results/2024 report.json",
+            "ünïcødé/κλειδί",
+            "a.b/..c/d..",
+            &"x".repeat(1024),
+        ] {
             let key = Key::parse(k).unwrap_or_else(|e| panic!("{k:?}: {e}"));
             assert_eq!(key.as_str(), k);
             assert_eq!(key.object_path().parts().count(), k.split('/').count());
@@ -111,7 +118,9 @@ mod tests {
             let err = Key::parse(k).expect_err(k).to_string();
             assert!(err.contains(why), "{k:?}: {err}");
         }
-        let err = Key::parse(&"x".repeat(1025)).expect_err("too long").to_string();
+        let err = Key::parse(&"x".repeat(1025))
+            .expect_err("too long")
+            .to_string();
         assert!(err.contains("1024 bytes"), "{err}");
     }
 }

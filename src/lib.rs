@@ -15,13 +15,13 @@ pub mod storage;
 pub use error::{Error, Result};
 pub mod config;
 pub mod faults;
-pub mod target;
 pub mod quorum;
-pub mod status;
 pub mod replicator;
 mod shipper;
+pub mod status;
+pub mod target;
 
 pub use config::{Config, Mode};
 pub use replicator::{Replicator, WriteAck};
-pub mod server;
 pub mod cli;
+pub mod server;

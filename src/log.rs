@@ -15,8 +15,8 @@
 //! Positions: `first ≤ head`, truncation never removes the head entry, so
 //! the next seq survives any truncation and restart.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -84,6 +84,42 @@ pub struct Log {
     head: Arc<watch::Sender<u64>>,
     first: AtomicU64,
     committer: Option<std::thread::JoinHandle<()>>,
+    indexer: Option<std::thread::JoinHandle<()>>,
+    indexed: Arc<watch::Sender<u64>>,
+    pending_index: Arc<Mutex<PendingIndex>>,
+    stats: Arc<CommitStats>,
+}
+
+/// Counts a writer inside `append` (also across cancellation).
+struct ActiveWriter<'a>(&'a AtomicU64);
+
+impl<'a> ActiveWriter<'a> {
+    fn enter(n: &'a AtomicU64) -> ActiveWriter<'a> {
+        n.fetch_add(1, Ordering::AcqRel);
+        ActiveWriter(n)
+    }
+}
+
+impl Drop for ActiveWriter<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counters of the committer.
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    /// Writers inside `append` right now (queued, being flushed, or just
+    /// answered and not yet resumed).
+    pub active: AtomicU64,
+    /// Entries made durable.
+    pub entries: AtomicU64,
+    /// Durable flushes (groups).
+    pub flushes: AtomicU64,
+    /// Time spent gathering groups, µs.
+    pub gather_us: AtomicU64,
+    /// Time spent appending and syncing, µs.
+    pub flush_us: AtomicU64,
 }
 
 impl Drop for Log {
@@ -92,7 +128,10 @@ impl Drop for Log {
     fn drop(&mut self) {
         let (closed, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.tx, closed));
-        if let Some(handle) = self.committer.take() {
+        for handle in [self.committer.take(), self.indexer.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = handle.join();
         }
     }
@@ -115,9 +154,24 @@ impl Log {
         rebuild_key_index(storage.as_ref(), head)?;
         let (tx, rx) = mpsc::channel::<Request>(MAX_GROUP * 4);
         let head_tx = Arc::new(watch::channel(head).0);
+        let stats = Arc::new(CommitStats::default());
+        let indexed = Arc::new(watch::channel(head).0);
+        let (index_tx, index_rx) = std::sync::mpsc::channel();
+        let pending_index = Arc::new(Mutex::new(PendingIndex::default()));
+        let indexer = {
+            let storage = storage.clone();
+            let indexed = indexed.clone();
+            let pending = pending_index.clone();
+            std::thread::Builder::new()
+                .name("walship-index".into())
+                .spawn(move || run_indexer(storage, index_rx, indexed, pending))
+                .map_err(|e| Error::io("starting the key index thread", e))?
+        };
         let committer = Committer {
+            stats: stats.clone(),
             storage: storage.clone(),
             head: head_tx.clone(),
+            indexer: index_tx,
             next_seq: head + 1,
             last_ts,
         };
@@ -131,17 +185,27 @@ impl Log {
             head: head_tx,
             first: AtomicU64::new(first),
             committer: Some(handle),
+            indexer: Some(indexer),
+            indexed,
+            pending_index,
+            stats,
         }))
     }
 
     /// Appends a write and returns once it is durable.
     pub async fn append(&self, write: Write) -> Result<Appended> {
+        let _active = ActiveWriter::enter(&self.stats.active);
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request { write, reply })
             .await
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Group-commit counters.
+    pub fn stats(&self) -> &CommitStats {
+        &self.stats
     }
 
     /// The highest durable seq (0 for an empty log).
@@ -223,8 +287,55 @@ impl Log {
     }
 
     /// The newest entry of a key.
-    pub fn key_info(&self, key: &str) -> Result<Option<KeyInfo>> {
+    ///
+    /// Waits (briefly) for the key index to cover the head as it was when
+    /// called, so an acknowledged write is always seen.
+    pub async fn key_info(&self, key: &str) -> Result<Option<KeyInfo>> {
+        self.wait_indexed().await;
+        if let Some(info) = self.pending_index().keys.get(key) {
+            return Ok(Some(*info));
+        }
         self.storage.key_info(key)
+    }
+
+    fn pending_index(&self) -> std::sync::MutexGuard<'_, PendingIndex> {
+        self.pending_index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keys starting with `prefix` with their newest entry, in key order,
+    /// deletes included, at most `limit`.
+    pub async fn keys_with_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, KeyInfo)>> {
+        self.wait_indexed().await;
+        let mut merged: std::collections::BTreeMap<String, KeyInfo> = self
+            .storage
+            .keys_with_prefix(prefix, limit)?
+            .into_iter()
+            .collect();
+        let saved_all = merged.len() < limit;
+        for (k, info) in self.pending_index().keys.iter() {
+            if k.starts_with(prefix)
+                && (saved_all || merged.last_key_value().is_some_and(|(last, _)| k < last))
+            {
+                merged.insert(k.clone(), *info);
+            }
+        }
+        Ok(merged.into_iter().take(limit).collect())
+    }
+
+    /// Waits until the key index covers the current head (at most 5 s: the
+    /// index trails the committer by about one group).
+    pub async fn wait_indexed(&self) {
+        let head = self.head();
+        let mut rx = self.indexed.subscribe();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            rx.wait_for(|&i| i >= head),
+        )
+        .await;
     }
 
     /// Removes entries below `seq`, never the head entry. Returns how many.
@@ -262,38 +373,30 @@ pub fn lag_of(storage: &dyn LogStorage, cursor: u64, head: u64) -> Result<Lag> {
     Ok(lag)
 }
 
-/// Brings the key index from its watermark up to `head`.
+/// Brings the key index from its watermark up to `head`. An entry that
+/// cannot be decoded is left out of the index (shipping reports it).
 fn rebuild_key_index(storage: &dyn LogStorage, head: u64) -> Result<()> {
     let from = storage.key_index_watermark()? + 1;
     if from > head {
         return Ok(());
     }
-    let mut entries = Vec::new();
-    let mut err = None;
-    storage.scan(from, head, &mut |seq, rec| match codec::decode(seq, rec) {
-        Ok(e) => {
-            entries.push((e, rec.to_vec()));
-            true
+    let mut entries: Vec<(String, KeyInfo)> = Vec::new();
+    storage.scan(from, head, &mut |seq, rec| {
+        match codec::decode(seq, rec) {
+            Ok(e) => entries.push((
+                e.key,
+                KeyInfo {
+                    seq,
+                    op: e.op,
+                    size: e.value.len() as u64,
+                },
+            )),
+            Err(e) => tracing::warn!(error = %e, "entry left out of the key index"),
         }
-        Err(e) => {
-            err = Some(e);
-            false
-        }
+        true
     })?;
-    if let Some(e) = err {
-        return Err(e);
-    }
-    let pending: Vec<PendingRecord<'_>> = entries
-        .iter()
-        .map(|(e, rec)| PendingRecord {
-            seq: e.seq,
-            record: rec,
-            key: &e.key,
-            op: e.op,
-            value_len: e.value.len() as u64,
-        })
-        .collect();
-    storage.append(&pending)?;
+    let keys: Vec<(&str, KeyInfo)> = entries.iter().map(|(k, i)| (k.as_str(), *i)).collect();
+    storage.index(&keys, head)?;
     storage.sync()
 }
 
@@ -306,10 +409,18 @@ pub fn now_ms() -> u64 {
 }
 
 struct Committer {
+    stats: Arc<CommitStats>,
     storage: Arc<dyn LogStorage>,
     head: Arc<watch::Sender<u64>>,
+    indexer: std::sync::mpsc::Sender<IndexJob>,
     next_seq: u64,
     last_ts: u64,
+}
+
+/// Key index updates of one group, applied off the write path.
+struct IndexJob {
+    keys: Vec<(Key, KeyInfo)>,
+    last: u64,
 }
 
 impl Committer {
@@ -317,17 +428,30 @@ impl Committer {
         let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
         let mut records: Vec<Vec<u8>> = Vec::with_capacity(MAX_GROUP);
         let mut poisoned: Option<String> = None;
+        let mut last_flush = std::time::Duration::ZERO;
         while let Some(first) = rx.blocking_recv() {
             group.clear();
             let mut bytes = first.write.value.len();
             group.push(first);
+            // Adaptive batching: take what is queued; while more writers are
+            // inside `append` than queued (just answered, about to send
+            // again), wait for them up to half a flush. A lone writer is
+            // never delayed.
+            let started = std::time::Instant::now();
+            let max_wait = (last_flush / 2).min(std::time::Duration::from_micros(500));
             while group.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
                 match rx.try_recv() {
                     Ok(r) => {
                         bytes += r.write.value.len();
                         group.push(r);
                     }
-                    Err(_) => break,
+                    Err(_) => {
+                        let active = self.stats.active.load(Ordering::Acquire) as usize;
+                        if active <= group.len() || started.elapsed() >= max_wait {
+                            break;
+                        }
+                        std::thread::yield_now();
+                    }
                 }
             }
             if let Some(why) = &poisoned {
@@ -337,37 +461,64 @@ impl Committer {
                 continue;
             }
             let ts = crate::log::now_ms().max(self.last_ts);
+            let first_seq = self.next_seq;
             records.clear();
             for (i, r) in group.iter().enumerate() {
-                let seq = self.next_seq + i as u64;
-                records.push(codec::encode(seq, ts, r.write.op, r.write.key.as_str(), &r.write.value));
+                let w = &r.write;
+                records.push(codec::encode(
+                    first_seq + i as u64,
+                    ts,
+                    w.op,
+                    w.key.as_str(),
+                    &w.value,
+                ));
             }
-            let pending: Vec<PendingRecord<'_>> = group
+            let pending: Vec<PendingRecord<'_>> = records
                 .iter()
-                .zip(&records)
                 .enumerate()
-                .map(|(i, (r, rec))| PendingRecord {
-                    seq: self.next_seq + i as u64,
+                .map(|(i, rec)| PendingRecord {
+                    seq: first_seq + i as u64,
                     record: rec,
-                    key: r.write.key.as_str(),
-                    op: r.write.op,
-                    value_len: r.write.value.len() as u64,
                 })
                 .collect();
-            let result = self.storage.append(&pending).and_then(|()| self.storage.sync());
+            let flush_started = std::time::Instant::now();
+            let result = self
+                .storage
+                .append(&pending)
+                .and_then(|()| self.storage.sync());
+            last_flush = flush_started.elapsed();
+            self.stats
+                .flush_us
+                .fetch_add(last_flush.as_micros() as u64, Ordering::Relaxed);
+            self.stats.gather_us.fetch_add(
+                (flush_started - started).as_micros() as u64,
+                Ordering::Relaxed,
+            );
             drop(pending);
             match result {
                 Ok(()) => {
-                    let first_seq = self.next_seq;
                     self.next_seq += group.len() as u64;
                     self.last_ts = ts;
                     self.head.send_replace(self.next_seq - 1);
-                    for (i, r) in group.drain(..).enumerate() {
-                        let _ = r.reply.send(Ok(Appended {
-                            seq: first_seq + i as u64,
-                            ts_ms: ts,
-                        }));
+                    self.stats
+                        .entries
+                        .fetch_add(group.len() as u64, Ordering::Relaxed);
+                    self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+                    let mut keys = Vec::with_capacity(group.len());
+                    for (i, Request { write, reply }) in group.drain(..).enumerate() {
+                        let seq = first_seq + i as u64;
+                        let _ = reply.send(Ok(Appended { seq, ts_ms: ts }));
+                        let info = KeyInfo {
+                            seq,
+                            op: write.op,
+                            size: write.value.len() as u64,
+                        };
+                        keys.push((write.key, info));
                     }
+                    let _ = self.indexer.send(IndexJob {
+                        keys,
+                        last: self.next_seq - 1,
+                    });
                 }
                 Err(e) => {
                     let why = e.to_string();
@@ -378,6 +529,74 @@ impl Committer {
                     poisoned = Some(why);
                 }
             }
+        }
+    }
+}
+
+/// Key index updates not yet written to storage; lookups see them first.
+#[derive(Default)]
+struct PendingIndex {
+    keys: std::collections::HashMap<String, KeyInfo>,
+}
+
+/// How often the indexer writes its pending updates to storage.
+const INDEX_CHECKPOINT: std::time::Duration = std::time::Duration::from_millis(200);
+/// Most pending keys before a checkpoint is forced.
+const INDEX_MAX_PENDING: usize = 100_000;
+
+/// Applies key index updates in the background: immediately to the shared
+/// pending map (what lookups see), and every `INDEX_CHECKPOINT` to storage
+/// with its watermark (a crash loses nothing: the log rebuilds it).
+fn run_indexer(
+    storage: Arc<dyn LogStorage>,
+    rx: std::sync::mpsc::Receiver<IndexJob>,
+    indexed: Arc<watch::Sender<u64>>,
+    pending: Arc<Mutex<PendingIndex>>,
+) {
+    let mut last_checkpoint = std::time::Instant::now();
+    let mut unsaved: u64 = 0;
+    let mut last = *indexed.borrow();
+    loop {
+        let job = rx.recv_timeout(INDEX_CHECKPOINT);
+        let closed = matches!(job, Err(std::sync::mpsc::RecvTimeoutError::Disconnected));
+        if let Ok(job) = job {
+            let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+            for (k, info) in job.keys {
+                p.keys.insert(k.as_str().to_string(), info);
+            }
+            unsaved += 1;
+            last = job.last;
+            let n = p.keys.len();
+            drop(p);
+            indexed.send_replace(last);
+            if n < INDEX_MAX_PENDING && last_checkpoint.elapsed() < INDEX_CHECKPOINT {
+                continue;
+            }
+        }
+        if unsaved > 0 {
+            let snapshot: Vec<(String, KeyInfo)> = {
+                let p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                p.keys.iter().map(|(k, i)| (k.clone(), *i)).collect()
+            };
+            let keys: Vec<(&str, KeyInfo)> =
+                snapshot.iter().map(|(k, i)| (k.as_str(), *i)).collect();
+            match storage.index(&keys, last) {
+                Ok(()) => {
+                    let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                    // Drop what was saved, unless a newer entry came meanwhile.
+                    for (k, i) in &snapshot {
+                        if p.keys.get(k).is_some_and(|cur| cur.seq == i.seq) {
+                            p.keys.remove(k);
+                        }
+                    }
+                    unsaved = 0;
+                }
+                Err(e) => tracing::error!(error = %e, "key index checkpoint failed; retrying"),
+            }
+            last_checkpoint = std::time::Instant::now();
+        }
+        if closed {
+            return;
         }
     }
 }
@@ -406,7 +625,12 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let mut seqs = Vec::new();
                 for i in 0..50 {
-                    seqs.push(log.append(put(&format!("w{w}/{i}"), "v")).await.expect("append").seq);
+                    seqs.push(
+                        log.append(put(&format!("w{w}/{i}"), "v"))
+                            .await
+                            .expect("append")
+                            .seq,
+                    );
                 }
                 seqs
             }));
@@ -427,7 +651,10 @@ mod tests {
         let storage = Arc::new(SledStorage::open(dir.path(), 8 << 20).expect("reopen"));
         let log = Log::open(storage).expect("log");
         assert_eq!(log.head(), 800);
-        assert_eq!(log.append(put("after", "x")).await.expect("append").seq, 801);
+        assert_eq!(
+            log.append(put("after", "x")).await.expect("append").seq,
+            801
+        );
     }
 
     #[tokio::test]
@@ -436,12 +663,67 @@ mod tests {
         let storage = Arc::new(SledStorage::open(dir.path(), 8 << 20).expect("open"));
         let log = Log::open(storage).expect("log");
         for i in 0..5 {
-            log.append(put(&format!("k{i}"), "v")).await.expect("append");
+            log.append(put(&format!("k{i}"), "v"))
+                .await
+                .expect("append");
         }
         assert_eq!(log.truncate_below(100).expect("truncate"), 4);
         assert_eq!(log.first(), 5);
         let b = log.read(2, 10, usize::MAX);
-        assert!(b.error.expect("truncated").to_string().contains("truncated"));
+        assert!(
+            b.error
+                .expect("truncated")
+                .to_string()
+                .contains("truncated")
+        );
         assert_eq!(log.append(put("k", "v")).await.expect("append").seq, 6);
+    }
+
+    #[tokio::test]
+    async fn key_index_sees_acked_writes_at_once_and_survives_reopen_and_rebuild() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let log = Log::open(Arc::new(
+                SledStorage::open(dir.path(), 8 << 20).expect("open"),
+            ))
+            .expect("log");
+            log.append(put("a/1", "x")).await.expect("append");
+            log.append(put("b", "yy")).await.expect("append");
+            log.append(put("a/1", "zzz")).await.expect("append");
+            let mut del = put("a/2", "");
+            del.op = Op::Delete;
+            log.append(del).await.expect("append");
+            let a = log.key_info("a/1").await.expect("info").expect("present");
+            assert_eq!((a.seq, a.size, a.op), (3, 3, Op::Put));
+            let keys = log.keys_with_prefix("a/", 10).await.expect("keys");
+            assert_eq!(
+                keys.iter()
+                    .map(|(k, i)| (k.as_str(), i.seq))
+                    .collect::<Vec<_>>(),
+                vec![("a/1", 3), ("a/2", 4)]
+            );
+        }
+        // Closing checkpoints the index; reopening reads it back.
+        let storage = Arc::new(SledStorage::open(dir.path(), 8 << 20).expect("reopen"));
+        assert_eq!(storage.key_index_watermark().expect("wm"), 4);
+        // Entries the index never saw (a crash between commit and
+        // checkpoint) are indexed again from the log on open.
+        let rec = codec::encode(5, 1, Op::Put, "c", b"cc");
+        storage
+            .append(&[PendingRecord {
+                seq: 5,
+                record: &rec,
+            }])
+            .expect("raw append");
+        storage.sync().expect("sync");
+        let log = Log::open(storage).expect("log");
+        assert_eq!(
+            log.key_info("c").await.expect("info").map(|i| i.seq),
+            Some(5)
+        );
+        assert_eq!(
+            log.key_info("b").await.expect("info").map(|i| i.seq),
+            Some(2)
+        );
     }
 }

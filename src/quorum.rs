@@ -39,7 +39,12 @@ pub struct Verdict {
 }
 
 /// Decides whether the write at `seq` is acknowledged under `mode`.
-pub fn evaluate(mode: Mode, min_sync_replicas: usize, seq: u64, views: &[TargetView<'_>]) -> Verdict {
+pub fn evaluate(
+    mode: Mode,
+    min_sync_replicas: usize,
+    seq: u64,
+    views: &[TargetView<'_>],
+) -> Verdict {
     let primary_acked = views.iter().any(|v| v.acting_primary && v.cursor >= seq);
     let replicas = views.iter().filter(|v| !v.acting_primary);
     let needed = match mode {
@@ -55,7 +60,11 @@ pub fn evaluate(mode: Mode, min_sync_replicas: usize, seq: u64, views: &[TargetV
         done: primary_acked && replicas_acked >= needed,
         acked: usize::from(primary_acked) + replicas_acked.min(needed),
         required: 1 + needed,
-        acked_by: views.iter().filter(|v| v.cursor >= seq).map(|v| v.name.to_string()).collect(),
+        acked_by: views
+            .iter()
+            .filter(|v| v.cursor >= seq)
+            .map(|v| v.name.to_string())
+            .collect(),
     }
 }
 
@@ -74,7 +83,11 @@ mod tests {
 
     #[test]
     fn async_needs_only_the_primary() {
-        let views = [v("p", true, true, 5), v("r1", false, true, 0), v("r2", false, true, 0)];
+        let views = [
+            v("p", true, true, 5),
+            v("r1", false, true, 0),
+            v("r2", false, true, 0),
+        ];
         let out = evaluate(Mode::Async, 1, 5, &views);
         assert!(out.done);
         assert_eq!((out.acked, out.required), (1, 1));
@@ -83,7 +96,12 @@ mod tests {
 
     #[test]
     fn semi_sync_needs_exactly_min_replicas() {
-        let views = [v("p", true, true, 9), v("r1", false, true, 9), v("r2", false, true, 3), v("r3", false, true, 2)];
+        let views = [
+            v("p", true, true, 9),
+            v("r1", false, true, 9),
+            v("r2", false, true, 3),
+            v("r3", false, true, 2),
+        ];
         assert!(evaluate(Mode::SemiSync, 1, 9, &views).done);
         let two = evaluate(Mode::SemiSync, 2, 9, &views);
         assert!(!two.done);
@@ -93,9 +111,17 @@ mod tests {
 
     #[test]
     fn sync_skips_paused_replicas_and_needs_the_rest() {
-        let views = [v("p", true, true, 4), v("r1", false, true, 4), v("r2", false, false, 0)];
+        let views = [
+            v("p", true, true, 4),
+            v("r1", false, true, 4),
+            v("r2", false, false, 0),
+        ];
         assert!(evaluate(Mode::Sync, 1, 4, &views).done);
-        let views = [v("p", true, true, 4), v("r1", false, true, 3), v("r2", false, false, 0)];
+        let views = [
+            v("p", true, true, 4),
+            v("r1", false, true, 3),
+            v("r2", false, false, 0),
+        ];
         let out = evaluate(Mode::Sync, 1, 4, &views);
         assert!(!out.done);
         assert_eq!((out.acked, out.required), (1, 2));

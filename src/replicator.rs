@@ -27,7 +27,9 @@ use crate::key::Key;
 use crate::log::{Log, Write};
 use crate::quorum::{self, TargetView};
 use crate::shipper::Shipper;
-use crate::status::{CursorsReport, Health, Role, TARGETS_META, TargetRecord, TargetRow, TargetState};
+use crate::status::{
+    CursorsReport, Health, Role, TARGETS_META, TargetRecord, TargetRow, TargetState,
+};
 use crate::storage::{KeyInfo, LogStorage, SledStorage};
 
 /// Requests in flight per target.
@@ -58,6 +60,8 @@ pub(crate) struct TargetHandle {
     pub(crate) store: Arc<dyn ObjectStore>,
     pub(crate) cursor_tx: watch::Sender<u64>,
     status: Mutex<Status>,
+    /// Healthy with no error recorded: successes need not take the lock.
+    pub(crate) clean: AtomicBool,
 }
 
 impl TargetHandle {
@@ -100,15 +104,19 @@ impl Replicator {
         }
         let data_dir = cfg.data_dir.clone();
         let cache = cfg.log_cache_bytes;
-        let storage: Arc<dyn LogStorage> = tokio::task::spawn_blocking(move || SledStorage::open(&data_dir, cache))
-            .await
-            .map_err(|e| Error::io("opening the log", std::io::Error::other(e)))?
-            .map(Arc::new)?;
+        let storage: Arc<dyn LogStorage> =
+            tokio::task::spawn_blocking(move || SledStorage::open(&data_dir, cache))
+                .await
+                .map_err(|e| Error::io("opening the log", std::io::Error::other(e)))?
+                .map(Arc::new)?;
         let log = Log::open(storage.clone())?;
         let head = log.head();
         let mut targets = Vec::new();
         let mut records = Vec::new();
-        for (i, t) in std::iter::once(&cfg.primary).chain(&cfg.targets).enumerate() {
+        for (i, t) in std::iter::once(&cfg.primary)
+            .chain(&cfg.targets)
+            .enumerate()
+        {
             let role = match (i, t.is_read_replica) {
                 (0, _) => Role::Primary,
                 (_, true) => Role::ReadReplica,
@@ -139,9 +147,11 @@ impl Replicator {
                     failures: 0,
                     error: None,
                 }),
+                clean: AtomicBool::new(false),
             }));
         }
-        let meta = serde_json::to_vec(&records).map_err(|e| Error::io("encoding target list", std::io::Error::other(e)))?;
+        let meta = serde_json::to_vec(&records)
+            .map_err(|e| Error::io("encoding target list", std::io::Error::other(e)))?;
         storage.set_meta(TARGETS_META, &meta)?;
         storage.sync()?;
         let r = Arc::new(Replicator {
@@ -246,7 +256,11 @@ impl Replicator {
     }
 
     fn evaluate(&self, seq: u64, mode: Mode) -> quorum::Verdict {
-        let states: Vec<(TargetState, u64)> = self.targets.iter().map(|t| (t.status().state, t.cursor())).collect();
+        let states: Vec<(TargetState, u64)> = self
+            .targets
+            .iter()
+            .map(|t| (t.status().state, t.cursor()))
+            .collect();
         let views: Vec<TargetView<'_>> = self
             .targets
             .iter()
@@ -281,7 +295,7 @@ impl Replicator {
     /// served it, and the key's latest seq in the log.
     pub async fn get(&self, key: &Key) -> Result<Option<(Bytes, String, Option<u64>)>> {
         let t = self.acting_primary();
-        let seq = self.log.key_info(key.as_str())?.map(|i| i.seq);
+        let seq = self.log.key_info(key.as_str()).await?.map(|i| i.seq);
         match t.store.get(&key.object_path()).await {
             Ok(r) => {
                 let bytes = r.bytes().await.map_err(|e| Error::target(&t.cfg.name, e))?;
@@ -293,9 +307,12 @@ impl Replicator {
     }
 
     /// HEAD of `key` on the acting primary.
-    pub async fn head_object(&self, key: &Key) -> Result<Option<(ObjectMeta, String, Option<u64>)>> {
+    pub async fn head_object(
+        &self,
+        key: &Key,
+    ) -> Result<Option<(ObjectMeta, String, Option<u64>)>> {
         let t = self.acting_primary();
-        let seq = self.log.key_info(key.as_str())?.map(|i| i.seq);
+        let seq = self.log.key_info(key.as_str()).await?.map(|i| i.seq);
         match t.store.head(&key.object_path()).await {
             Ok(m) => Ok(Some((m, t.cfg.name.clone(), seq))),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -305,10 +322,10 @@ impl Replicator {
 
     /// Live keys (latest entry a put) starting with `prefix`, from the log's
     /// key index, at most `limit`.
-    pub fn list(&self, prefix: &str, limit: usize) -> Result<Vec<(String, KeyInfo)>> {
+    pub async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<(String, KeyInfo)>> {
         let mut out = Vec::new();
         // The index holds deletes too; page past them.
-        let all = self.log.storage().keys_with_prefix(prefix, usize::MAX)?;
+        let all = self.log.keys_with_prefix(prefix, usize::MAX).await?;
         for (k, info) in all {
             if info.op == Op::Put {
                 out.push((k, info));
@@ -341,7 +358,10 @@ impl Replicator {
                 error: s.error.clone(),
             });
         }
-        Ok(CursorsReport { head, targets: rows })
+        Ok(CursorsReport {
+            head,
+            targets: rows,
+        })
     }
 
     /// Whether the acting primary answers (a HEAD of a marker object).
@@ -349,10 +369,10 @@ impl Replicator {
         let t = self.acting_primary();
         let marker = object_store::path::Path::from(".walship/ready");
         let probe = t.store.head(&marker);
-        match tokio::time::timeout(Duration::from_secs(2), probe).await {
-            Ok(Ok(_)) | Ok(Err(object_store::Error::NotFound { .. })) => true,
-            _ => false,
-        }
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), probe).await,
+            Ok(Ok(_)) | Ok(Err(object_store::Error::NotFound { .. }))
+        )
     }
 
     /// Stops taking writes, lets shipping drain up to `grace`, stops the
@@ -371,7 +391,10 @@ impl Replicator {
             if drained {
                 break;
             }
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
                 let behind: Vec<String> = self
                     .targets
                     .iter()

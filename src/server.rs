@@ -104,11 +104,16 @@ fn key_of(path: Result<Path<String>, PathRejection>) -> Result<Key, ApiError> {
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(t)| t).map_err(|e| bad(format!("malformed query: {}", e.body_text())))
+    q.map(|Query(t)| t)
+        .map_err(|e| bad(format!("malformed query: {}", e.body_text())))
 }
 
 fn mode_of(q: WriteQuery) -> Result<Option<Mode>, ApiError> {
-    q.mode.as_deref().map(str::parse).transpose().map_err(ApiError)
+    q.mode
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(ApiError)
 }
 
 fn check_read_preference(q: &ReadQuery) -> Result<(), ApiError> {
@@ -137,10 +142,9 @@ async fn put_object(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
+        && len > app.max_body
     {
-        if len > app.max_body {
-            return Err(too_large(len));
-        }
+        return Err(too_large(len));
     }
     let value = axum::body::to_bytes(body, app.max_body)
         .await
@@ -219,7 +223,7 @@ async fn list_objects(
         return Err(bad("limit must be between 1 and 100000"));
     }
     let prefix = q.prefix.unwrap_or_default();
-    let mut keys = app.rep.list(&prefix, limit + 1)?;
+    let mut keys = app.rep.list(&prefix, limit + 1).await?;
     let truncated = keys.len() > limit;
     keys.truncate(limit);
     let keys: Vec<_> = keys
@@ -286,7 +290,10 @@ pub fn router(rep: Arc<Replicator>, token: Option<String>) -> Router {
     Router::new()
         .route(
             "/v1/objects/{*key}",
-            get(get_object).head(head_object).put(put_object).delete(delete_object),
+            get(get_object)
+                .head(head_object)
+                .put(put_object)
+                .delete(delete_object),
         )
         .route("/v1/objects", get(list_objects))
         .route("/v1/cursors", get(cursors))
@@ -303,8 +310,8 @@ pub fn load_token(cfg: &Config) -> Result<Option<String>> {
     let Some(path) = &cfg.auth_token_file else {
         return Ok(None);
     };
-    let text =
-        std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading auth_token_file {}", path.display()), e))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("reading auth_token_file {}", path.display()), e))?;
     let token = text.trim().to_string();
     if token.is_empty() {
         return Err(Error::Config {
@@ -324,10 +331,15 @@ pub async fn serve(cfg: Config) -> Result<()> {
     })?;
     let grace = Duration::from_secs_f64(cfg.shutdown_grace_seconds);
     let rep = Replicator::open(cfg).await?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::io(format!("listening on {addr} (is another sidecar running there?)"), e))?;
-    let local = listener.local_addr().map_err(|e| Error::io("reading the listen address", e))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Error::io(
+            format!("listening on {addr} (is another sidecar running there?)"),
+            e,
+        )
+    })?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading the listen address", e))?;
     tracing::info!(addr = %local, "walship serving");
     let stop = tokio_util::sync::CancellationToken::new();
     let server = {
@@ -340,7 +352,10 @@ pub async fn serve(cfg: Config) -> Result<()> {
         })
     };
     wait_for_signal().await;
-    tracing::info!(grace_seconds = grace.as_secs_f64(), "stopping: no new writes, draining shipping");
+    tracing::info!(
+        grace_seconds = grace.as_secs_f64(),
+        "stopping: no new writes, draining shipping"
+    );
     let result = rep.shutdown(grace).await;
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
@@ -353,7 +368,10 @@ pub async fn serve(cfg: Config) -> Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

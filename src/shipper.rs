@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use object_store::{ObjectStoreExt, PutPayload};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -79,7 +79,10 @@ impl Shipper {
                 continue;
             }
             let log = self.log.clone();
-            let read = tokio::task::spawn_blocking(move || log.read(cursor + 1, MAX_BATCH, MAX_BATCH_BYTES)).await;
+            let read = tokio::task::spawn_blocking(move || {
+                log.read(cursor + 1, MAX_BATCH, MAX_BATCH_BYTES)
+            })
+            .await;
             let batch = match read {
                 Ok(b) => b,
                 Err(e) => {
@@ -88,7 +91,9 @@ impl Shipper {
                     continue;
                 }
             };
-            if !batch.entries.is_empty() && self.ship(&batch.entries, &mut last_persist).await.is_err() {
+            if !batch.entries.is_empty()
+                && self.ship(&batch.entries, &mut last_persist).await.is_err()
+            {
                 break;
             }
             if let Some(err) = batch.error {
@@ -129,12 +134,16 @@ impl Shipper {
         let ops = (0..entries.len()).filter(|&i| owner[i] == i);
         let mut done = vec![false; entries.len()];
         let mut prefix = 0usize;
-        let mut applied = futures::stream::iter(ops.map(|i| async move {
-            self.apply_with_retry(&entries[i]).await.map(|()| i)
-        }))
+        let mut applied = futures::stream::iter(
+            ops.map(|i| async move { self.apply_with_retry(&entries[i]).await.map(|()| i) }),
+        )
         .buffer_unordered(self.window.max(1));
         while let Some(result) = applied.next().await {
             done[result?] = true;
+            // Take every completion that is already there before publishing.
+            while let Some(Some(more)) = applied.next().now_or_never() {
+                done[more?] = true;
+            }
             let before = prefix;
             while prefix < entries.len() && done[owner[prefix]] {
                 prefix += 1;
@@ -167,10 +176,18 @@ impl Shipper {
                     return Ok(());
                 }
                 Ok(Err(err)) => err.to_string(),
-                Err(_) => format!("no answer within sync_timeout_seconds ({:.1}s)", cfg.sync_timeout_seconds),
+                Err(_) => format!(
+                    "no answer within sync_timeout_seconds ({:.1}s)",
+                    cfg.sync_timeout_seconds
+                ),
             };
             failures += 1;
-            let msg = format!("applying seq {} ({} {}): {err}", e.seq, e.op.as_str(), e.key);
+            let msg = format!(
+                "applying seq {} ({} {}): {err}",
+                e.seq,
+                e.op.as_str(),
+                e.key
+            );
             self.target.record_failure(&msg);
             let delay = base.saturating_mul(1u32 << (failures - 1).min(16)).min(cap);
             tokio::select! {
@@ -199,7 +216,11 @@ impl Shipper {
 
 impl TargetHandle {
     fn record_success(&self) {
+        if self.clean.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let mut s = self.status();
+        self.clean.store(true, std::sync::atomic::Ordering::Release);
         s.failures = 0;
         s.error = None;
         if s.health != Health::Healthy {
@@ -209,6 +230,8 @@ impl TargetHandle {
 
     fn record_failure(&self, msg: &str) {
         let mut s = self.status();
+        self.clean
+            .store(false, std::sync::atomic::Ordering::Release);
         s.failures = s.failures.saturating_add(1);
         if s.failures >= self.cfg.max_retry_attempts {
             if s.health != Health::Unhealthy {

@@ -108,8 +108,14 @@ pub fn offline_report(storage: &dyn LogStorage) -> Result<CursorsReport> {
     let cursors = storage.cursors()?;
     let mut rows = Vec::new();
     for r in &records {
-        let cursor = cursors.iter().find(|(n, _)| n == &r.name).map(|(_, c)| *c).unwrap_or(0);
-        rows.push(offline_row(storage, &r.name, r.role, &r.region, cursor, head)?);
+        let cursor = cursors
+            .iter()
+            .find(|(n, _)| n == &r.name)
+            .map(|(_, c)| *c)
+            .unwrap_or(0);
+        rows.push(offline_row(
+            storage, &r.name, r.role, &r.region, cursor, head,
+        )?);
     }
     for (name, cursor) in &cursors {
         if !records.iter().any(|r| &r.name == name) {
@@ -118,10 +124,20 @@ pub fn offline_report(storage: &dyn LogStorage) -> Result<CursorsReport> {
             rows.push(row);
         }
     }
-    Ok(CursorsReport { head, targets: rows })
+    Ok(CursorsReport {
+        head,
+        targets: rows,
+    })
 }
 
-fn offline_row(storage: &dyn LogStorage, name: &str, role: Role, region: &str, cursor: u64, head: u64) -> Result<TargetRow> {
+fn offline_row(
+    storage: &dyn LogStorage,
+    name: &str,
+    role: Role,
+    region: &str,
+    cursor: u64,
+    head: u64,
+) -> Result<TargetRow> {
     let lag = lag_of(storage, cursor, head)?;
     Ok(TargetRow {
         name: name.to_string(),

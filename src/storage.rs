@@ -31,12 +31,6 @@ pub struct PendingRecord<'a> {
     pub seq: u64,
     /// The encoded record (see `codec`).
     pub record: &'a [u8],
-    /// Its key, for the key index.
-    pub key: &'a str,
-    /// Its op, for the key index.
-    pub op: Op,
-    /// Its value's size in bytes, for the key index.
-    pub value_len: u64,
 }
 
 /// Where a key's newest entry is.
@@ -82,8 +76,12 @@ impl KeyInfo {
 /// The storage a log needs. Implementations must keep appended records in
 /// seq order and make them durable on `sync`.
 pub trait LogStorage: Send + Sync + 'static {
-    /// Stores records and updates the key index. Not durable until `sync`.
+    /// Stores records. Not durable until `sync`.
     fn append(&self, batch: &[PendingRecord<'_>]) -> Result<()>;
+    /// Records the newest entry of each key and that the index now covers
+    /// every seq up to `watermark` (derived data: rebuilt from the log on
+    /// open, so it needs no sync of its own).
+    fn index(&self, keys: &[(&str, KeyInfo)], watermark: u64) -> Result<()>;
     /// Makes everything appended (and every cursor set) durable.
     fn sync(&self) -> Result<()>;
     /// Calls `f(seq, record)` for stored records with `from <= seq <= to`,
@@ -154,7 +152,10 @@ impl SledStorage {
                 }
                 other => Error::storage("opening the log", &path, other),
             })?;
-        let tree = |name: &str| db.open_tree(name).map_err(|e| Error::storage("opening a tree", &path, e));
+        let tree = |name: &str| {
+            db.open_tree(name)
+                .map_err(|e| Error::storage("opening a tree", &path, e))
+        };
         let log = tree("log")?;
         let keys = tree("keys")?;
         let cursors = tree("cursors")?;
@@ -193,19 +194,28 @@ impl SledStorage {
         let mut synced = self.blobs_synced.lock().unwrap_or_else(|p| p.into_inner());
         let mut highest = *synced;
         for item in read.flatten() {
-            let Some(id) = item.file_name().to_str().and_then(|s| s.parse::<u64>().ok()) else {
+            let Some(id) = item
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u64>().ok())
+            else {
                 continue;
             };
             if id <= *synced {
                 continue;
             }
             match File::open(item.path()) {
-                Ok(f) => f
-                    .sync_data()
-                    .map_err(|e| Error::io(format!("fsync of sled blob {}", item.path().display()), e))?,
+                Ok(f) => f.sync_data().map_err(|e| {
+                    Error::io(format!("fsync of sled blob {}", item.path().display()), e)
+                })?,
                 // sled may collect a blob between the listing and the open.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(format!("opening sled blob {}", item.path().display()), e)),
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("opening sled blob {}", item.path().display()),
+                        e,
+                    ));
+                }
             }
             highest = highest.max(id);
         }
@@ -220,40 +230,44 @@ impl SledStorage {
 impl LogStorage for SledStorage {
     fn append(&self, batch: &[PendingRecord<'_>]) -> Result<()> {
         let mut log_batch = sled::Batch::default();
-        let mut key_batch = sled::Batch::default();
         let mut large = false;
-        let mut last = None;
         for r in batch {
             large |= r.record.len() >= BLOB_CANDIDATE_BYTES;
             log_batch.insert(&r.seq.to_be_bytes(), r.record);
-            let info = KeyInfo {
-                seq: r.seq,
-                op: r.op,
-                size: r.value_len,
-            };
-            key_batch.insert(r.key.as_bytes(), &info.to_bytes());
-            last = Some(r.seq);
         }
-        let Some(last) = last else { return Ok(()) };
-        key_batch.insert(WATERMARK, &last.to_be_bytes());
-        self.log.apply_batch(log_batch).map_err(self.err("appending to the log"))?;
-        self.keys.apply_batch(key_batch).map_err(self.err("updating the key index"))?;
+        self.log
+            .apply_batch(log_batch)
+            .map_err(self.err("appending to the log"))?;
         if large {
             self.blobs_pending.store(true, Ordering::Release);
         }
         Ok(())
     }
 
+    fn index(&self, keys: &[(&str, KeyInfo)], watermark: u64) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (k, info) in keys {
+            batch.insert(k.as_bytes(), &info.to_bytes());
+        }
+        batch.insert(WATERMARK, &watermark.to_be_bytes());
+        self.keys
+            .apply_batch(batch)
+            .map_err(self.err("updating the key index"))
+    }
+
     fn sync(&self) -> Result<()> {
         self.db.flush().map_err(self.err("flushing the log"))?;
-        self.data_file
-            .sync_data()
-            .map_err(|e| Error::io(format!("fdatasync of {}", self.path.join("db").display()), e))?;
-        if self.blobs_pending.swap(false, Ordering::AcqRel) {
-            if let Err(e) = self.sync_new_blobs() {
-                self.blobs_pending.store(true, Ordering::Release);
-                return Err(e);
-            }
+        self.data_file.sync_data().map_err(|e| {
+            Error::io(
+                format!("fdatasync of {}", self.path.join("db").display()),
+                e,
+            )
+        })?;
+        if self.blobs_pending.swap(false, Ordering::AcqRel)
+            && let Err(e) = self.sync_new_blobs()
+        {
+            self.blobs_pending.store(true, Ordering::Release);
+            return Err(e);
         }
         Ok(())
     }
@@ -297,13 +311,18 @@ impl LogStorage for SledStorage {
             if n == 0 {
                 return Ok(removed);
             }
-            self.log.apply_batch(batch).map_err(self.err("truncating the log"))?;
+            self.log
+                .apply_batch(batch)
+                .map_err(self.err("truncating the log"))?;
             removed += n;
         }
     }
 
     fn cursor(&self, target: &str) -> Result<Option<u64>> {
-        let v = self.cursors.get(target).map_err(self.err("reading a cursor"))?;
+        let v = self
+            .cursors
+            .get(target)
+            .map_err(self.err("reading a cursor"))?;
         Ok(v.and_then(|v| seq_of(&v)))
     }
 
@@ -326,7 +345,10 @@ impl LogStorage for SledStorage {
     }
 
     fn key_info(&self, key: &str) -> Result<Option<KeyInfo>> {
-        let v = self.keys.get(key).map_err(self.err("reading the key index"))?;
+        let v = self
+            .keys
+            .get(key)
+            .map_err(self.err("reading the key index"))?;
         Ok(v.and_then(|v| KeyInfo::from_bytes(&v)))
     }
 
@@ -348,7 +370,10 @@ impl LogStorage for SledStorage {
     }
 
     fn key_index_watermark(&self) -> Result<u64> {
-        let v = self.keys.get(WATERMARK).map_err(self.err("reading the key index"))?;
+        let v = self
+            .keys
+            .get(WATERMARK)
+            .map_err(self.err("reading the key index"))?;
         Ok(v.and_then(|v| seq_of(&v)).unwrap_or(0))
     }
 
@@ -358,7 +383,9 @@ impl LogStorage for SledStorage {
     }
 
     fn set_meta(&self, name: &str, value: &[u8]) -> Result<()> {
-        self.meta.insert(name, value).map_err(self.err("writing metadata"))?;
+        self.meta
+            .insert(name, value)
+            .map_err(self.err("writing metadata"))?;
         Ok(())
     }
 }
@@ -372,12 +399,15 @@ mod tests {
     use super::*;
 
     fn rec<'a>(seq: u64, record: &'a [u8], key: &'a str) -> PendingRecord<'a> {
-        PendingRecord {
+        let _ = key;
+        PendingRecord { seq, record }
+    }
+
+    fn info(seq: u64) -> KeyInfo {
+        KeyInfo {
             seq,
-            record,
-            key,
             op: Op::Put,
-            value_len: record.len() as u64,
+            size: 1,
         }
     }
 
@@ -386,8 +416,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
-            s.append(&[rec(1, b"one", "a"), rec(2, b"two", "b"), rec(3, b"three", "a")])
-                .expect("append");
+            s.append(&[
+                rec(1, b"one", "a"),
+                rec(2, b"two", "b"),
+                rec(3, b"three", "a"),
+            ])
+            .expect("append");
+            s.index(&[("a", info(1)), ("b", info(2)), ("a", info(3))], 3)
+                .expect("index");
             s.set_cursor("t", 2).expect("cursor");
             s.sync().expect("sync");
             assert_eq!(s.bounds().expect("bounds"), Some((1, 3)));
@@ -407,7 +443,10 @@ mod tests {
         assert_eq!(s.bounds().expect("bounds"), Some((3, 3)));
         assert_eq!(s.cursor("t").expect("cursor"), Some(2));
         let keys = s.keys_with_prefix("", 10).expect("keys");
-        assert_eq!(keys.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(
+            keys.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            vec!["a", "b"]
+        );
     }
 
     #[test]

@@ -84,8 +84,12 @@ pub fn build_store(t: &TargetConfig) -> Result<Arc<dyn ObjectStore>> {
                 check_option(&TargetUrl::File(path.clone()), k, v).map_err(|e| opt_err(k, e))?;
                 fsync = parse_bool(v).map_err(|e| opt_err(k, e))?;
             }
-            std::fs::create_dir_all(&path)
-                .map_err(|e| Error::io(format!("creating directory {} of target {}", path.display(), t.name), e))?;
+            std::fs::create_dir_all(&path).map_err(|e| {
+                Error::io(
+                    format!("creating directory {} of target {}", path.display(), t.name),
+                    e,
+                )
+            })?;
             let fs = LocalFileSystem::new_with_prefix(&path)
                 .map_err(|e| Error::target(&t.name, e))?
                 .with_automatic_cleanup(true)
@@ -101,7 +105,10 @@ pub fn build_store(t: &TargetConfig) -> Result<Arc<dyn ObjectStore>> {
                 let key = AmazonS3ConfigKey::from_str(k).map_err(|e| opt_err(k, e.to_string()))?;
                 b = b.with_config(key, v);
             }
-            with_prefix(Arc::new(b.build().map_err(|e| Error::target(&t.name, e))?), &prefix)
+            with_prefix(
+                Arc::new(b.build().map_err(|e| Error::target(&t.name, e))?),
+                &prefix,
+            )
         }
         TargetUrl::Gcs { bucket, prefix } => {
             let mut b = GoogleCloudStorageBuilder::from_env()
@@ -112,7 +119,10 @@ pub fn build_store(t: &TargetConfig) -> Result<Arc<dyn ObjectStore>> {
                 let key = GoogleConfigKey::from_str(k).map_err(|e| opt_err(k, e.to_string()))?;
                 b = b.with_config(key, v);
             }
-            with_prefix(Arc::new(b.build().map_err(|e| Error::target(&t.name, e))?), &prefix)
+            with_prefix(
+                Arc::new(b.build().map_err(|e| Error::target(&t.name, e))?),
+                &prefix,
+            )
         }
         TargetUrl::Azure { container, prefix } => {
             let mut b = MicrosoftAzureBuilder::from_env()
@@ -123,7 +133,10 @@ pub fn build_store(t: &TargetConfig) -> Result<Arc<dyn ObjectStore>> {
                 let key = AzureConfigKey::from_str(k).map_err(|e| opt_err(k, e.to_string()))?;
                 b = b.with_config(key, v);
             }
-            with_prefix(Arc::new(b.build().map_err(|e| Error::target(&t.name, e))?), &prefix)
+            with_prefix(
+                Arc::new(b.build().map_err(|e| Error::target(&t.name, e))?),
+                &prefix,
+            )
         }
     })
 }
@@ -143,10 +156,17 @@ mod tests {
 
     #[test]
     fn options_are_checked_per_scheme() {
-        let s3 = TargetUrl::S3 { bucket: "b".into(), prefix: String::new() };
+        let s3 = TargetUrl::S3 {
+            bucket: "b".into(),
+            prefix: String::new(),
+        };
         assert!(check_option(&s3, "endpoint", "http://127.0.0.1:1").is_ok());
         assert!(check_option(&s3, "allow_http", "true").is_ok());
-        assert!(check_option(&s3, "endpont", "x").unwrap_err().contains("unknown option for s3"));
+        assert!(
+            check_option(&s3, "endpont", "x")
+                .unwrap_err()
+                .contains("unknown option for s3")
+        );
         let f = TargetUrl::File("/tmp".into());
         assert!(check_option(&f, "fsync", "false").is_ok());
         assert!(check_option(&f, "fsync", "maybe").is_err());
@@ -162,7 +182,8 @@ mod tests {
         store.put(&"a/b".into(), "x".into()).await.expect("put");
         assert_eq!(std::fs::read(dir.path().join("t/a/b")).expect("file"), b"x");
         let mut s3 = target("s3://bucket/prefix");
-        s3.options.insert("endpoint".into(), "http://127.0.0.1:9".into());
+        s3.options
+            .insert("endpoint".into(), "http://127.0.0.1:9".into());
         s3.options.insert("region".into(), "us-east-1".into());
         s3.options.insert("access_key_id".into(), "a".into());
         s3.options.insert("secret_access_key".into(), "b".into());

@@ -12,16 +12,29 @@ use walship::{Error, Mode};
 #[tokio::test]
 async fn sync_waits_for_every_replica_and_times_out_with_seq_and_acks() {
     let rig = Rig::new(2, "sync", 1, 0.5).await;
-    let ack = rig.rep.put(&key("a"), Bytes::from("1"), None).await.expect("all healthy");
+    let ack = rig
+        .rep
+        .put(&key("a"), Bytes::from("1"), None)
+        .await
+        .expect("all healthy");
     assert_eq!(ack.mode, "sync");
     let mut by = ack.acked_by.clone();
     by.sort();
     assert_eq!(by, vec!["p", "r1", "r2"]);
 
     rig.fault("r2").set(Fault::Hang);
-    let err = rig.rep.put(&key("a"), Bytes::from("2"), None).await.expect_err("r2 hangs");
+    let err = rig
+        .rep
+        .put(&key("a"), Bytes::from("2"), None)
+        .await
+        .expect_err("r2 hangs");
     match &err {
-        Error::QuorumTimeout { seq, acked, required, acked_by } => {
+        Error::QuorumTimeout {
+            seq,
+            acked,
+            required,
+            acked_by,
+        } => {
             assert_eq!(*seq, 2);
             assert_eq!((*acked, *required), (2, 3));
             assert!(acked_by.contains(&"p".to_string()) && acked_by.contains(&"r1".to_string()));
@@ -30,7 +43,12 @@ async fn sync_waits_for_every_replica_and_times_out_with_seq_and_acks() {
         other => panic!("expected a quorum timeout, got {other}"),
     }
     let msg = err.to_string();
-    assert!(msg.contains("durable locally at seq 2") && msg.contains("2 of 3") && msg.contains("will still be replicated"), "{msg}");
+    assert!(
+        msg.contains("durable locally at seq 2")
+            && msg.contains("2 of 3")
+            && msg.contains("will still be replicated"),
+        "{msg}"
+    );
 
     // Nothing is rolled back: once r2 heals it receives seq 2.
     rig.fault("r2").heal();
@@ -42,14 +60,32 @@ async fn sync_waits_for_every_replica_and_times_out_with_seq_and_acks() {
 async fn semi_sync_returns_after_exactly_min_sync_replicas() {
     let rig = Rig::new(3, "semi_sync", 2, 1.0).await;
     rig.fault("r3").set(Fault::Hang);
-    let ack = rig.rep.put(&key("k"), Bytes::from("v"), None).await.expect("two of three replicas suffice");
+    let ack = rig
+        .rep
+        .put(&key("k"), Bytes::from("v"), None)
+        .await
+        .expect("two of three replicas suffice");
     assert_eq!(ack.mode, "semi_sync");
     assert!(ack.acked_by.contains(&"p".into()));
     assert!(!ack.acked_by.contains(&"r3".into()));
 
     rig.fault("r2").set(Fault::Hang);
-    let err = rig.rep.put(&key("k"), Bytes::from("w"), None).await.expect_err("only one replica answers");
-    assert!(matches!(err, Error::QuorumTimeout { acked: 2, required: 3, .. }), "{err}");
+    let err = rig
+        .rep
+        .put(&key("k"), Bytes::from("w"), None)
+        .await
+        .expect_err("only one replica answers");
+    assert!(
+        matches!(
+            err,
+            Error::QuorumTimeout {
+                acked: 2,
+                required: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
     rig.fault("r2").heal();
     rig.fault("r3").heal();
     rig.wait_caught_up(Duration::from_secs(10)).await;
@@ -75,7 +111,10 @@ async fn async_returns_after_the_durable_append_with_every_replica_hung() {
     rig.fault("r2").heal();
     rig.wait_caught_up(Duration::from_secs(10)).await;
     for i in 0..20 {
-        assert_eq!(rig.object("r2", &format!("k{i}")).await, Some(Bytes::from(format!("v{i}"))));
+        assert_eq!(
+            rig.object("r2", &format!("k{i}")).await,
+            Some(Bytes::from(format!("v{i}")))
+        );
     }
 }
 
@@ -83,8 +122,15 @@ async fn async_returns_after_the_durable_append_with_every_replica_hung() {
 async fn per_write_mode_override() {
     let rig = Rig::new(1, "async", 1, 0.3).await;
     rig.fault("r1").set(Fault::Hang);
-    rig.rep.put(&key("x"), Bytes::from("1"), Some(Mode::Async)).await.expect("async");
-    let err = rig.rep.put(&key("x"), Bytes::from("2"), Some(Mode::Sync)).await.expect_err("sync override waits for r1");
+    rig.rep
+        .put(&key("x"), Bytes::from("1"), Some(Mode::Async))
+        .await
+        .expect("async");
+    let err = rig
+        .rep
+        .put(&key("x"), Bytes::from("2"), Some(Mode::Sync))
+        .await
+        .expect_err("sync override waits for r1");
     assert!(matches!(err, Error::QuorumTimeout { seq: 2, .. }), "{err}");
 }
 
@@ -92,12 +138,32 @@ async fn per_write_mode_override() {
 async fn a_failing_primary_blocks_every_mode() {
     let rig = Rig::new(1, "async", 1, 0.3).await;
     rig.fault("p").set(Fault::Fail);
-    let err = rig.rep.put(&key("x"), Bytes::from("1"), None).await.expect_err("primary must ack");
-    assert!(matches!(err, Error::QuorumTimeout { acked: 0, required: 1, .. }), "{err}");
+    let err = rig
+        .rep
+        .put(&key("x"), Bytes::from("1"), None)
+        .await
+        .expect_err("primary must ack");
+    assert!(
+        matches!(
+            err,
+            Error::QuorumTimeout {
+                acked: 0,
+                required: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
     let report = rig.rep.cursors().expect("cursors");
     let p = &report.targets[0];
     assert_eq!(p.lag_entries, 1);
-    assert!(p.error.as_deref().unwrap_or("").contains("injected failure"), "{p:?}");
+    assert!(
+        p.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("injected failure"),
+        "{p:?}"
+    );
 }
 
 #[tokio::test]
@@ -106,7 +172,11 @@ async fn a_failing_replica_catches_up_to_head_in_order_once_healed() {
     rig.fault("r1").set(Fault::Fail);
     for i in 0..100u32 {
         rig.rep
-            .put(&key(&format!("k{}", i % 7)), Bytes::from(i.to_string()), None)
+            .put(
+                &key(&format!("k{}", i % 7)),
+                Bytes::from(i.to_string()),
+                None,
+            )
             .await
             .expect("async");
     }
@@ -124,7 +194,10 @@ async fn a_failing_replica_catches_up_to_head_in_order_once_healed() {
     // Every key ends on its newest version.
     for k in 0..7u32 {
         let newest = (0..100u32).filter(|i| i % 7 == k).max().expect("some");
-        assert_eq!(rig.object("r1", &format!("k{k}")).await, Some(Bytes::from(newest.to_string())));
+        assert_eq!(
+            rig.object("r1", &format!("k{k}")).await,
+            Some(Bytes::from(newest.to_string()))
+        );
     }
     let report = rig.rep.cursors().expect("cursors");
     let r1 = report.targets.iter().find(|t| t.name == "r1").expect("r1");

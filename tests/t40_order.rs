@@ -14,7 +14,10 @@ use walship::faults::Fault;
 async fn many_versions_of_few_keys_under_concurrency_and_delays_end_on_the_newest() {
     let rig = Rig::new(3, "async", 1, 5.0).await;
     // Each replica answers with a different, changing delay.
-    let faults: Vec<_> = ["r1", "r2", "r3"].iter().map(|n| rig.fault(n).clone()).collect();
+    let faults: Vec<_> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|n| rig.fault(n).clone())
+        .collect();
     let jitter = tokio::spawn(async move {
         for round in 0..40u64 {
             for (i, f) in faults.iter().enumerate() {
@@ -36,7 +39,9 @@ async fn many_versions_of_few_keys_under_concurrency_and_delays_end_on_the_newes
                 if i % 11 == 10 {
                     rep.delete(&k, None).await.expect("delete");
                 } else {
-                    rep.put(&k, Bytes::from(format!("w{w}-{i}")), None).await.expect("put");
+                    rep.put(&k, Bytes::from(format!("w{w}-{i}")), None)
+                        .await
+                        .expect("put");
                 }
             }
         }));

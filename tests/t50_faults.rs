@@ -15,19 +15,38 @@ async fn restart_resumes_every_cursor_and_catches_up() {
     let rig = Rig::new(2, "async", 1, 0.5).await;
     rig.fault("r2").set(Fault::Fail);
     for i in 0..30 {
-        rig.rep.put(&key(&format!("k{i}")), Bytes::from(format!("v{i}")), None).await.expect("put");
+        rig.rep
+            .put(&key(&format!("k{i}")), Bytes::from(format!("v{i}")), None)
+            .await
+            .expect("put");
     }
-    rig.wait_until(|r| r.targets.iter().find(|t| t.name == "r1").is_some_and(|t| t.cursor == 30)).await;
+    rig.wait_until(|r| {
+        r.targets
+            .iter()
+            .find(|t| t.name == "r1")
+            .is_some_and(|t| t.cursor == 30)
+    })
+    .await;
     let rig = rig.restart().await;
     // r1's cursor was persisted; r2 starts where it was and catches up.
     assert_eq!(rig.cursor("r1"), 30);
     assert_eq!(rig.cursor("r2"), 0);
     rig.wait_caught_up(Duration::from_secs(10)).await;
     for i in 0..30 {
-        assert_eq!(rig.object("r2", &format!("k{i}")).await, Some(Bytes::from(format!("v{i}"))));
+        assert_eq!(
+            rig.object("r2", &format!("k{i}")).await,
+            Some(Bytes::from(format!("v{i}")))
+        );
     }
     // New writes continue the seq.
-    assert_eq!(rig.rep.put(&key("after"), Bytes::from("x"), None).await.expect("put").seq, 31);
+    assert_eq!(
+        rig.rep
+            .put(&key("after"), Bytes::from("x"), None)
+            .await
+            .expect("put")
+            .seq,
+        31
+    );
 }
 
 #[tokio::test]
@@ -35,10 +54,19 @@ async fn a_corrupt_entry_stops_shipping_before_it_and_is_named() {
     let rig = Rig::new(1, "async", 1, 0.5).await;
     rig.fault("r1").set(Fault::Fail);
     for i in 1..=10 {
-        rig.rep.put(&key(&format!("k{i}")), Bytes::from(format!("v{i}")), None).await.expect("put");
+        rig.rep
+            .put(&key(&format!("k{i}")), Bytes::from(format!("v{i}")), None)
+            .await
+            .expect("put");
     }
     rig.rep.shutdown(Duration::ZERO).await.expect("shutdown");
-    let common::Rig { dir, cfg, rep, stores, .. } = rig;
+    let common::Rig {
+        dir,
+        cfg,
+        rep,
+        stores,
+        ..
+    } = rig;
     drop(rep);
 
     // Flip one byte of entry 6 in the sled database, as a bad disk would.
@@ -54,14 +82,22 @@ async fn a_corrupt_entry_stops_shipping_before_it_and_is_named() {
     }
 
     let rig = Rig::open(dir, cfg, stores).await;
-    rig.wait_until(|r| r.targets.iter().any(|t| t.name == "r1" && t.state == TargetState::Failed)).await;
+    rig.wait_until(|r| {
+        r.targets
+            .iter()
+            .any(|t| t.name == "r1" && t.state == TargetState::Failed)
+    })
+    .await;
     let report = rig.rep.cursors().expect("cursors");
     let r1 = report.targets.iter().find(|t| t.name == "r1").expect("r1");
     assert_eq!(r1.cursor, 5, "entries before the corrupt one are shipped");
     let err = r1.error.as_deref().expect("error shown");
     assert!(err.contains("seq 6") && err.contains("crc32"), "{err}");
     let table = walship::cli::cursors_table(&report);
-    assert!(table.contains("failed") && table.contains("seq 6"), "{table}");
+    assert!(
+        table.contains("failed") && table.contains("seq 6"),
+        "{table}"
+    );
     for i in 1..=5 {
         assert!(rig.object("r1", &format!("k{i}")).await.is_some());
     }
@@ -75,12 +111,19 @@ async fn a_corrupt_entry_stops_shipping_before_it_and_is_named() {
 async fn a_hung_request_is_bounded_by_sync_timeout_and_retried() {
     let rig = Rig::new(1, "async", 1, 0.2).await;
     rig.fault("r1").set(Fault::Hang);
-    rig.rep.put(&key("a"), Bytes::from("1"), None).await.expect("async");
+    rig.rep
+        .put(&key("a"), Bytes::from("1"), None)
+        .await
+        .expect("async");
     // The hung attempt times out and counts as a failure.
     rig.wait_until(|r| {
-        r.targets
-            .iter()
-            .any(|t| t.name == "r1" && t.error.as_deref().unwrap_or("").contains("sync_timeout_seconds"))
+        r.targets.iter().any(|t| {
+            t.name == "r1"
+                && t.error
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("sync_timeout_seconds")
+        })
     })
     .await;
     rig.fault("r1").heal();

@@ -15,11 +15,17 @@ use walship::faults::Fault;
 async fn raw(base: &str, request_line: &str) -> (u16, String) {
     let addr = base.trim_start_matches("http://");
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let req = format!("{request_line} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx");
+    let req = format!(
+        "{request_line} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx"
+    );
     s.write_all(req.as_bytes()).await.expect("write");
     let mut out = String::new();
     s.read_to_string(&mut out).await.expect("read");
-    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
     let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
     (status, body)
 }
@@ -29,49 +35,133 @@ async fn put_get_head_delete_list_roundtrip() {
     let rig = Rig::new(2, "sync", 1, 2.0).await;
     let base = rig.serve_http(None).await;
     let c = reqwest::Client::new();
-    let r = c.put(format!("{base}/v1/objects/dir/a%20b.json")).body("{\"x\":1}").send().await.expect("put");
+    let r = c
+        .put(format!("{base}/v1/objects/dir/a%20b.json"))
+        .body("{\"x\":1}")
+        .send()
+        .await
+        .expect("put");
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["seq"], 1);
     assert_eq!(v["mode"], "sync");
     assert_eq!(v["acked_by"].as_array().expect("array").len(), 3);
 
-    let r = c.get(format!("{base}/v1/objects/dir/a%20b.json")).send().await.expect("get");
+    let r = c
+        .get(format!("{base}/v1/objects/dir/a%20b.json"))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-walship-served-by"], "p");
     assert_eq!(r.headers()["x-walship-seq"], "1");
     assert_eq!(r.text().await.expect("body"), "{\"x\":1}");
-    assert_eq!(rig.object("r2", "dir/a b.json").await.as_deref(), Some(&b"{\"x\":1}"[..]));
+    assert_eq!(
+        rig.object("r2", "dir/a b.json").await.as_deref(),
+        Some(&b"{\"x\":1}"[..])
+    );
 
-    let r = c.head(format!("{base}/v1/objects/dir/a%20b.json")).send().await.expect("head");
+    let r = c
+        .head(format!("{base}/v1/objects/dir/a%20b.json"))
+        .send()
+        .await
+        .expect("head");
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-length"], "7");
 
-    c.put(format!("{base}/v1/objects/other")).body("o").send().await.expect("put");
-    let v: Value = c.get(format!("{base}/v1/objects?prefix=dir/")).send().await.expect("list").json().await.expect("json");
+    c.put(format!("{base}/v1/objects/other"))
+        .body("o")
+        .send()
+        .await
+        .expect("put");
+    let v: Value = c
+        .get(format!("{base}/v1/objects?prefix=dir/"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(v["keys"].as_array().expect("keys").len(), 1);
     assert_eq!(v["keys"][0]["key"], "dir/a b.json");
     assert_eq!(v["keys"][0]["seq"], 1);
 
-    let r = c.delete(format!("{base}/v1/objects/dir/a%20b.json")).send().await.expect("delete");
+    let r = c
+        .delete(format!("{base}/v1/objects/dir/a%20b.json"))
+        .send()
+        .await
+        .expect("delete");
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["seq"], 3);
     assert_eq!(rig.object("r1", "dir/a b.json").await, None);
-    let r = c.get(format!("{base}/v1/objects/dir/a%20b.json")).send().await.expect("get");
+    let r = c
+        .get(format!("{base}/v1/objects/dir/a%20b.json"))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(r.status(), 404);
-    let v: Value = c.get(format!("{base}/v1/objects?prefix=dir/")).send().await.expect("list").json().await.expect("json");
-    assert_eq!(v["keys"].as_array().expect("keys").len(), 0, "deleted keys are not listed");
+    let v: Value = c
+        .get(format!("{base}/v1/objects?prefix=dir/"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        v["keys"].as_array().expect("keys").len(),
+        0,
+        "deleted keys are not listed"
+    );
 
-    let v: Value = c.get(format!("{base}/v1/cursors")).send().await.expect("cursors").json().await.expect("json");
+    let v: Value = c
+        .get(format!("{base}/v1/cursors"))
+        .send()
+        .await
+        .expect("cursors")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(v["head"], 3);
     let row = &v["targets"][0];
-    for field in ["name", "role", "region", "health", "state", "cursor", "lag_entries", "lag_bytes", "lag_ms"] {
+    for field in [
+        "name",
+        "role",
+        "region",
+        "health",
+        "state",
+        "cursor",
+        "lag_entries",
+        "lag_bytes",
+        "lag_ms",
+    ] {
         assert!(row.get(field).is_some(), "cursors row lacks {field}: {row}");
     }
-    assert_eq!(c.get(format!("{base}/healthz")).send().await.expect("healthz").status(), 200);
-    assert_eq!(c.get(format!("{base}/readyz")).send().await.expect("readyz").status(), 200);
+    assert_eq!(
+        c.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .expect("healthz")
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status(),
+        200
+    );
     rig.fault("p").set(Fault::Fail);
-    assert_eq!(c.get(format!("{base}/readyz")).send().await.expect("readyz").status(), 503);
+    assert_eq!(
+        c.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status(),
+        503
+    );
 }
 
 #[tokio::test]
@@ -79,7 +169,11 @@ async fn rejected_requests_answer_4xx_json_and_change_nothing() {
     let rig = Rig::with_top(1, "async", 1, 1.0, "max_object_bytes = 16").await;
     let base = rig.serve_http(None).await;
     let c = reqwest::Client::new();
-    c.put(format!("{base}/v1/objects/ok")).body("fine").send().await.expect("put");
+    c.put(format!("{base}/v1/objects/ok"))
+        .body("fine")
+        .send()
+        .await
+        .expect("put");
     let head = rig.rep.log().head();
     assert_eq!(head, 1);
 
@@ -96,19 +190,42 @@ async fn rejected_requests_answer_4xx_json_and_change_nothing() {
     for (line, why) in bad_keys {
         let (status, body) = raw(&base, line).await;
         assert_eq!(status, 400, "{line}: {body}");
-        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{line}: not JSON ({e}): {body}"));
-        assert!(v["error"].as_str().expect("error").contains(why), "{line}: {body}");
+        let v: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{line}: not JSON ({e}): {body}"));
+        assert!(
+            v["error"].as_str().expect("error").contains(why),
+            "{line}: {body}"
+        );
     }
     let long = "k".repeat(1025);
-    let r = c.put(format!("{base}/v1/objects/{long}")).body("x").send().await.expect("put");
+    let r = c
+        .put(format!("{base}/v1/objects/{long}"))
+        .body("x")
+        .send()
+        .await
+        .expect("put");
     assert_eq!(r.status(), 400);
 
-    let r = c.put(format!("{base}/v1/objects/big")).body(vec![0u8; 17]).send().await.expect("put");
+    let r = c
+        .put(format!("{base}/v1/objects/big"))
+        .body(vec![0u8; 17])
+        .send()
+        .await
+        .expect("put");
     assert_eq!(r.status(), 413);
     let v: Value = r.json().await.expect("json");
-    assert!(v["error"].as_str().expect("error").contains("max_object_bytes"), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .expect("error")
+            .contains("max_object_bytes"),
+        "{v}"
+    );
     // Chunked, without a content-length, is caught too.
-    let stream = futures::stream::iter(vec![Ok::<_, std::io::Error>(vec![1u8; 10]), Ok(vec![1u8; 10])]);
+    let stream = futures::stream::iter(vec![
+        Ok::<_, std::io::Error>(vec![1u8; 10]),
+        Ok(vec![1u8; 10]),
+    ]);
     let r = c
         .put(format!("{base}/v1/objects/big2"))
         .body(reqwest::Body::wrap_stream(stream))
@@ -121,19 +238,43 @@ async fn rejected_requests_answer_4xx_json_and_change_nothing() {
         ("/v1/objects/k?mode=fast", "unknown mode"),
         ("/v1/objects/k?mdoe=sync", "malformed query"),
     ] {
-        let r = c.put(format!("{base}{url}")).body("x").send().await.expect("put");
+        let r = c
+            .put(format!("{base}{url}"))
+            .body("x")
+            .send()
+            .await
+            .expect("put");
         assert_eq!(r.status(), 400, "{url}");
         let v: Value = r.json().await.expect("json");
-        assert!(v["error"].as_str().expect("error").contains(why), "{url}: {v}");
+        assert!(
+            v["error"].as_str().expect("error").contains(why),
+            "{url}: {v}"
+        );
     }
-    let r = c.get(format!("{base}/v1/objects/ok?read_preference=closest")).send().await.expect("get");
+    let r = c
+        .get(format!("{base}/v1/objects/ok?read_preference=closest"))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(r.status(), 400);
-    let r = c.get(format!("{base}/v1/objects?limit=zero")).send().await.expect("list");
+    let r = c
+        .get(format!("{base}/v1/objects?limit=zero"))
+        .send()
+        .await
+        .expect("list");
     assert_eq!(r.status(), 400);
-    let r = c.get(format!("{base}/v1/nothing")).send().await.expect("get");
+    let r = c
+        .get(format!("{base}/v1/nothing"))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(r.status(), 404);
 
-    assert_eq!(rig.rep.log().head(), head, "no rejected request reached the log");
+    assert_eq!(
+        rig.rep.log().head(),
+        head,
+        "no rejected request reached the log"
+    );
     assert_eq!(rig.object("p", "big").await, None);
 }
 
@@ -153,10 +294,20 @@ async fn a_missed_quorum_answers_504_with_seq_and_acks() {
     assert_eq!(v["seq"], 1);
     assert_eq!(v["acked"], 2);
     assert_eq!(v["required"], 3);
-    let mut acked: Vec<&str> = v["acked_by"].as_array().expect("acks").iter().filter_map(Value::as_str).collect();
+    let mut acked: Vec<&str> = v["acked_by"]
+        .as_array()
+        .expect("acks")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     acked.sort();
     assert_eq!(acked, vec!["p", "r1"]);
-    assert!(v["error"].as_str().expect("error").contains("durable locally at seq 1"));
+    assert!(
+        v["error"]
+            .as_str()
+            .expect("error")
+            .contains("durable locally at seq 1")
+    );
     // The same write with ?mode=async is acknowledged.
     let r = reqwest::Client::new()
         .put(format!("{base}/v1/objects/k?mode=async"))
@@ -175,11 +326,28 @@ async fn a_token_is_required_when_configured() {
     let rig = Rig::new(1, "async", 1, 1.0).await;
     let base = rig.serve_http(Some("s3cret")).await;
     let c = reqwest::Client::new();
-    let r = c.put(format!("{base}/v1/objects/k")).body("v").send().await.expect("put");
+    let r = c
+        .put(format!("{base}/v1/objects/k"))
+        .body("v")
+        .send()
+        .await
+        .expect("put");
     assert_eq!(r.status(), 401);
-    let r = c.put(format!("{base}/v1/objects/k")).bearer_auth("wrong").body("v").send().await.expect("put");
+    let r = c
+        .put(format!("{base}/v1/objects/k"))
+        .bearer_auth("wrong")
+        .body("v")
+        .send()
+        .await
+        .expect("put");
     assert_eq!(r.status(), 401);
     assert_eq!(rig.rep.log().head(), 0);
-    let r = c.put(format!("{base}/v1/objects/k")).bearer_auth("s3cret").body("v").send().await.expect("put");
+    let r = c
+        .put(format!("{base}/v1/objects/k"))
+        .bearer_auth("s3cret")
+        .body("v")
+        .send()
+        .await
+        .expect("put");
     assert_eq!(r.status(), 200);
 }

@@ -9,7 +9,11 @@ use std::process::Command;
 use sidecar::{Sidecar, bin, dir_config, free_port};
 
 fn run(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
-    let out = Command::new(bin()).args(args).current_dir(dir).output().expect("run walship");
+    let out = Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run walship");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -31,7 +35,9 @@ fn check_config_names_each_problem_and_exits_2() {
         ),
         (
             "min_sync_replicas",
-            format!("[replication]\nmin_sync_replicas = 3\n{BASE}[[targets]]\nname = \"r\"\nurl = \"memory://\"\n"),
+            format!(
+                "[replication]\nmin_sync_replicas = 3\n{BASE}[[targets]]\nname = \"r\"\nurl = \"memory://\"\n"
+            ),
             &["replication.min_sync_replicas: 3 is more than the 1"],
         ),
         (
@@ -52,7 +58,9 @@ fn check_config_names_each_problem_and_exits_2() {
         ),
         (
             "unknown nested key",
-            format!("[replication]\nmdoe = \"sync\"\n{BASE}[[targets]]\nname = \"r\"\nurl = \"memory://\"\n"),
+            format!(
+                "[replication]\nmdoe = \"sync\"\n{BASE}[[targets]]\nname = \"r\"\nurl = \"memory://\"\n"
+            ),
             &["line 2", "unknown field `mdoe`"],
         ),
         (
@@ -62,12 +70,16 @@ fn check_config_names_each_problem_and_exits_2() {
         ),
         (
             "unknown option",
-            format!("{BASE}[[targets]]\nname = \"r\"\nurl = \"s3://b\"\n[targets.options]\nendpont = \"x\"\n"),
+            format!(
+                "{BASE}[[targets]]\nname = \"r\"\nurl = \"s3://b\"\n[targets.options]\nendpont = \"x\"\n"
+            ),
             &["targets[0].options.endpont: unknown option for s3://"],
         ),
         (
             "bad mode",
-            format!("[replication]\nmode = \"fast\"\n{BASE}[[targets]]\nname = \"r\"\nurl = \"memory://\"\n"),
+            format!(
+                "[replication]\nmode = \"fast\"\n{BASE}[[targets]]\nname = \"r\"\nurl = \"memory://\"\n"
+            ),
             &["unknown variant `fast`"],
         ),
     ];
@@ -80,11 +92,18 @@ fn check_config_names_each_problem_and_exits_2() {
             assert!(err.contains(want), "{what}: wanted {want:?} in:\n{err}");
         }
         if *what == "timeouts" {
-            assert!(err.lines().count() >= wants.len(), "{what}: one line per problem:\n{err}");
+            assert!(
+                err.lines().count() >= wants.len(),
+                "{what}: one line per problem:\n{err}"
+            );
         }
     }
     let good = dir.path().join("good.toml");
-    std::fs::write(&good, format!("{BASE}[[targets]]\nname = \"r\"\nurl = \"memory://\"\n")).expect("write");
+    std::fs::write(
+        &good,
+        format!("{BASE}[[targets]]\nname = \"r\"\nurl = \"memory://\"\n"),
+    )
+    .expect("write");
     let (code, out, err) = run(&["check-config", good.to_str().expect("utf8")], dir.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("ok"), "{out}");
@@ -95,11 +114,21 @@ fn a_bad_config_starts_nothing_and_creates_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let path = dir.path().join("c.toml");
-    std::fs::write(&path, format!("data_dir = {:?}\n{BASE}", data.display().to_string())).expect("write");
-    let (code, _, err) = run(&["serve", "--config", path.to_str().expect("utf8")], dir.path());
+    std::fs::write(
+        &path,
+        format!("data_dir = {:?}\n{BASE}", data.display().to_string()),
+    )
+    .expect("write");
+    let (code, _, err) = run(
+        &["serve", "--config", path.to_str().expect("utf8")],
+        dir.path(),
+    );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("targets: no replica"), "{err}");
-    assert!(!data.exists(), "a rejected config must not create the data dir");
+    assert!(
+        !data.exists(),
+        "a rejected config must not create the data dir"
+    );
 }
 
 #[test]
@@ -112,7 +141,10 @@ fn init_writes_a_valid_config_and_refuses_to_overwrite() {
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = run(&["init", "--dir", "."], dir.path());
     assert_eq!(code, 1);
-    assert!(err.contains("already exists") && err.contains("--force"), "{err}");
+    assert!(
+        err.contains("already exists") && err.contains("--force"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,7 +158,10 @@ async fn client_commands_sigterm_and_offline_cursors() {
     let input = dir.join("in.txt");
     std::fs::write(&input, "hello walship").expect("write");
 
-    let (code, out, err) = run(&["put", "greeting/hello.txt", input.to_str().expect("utf8")], dir);
+    let (code, out, err) = run(
+        &["put", "greeting/hello.txt", input.to_str().expect("utf8")],
+        dir,
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("seq 1") && out.contains("replica-2"), "{out}");
     let (code, out, _) = run(&["get", "greeting/hello.txt"], dir);
@@ -144,7 +179,16 @@ async fn client_commands_sigterm_and_offline_cursors() {
     assert!(out.contains("seq 2"), "{out}");
     assert!(!dir.join("targets/replica-1/greeting/hello.txt").exists());
     for i in 0..20 {
-        let (code, _, err) = run(&["put", &format!("k/{i}"), input.to_str().expect("utf8"), "--mode", "async"], dir);
+        let (code, _, err) = run(
+            &[
+                "put",
+                &format!("k/{i}"),
+                input.to_str().expect("utf8"),
+                "--mode",
+                "async",
+            ],
+            dir,
+        );
         assert_eq!(code, 0, "{err}");
     }
 
@@ -167,5 +211,8 @@ async fn client_commands_sigterm_and_offline_cursors() {
     }
     let (code, out, _) = run(&["cursors"], dir);
     assert_eq!(code, 0);
-    assert!(out.starts_with("NAME") && out.contains("replica-2"), "{out}");
+    assert!(
+        out.starts_with("NAME") && out.contains("replica-2"),
+        "{out}"
+    );
 }

@@ -40,7 +40,12 @@ async fn kill_minus_nine_at_random_moments_loses_no_acknowledged_write() {
                 for i in 0.. {
                     let key = format!("r{round}/w{w}/{i}");
                     let value = format!("{key}:{}", "x".repeat(i % 300));
-                    match c.put(format!("{base}/v1/objects/{key}?mode={mode}")).body(value.clone()).send().await {
+                    match c
+                        .put(format!("{base}/v1/objects/{key}?mode={mode}"))
+                        .body(value.clone())
+                        .send()
+                        .await
+                    {
                         Ok(r) if r.status().is_success() => {
                             let v: serde_json::Value = match r.json().await {
                                 Ok(v) => v,
@@ -61,24 +66,39 @@ async fn kill_minus_nine_at_random_moments_loses_no_acknowledged_write() {
         for t in tasks {
             let _ = t.await;
         }
-        println!("round {round}: killed after {kill_after:?}, {} acknowledged so far", acked.lock().expect("lock").len());
+        println!(
+            "round {round}: killed after {kill_after:?}, {} acknowledged so far",
+            acked.lock().expect("lock").len()
+        );
     }
 
     let sc = Sidecar::start(&cfg, port).await;
     let report = sc.wait_caught_up(Duration::from_secs(60)).await;
     let acked = acked.lock().expect("lock").clone();
-    assert!(acked.len() > 50, "too few writes to mean anything: {}", acked.len());
+    assert!(
+        acked.len() > 50,
+        "too few writes to mean anything: {}",
+        acked.len()
+    );
     let mut seqs: Vec<u64> = acked.iter().map(|a| a.2).collect();
     seqs.sort_unstable();
     seqs.dedup();
-    assert_eq!(seqs.len(), acked.len(), "two acknowledged writes share a seq");
+    assert_eq!(
+        seqs.len(),
+        acked.len(),
+        "two acknowledged writes share a seq"
+    );
     assert!(report["head"].as_u64().expect("head") >= *seqs.last().expect("some"));
     for target in ["primary", "replica-1", "replica-2"] {
         for (key, value, seq) in &acked {
             let path = root.path().join("targets").join(target).join(key);
-            let got = std::fs::read_to_string(&path)
-                .unwrap_or_else(|e| panic!("seed {seed}: acknowledged seq {seq} ({key}) missing on {target}: {e}"));
-            assert_eq!(&got, value, "seed {seed}: wrong bytes for seq {seq} on {target}");
+            let got = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+                panic!("seed {seed}: acknowledged seq {seq} ({key}) missing on {target}: {e}")
+            });
+            assert_eq!(
+                &got, value,
+                "seed {seed}: wrong bytes for seq {seq} on {target}"
+            );
         }
     }
     let st = sc.term();

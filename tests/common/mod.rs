@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use object_store::memory::InMemory;
 use object_store::{ObjectStore, ObjectStoreExt};
-use walship::faults::{FaultyStore, Faults};
+use walship::faults::{Faults, FaultyStore};
 use walship::key::Key;
 use walship::{Config, Replicator};
 
@@ -23,7 +23,13 @@ pub struct Rig {
 }
 
 /// Config text: a primary `p` and replicas `r1..=rN`, in-memory.
-pub fn config_text(data_dir: &std::path::Path, replicas: usize, mode: &str, min_sync: usize, timeout_s: f64) -> String {
+pub fn config_text(
+    data_dir: &std::path::Path,
+    replicas: usize,
+    mode: &str,
+    min_sync: usize,
+    timeout_s: f64,
+) -> String {
     let mut t = format!(
         "data_dir = {:?}\nshutdown_grace_seconds = 1\n[replication]\nmode = \"{mode}\"\nmin_sync_replicas = {min_sync}\n\
          [primary]\nname = \"p\"\nurl = \"memory://\"\nsync_timeout_seconds = {timeout_s}\nretry_delay_seconds = 0.02\n",
@@ -43,9 +49,18 @@ impl Rig {
     }
 
     /// Like `new`, with extra top-level config lines (e.g. `max_object_bytes = 10`).
-    pub async fn with_top(replicas: usize, mode: &str, min_sync: usize, timeout_s: f64, top: &str) -> Rig {
+    pub async fn with_top(
+        replicas: usize,
+        mode: &str,
+        min_sync: usize,
+        timeout_s: f64,
+        top: &str,
+    ) -> Rig {
         let dir = tempfile::tempdir().expect("tempdir");
-        let text = format!("{top}\n{}", config_text(dir.path(), replicas, mode, min_sync, timeout_s));
+        let text = format!(
+            "{top}\n{}",
+            config_text(dir.path(), replicas, mode, min_sync, timeout_s)
+        );
         let cfg = Config::from_toml(&text).expect("config");
         Rig::open(dir, cfg, HashMap::new()).await
     }
@@ -53,7 +68,9 @@ impl Rig {
     /// Serves the HTTP API on a free loopback port; returns its base URL.
     pub async fn serve_http(&self, token: Option<&str>) -> String {
         let app = walship::server::router(self.rep.clone(), token.map(str::to_string));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move { axum::serve(listener, app).await });
         format!("http://{addr}")
@@ -61,25 +78,48 @@ impl Rig {
 
     /// Opens (or reopens) with the given inner stores (fresh ones for names
     /// not given).
-    pub async fn open(dir: tempfile::TempDir, cfg: Config, mut inner: HashMap<String, Arc<InMemory>>) -> Rig {
+    pub async fn open(
+        dir: tempfile::TempDir,
+        cfg: Config,
+        mut inner: HashMap<String, Arc<InMemory>>,
+    ) -> Rig {
         let mut stores = HashMap::new();
         let mut faults = HashMap::new();
         let mut wrapped: HashMap<String, Arc<dyn ObjectStore>> = HashMap::new();
         for (_, t) in cfg.all_targets() {
-            let mem = inner.remove(&t.name).unwrap_or_else(|| Arc::new(InMemory::new()));
+            let mem = inner
+                .remove(&t.name)
+                .unwrap_or_else(|| Arc::new(InMemory::new()));
             let (store, f) = FaultyStore::wrap(mem.clone());
             wrapped.insert(t.name.clone(), store);
             stores.insert(t.name.clone(), mem);
             faults.insert(t.name.clone(), f);
         }
-        let rep = Replicator::open_with_stores(cfg.clone(), wrapped).await.expect("open replicator");
-        Rig { dir, cfg, rep, stores, faults }
+        let rep = Replicator::open_with_stores(cfg.clone(), wrapped)
+            .await
+            .expect("open replicator");
+        Rig {
+            dir,
+            cfg,
+            rep,
+            stores,
+            faults,
+        }
     }
 
     /// Shuts down and reopens on the same data dir and stores.
     pub async fn restart(self) -> Rig {
-        self.rep.shutdown(Duration::from_millis(200)).await.expect("shutdown");
-        let Rig { dir, cfg, rep, stores, .. } = self;
+        self.rep
+            .shutdown(Duration::from_millis(200))
+            .await
+            .expect("shutdown");
+        let Rig {
+            dir,
+            cfg,
+            rep,
+            stores,
+            ..
+        } = self;
         drop(rep);
         Rig::open(dir, cfg, stores).await
     }
@@ -90,7 +130,10 @@ impl Rig {
 
     pub async fn object(&self, target: &str, key: &str) -> Option<Bytes> {
         let store = &self.stores[target];
-        match store.get(&Key::parse(key).expect("key").object_path()).await {
+        match store
+            .get(&Key::parse(key).expect("key").object_path())
+            .await
+        {
             Ok(r) => Some(r.bytes().await.expect("bytes")),
             Err(object_store::Error::NotFound { .. }) => None,
             Err(e) => panic!("get {key} from {target}: {e}"),
@@ -99,7 +142,12 @@ impl Rig {
 
     pub fn cursor(&self, target: &str) -> u64 {
         let report = self.rep.cursors().expect("cursors");
-        report.targets.iter().find(|t| t.name == target).expect("target").cursor
+        report
+            .targets
+            .iter()
+            .find(|t| t.name == target)
+            .expect("target")
+            .cursor
     }
 
     /// Waits (at most 10 s) until `f` holds for the cursors report.

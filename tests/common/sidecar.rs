@@ -1,4 +1,5 @@
 //! Running the real `walship` binary.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -56,14 +57,17 @@ impl Sidecar {
         };
         let c = reqwest::Client::new();
         for _ in 0..300 {
-            if let Ok(r) = c.get(format!("{}/healthz", s.base)).send().await {
-                if r.status().is_success() {
-                    return s;
-                }
+            if let Ok(r) = c.get(format!("{}/healthz", s.base)).send().await
+                && r.status().is_success()
+            {
+                return s;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("walship did not start; see {}", cfg.with_extension("log").display());
+        panic!(
+            "walship did not start; see {}",
+            cfg.with_extension("log").display()
+        );
     }
 
     pub fn kill9(mut self) {
@@ -102,7 +106,12 @@ impl Sidecar {
                 .await
                 .expect("json");
             let head = v["head"].as_u64().expect("head");
-            if v["targets"].as_array().expect("targets").iter().all(|t| t["cursor"].as_u64() == Some(head)) {
+            if v["targets"]
+                .as_array()
+                .expect("targets")
+                .iter()
+                .all(|t| t["cursor"].as_u64() == Some(head))
+            {
                 return v;
             }
             assert!(std::time::Instant::now() < deadline, "not caught up: {v}");
