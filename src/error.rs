@@ -113,6 +113,25 @@ pub enum Error {
         acked_by: Vec<String>,
     },
 
+    /// No target that may serve a read has applied the key's latest entry.
+    #[error(
+        "no healthy target has applied seq {seq} of key {key:?} yet; retry shortly, or read with ?read_preference=any"
+    )]
+    NoFreshTarget {
+        /// The key.
+        key: String,
+        /// Its latest seq in the log.
+        seq: u64,
+    },
+
+    /// An endpoint action that does not exist.
+    #[error("{0}")]
+    UnknownAction(String),
+
+    /// A state change that conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+
     /// The sidecar is stopping.
     #[error("walship is shutting down and takes no new writes; retry once it has restarted")]
     ShuttingDown,

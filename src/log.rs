@@ -62,6 +62,8 @@ struct Request {
 pub struct ReadBatch {
     /// Good entries, consecutive from the requested seq.
     pub entries: Vec<Entry>,
+    /// Stored size of each entry in `entries`.
+    pub sizes: Vec<u32>,
     /// Set when an entry could not be read: the entries before it are good.
     pub error: Option<Error>,
 }
@@ -88,6 +90,10 @@ pub struct Log {
     indexed: Arc<watch::Sender<u64>>,
     pending_index: Arc<Mutex<PendingIndex>>,
     stats: Arc<CommitStats>,
+    /// Bytes of stored records from the first kept entry through the head,
+    /// as of open, plus every byte committed since ("log offset" of head).
+    /// Positions are compared as offsets: lag bytes = offset(head) - offset(cursor).
+    truncated_bytes: AtomicU64,
 }
 
 /// Counts a writer inside `append` (also across cancellation).
@@ -114,6 +120,9 @@ pub struct CommitStats {
     pub active: AtomicU64,
     /// Entries made durable.
     pub entries: AtomicU64,
+    /// Offset of the head: bytes of every record kept at open plus every
+    /// record committed since.
+    pub head_offset: AtomicU64,
     /// Durable flushes (groups).
     pub flushes: AtomicU64,
     /// Time spent gathering groups, µs.
@@ -152,9 +161,15 @@ impl Log {
             last_ts = e?.ts_ms;
         }
         rebuild_key_index(storage.as_ref(), head)?;
+        let mut kept = 0u64;
+        storage.scan(first, head, &mut |_, rec| {
+            kept += rec.len() as u64;
+            true
+        })?;
         let (tx, rx) = mpsc::channel::<Request>(MAX_GROUP * 4);
         let head_tx = Arc::new(watch::channel(head).0);
         let stats = Arc::new(CommitStats::default());
+        stats.head_offset.store(kept, Ordering::Release);
         let indexed = Arc::new(watch::channel(head).0);
         let (index_tx, index_rx) = std::sync::mpsc::channel();
         let pending_index = Arc::new(Mutex::new(PendingIndex::default()));
@@ -189,6 +204,7 @@ impl Log {
             indexed,
             pending_index,
             stats,
+            truncated_bytes: AtomicU64::new(0),
         }))
     }
 
@@ -261,6 +277,7 @@ impl Log {
                 Ok(e) => {
                     bytes += rec.len();
                     out.entries.push(e);
+                    out.sizes.push(rec.len() as u32);
                     expect += 1;
                     out.entries.len() < max_entries && bytes < max_bytes
                 }
@@ -281,9 +298,56 @@ impl Log {
         out
     }
 
-    /// Lag of `cursor` behind the head, measured on the log.
+    /// Lag of `cursor` behind the head, measured on the log (scans the
+    /// unapplied entries; see [`Log::lag_at`] for the O(1) form).
     pub fn lag(&self, cursor: u64) -> Result<Lag> {
         lag_of(self.storage.as_ref(), cursor, self.head())
+    }
+
+    /// The offset of the head: stored bytes of every entry kept at open plus
+    /// every entry committed since. Lag bytes = head offset - cursor offset.
+    pub fn head_offset(&self) -> u64 {
+        self.stats.head_offset.load(Ordering::Acquire)
+    }
+
+    /// The offset just after `seq`: the head's offset minus the stored bytes
+    /// of the entries after `seq`. Scans those entries; used when a cursor is
+    /// (re)placed, after which shippers keep their offset up to date.
+    pub fn offset_of(&self, seq: u64) -> Result<u64> {
+        let head = self.head();
+        let head_offset = self.head_offset();
+        let mut after = 0u64;
+        self.storage
+            .scan(seq.saturating_add(1), head, &mut |_, rec| {
+                after += rec.len() as u64;
+                true
+            })?;
+        Ok(head_offset.saturating_sub(after))
+    }
+
+    /// Lag of a cursor whose offset is known: O(1) but for reading the
+    /// timestamp of the first unapplied entry.
+    pub fn lag_at(&self, cursor: u64, cursor_offset: u64) -> Lag {
+        let head = self.head();
+        if cursor >= head {
+            return Lag::default();
+        }
+        let mut ts = None;
+        let _ = self.storage.scan(cursor + 1, cursor + 1, &mut |seq, rec| {
+            ts = codec::decode(seq, rec).ok().map(|e| e.ts_ms);
+            false
+        });
+        Lag {
+            entries: head - cursor,
+            bytes: self.head_offset().saturating_sub(cursor_offset),
+            ms: ts.map(|t| now_ms().saturating_sub(t)).unwrap_or(0),
+        }
+    }
+
+    /// Bytes of the entries still kept.
+    pub fn retained_bytes(&self) -> u64 {
+        self.head_offset()
+            .saturating_sub(self.truncated_bytes.load(Ordering::Acquire))
     }
 
     /// The newest entry of a key.
@@ -344,7 +408,13 @@ impl Log {
         if seq <= self.first() {
             return Ok(0);
         }
+        let mut bytes = 0u64;
+        self.storage.scan(self.first(), seq - 1, &mut |_, rec| {
+            bytes += rec.len() as u64;
+            true
+        })?;
         let n = self.storage.truncate_below(seq)?;
+        self.truncated_bytes.fetch_add(bytes, Ordering::AcqRel);
         self.first.store(seq, Ordering::Release);
         Ok(n)
     }
@@ -499,6 +569,10 @@ impl Committer {
                 Ok(()) => {
                     self.next_seq += group.len() as u64;
                     self.last_ts = ts;
+                    let group_bytes: usize = records.iter().map(Vec::len).sum();
+                    self.stats
+                        .head_offset
+                        .fetch_add(group_bytes as u64, Ordering::AcqRel);
                     self.head.send_replace(self.next_seq - 1);
                     self.stats
                         .entries

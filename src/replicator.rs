@@ -1,18 +1,21 @@
-//! The replicator: one log, one shipper per target, and the write path.
+//! The replicator: one log, one shipper per target, the write path, reads,
+//! health checks and failover.
 //!
 //! Write path (SPEC guarantees 1–3): append durably (group commit), then
 //! wait until the cursors the mode requires pass the entry's seq (see
-//! `quorum`). A wait longer than the targets' `sync_timeout_seconds`
-//! answers [`Error::QuorumTimeout`] with the seq and the acks; nothing is
-//! rolled back and shipping goes on.
+//! `quorum`): the acting primary always. A wait longer than the targets'
+//! `sync_timeout_seconds` answers [`Error::QuorumTimeout`] with the seq and
+//! the acks; nothing is rolled back and shipping goes on.
 //!
-//! Positions, per target: `first ≤ cursor ≤ head`, and the persisted cursor
-//! is at or below the published one, which only moves forward here.
+//! Positions, per target: `first ≤ cursor ≤ head`; the persisted cursor is
+//! at or below the published one. Decisions (quorum, health, failover, read
+//! target) are plain functions in their own modules; this module gathers
+//! their inputs and carries them out.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
@@ -21,19 +24,30 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::Op;
-use crate::config::{Config, Mode, TargetConfig};
+use crate::config::{Config, Mode, ReadPreference};
 use crate::error::{Error, Result};
+use crate::failover::{self, Decision, FailoverView};
+use crate::health::{self, HealthInputs};
 use crate::key::Key;
 use crate::log::{Log, Write};
+use crate::metrics::{HealthLabels, Metrics};
 use crate::quorum::{self, TargetView};
+use crate::reads::{self, ReadCandidate};
 use crate::shipper::Shipper;
 use crate::status::{
-    CursorsReport, Health, Role, TARGETS_META, TargetRecord, TargetRow, TargetState,
+    CursorsReport, FailoverReport, Health, Role, SeedMetrics, StatusReport, TARGETS_META,
+    TargetRecord, TargetRow, TargetState,
 };
 use crate::storage::{KeyInfo, LogStorage, SledStorage};
+use crate::target_state::{PROBE_FAILURES_UNHEALTHY, TargetHandle};
 
 /// Requests in flight per target.
 const SHIP_WINDOW: usize = 32;
+/// How often failover is reconsidered (health is probed every
+/// `health_check_interval_seconds`; shipping failures count at once).
+const FAILOVER_TICK: Duration = Duration::from_millis(100);
+/// The object a health probe asks about (a HEAD; absent is fine).
+const PROBE_KEY: &str = ".walship/health";
 
 /// The answer to an acknowledged write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -46,32 +60,19 @@ pub struct WriteAck {
     pub mode: &'static str,
 }
 
-pub(crate) struct Status {
-    pub(crate) state: TargetState,
-    pub(crate) health: Health,
-    pub(crate) failures: u32,
-    pub(crate) error: Option<String>,
+/// The answer to a read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Read<T> {
+    /// The value (or metadata); `None` when the key does not exist there.
+    pub found: Option<T>,
+    /// The target that answered.
+    pub served_by: String,
+    /// The key's latest seq in the log, if the log wrote it.
+    pub seq: Option<u64>,
 }
 
-/// A target as the replicator holds it.
-pub(crate) struct TargetHandle {
-    pub(crate) cfg: TargetConfig,
-    pub(crate) role: Role,
-    pub(crate) store: Arc<dyn ObjectStore>,
-    pub(crate) cursor_tx: watch::Sender<u64>,
-    status: Mutex<Status>,
-    /// Healthy with no error recorded: successes need not take the lock.
-    pub(crate) clean: AtomicBool,
-}
-
-impl TargetHandle {
-    pub(crate) fn cursor(&self) -> u64 {
-        *self.cursor_tx.borrow()
-    }
-
-    pub(crate) fn status(&self) -> MutexGuard<'_, Status> {
-        self.status.lock().unwrap_or_else(|p| p.into_inner())
-    }
+fn state_meta(name: &str) -> String {
+    format!("state/{name}")
 }
 
 /// The running replicator (library entry point).
@@ -79,15 +80,18 @@ pub struct Replicator {
     cfg: Config,
     log: Arc<Log>,
     targets: Vec<Arc<TargetHandle>>,
+    acting: AtomicUsize,
     progress: Arc<watch::Sender<u64>>,
+    metrics: Arc<Metrics>,
     accepting: AtomicBool,
     cancel: CancellationToken,
-    shippers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    control: tokio::sync::Mutex<()>,
 }
 
 impl Replicator {
     /// Opens the log in `cfg.data_dir`, builds every target's store from its
-    /// URL and starts shipping.
+    /// URL and starts shipping, health checks and failover.
     pub async fn open(cfg: Config) -> Result<Arc<Replicator>> {
         Replicator::open_with_stores(cfg, HashMap::new()).await
     }
@@ -131,50 +135,59 @@ impl Replicator {
                 tracing::warn!(target = %t.name, cursor, head, "persisted cursor is past the head; using the head");
                 cursor = head;
             }
+            let state = match storage.meta(&state_meta(&t.name))?.as_deref() {
+                Some(b"paused") if i != 0 => TargetState::Paused,
+                _ => TargetState::Active,
+            };
+            let offset = log.offset_of(cursor)?;
             records.push(TargetRecord {
                 name: t.name.clone(),
                 role,
                 region: t.region.clone(),
             });
-            targets.push(Arc::new(TargetHandle {
-                cfg: t.clone(),
+            targets.push(Arc::new(TargetHandle::new(
+                i,
+                t.clone(),
                 role,
                 store,
-                cursor_tx: watch::channel(cursor).0,
-                status: Mutex::new(Status {
-                    state: TargetState::Active,
-                    health: Health::Unknown,
-                    failures: 0,
-                    error: None,
-                }),
-                clean: AtomicBool::new(false),
-            }));
+                cursor,
+                offset,
+                state,
+            )));
         }
         let meta = serde_json::to_vec(&records)
-            .map_err(|e| Error::io("encoding target list", std::io::Error::other(e)))?;
+            .map_err(|e| Error::io("encoding the target list", std::io::Error::other(e)))?;
         storage.set_meta(TARGETS_META, &meta)?;
         storage.sync()?;
         let r = Arc::new(Replicator {
             cfg,
             log,
             targets,
+            acting: AtomicUsize::new(0),
             progress: Arc::new(watch::channel(0).0),
+            metrics: Arc::new(Metrics::new()),
             accepting: AtomicBool::new(true),
             cancel: CancellationToken::new(),
-            shippers: Mutex::new(Vec::new()),
+            tasks: Mutex::new(Vec::new()),
+            control: tokio::sync::Mutex::new(()),
         });
-        let mut handles = Vec::new();
+        let mut tasks = Vec::new();
         for t in &r.targets {
             let shipper = Shipper {
                 target: t.clone(),
                 log: r.log.clone(),
                 progress: r.progress.clone(),
+                metrics: r.metrics.clone(),
                 cancel: r.cancel.clone(),
                 window: SHIP_WINDOW,
             };
-            handles.push(tokio::spawn(shipper.run()));
+            tasks.push(tokio::spawn(shipper.run()));
         }
-        *r.shippers.lock().unwrap_or_else(|p| p.into_inner()) = handles;
+        tasks.push(tokio::spawn(Replicator::manage(
+            Arc::downgrade(&r),
+            r.cancel.clone(),
+        )));
+        *r.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
         tracing::info!(head, targets = r.targets.len(), "replicator open");
         Ok(r)
     }
@@ -188,6 +201,29 @@ impl Replicator {
     pub fn log(&self) -> &Arc<Log> {
         &self.log
     }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn target(&self, name: &str) -> Result<&Arc<TargetHandle>> {
+        self.targets
+            .iter()
+            .find(|t| t.name() == name)
+            .ok_or_else(|| Error::UnknownTarget(name.to_string()))
+    }
+
+    fn acting_primary(&self) -> &Arc<TargetHandle> {
+        &self.targets[self.acting.load(Ordering::Acquire)]
+    }
+
+    /// The name of the acting primary.
+    pub fn acting_primary_name(&self) -> &str {
+        self.acting_primary().name()
+    }
+
+    // ---- writes ----
 
     /// Stores `value` under `key`: durable locally, then replicated per
     /// `mode` (the configured mode when `None`).
@@ -218,8 +254,23 @@ impl Replicator {
                 key: key.clone(),
                 value,
             })
-            .await?;
-        self.wait_for(appended.seq, mode).await
+            .await;
+        let appended = match appended {
+            Ok(a) => a,
+            Err(e) => {
+                self.metrics.writes_failed.inc();
+                return Err(e);
+            }
+        };
+        self.metrics.writes.inc();
+        let result = self.wait_for(appended.seq, mode).await;
+        if let Err(e) = &result {
+            self.metrics.writes_failed.inc();
+            if matches!(e, Error::QuorumTimeout { .. }) {
+                self.metrics.quorum_timeouts.inc();
+            }
+        }
+        result
     }
 
     /// Waits until `seq` is acknowledged under `mode`, or times out.
@@ -256,18 +307,19 @@ impl Replicator {
     }
 
     fn evaluate(&self, seq: u64, mode: Mode) -> quorum::Verdict {
-        let states: Vec<(TargetState, u64)> = self
+        let acting = self.acting.load(Ordering::Acquire);
+        let snapshot: Vec<(TargetState, u64)> = self
             .targets
             .iter()
-            .map(|t| (t.status().state, t.cursor()))
+            .map(|t| (t.state(), t.cursor()))
             .collect();
         let views: Vec<TargetView<'_>> = self
             .targets
             .iter()
-            .zip(&states)
+            .zip(&snapshot)
             .map(|(t, (state, cursor))| TargetView {
-                name: &t.cfg.name,
-                acting_primary: t.role == Role::Primary,
+                name: t.name(),
+                acting_primary: t.idx == acting,
                 waited_for: !matches!(state, TargetState::Paused | TargetState::Removed),
                 cursor: *cursor,
             })
@@ -278,46 +330,127 @@ impl Replicator {
     /// A write waits at most the largest `sync_timeout_seconds` of the
     /// targets it may wait for.
     fn write_timeout(&self, mode: Mode) -> Duration {
+        let acting = self.acting.load(Ordering::Acquire);
         let secs = self
             .targets
             .iter()
-            .filter(|t| t.role == Role::Primary || mode != Mode::Async)
+            .filter(|t| t.idx == acting || mode != Mode::Async)
             .map(|t| t.cfg.sync_timeout_seconds)
             .fold(0.0, f64::max);
         Duration::from_secs_f64(secs)
     }
 
-    fn acting_primary(&self) -> &Arc<TargetHandle> {
-        &self.targets[0]
+    // ---- reads ----
+
+    fn health_of(&self, t: &TargetHandle) -> Health {
+        let lag = self.log.lag_at(t.cursor(), t.offset());
+        let o = t.observed();
+        health::decide(HealthInputs {
+            probe_failures: o.probe_failures,
+            ship_failures: o.ship_failures,
+            max_failures: t.cfg.max_retry_attempts,
+            probe_limit: PROBE_FAILURES_UNHEALTHY,
+            lag_ms: lag.ms,
+            max_lag_ms: self.cfg.replication.max_replication_lag_ms,
+            heard_from: o.heard_from,
+        })
     }
 
-    /// Reads `key` from the acting primary: the value, the target that
-    /// served it, and the key's latest seq in the log.
-    pub async fn get(&self, key: &Key) -> Result<Option<(Bytes, String, Option<u64>)>> {
-        let t = self.acting_primary();
-        let seq = self.log.key_info(key.as_str()).await?.map(|i| i.seq);
-        match t.store.get(&key.object_path()).await {
-            Ok(r) => {
-                let bytes = r.bytes().await.map_err(|e| Error::target(&t.cfg.name, e))?;
-                Ok(Some((bytes, t.cfg.name.clone(), seq)))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(Error::target(&t.cfg.name, e)),
+    /// Targets in the order a read should try them for a key at `seq`.
+    fn read_order(&self, pref: ReadPreference, seq: u64) -> Vec<usize> {
+        let acting = self.acting.load(Ordering::Acquire);
+        let mut c: Vec<ReadCandidate> = self
+            .targets
+            .iter()
+            .map(|t| ReadCandidate {
+                acting_primary: t.idx == acting,
+                read_replica: t.cfg.is_read_replica,
+                eligible: t.state() == TargetState::Active
+                    && t.cursor() >= seq
+                    && self.health_of(t) != Health::Unhealthy,
+                rtt_ms: t.observed().rtt.ms(),
+            })
+            .collect();
+        let mut order = Vec::new();
+        while let Some(i) = reads::pick(pref, &c, rand::random()) {
+            order.push(i);
+            c[i].eligible = false;
         }
+        order
     }
 
-    /// HEAD of `key` on the acting primary.
+    async fn read_from<T, F, Fut>(
+        &self,
+        key: &Key,
+        pref: Option<ReadPreference>,
+        op: F,
+    ) -> Result<Read<T>>
+    where
+        F: Fn(Arc<dyn ObjectStore>, object_store::path::Path) -> Fut,
+        Fut: std::future::Future<Output = object_store::Result<T>>,
+    {
+        let pref = pref.unwrap_or(self.cfg.replication.read_preference);
+        let info = self.log.key_info(key.as_str()).await?;
+        let seq = info.map(|i| i.seq);
+        let order = self.read_order(pref, seq.unwrap_or(0));
+        if order.is_empty() {
+            return Err(Error::NoFreshTarget {
+                key: key.as_str().to_string(),
+                seq: seq.unwrap_or(0),
+            });
+        }
+        let mut last_err = None;
+        for i in order {
+            let t = &self.targets[i];
+            match op(t.store.clone(), key.object_path()).await {
+                Ok(v) => {
+                    return Ok(Read {
+                        found: Some(v),
+                        served_by: t.name().to_string(),
+                        seq,
+                    });
+                }
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Ok(Read {
+                        found: None,
+                        served_by: t.name().to_string(),
+                        seq,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(target = %t.name(), key = %key, error = %e, "read failed; trying the next target");
+                    last_err = Some(Error::target(t.name(), e));
+                }
+            }
+        }
+        Err(last_err.unwrap_or(Error::NoFreshTarget {
+            key: key.as_str().to_string(),
+            seq: seq.unwrap_or(0),
+        }))
+    }
+
+    /// Reads `key` per `pref` (the configured preference when `None`), from
+    /// a target that has applied the key's latest entry.
+    pub async fn get(&self, key: &Key, pref: Option<ReadPreference>) -> Result<Read<Bytes>> {
+        self.read_from(key, pref, |store, path| async move {
+            let r = store.get(&path).await?;
+            r.bytes().await
+        })
+        .await
+    }
+
+    /// HEAD of `key` per `pref`.
     pub async fn head_object(
         &self,
         key: &Key,
-    ) -> Result<Option<(ObjectMeta, String, Option<u64>)>> {
-        let t = self.acting_primary();
-        let seq = self.log.key_info(key.as_str()).await?.map(|i| i.seq);
-        match t.store.head(&key.object_path()).await {
-            Ok(m) => Ok(Some((m, t.cfg.name.clone(), seq))),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(Error::target(&t.cfg.name, e)),
-        }
+        pref: Option<ReadPreference>,
+    ) -> Result<Read<ObjectMeta>> {
+        self.read_from(
+            key,
+            pref,
+            |store, path| async move { store.head(&path).await },
+        )
+        .await
     }
 
     /// Live keys (latest entry a put) starting with `prefix`, from the log's
@@ -337,37 +470,236 @@ impl Replicator {
         Ok(out)
     }
 
+    // ---- state changes ----
+
+    /// Pauses a target: it keeps its cursor, `sync` stops waiting for it,
+    /// and the state survives restarts. The acting primary cannot be paused.
+    pub async fn pause(&self, name: &str) -> Result<TargetState> {
+        let _guard = self.control.lock().await;
+        let t = self.target(name)?;
+        if t.idx == self.acting.load(Ordering::Acquire) {
+            return Err(Error::Conflict(format!(
+                "{name} is the acting primary and every write waits for it; it cannot be paused"
+            )));
+        }
+        self.log.storage().set_meta(&state_meta(name), b"paused")?;
+        self.log.storage().sync()?;
+        t.state_tx.send_replace(TargetState::Paused);
+        self.progress.send_modify(|p| *p += 1);
+        tracing::info!(target = %name, cursor = t.cursor(), "paused");
+        Ok(TargetState::Paused)
+    }
+
+    /// Resumes a paused (or failed) target: it ships from its cursor.
+    pub async fn resume(&self, name: &str) -> Result<TargetState> {
+        let _guard = self.control.lock().await;
+        let t = self.target(name)?;
+        self.log.storage().set_meta(&state_meta(name), b"active")?;
+        self.log.storage().sync()?;
+        t.state_tx.send_replace(TargetState::Active);
+        self.progress.send_modify(|p| *p += 1);
+        tracing::info!(target = %name, cursor = t.cursor(), head = self.log.head(), "resumed");
+        Ok(TargetState::Active)
+    }
+
+    // ---- health checks and failover ----
+
+    async fn manage(me: std::sync::Weak<Replicator>, cancel: CancellationToken) {
+        let Some(r) = me.upgrade() else { return };
+        let interval = Duration::from_secs_f64(r.cfg.replication.health_check_interval_seconds);
+        let checks = r.cfg.replication.enable_health_checks;
+        drop(r);
+        let mut next_probe = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(FAILOVER_TICK) => {}
+            }
+            let Some(r) = me.upgrade() else { return };
+            if checks && tokio::time::Instant::now() >= next_probe {
+                next_probe = tokio::time::Instant::now() + interval;
+                let probes = r.targets.iter().map(|t| probe(t.clone()));
+                tokio::select! {
+                    _ = futures::future::join_all(probes) => {}
+                    () = cancel.cancelled() => return,
+                }
+            }
+            r.consider_failover();
+        }
+    }
+
+    fn consider_failover(&self) {
+        let acting = self.acting.load(Ordering::Acquire);
+        let views: Vec<FailoverView> = self
+            .targets
+            .iter()
+            .map(|t| FailoverView {
+                read_replica: t.cfg.is_read_replica,
+                health: self.health_of(t),
+                state: t.state(),
+                priority: t.cfg.priority,
+                cursor: t.cursor(),
+            })
+            .collect();
+        match failover::decide(acting, &views, self.cfg.replication.enable_failover) {
+            Decision::Promote(i) if i != acting => {
+                self.acting.store(i, Ordering::Release);
+                if i == 0 {
+                    self.metrics.failbacks.inc();
+                    tracing::warn!(from = %self.targets[acting].name(), to = %self.targets[0].name(), cursor = views[0].cursor, "failback: the configured primary is caught up and acting primary again");
+                } else {
+                    self.metrics.failovers.inc();
+                    tracing::warn!(from = %self.targets[acting].name(), to = %self.targets[i].name(), cursor = views[i].cursor, "failover: acting primary is unhealthy");
+                }
+                self.progress.send_modify(|p| *p += 1);
+            }
+            Decision::Waiting(i) => {
+                tracing::debug!(candidate = %self.targets[i].name(), "failover waits for the candidate to catch up");
+            }
+            _ => {}
+        }
+    }
+
+    // ---- reports ----
+
+    fn row(&self, t: &TargetHandle) -> TargetRow {
+        let cursor = t.cursor();
+        let lag = self.log.lag_at(cursor, t.offset());
+        let health = self.health_of(t);
+        let acting = self.acting.load(Ordering::Acquire);
+        let role = match (t.idx == acting, t.role) {
+            (true, _) => Role::Primary,
+            (false, Role::Primary) => Role::Replica,
+            (false, r) => r,
+        };
+        TargetRow {
+            name: t.name().to_string(),
+            role,
+            region: t.cfg.region.clone(),
+            health,
+            state: t.state(),
+            cursor,
+            lag_entries: lag.entries,
+            lag_bytes: lag.bytes,
+            lag_ms: lag.ms,
+            error: t.observed().error.clone(),
+        }
+    }
+
     /// The cursors report: head and, per target, cursor, lag, health, state.
+    /// The acting primary shows role `primary`.
     pub fn cursors(&self) -> Result<CursorsReport> {
         let head = self.log.head();
-        let mut rows = Vec::new();
-        for t in &self.targets {
-            let cursor = t.cursor();
-            let lag = self.log.lag(cursor)?;
-            let s = t.status();
-            rows.push(TargetRow {
-                name: t.cfg.name.clone(),
-                role: t.role,
-                region: t.cfg.region.clone(),
-                health: s.health,
-                state: s.state,
-                cursor,
-                lag_entries: lag.entries,
-                lag_bytes: lag.bytes,
-                lag_ms: lag.ms,
-                error: s.error.clone(),
-            });
-        }
         Ok(CursorsReport {
             head,
-            targets: rows,
+            targets: self.targets.iter().map(|t| self.row(t)).collect(),
         })
+    }
+
+    /// The status report of `walship status`.
+    pub fn status(&self) -> Result<StatusReport> {
+        let cursors = self.cursors()?;
+        let m = &self.metrics;
+        let mut current_lag_ms = std::collections::BTreeMap::new();
+        let mut success_rate = std::collections::BTreeMap::new();
+        let mut average = std::collections::BTreeMap::new();
+        let mut replicated = 0;
+        for (t, row) in self.targets.iter().zip(&cursors.targets) {
+            let applied = t.counters.applied.load(Ordering::Relaxed);
+            let failed = t.counters.failed.load(Ordering::Relaxed);
+            current_lag_ms.insert(t.name().to_string(), row.lag_ms);
+            if t.idx != 0 {
+                replicated += applied;
+                let rate = if applied + failed == 0 {
+                    1.0
+                } else {
+                    applied as f64 / (applied + failed) as f64
+                };
+                success_rate.insert(t.name().to_string(), rate);
+            }
+            let us = t.counters.replication_us.load(Ordering::Relaxed);
+            average.insert(
+                t.name().to_string(),
+                if applied == 0 {
+                    0.0
+                } else {
+                    us as f64 / applied as f64 / 1000.0
+                },
+            );
+        }
+        let held = cursors
+            .targets
+            .iter()
+            .filter(|r| r.state != TargetState::Removed)
+            .min_by_key(|r| r.cursor)
+            .filter(|r| r.cursor < cursors.head)
+            .map(|r| r.name.clone());
+        Ok(StatusReport {
+            mode: self.cfg.replication.mode.as_str().to_string(),
+            head: cursors.head,
+            failover: FailoverReport {
+                enabled: self.cfg.replication.enable_failover,
+                acting_primary: self.acting_primary_name().to_string(),
+                configured_primary: self.targets[0].name().to_string(),
+                failovers: m.failovers.get(),
+                failbacks: m.failbacks.get(),
+            },
+            truncation_held_by: held,
+            log_retained_bytes: self.log.retained_bytes(),
+            open_conflicts: 0,
+            metrics: SeedMetrics {
+                writes_to_primary: m.writes.get(),
+                writes_replicated: replicated,
+                writes_failed: m.writes_failed.get(),
+                conflicts_detected: m.conflicts_detected.get(),
+                conflicts_resolved: m.conflicts_resolved.get(),
+                failovers: m.failovers.get(),
+                current_lag_ms,
+                success_rate,
+                average_replication_time_ms: average,
+            },
+            targets: cursors.targets,
+        })
+    }
+
+    /// The Prometheus text exposition, gauges refreshed from live state.
+    pub fn metrics_text(&self) -> String {
+        let m = &self.metrics;
+        m.head_seq.set(self.log.head() as i64);
+        m.log_retained_bytes.set(self.log.retained_bytes() as i64);
+        for t in &self.targets {
+            let row = self.row(t);
+            let l = Metrics::target(t.name());
+            m.cursor_seq.get_or_create(&l).set(row.cursor as i64);
+            m.lag_entries.get_or_create(&l).set(row.lag_entries as i64);
+            m.lag_bytes.get_or_create(&l).set(row.lag_bytes as i64);
+            m.lag_seconds
+                .get_or_create(&l)
+                .set(row.lag_ms as f64 / 1000.0);
+            let _ = m.success.get_or_create(&l);
+            let _ = m.failure.get_or_create(&l);
+            for h in [
+                Health::Healthy,
+                Health::Degraded,
+                Health::Unhealthy,
+                Health::Unknown,
+            ] {
+                let labels = HealthLabels {
+                    target: t.name().to_string(),
+                    health: crate::status::health_name(h).to_string(),
+                };
+                m.target_health
+                    .get_or_create(&labels)
+                    .set(i64::from(h == row.health));
+            }
+        }
+        m.encode()
     }
 
     /// Whether the acting primary answers (a HEAD of a marker object).
     pub async fn primary_reachable(&self) -> bool {
         let t = self.acting_primary();
-        let marker = object_store::path::Path::from(".walship/ready");
+        let marker = object_store::path::Path::from(PROBE_KEY);
         let probe = t.store.head(&marker);
         matches!(
             tokio::time::timeout(Duration::from_secs(2), probe).await,
@@ -384,10 +716,10 @@ impl Replicator {
         let mut rx = self.progress.subscribe();
         loop {
             rx.borrow_and_update();
-            let drained = self.targets.iter().all(|t| {
-                let state = t.status().state;
-                t.cursor() >= head || !matches!(state, TargetState::Active | TargetState::Syncing)
-            });
+            let drained = self
+                .targets
+                .iter()
+                .all(|t| t.cursor() >= head || t.state() != TargetState::Active);
             if drained {
                 break;
             }
@@ -399,22 +731,37 @@ impl Replicator {
                     .targets
                     .iter()
                     .filter(|t| t.cursor() < head)
-                    .map(|t| format!("{} at {}", t.cfg.name, t.cursor()))
+                    .map(|t| format!("{} at {}", t.name(), t.cursor()))
                     .collect();
                 tracing::warn!(head, behind = ?behind, "shutdown grace over; these targets catch up from the log after restart");
                 break;
             }
         }
         self.cancel.cancel();
-        let handles = std::mem::take(&mut *self.shippers.lock().unwrap_or_else(|p| p.into_inner()));
-        for h in handles {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for h in tasks {
             let _ = h.await;
         }
         for t in &self.targets {
-            self.log.storage().set_cursor(&t.cfg.name, t.cursor())?;
+            self.log.storage().set_cursor(t.name(), t.cursor())?;
         }
         self.log.storage().sync()
     }
+}
+
+/// One health probe: a HEAD of a marker that need not exist.
+async fn probe(t: Arc<TargetHandle>) {
+    let timeout = Duration::from_secs_f64(t.cfg.sync_timeout_seconds);
+    let started = Instant::now();
+    let marker = object_store::path::Path::from(PROBE_KEY);
+    let result = match tokio::time::timeout(timeout, t.store.head(&marker)).await {
+        Ok(Ok(_)) | Ok(Err(object_store::Error::NotFound { .. })) => {
+            Ok(started.elapsed().as_secs_f64() * 1000.0)
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {:.1}s", timeout.as_secs_f64())),
+    };
+    t.record_probe(result);
 }
 
 impl Drop for Replicator {

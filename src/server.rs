@@ -20,7 +20,7 @@ use axum::routing::get;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, ReadPreference};
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::replicator::Replicator;
@@ -47,7 +47,9 @@ fn status_of(e: &Error) -> StatusCode {
         Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::QuorumTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-        Error::UnknownTarget(_) => StatusCode::NOT_FOUND,
+        Error::UnknownTarget(_) | Error::UnknownAction(_) => StatusCode::NOT_FOUND,
+        Error::NoFreshTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Conflict(_) => StatusCode::CONFLICT,
         Error::Target { .. } => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -116,11 +118,8 @@ fn mode_of(q: WriteQuery) -> Result<Option<Mode>, ApiError> {
         .map_err(ApiError)
 }
 
-fn check_read_preference(q: &ReadQuery) -> Result<(), ApiError> {
-    if let Some(p) = &q.read_preference {
-        p.parse::<crate::config::ReadPreference>()?;
-    }
-    Ok(())
+fn read_preference(q: &ReadQuery) -> Result<Option<ReadPreference>, ApiError> {
+    Ok(q.read_preference.as_deref().map(str::parse).transpose()?)
 }
 
 async fn put_object(
@@ -189,10 +188,12 @@ async fn get_object(
     q: Result<Query<ReadQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let key = key_of(path)?;
-    check_read_preference(&query(q)?)?;
-    match app.rep.get(&key).await? {
-        Some((bytes, served_by, seq)) => Ok((read_headers(&served_by, seq), bytes).into_response()),
-        None => Ok(not_found(&key)),
+    let pref = read_preference(&query(q)?)?;
+    let read = app.rep.get(&key, pref).await?;
+    let headers = read_headers(&read.served_by, read.seq);
+    match read.found {
+        Some(bytes) => Ok((headers, bytes).into_response()),
+        None => Ok((headers, not_found(&key)).into_response()),
     }
 }
 
@@ -202,14 +203,15 @@ async fn head_object(
     q: Result<Query<ReadQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let key = key_of(path)?;
-    check_read_preference(&query(q)?)?;
-    match app.rep.head_object(&key).await? {
-        Some((meta, served_by, seq)) => {
-            let mut h = read_headers(&served_by, seq);
+    let pref = read_preference(&query(q)?)?;
+    let read = app.rep.head_object(&key, pref).await?;
+    let mut h = read_headers(&read.served_by, read.seq);
+    match read.found {
+        Some(meta) => {
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
             Ok((StatusCode::OK, h).into_response())
         }
-        None => Ok(StatusCode::NOT_FOUND.into_response()),
+        None => Ok((StatusCode::NOT_FOUND, h).into_response()),
     }
 }
 
@@ -235,6 +237,46 @@ async fn list_objects(
 
 async fn cursors(State(app): State<App>) -> Result<Response, ApiError> {
     Ok(axum::Json(app.rep.cursors()?).into_response())
+}
+
+async fn status(State(app): State<App>) -> Result<Response, ApiError> {
+    Ok(axum::Json(app.rep.status()?).into_response())
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    if !app.rep.config().replication.enable_metrics {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({ "error": "metrics are off (replication.enable_metrics = false)" })),
+        )
+            .into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.rep.metrics_text(),
+    )
+        .into_response()
+}
+
+async fn target_action(
+    State(app): State<App>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((name, action)) =
+        path.map_err(|e| bad(format!("bad target path: {}", e.body_text())))?;
+    let state = match action.as_str() {
+        "pause" => app.rep.pause(&name).await?,
+        "resume" => app.rep.resume(&name).await?,
+        other => {
+            return Err(ApiError(Error::UnknownAction(format!(
+                "no target action {other:?}; use pause or resume"
+            ))));
+        }
+    };
+    Ok(axum::Json(json!({ "target": name, "state": state })).into_response())
 }
 
 async fn healthz() -> &'static str {
@@ -297,6 +339,12 @@ pub fn router(rep: Arc<Replicator>, token: Option<String>) -> Router {
         )
         .route("/v1/objects", get(list_objects))
         .route("/v1/cursors", get(cursors))
+        .route("/v1/status", get(status))
+        .route(
+            "/v1/targets/{name}/{action}",
+            axum::routing::post(target_action),
+        )
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(fallback)

@@ -9,8 +9,8 @@
 //! 2. Apply the remaining puts and deletes with up to `window` requests in
 //!    flight. A request is bounded by `sync_timeout_seconds`; a failure is
 //!    retried with exponential backoff from `retry_delay_seconds`, capped;
-//!    after `max_retry_attempts` failures in a row the target is marked
-//!    unhealthy and retrying goes on. No entry is ever skipped.
+//!    after `max_retry_attempts` failures in a row the target is unhealthy
+//!    and retrying goes on. No entry is ever skipped.
 //! 3. The cursor advances only over a contiguous prefix whose entries are
 //!    applied (an entry counts as applied when the last entry of its key in
 //!    the batch is). It is published at once (writers waiting on it wake)
@@ -18,11 +18,13 @@
 //!    ahead, and re-shipping after a crash is harmless (applying is
 //!    idempotent).
 //!
-//! A corrupt entry stops shipping just before it: the state becomes
-//! `failed` and the error names its seq (guarantee 7).
+//! A paused target stops between requests and keeps its cursor; on resume
+//! it continues from there. A corrupt entry stops shipping just before it:
+//! the state becomes `failed` and the error names its seq (guarantee 7).
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
@@ -32,9 +34,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::codec::{Entry, Op};
 use crate::key::object_path;
-use crate::log::Log;
-use crate::replicator::TargetHandle;
-use crate::status::{Health, TargetState};
+use crate::log::{Log, now_ms};
+use crate::metrics::Metrics;
+use crate::status::TargetState;
+use crate::target_state::TargetHandle;
 
 /// Most entries read from the log per batch.
 const MAX_BATCH: usize = 4096;
@@ -45,35 +48,49 @@ const PERSIST_EVERY: Duration = Duration::from_millis(200);
 /// Longest pause between two retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// The shipping was cancelled (shutdown).
+/// Why shipping stopped early.
 #[derive(Debug)]
-struct Cancelled;
+enum Stop {
+    /// Shutdown.
+    Cancelled,
+    /// The target left the `active` state.
+    Inactive,
+}
 
 pub(crate) struct Shipper {
     pub(crate) target: Arc<TargetHandle>,
     pub(crate) log: Arc<Log>,
     pub(crate) progress: Arc<watch::Sender<u64>>,
+    pub(crate) metrics: Arc<Metrics>,
     pub(crate) cancel: CancellationToken,
     pub(crate) window: usize,
 }
 
 impl Shipper {
     pub(crate) async fn run(self) {
-        let name = self.target.cfg.name.clone();
-        let span = tracing::info_span!("ship", target = %name);
-        let _guard = span.enter();
-        drop(_guard);
+        let name = self.target.name().to_string();
         let mut head_rx = self.log.subscribe();
+        let mut state_rx = self.target.state_tx.subscribe();
         let mut last_persist = Instant::now();
         loop {
             if self.cancel.is_cancelled() {
                 break;
+            }
+            let state = *state_rx.borrow_and_update();
+            if state != TargetState::Active {
+                self.persist();
+                tokio::select! {
+                    r = state_rx.changed() => if r.is_err() { break },
+                    () = self.cancel.cancelled() => break,
+                }
+                continue;
             }
             let cursor = self.target.cursor();
             let head = *head_rx.borrow_and_update();
             if cursor >= head {
                 tokio::select! {
                     r = head_rx.changed() => if r.is_err() { break },
+                    _ = state_rx.changed() => {},
                     () = self.cancel.cancelled() => break,
                 }
                 continue;
@@ -91,18 +108,21 @@ impl Shipper {
                     continue;
                 }
             };
-            if !batch.entries.is_empty()
-                && self.ship(&batch.entries, &mut last_persist).await.is_err()
-            {
-                break;
+            if !batch.entries.is_empty() {
+                match self
+                    .ship(&batch.entries, &batch.sizes, &mut last_persist)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(Stop::Inactive) => continue,
+                    Err(Stop::Cancelled) => break,
+                }
             }
             if let Some(err) = batch.error {
                 let msg = err.to_string();
                 tracing::error!(target = %name, error = %msg, "shipping stopped");
                 self.target.set_failed(msg);
                 self.persist();
-                self.cancel.cancelled().await;
-                break;
             }
         }
         self.persist();
@@ -110,22 +130,19 @@ impl Shipper {
 
     fn persist(&self) {
         let c = self.target.cursor();
-        if let Err(e) = self.log.storage().set_cursor(&self.target.cfg.name, c) {
-            tracing::warn!(target = %self.target.cfg.name, error = %e, "could not persist cursor; it will be persisted later");
+        if let Err(e) = self.log.storage().set_cursor(self.target.name(), c) {
+            tracing::warn!(target = %self.target.name(), error = %e, "could not persist cursor; it will be persisted later");
         }
     }
 
-    fn advance(&self, to: u64, last_persist: &mut Instant) {
-        self.target.cursor_tx.send_replace(to);
-        self.progress.send_modify(|p| *p += 1);
-        if last_persist.elapsed() >= PERSIST_EVERY {
-            self.persist();
-            *last_persist = Instant::now();
-        }
-    }
-
-    async fn ship(&self, entries: &[Entry], last_persist: &mut Instant) -> Result<(), Cancelled> {
+    async fn ship(
+        &self,
+        entries: &[Entry],
+        sizes: &[u32],
+        last_persist: &mut Instant,
+    ) -> Result<(), Stop> {
         let base = entries[0].seq;
+        let base_offset = self.target.offset();
         let mut last: HashMap<&str, usize> = HashMap::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
             last.insert(e.key.as_str(), i);
@@ -134,6 +151,14 @@ impl Shipper {
         let ops = (0..entries.len()).filter(|&i| owner[i] == i);
         let mut done = vec![false; entries.len()];
         let mut prefix = 0usize;
+        let mut prefix_bytes = 0u64;
+        let label = Metrics::target(self.target.name());
+        let success = self.metrics.success.get_or_create(&label).clone();
+        let histogram = self
+            .metrics
+            .replication_seconds
+            .get_or_create(&label)
+            .clone();
         let mut applied = futures::stream::iter(
             ops.map(|i| async move { self.apply_with_retry(&entries[i]).await.map(|()| i) }),
         )
@@ -145,11 +170,30 @@ impl Shipper {
                 done[more?] = true;
             }
             let before = prefix;
+            let now = now_ms();
             while prefix < entries.len() && done[owner[prefix]] {
+                prefix_bytes += u64::from(sizes[prefix]);
+                let age_ms = now.saturating_sub(entries[prefix].ts_ms);
+                histogram.observe(age_ms as f64 / 1000.0);
+                self.target
+                    .counters
+                    .replication_us
+                    .fetch_add(age_ms * 1000, Ordering::Relaxed);
                 prefix += 1;
             }
             if prefix > before {
-                self.advance(base + prefix as u64 - 1, last_persist);
+                let n = (prefix - before) as u64;
+                success.inc_by(n);
+                self.target.counters.applied.fetch_add(n, Ordering::Relaxed);
+                self.target
+                    .offset
+                    .store(base_offset + prefix_bytes, Ordering::Release);
+                self.target.cursor_tx.send_replace(base + prefix as u64 - 1);
+                self.progress.send_modify(|p| *p += 1);
+                if last_persist.elapsed() >= PERSIST_EVERY {
+                    self.persist();
+                    *last_persist = Instant::now();
+                }
             }
         }
         self.persist();
@@ -157,18 +201,23 @@ impl Shipper {
         Ok(())
     }
 
-    async fn apply_with_retry(&self, e: &Entry) -> Result<(), Cancelled> {
+    async fn apply_with_retry(&self, e: &Entry) -> Result<(), Stop> {
         let cfg = &self.target.cfg;
         let timeout = Duration::from_secs_f64(cfg.sync_timeout_seconds);
         let base = Duration::from_secs_f64(cfg.retry_delay_seconds);
         let cap = base
             .saturating_mul(1u32 << cfg.max_retry_attempts.min(16))
             .clamp(base, MAX_BACKOFF.max(base));
+        let mut state_rx = self.target.state_tx.subscribe();
         let mut failures: u32 = 0;
         loop {
+            if *state_rx.borrow_and_update() != TargetState::Active {
+                return Err(Stop::Inactive);
+            }
             let attempt = tokio::select! {
                 r = tokio::time::timeout(timeout, self.apply(e)) => r,
-                () = self.cancel.cancelled() => return Err(Cancelled),
+                () = self.cancel.cancelled() => return Err(Stop::Cancelled),
+                _ = state_rx.wait_for(|s| *s != TargetState::Active) => return Err(Stop::Inactive),
             };
             let err = match attempt {
                 Ok(Ok(())) => {
@@ -182,6 +231,11 @@ impl Shipper {
                 ),
             };
             failures += 1;
+            self.target.counters.failed.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .failure
+                .get_or_create(&Metrics::target(self.target.name()))
+                .inc();
             let msg = format!(
                 "applying seq {} ({} {}): {err}",
                 e.seq,
@@ -192,7 +246,8 @@ impl Shipper {
             let delay = base.saturating_mul(1u32 << (failures - 1).min(16)).min(cap);
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = self.cancel.cancelled() => return Err(Cancelled),
+                () = self.cancel.cancelled() => return Err(Stop::Cancelled),
+                _ = state_rx.wait_for(|s| *s != TargetState::Active) => return Err(Stop::Inactive),
             }
         }
     }
@@ -211,41 +266,5 @@ impl Shipper {
                 other => other,
             },
         }
-    }
-}
-
-impl TargetHandle {
-    fn record_success(&self) {
-        if self.clean.load(std::sync::atomic::Ordering::Acquire) {
-            return;
-        }
-        let mut s = self.status();
-        self.clean.store(true, std::sync::atomic::Ordering::Release);
-        s.failures = 0;
-        s.error = None;
-        if s.health != Health::Healthy {
-            s.health = Health::Healthy;
-        }
-    }
-
-    fn record_failure(&self, msg: &str) {
-        let mut s = self.status();
-        self.clean
-            .store(false, std::sync::atomic::Ordering::Release);
-        s.failures = s.failures.saturating_add(1);
-        if s.failures >= self.cfg.max_retry_attempts {
-            if s.health != Health::Unhealthy {
-                tracing::warn!(target = %self.cfg.name, error = %msg, failures = s.failures, "target unhealthy; retrying with backoff");
-            }
-            s.health = Health::Unhealthy;
-        }
-        s.error = Some(msg.to_string());
-    }
-
-    fn set_failed(&self, msg: String) {
-        let mut s = self.status();
-        s.state = TargetState::Failed;
-        s.health = Health::Unhealthy;
-        s.error = Some(msg);
     }
 }

@@ -152,3 +152,73 @@ fn offline_row(
         error: None,
     })
 }
+
+/// Failover state in `walship status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailoverReport {
+    /// `enable_failover`.
+    pub enabled: bool,
+    /// The target writes wait for and `primary` reads go to.
+    pub acting_primary: String,
+    /// The `[primary]` of the config.
+    pub configured_primary: String,
+    /// Failovers since start.
+    pub failovers: u64,
+    /// Failbacks since start.
+    pub failbacks: u64,
+}
+
+/// The seed's `ReplicationMetrics.to_dict()` view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeedMetrics {
+    /// Writes appended to the log (each one goes to the acting primary).
+    pub writes_to_primary: u64,
+    /// Entries applied to replicas (each entry once per replica).
+    pub writes_replicated: u64,
+    /// Writes answered with an error (quorum timeout, log failure).
+    pub writes_failed: u64,
+    /// Conflicts detected.
+    pub conflicts_detected: u64,
+    /// Conflicts resolved.
+    pub conflicts_resolved: u64,
+    /// Failovers.
+    pub failovers: u64,
+    /// Per target: age of its oldest unapplied entry.
+    pub current_lag_ms: std::collections::BTreeMap<String, u64>,
+    /// Per replica: applied / (applied + failed requests); 1.0 before any.
+    pub success_rate: std::collections::BTreeMap<String, f64>,
+    /// Per target: mean ms from append to applied.
+    pub average_replication_time_ms: std::collections::BTreeMap<String, f64>,
+}
+
+/// `GET /v1/status` and `walship status --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Configured replication mode.
+    pub mode: String,
+    /// The highest seq.
+    pub head: u64,
+    /// The cursors table.
+    pub targets: Vec<TargetRow>,
+    /// Failover state.
+    pub failover: FailoverReport,
+    /// The target with the lowest cursor, when it is behind the head: the
+    /// one holding log truncation back.
+    pub truncation_held_by: Option<String>,
+    /// Bytes of entries kept in the log.
+    pub log_retained_bytes: u64,
+    /// Conflicts waiting in the manual queue.
+    pub open_conflicts: u64,
+    /// The seed's metrics view.
+    pub metrics: SeedMetrics,
+}
+
+/// The name of a health value as SPEC writes it.
+pub fn health_name(h: Health) -> &'static str {
+    match h {
+        Health::Healthy => "healthy",
+        Health::Degraded => "degraded",
+        Health::Unhealthy => "unhealthy",
+        Health::Unknown => "unknown",
+    }
+}

@@ -135,8 +135,8 @@ async fn per_write_mode_override() {
 }
 
 #[tokio::test]
-async fn a_failing_primary_blocks_every_mode() {
-    let rig = Rig::new(1, "async", 1, 0.3).await;
+async fn without_failover_a_failing_primary_blocks_every_mode() {
+    let rig = Rig::with(1, "async", 1, 0.3, "", "enable_failover = false").await;
     rig.fault("p").set(Fault::Fail);
     let err = rig
         .rep

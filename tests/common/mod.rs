@@ -56,10 +56,27 @@ impl Rig {
         timeout_s: f64,
         top: &str,
     ) -> Rig {
+        Rig::with(replicas, mode, min_sync, timeout_s, top, "").await
+    }
+
+    /// Like `new`, with extra top-level lines and extra `[replication]` lines.
+    pub async fn with(
+        replicas: usize,
+        mode: &str,
+        min_sync: usize,
+        timeout_s: f64,
+        top: &str,
+        replication: &str,
+    ) -> Rig {
         let dir = tempfile::tempdir().expect("tempdir");
         let text = format!(
             "{top}\n{}",
             config_text(dir.path(), replicas, mode, min_sync, timeout_s)
+        )
+        .replacen(
+            "[replication]\n",
+            &format!("[replication]\n{replication}\n"),
+            1,
         );
         let cfg = Config::from_toml(&text).expect("config");
         Rig::open(dir, cfg, HashMap::new()).await

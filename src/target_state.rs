@@ -1,0 +1,144 @@
+//! A target as the replicator holds it: its store, its cursor and offset,
+//! its state, and what is known of its health.
+//!
+//! Invariant: the published cursor only moves forward while shipping
+//! (replay and resync move it explicitly), and `offset` is the log offset
+//! just after `cursor`, so lag bytes are `head offset - offset`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use object_store::ObjectStore;
+use tokio::sync::watch;
+
+use crate::config::TargetConfig;
+use crate::health::Rtt;
+use crate::status::{Role, TargetState};
+
+/// Failed probes in a row after which a target is unhealthy.
+pub(crate) const PROBE_FAILURES_UNHEALTHY: u32 = 2;
+
+/// Mutable knowledge of a target's health.
+#[derive(Debug, Default)]
+pub(crate) struct Observed {
+    pub(crate) ship_failures: u32,
+    pub(crate) probe_failures: u32,
+    pub(crate) heard_from: bool,
+    pub(crate) error: Option<String>,
+    pub(crate) rtt: Rtt,
+}
+
+/// Counters behind the seed's `to_dict()` view.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) applied: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) replication_us: AtomicU64,
+}
+
+pub(crate) struct TargetHandle {
+    pub(crate) idx: usize,
+    pub(crate) cfg: TargetConfig,
+    pub(crate) role: Role,
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) cursor_tx: watch::Sender<u64>,
+    pub(crate) offset: AtomicU64,
+    pub(crate) state_tx: watch::Sender<TargetState>,
+    observed: Mutex<Observed>,
+    /// No failure recorded since the last success: successes skip the lock.
+    pub(crate) clean: AtomicBool,
+    pub(crate) counters: Counters,
+}
+
+impl TargetHandle {
+    pub(crate) fn new(
+        idx: usize,
+        cfg: TargetConfig,
+        role: Role,
+        store: Arc<dyn ObjectStore>,
+        cursor: u64,
+        offset: u64,
+        state: TargetState,
+    ) -> TargetHandle {
+        TargetHandle {
+            idx,
+            cfg,
+            role,
+            store,
+            cursor_tx: watch::channel(cursor).0,
+            offset: AtomicU64::new(offset),
+            state_tx: watch::channel(state).0,
+            observed: Mutex::new(Observed::default()),
+            clean: AtomicBool::new(false),
+            counters: Counters::default(),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    pub(crate) fn cursor(&self) -> u64 {
+        *self.cursor_tx.borrow()
+    }
+
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn state(&self) -> TargetState {
+        *self.state_tx.borrow()
+    }
+
+    pub(crate) fn observed(&self) -> MutexGuard<'_, Observed> {
+        self.observed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn record_success(&self) {
+        if self.clean.load(Ordering::Acquire) {
+            return;
+        }
+        let mut o = self.observed();
+        o.ship_failures = 0;
+        o.heard_from = true;
+        o.error = None;
+        self.clean.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn record_failure(&self, msg: &str) {
+        let mut o = self.observed();
+        self.clean.store(false, Ordering::Release);
+        o.ship_failures = o.ship_failures.saturating_add(1);
+        if o.ship_failures == self.cfg.max_retry_attempts {
+            tracing::warn!(target = %self.cfg.name, error = %msg, "target unhealthy after {} failed requests; retrying with backoff", o.ship_failures);
+        }
+        o.error = Some(msg.to_string());
+    }
+
+    pub(crate) fn record_probe(&self, result: Result<f64, String>) {
+        let mut o = self.observed();
+        match result {
+            Ok(ms) => {
+                o.probe_failures = 0;
+                o.heard_from = true;
+                o.rtt.add(ms);
+            }
+            Err(e) => {
+                o.probe_failures = o.probe_failures.saturating_add(1);
+                if o.probe_failures == PROBE_FAILURES_UNHEALTHY {
+                    tracing::warn!(target = %self.cfg.name, error = %e, "health probe failed {} times in a row", o.probe_failures);
+                }
+                if o.error.is_none() || o.probe_failures >= PROBE_FAILURES_UNHEALTHY {
+                    o.error = Some(format!("health probe: {e}"));
+                }
+                self.clean.store(false, Ordering::Release);
+            }
+        }
+    }
+
+    pub(crate) fn set_failed(&self, msg: String) {
+        self.observed().error = Some(msg);
+        self.clean.store(false, Ordering::Release);
+        self.state_tx.send_replace(TargetState::Failed);
+    }
+}
