@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, init_template};
 use crate::error::Error;
-use crate::status::CursorsReport;
+use crate::status::{CursorsReport, StatusReport};
 
 /// walship: a durable write-ahead-log replicator.
 #[derive(Debug, Parser)]
@@ -87,6 +87,18 @@ pub enum Command {
     },
     /// Per target: role, region, health, state, cursor, head and lag.
     Cursors,
+    /// The cursors table plus mode, failover state, metrics summary, conflicts.
+    Status,
+    /// Stop shipping to a target; it keeps its cursor and sync stops waiting for it.
+    Pause {
+        /// Target name.
+        target: String,
+    },
+    /// Ship to a paused target again, from its cursor.
+    Resume {
+        /// Target name.
+        target: String,
+    },
 }
 
 /// A failed command: the message and the exit status.
@@ -120,6 +132,7 @@ fn fail(code: i32, message: impl Into<String>) -> Failure {
 
 /// Where the client commands look.
 struct Endpoints {
+    mode: Option<String>,
     addr: String,
     data_dir: PathBuf,
     token: Option<String>,
@@ -148,7 +161,11 @@ fn endpoints(cli: &Cli) -> Result<Endpoints, Failure> {
         Some(c) => crate::server::load_token(c)?,
         None => None,
     };
+    let mode = cfg
+        .as_ref()
+        .map(|c| c.replication.mode.as_str().to_string());
     Ok(Endpoints {
+        mode,
         addr,
         data_dir,
         token,
@@ -350,6 +367,49 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Status => {
+            let e = endpoints(&cli)?;
+            let report = status_report(&e).await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).map_err(|err| fail(1, err.to_string()))?
+                );
+            } else {
+                print!("{}", status_text(&report));
+            }
+            Ok(())
+        }
+        Command::Pause { target } | Command::Resume { target } => {
+            let action = if matches!(cli.command, Command::Pause { .. }) {
+                "pause"
+            } else {
+                "resume"
+            };
+            let e = endpoints(&cli)?;
+            let c = Client::new(&e);
+            let path = format!(
+                "/v1/targets/{}/{action}",
+                url::form_urlencoded::byte_serialize(target.as_bytes()).collect::<String>()
+            );
+            let resp = check(
+                c.req(reqwest::Method::POST, &path)
+                    .send()
+                    .await
+                    .map_err(|err| unreachable(&e.addr, err))?,
+            )
+            .await?;
+            let v: serde_json::Value = resp
+                .json()
+                .await
+                .map_err(|err| fail(1, format!("reading the answer: {err}")))?;
+            if cli.json {
+                println!("{v}");
+            } else {
+                println!("{target}: {}", v["state"].as_str().unwrap_or("?"));
+            }
+            Ok(())
+        }
         Command::Cursors => {
             let e = endpoints(&cli)?;
             let report = cursors_report(&e).await?;
@@ -458,6 +518,73 @@ async fn cursors_report(e: &Endpoints) -> Result<CursorsReport, Failure> {
         }
         Err(err) => Err(unreachable(&e.addr, err)),
     }
+}
+
+/// Asks the running sidecar; when none answers, builds what the data
+/// directory can tell (no live health or metrics).
+async fn status_report(e: &Endpoints) -> Result<StatusReport, Failure> {
+    let c = Client::new(e);
+    match c.req(reqwest::Method::GET, "/v1/status").send().await {
+        Ok(resp) => {
+            let resp = check(resp).await?;
+            resp.json()
+                .await
+                .map_err(|err| fail(1, format!("reading the answer: {err}")))
+        }
+        Err(err) if err.is_connect() => {
+            eprintln!(
+                "no sidecar answered at {}; reading {} directly (offline, read-only: no live health or metrics)",
+                e.addr,
+                e.data_dir.display()
+            );
+            let cursors = offline_cursors(&e.data_dir)?;
+            Ok(StatusReport::offline(cursors, e.mode.clone()))
+        }
+        Err(err) => Err(unreachable(&e.addr, err)),
+    }
+}
+
+/// `walship status` as text.
+pub fn status_text(s: &StatusReport) -> String {
+    let cursors = CursorsReport {
+        head: s.head,
+        targets: s.targets.clone(),
+    };
+    let mut out = cursors_table(&cursors);
+    let f = &s.failover;
+    out.push_str(&format!(
+        "\nmode: {}    acting primary: {} (configured: {})    failover: {}    failovers: {}    failbacks: {}\n",
+        s.mode,
+        f.acting_primary,
+        f.configured_primary,
+        if f.enabled { "on" } else { "off" },
+        f.failovers,
+        f.failbacks
+    ));
+    out.push_str(&format!(
+        "log: {} bytes kept; truncation held back by: {}\n",
+        s.log_retained_bytes,
+        s.truncation_held_by
+            .as_deref()
+            .unwrap_or("nobody (every target is caught up)")
+    ));
+    let m = &s.metrics;
+    out.push_str(&format!(
+        "writes: {} to primary, {} replicated, {} failed    conflicts: {} detected, {} resolved, {} open\n",
+        m.writes_to_primary, m.writes_replicated, m.writes_failed, m.conflicts_detected, m.conflicts_resolved, s.open_conflicts
+    ));
+    for (name, rate) in &m.success_rate {
+        let avg = m
+            .average_replication_time_ms
+            .get(name)
+            .copied()
+            .unwrap_or(0.0);
+        out.push_str(&format!(
+            "  {name}: success rate {:.3}, average replication {avg:.1} ms\n",
+            rate
+        ));
+    }
+    out
 }
 
 fn offline_cursors(data_dir: &Path) -> Result<CursorsReport, Failure> {

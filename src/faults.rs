@@ -42,6 +42,7 @@ pub struct Faults {
     mode: Arc<watch::Sender<Fault>>,
     calls: Arc<AtomicU64>,
     puts: Arc<AtomicU64>,
+    failed_writes: Arc<AtomicU64>,
     /// Keys of put requests in order, when recording is on.
     log: Arc<Mutex<Option<Vec<String>>>>,
 }
@@ -52,6 +53,7 @@ impl Default for Faults {
             mode: Arc::new(watch::channel(Fault::None).0),
             calls: Arc::default(),
             puts: Arc::default(),
+            failed_writes: Arc::default(),
             log: Arc::default(),
         }
     }
@@ -89,6 +91,11 @@ impl Faults {
         self.puts.load(Ordering::Relaxed)
     }
 
+    /// Put and delete requests answered with an injected failure.
+    pub fn failed_writes(&self) -> u64 {
+        self.failed_writes.load(Ordering::Relaxed)
+    }
+
     /// Starts recording the path of every put that reaches the store.
     pub fn record_puts(&self) {
         *self.log.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
@@ -113,6 +120,9 @@ impl Faults {
                 Fault::None => return Ok(false),
                 Fault::DropWrites => return Ok(write),
                 Fault::Fail => {
+                    if write {
+                        self.failed_writes.fetch_add(1, Ordering::Relaxed);
+                    }
                     return Err(object_store::Error::Generic {
                         store: "faulty",
                         source: "injected failure".into(),

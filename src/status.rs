@@ -213,6 +213,56 @@ pub struct StatusReport {
     pub metrics: SeedMetrics,
 }
 
+impl StatusReport {
+    /// What a data directory alone can tell: cursors and lag, no live
+    /// health, failover or counters.
+    pub fn offline(cursors: CursorsReport, mode: Option<String>) -> StatusReport {
+        let configured = cursors
+            .targets
+            .iter()
+            .find(|t| t.role == Role::Primary)
+            .map(|t| t.name.clone())
+            .unwrap_or_default();
+        let held = cursors
+            .targets
+            .iter()
+            .filter(|r| r.state != TargetState::Removed)
+            .min_by_key(|r| r.cursor)
+            .filter(|r| r.cursor < cursors.head)
+            .map(|r| r.name.clone());
+        StatusReport {
+            mode: mode.unwrap_or_else(|| "unknown".into()),
+            head: cursors.head,
+            failover: FailoverReport {
+                enabled: false,
+                acting_primary: configured.clone(),
+                configured_primary: configured,
+                failovers: 0,
+                failbacks: 0,
+            },
+            truncation_held_by: held,
+            log_retained_bytes: 0,
+            open_conflicts: 0,
+            metrics: SeedMetrics {
+                writes_to_primary: 0,
+                writes_replicated: 0,
+                writes_failed: 0,
+                conflicts_detected: 0,
+                conflicts_resolved: 0,
+                failovers: 0,
+                current_lag_ms: cursors
+                    .targets
+                    .iter()
+                    .map(|t| (t.name.clone(), t.lag_ms))
+                    .collect(),
+                success_rate: Default::default(),
+                average_replication_time_ms: Default::default(),
+            },
+            targets: cursors.targets,
+        }
+    }
+}
+
 /// The name of a health value as SPEC writes it.
 pub fn health_name(h: Health) -> &'static str {
     match h {

@@ -351,3 +351,113 @@ async fn a_token_is_required_when_configured() {
         .expect("put");
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn status_metrics_and_target_actions() {
+    let rig = Rig::new(2, "async", 1, 1.0).await;
+    let base = rig.serve_http(None).await;
+    let c = reqwest::Client::new();
+    c.put(format!("{base}/v1/objects/k"))
+        .body("v")
+        .send()
+        .await
+        .expect("put");
+    rig.wait_caught_up(Duration::from_secs(5)).await;
+
+    let r = c
+        .post(format!("{base}/v1/targets/r2/pause"))
+        .send()
+        .await
+        .expect("pause");
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["state"], "paused");
+    for (url, status) in [
+        ("/v1/targets/nope/pause", 404),
+        ("/v1/targets/p/pause", 409),
+        ("/v1/targets/r1/explode", 404),
+    ] {
+        let r = c.post(format!("{base}{url}")).send().await.expect("post");
+        assert_eq!(r.status(), status, "{url}");
+        let v: Value = r.json().await.expect("json error");
+        assert!(v["error"].is_string(), "{url}: {v}");
+    }
+
+    let v: Value = c
+        .get(format!("{base}/v1/status"))
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["mode"], "async");
+    assert_eq!(v["head"], 1);
+    assert_eq!(v["failover"]["acting_primary"], "p");
+    assert_eq!(v["targets"][2]["state"], "paused");
+    for field in [
+        "writes_to_primary",
+        "writes_replicated",
+        "writes_failed",
+        "conflicts_detected",
+        "conflicts_resolved",
+        "failovers",
+        "current_lag_ms",
+        "success_rate",
+        "average_replication_time_ms",
+    ] {
+        assert!(
+            v["metrics"].get(field).is_some(),
+            "metrics lacks {field}: {v}"
+        );
+    }
+    assert_eq!(v["metrics"]["writes_to_primary"], 1);
+
+    let r = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.expect("text");
+    for series in [
+        "walship_writes_total",
+        "walship_replication_success_total",
+        "walship_replication_failure_total",
+        "walship_replication_seconds_bucket",
+        "walship_conflicts_detected_total",
+        "walship_conflicts_resolved_total",
+        "walship_failovers_total",
+        "walship_head_seq",
+        "walship_cursor_seq",
+        "walship_lag_entries",
+        "walship_lag_bytes",
+        "walship_lag_seconds",
+        "walship_target_health",
+        "walship_log_retained_bytes",
+        "walship_quorum_timeouts_total",
+    ] {
+        assert!(text.contains(series), "/metrics lacks {series}");
+    }
+
+    let r = c
+        .post(format!("{base}/v1/targets/r2/resume"))
+        .send()
+        .await
+        .expect("resume");
+    assert_eq!(r.status(), 200);
+    let r = c
+        .get(format!("{base}/v1/objects/k?read_preference=secondary"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    assert_ne!(r.headers()["x-walship-served-by"], "p");
+    let r = c
+        .head(format!("{base}/v1/objects/k?read_preference=any"))
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-walship-seq"], "1");
+}

@@ -196,6 +196,19 @@ async fn client_commands_sigterm_and_offline_cursors() {
     assert_eq!(code, 0);
     let online: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(online["head"], 22);
+    let (code, out, err) = run(&["status"], dir);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("acting primary: primary") && out.contains("writes: 22 to primary"),
+        "{out}"
+    );
+    let (code, out, err) = run(&["pause", "replica-2"], dir);
+    assert_eq!((code, out.trim()), (0, "replica-2: paused"), "{err}");
+    let (code, _, err) = run(&["pause", "nope"], dir);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("unknown target"), "{err}");
+    let (code, out, _) = run(&["resume", "replica-2"], dir);
+    assert_eq!((code, out.trim()), (0, "replica-2: active"));
 
     assert!(sc.term().success(), "SIGTERM must exit 0 after draining");
 
@@ -215,4 +228,9 @@ async fn client_commands_sigterm_and_offline_cursors() {
         out.starts_with("NAME") && out.contains("replica-2"),
         "{out}"
     );
+    let (code, out, err) = run(&["status", "--json"], dir);
+    assert_eq!(code, 0, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(status["head"], 22);
+    assert_eq!(status["mode"], "sync");
 }
