@@ -420,6 +420,100 @@ impl Log {
     }
 }
 
+/// One line of `walship log`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogRow {
+    /// The seq.
+    pub seq: u64,
+    /// Append time, unix ms (0 when the entry cannot be read).
+    pub ts_ms: u64,
+    /// `put` or `delete` (`?` when the entry cannot be read).
+    pub op: String,
+    /// The key (`?` when the entry cannot be read).
+    pub key: String,
+    /// Value size in bytes.
+    pub size: u64,
+    /// Whether the crc32 matched and the entry decoded.
+    pub crc_ok: bool,
+    /// What is wrong with it, when it is not ok.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Up to `limit` rows of the stored entries from `from` (used offline too).
+pub fn inspect(storage: &dyn LogStorage, from: u64, limit: usize) -> Result<Vec<LogRow>> {
+    let mut rows = Vec::new();
+    if limit == 0 {
+        return Ok(rows);
+    }
+    storage.scan(from, u64::MAX, &mut |seq, rec| {
+        rows.push(match codec::decode(seq, rec) {
+            Ok(e) => LogRow {
+                seq,
+                ts_ms: e.ts_ms,
+                op: e.op.as_str().to_string(),
+                key: e.key,
+                size: e.value.len() as u64,
+                crc_ok: true,
+                error: None,
+            },
+            Err(err) => LogRow {
+                seq,
+                ts_ms: 0,
+                op: "?".into(),
+                key: "?".into(),
+                size: rec.len() as u64,
+                crc_ok: false,
+                error: Some(err.to_string()),
+            },
+        });
+        rows.len() < limit
+    })?;
+    Ok(rows)
+}
+
+/// The decoded entry at `seq`, if kept.
+pub fn entry_at(storage: &dyn LogStorage, seq: u64) -> Result<Option<Entry>> {
+    let mut out = None;
+    storage.scan(seq, seq, &mut |s, rec| {
+        out = Some(codec::decode(s, rec));
+        false
+    })?;
+    out.transpose()
+}
+
+/// The first kept seq whose timestamp is at or after `ts_ms` (`head + 1`
+/// when none is): timestamps never go backwards, so a binary search.
+pub fn first_seq_since(storage: &dyn LogStorage, ts_ms: u64) -> Result<u64> {
+    let Some((first, head)) = storage.bounds()? else {
+        return Ok(1);
+    };
+    let ts_of = |seq: u64| -> Result<u64> {
+        let mut ts = 0;
+        storage.scan(seq, head, &mut |s, rec| {
+            // A corrupt entry takes the time of the next readable one.
+            match codec::decode(s, rec) {
+                Ok(e) => {
+                    ts = e.ts_ms;
+                    false
+                }
+                Err(_) => true,
+            }
+        })?;
+        Ok(ts)
+    };
+    let (mut lo, mut hi) = (first, head + 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if ts_of(mid)? >= ts_ms {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(lo)
+}
+
 /// Lag of `cursor` behind `head` in `storage` (used offline too).
 pub fn lag_of(storage: &dyn LogStorage, cursor: u64, head: u64) -> Result<Lag> {
     if cursor >= head {

@@ -143,6 +143,10 @@ impl Shipper {
     ) -> Result<(), Stop> {
         let base = entries[0].seq;
         let base_offset = self.target.offset();
+        let epoch = self.target.epoch();
+        if self.target.cursor() + 1 != base {
+            return Err(Stop::Inactive);
+        }
         let mut last: HashMap<&str, usize> = HashMap::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
             last.insert(e.key.as_str(), i);
@@ -185,10 +189,13 @@ impl Shipper {
                 let n = (prefix - before) as u64;
                 success.inc_by(n);
                 self.target.counters.applied.fetch_add(n, Ordering::Relaxed);
-                self.target
-                    .offset
-                    .store(base_offset + prefix_bytes, Ordering::Release);
-                self.target.cursor_tx.send_replace(base + prefix as u64 - 1);
+                if !self
+                    .target
+                    .publish(epoch, base + prefix as u64 - 1, base_offset + prefix_bytes)
+                {
+                    // Replayed or resynced meanwhile: start over from the new cursor.
+                    return Err(Stop::Inactive);
+                }
                 self.progress.send_modify(|p| *p += 1);
                 if last_persist.elapsed() >= PERSIST_EVERY {
                     self.persist();

@@ -75,8 +75,11 @@ pub struct TargetRow {
     /// Age of the oldest unapplied entry in ms (0 when caught up).
     pub lag_ms: u64,
     /// The last error shipping met, if it has not succeeded since.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Progress of a running resync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
 }
 
 /// `GET /v1/cursors` and `walship cursors --json`.
@@ -148,8 +151,9 @@ fn offline_row(
         cursor,
         lag_entries: lag.entries,
         lag_bytes: lag.bytes,
-        lag_ms: lag.ms,
+                lag_ms: lag.ms,
         error: None,
+        progress: None,
     })
 }
 

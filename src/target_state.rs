@@ -48,6 +48,14 @@ pub(crate) struct TargetHandle {
     /// No failure recorded since the last success: successes skip the lock.
     pub(crate) clean: AtomicBool,
     pub(crate) counters: Counters,
+    /// Bumped when the cursor is moved by hand (replay, resync); a shipper
+    /// that started a batch under an older epoch may not publish it.
+    epoch: Mutex<u64>,
+    /// While `syncing`: the seq the resync will hand over at (it pins the
+    /// log from there). 0 otherwise.
+    pub(crate) resync_floor: AtomicU64,
+    /// Progress of a running resync, for status.
+    pub(crate) progress: Mutex<Option<String>>,
 }
 
 impl TargetHandle {
@@ -71,7 +79,51 @@ impl TargetHandle {
             observed: Mutex::new(Observed::default()),
             clean: AtomicBool::new(false),
             counters: Counters::default(),
+            epoch: Mutex::new(0),
+            resync_floor: AtomicU64::new(0),
+            progress: Mutex::new(None),
         }
+    }
+
+    /// The current epoch (see `publish`).
+    pub(crate) fn epoch(&self) -> u64 {
+        *self.epoch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes a shipper's progress unless the cursor was moved by hand
+    /// since `epoch`; returns whether it did.
+    pub(crate) fn publish(&self, epoch: u64, cursor: u64, offset: u64) -> bool {
+        let e = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
+        if *e != epoch {
+            return false;
+        }
+        self.offset.store(offset, Ordering::Release);
+        self.cursor_tx.send_replace(cursor);
+        true
+    }
+
+    /// Moves the cursor by hand (replay, end of resync).
+    pub(crate) fn reset(&self, cursor: u64, offset: u64) {
+        let mut e = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
+        *e += 1;
+        self.offset.store(offset, Ordering::Release);
+        self.cursor_tx.send_replace(cursor);
+    }
+
+    /// The lowest seq this target still needs from the log, minus one.
+    pub(crate) fn floor(&self) -> u64 {
+        match self.state() {
+            TargetState::Syncing => self.resync_floor.load(Ordering::Acquire),
+            _ => self.cursor(),
+        }
+    }
+
+    pub(crate) fn progress_text(&self) -> Option<String> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set_progress(&self, p: Option<String>) {
+        *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = p;
     }
 
     pub(crate) fn name(&self) -> &str {

@@ -46,6 +46,8 @@ const SHIP_WINDOW: usize = 32;
 /// How often failover is reconsidered (health is probed every
 /// `health_check_interval_seconds`; shipping failures count at once).
 const FAILOVER_TICK: Duration = Duration::from_millis(100);
+/// How often truncation and the size cap are looked at.
+const MAINTENANCE_EVERY: Duration = Duration::from_millis(500);
 /// The object a health probe asks about (a HEAD; absent is fine).
 const PROBE_KEY: &str = ".walship/health";
 
@@ -187,7 +189,18 @@ impl Replicator {
             Arc::downgrade(&r),
             r.cancel.clone(),
         )));
-        *r.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
+                *r.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
+        // A resync cut short by a restart starts again; a target whose
+        // cursor is below the oldest kept entry is resynced, never skipped.
+        let first = r.log.first();
+        for t in &r.targets {
+            let interrupted = storage.meta(&state_meta(t.name()))?.as_deref() == Some(&b"syncing"[..]);
+            let cut_off = t.cursor() + 1 < first && t.idx != 0;
+            if interrupted || cut_off {
+                tracing::warn!(target = %t.name(), cursor = t.cursor(), first, "target needs entries the log no longer has (or its resync was interrupted): resyncing");
+                r.start_resync(t.name()).await?;
+            }
+        }
         tracing::info!(head, targets = r.targets.len(), "replicator open");
         Ok(r)
     }
@@ -510,6 +523,7 @@ impl Replicator {
         let checks = r.cfg.replication.enable_health_checks;
         drop(r);
         let mut next_probe = tokio::time::Instant::now();
+        let mut next_maintenance = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
@@ -525,6 +539,12 @@ impl Replicator {
                 }
             }
             r.consider_failover();
+            if tokio::time::Instant::now() >= next_maintenance {
+                next_maintenance = tokio::time::Instant::now() + MAINTENANCE_EVERY;
+                if let Err(e) = r.maintain().await {
+                    tracing::warn!(error = %e, "log maintenance failed; retrying");
+                }
+            }
         }
     }
 
@@ -582,7 +602,8 @@ impl Replicator {
             lag_entries: lag.entries,
             lag_bytes: lag.bytes,
             lag_ms: lag.ms,
-            error: t.observed().error.clone(),
+                        error: t.observed().error.clone(),
+            progress: t.progress_text(),
         }
     }
 
@@ -627,13 +648,13 @@ impl Replicator {
                 },
             );
         }
-        let held = cursors
+                let held = self
             .targets
             .iter()
-            .filter(|r| r.state != TargetState::Removed)
-            .min_by_key(|r| r.cursor)
-            .filter(|r| r.cursor < cursors.head)
-            .map(|r| r.name.clone());
+            .filter(|t| t.state() != TargetState::Removed)
+            .min_by_key(|t| t.floor())
+            .filter(|t| t.floor() < cursors.head)
+            .map(|t| t.name().to_string());
         Ok(StatusReport {
             mode: self.cfg.replication.mode.as_str().to_string(),
             head: cursors.head,
@@ -769,3 +790,5 @@ impl Drop for Replicator {
         self.cancel.cancel();
     }
 }
+mod lifecycle;
+pub use lifecycle::{ReplayFrom, ReplayPlan, VerifyReport, VerifyTarget, latest_keys, verify};

@@ -1,0 +1,576 @@
+//! Log lifecycle (SPEC guarantee 6): truncation, retention, the size cap,
+//! resync, replay and verify.
+//!
+//! Invariants:
+//! - entries are removed only below the lowest *floor* of the targets that
+//!   still need them (a target's floor is its cursor, or while `syncing`
+//!   the seq its resync hands over at), and never inside
+//!   `retention_seconds`;
+//! - when the kept log passes `max_log_bytes`, the target holding it back
+//!   (never the acting primary) goes to `syncing`: it stops pinning the log
+//!   and is copied from the acting primary, then ships from the seq the copy
+//!   started at. A target is never silently skipped past entries it lacks;
+//! - replay moves a cursor back (never below the oldest kept entry) and
+//!   ships again; without `execute` it changes nothing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use super::{Replicator, state_meta};
+use crate::codec::Op;
+use crate::error::{Error, Result};
+use crate::key::{RESERVED_PREFIX, object_path};
+use crate::log::{entry_at, first_seq_since, now_ms};
+use crate::status::TargetState;
+use crate::storage::{KeyInfo, LogStorage};
+use crate::target_state::TargetHandle;
+
+/// Objects copied at once by a resync.
+const RESYNC_WINDOW: usize = 8;
+/// Keys checked at once per target by verify.
+const VERIFY_WINDOW: usize = 8;
+
+/// Where truncation may cut, from the targets' floors and the retention
+/// boundary: below `min(lowest floor + 1, first seq inside retention)`.
+pub(crate) fn truncation_point(floors: &[u64], first_in_retention: u64) -> u64 {
+    let lowest = floors.iter().copied().min().unwrap_or(u64::MAX - 1);
+    (lowest + 1).min(first_in_retention)
+}
+
+/// Where a replay starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayFrom {
+    /// From this seq.
+    Seq(u64),
+    /// From the first entry appended at or after this unix time in ms.
+    Since(u64),
+}
+
+/// What a replay ships again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayPlan {
+    /// The target.
+    pub target: String,
+    /// First seq shipped again.
+    pub from: u64,
+    /// Last seq (the head when planned).
+    pub to: u64,
+    /// Entries in `from..=to`.
+    pub entries: u64,
+    /// Their stored bytes.
+    pub bytes: u64,
+    /// Distinct keys among them.
+    pub keys: u64,
+    /// Whether the cursor was moved (false: a plan only).
+    pub executed: bool,
+}
+
+/// One difference found by verify.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Difference {
+    /// The key.
+    pub key: String,
+    /// Its latest seq in the log.
+    pub seq: u64,
+    /// `missing`, `different size`, `different content`, `deleted but present`, `unreadable`.
+    pub problem: String,
+    /// Detail.
+    pub detail: String,
+}
+
+/// Verify's findings for one target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetVerify {
+    /// Target name.
+    pub name: String,
+    /// Keys compared.
+    pub keys_checked: u64,
+    /// Keys whose latest entry is past the target's cursor (not yet
+    /// shipped: not a difference).
+    pub pending: u64,
+    /// What differs.
+    pub differences: Vec<Difference>,
+}
+
+/// A corrupt entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorruptEntry {
+    /// Its seq.
+    pub seq: u64,
+    /// What is wrong.
+    pub error: String,
+}
+
+/// `walship verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// Kept entries whose crc was checked.
+    pub entries_checked: u64,
+    /// Entries that failed.
+    pub corrupt: Vec<CorruptEntry>,
+    /// Per target.
+    pub targets: Vec<TargetVerify>,
+    /// Nothing corrupt, nothing different.
+    pub ok: bool,
+}
+
+/// A target to verify: its name, store and cursor.
+pub struct VerifyTarget {
+    /// Name.
+    pub name: String,
+    /// Store.
+    pub store: Arc<dyn ObjectStore>,
+    /// Cursor (keys with a newer latest entry are pending).
+    pub cursor: u64,
+}
+
+/// The latest entry of every key the log knows, from the key index plus
+/// the entries above its watermark (so it is exact even offline).
+pub fn latest_keys(storage: &dyn LogStorage) -> Result<BTreeMap<String, KeyInfo>> {
+    let mut keys: BTreeMap<String, KeyInfo> = storage.keys_with_prefix("", usize::MAX)?.into_iter().collect();
+    let head = storage.bounds()?.map(|(_, h)| h).unwrap_or(0);
+    let from = storage.key_index_watermark()? + 1;
+    storage.scan(from, head, &mut |seq, rec| {
+        if let Ok(e) = crate::codec::decode(seq, rec) {
+            let info = KeyInfo {
+                seq,
+                op: e.op,
+                size: e.value.len() as u64,
+            };
+            keys.insert(e.key, info);
+        }
+        true
+    })?;
+    Ok(keys)
+}
+
+/// Checks every kept entry's crc, then compares each target with the
+/// latest version of every key. `progress` is told each step (done, total).
+pub async fn verify(
+    storage: &dyn LogStorage,
+    keys: &BTreeMap<String, KeyInfo>,
+    targets: &[VerifyTarget],
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<VerifyReport> {
+    let mut corrupt = Vec::new();
+    let mut checked = 0u64;
+    let (first, head) = storage.bounds()?.unwrap_or((1, 0));
+    storage.scan(first, head, &mut |seq, rec| {
+        checked += 1;
+        if let Err(e) = crate::codec::decode(seq, rec) {
+            corrupt.push(CorruptEntry {
+                seq,
+                error: e.to_string(),
+            });
+        }
+        true
+    })?;
+    let total = keys.len() as u64 * targets.len() as u64;
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let mut reports = Vec::new();
+    for t in targets {
+        let mut report = TargetVerify {
+            name: t.name.clone(),
+            keys_checked: 0,
+            pending: 0,
+            differences: Vec::new(),
+        };
+        let results: Vec<Option<Difference>> = futures::stream::iter(keys.iter())
+            .map(|(key, info)| {
+                let store = t.store.clone();
+                let cursor = t.cursor;
+                let done = &done;
+                async move {
+                    let d = if info.seq > cursor {
+                        None
+                    } else {
+                        compare(storage, store.as_ref(), key, info).await
+                    };
+                    progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+                    d
+                }
+            })
+            .buffered(VERIFY_WINDOW)
+            .collect()
+            .await;
+        for ((_, info), d) in keys.iter().zip(results) {
+            if info.seq > t.cursor {
+                report.pending += 1;
+            } else {
+                report.keys_checked += 1;
+            }
+            if let Some(d) = d {
+                report.differences.push(d);
+            }
+        }
+        reports.push(report);
+    }
+    let ok = corrupt.is_empty() && reports.iter().all(|r| r.differences.is_empty());
+    Ok(VerifyReport {
+        entries_checked: checked,
+        corrupt,
+        targets: reports,
+        ok,
+    })
+}
+
+async fn compare(storage: &dyn LogStorage, store: &dyn ObjectStore, key: &str, info: &KeyInfo) -> Option<Difference> {
+    let diff = |problem: &str, detail: String| {
+        Some(Difference {
+            key: key.to_string(),
+            seq: info.seq,
+            problem: problem.to_string(),
+            detail,
+        })
+    };
+    let path = object_path(key);
+    let got = match store.get(&path).await {
+        Ok(r) => match r.bytes().await {
+            Ok(b) => Some(b),
+            Err(e) => return diff("unreadable", e.to_string()),
+        },
+        Err(object_store::Error::NotFound { .. }) => None,
+        Err(e) => return diff("unreadable", e.to_string()),
+    };
+    match (info.op, got) {
+        (Op::Delete, None) => None,
+        (Op::Delete, Some(b)) => diff(
+            "deleted but present",
+            format!("deleted at seq {}, target holds {} bytes", info.seq, b.len()),
+        ),
+        (Op::Put, None) => diff("missing", format!("written at seq {}", info.seq)),
+        (Op::Put, Some(b)) if b.len() as u64 != info.size => diff(
+            "different size",
+            format!("log has {} bytes at seq {}, target {}", info.size, info.seq, b.len()),
+        ),
+        (Op::Put, Some(b)) => match entry_at(storage, info.seq) {
+            Ok(Some(e)) if e.value != b => diff(
+                "different content",
+                format!("same size ({} bytes), other bytes than seq {}", b.len(), info.seq),
+            ),
+            // Truncated from the log: the size is all there is to compare.
+            _ => None,
+        },
+    }
+}
+
+impl Replicator {
+    /// One maintenance pass: truncate what no target needs (outside
+    /// retention), and send the target holding an over-cap log to resync.
+    pub(crate) async fn maintain(self: &Arc<Self>) -> Result<u64> {
+        let retention_ms = (self.cfg.retention_seconds * 1000.0) as u64;
+        let storage = self.log.storage().clone();
+        let cutoff = now_ms().saturating_sub(retention_ms);
+        let in_retention =
+            tokio::task::spawn_blocking(move || first_seq_since(storage.as_ref(), cutoff)).await.map_err(|e| {
+                Error::io("finding the retention boundary", std::io::Error::other(e))
+            })??;
+        let floors: Vec<u64> = self
+            .targets
+            .iter()
+            .filter(|t| t.state() != TargetState::Removed)
+            .map(|t| t.floor())
+            .collect();
+        let below = truncation_point(&floors, in_retention);
+        let log = self.log.clone();
+        let removed = tokio::task::spawn_blocking(move || log.truncate_below(below))
+            .await
+            .map_err(|e| Error::io("truncating the log", std::io::Error::other(e)))??;
+        if removed > 0 {
+            tracing::debug!(removed, below, "log truncated");
+        }
+        if self.log.retained_bytes() > self.cfg.max_log_bytes {
+            let acting = self.acting.load(Ordering::Acquire);
+            let head = self.log.head();
+            let holder = self
+                .targets
+                .iter()
+                .filter(|t| t.idx != acting && matches!(t.state(), TargetState::Active | TargetState::Paused | TargetState::Failed))
+                .filter(|t| t.floor() < head)
+                .min_by_key(|t| t.floor());
+            if let Some(t) = holder
+                && t.floor() < in_retention.saturating_sub(1)
+            {
+                tracing::warn!(
+                    target = %t.name(),
+                    cursor = t.cursor(),
+                    retained = self.log.retained_bytes(),
+                    max_log_bytes = self.cfg.max_log_bytes,
+                    "log over max_log_bytes: the target holding it back is resynced from the acting primary instead"
+                );
+                self.start_resync(t.name()).await?;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Starts copying everything from the acting primary to `name`; the
+    /// target is `syncing` until it hands over to its cursor.
+    pub async fn start_resync(self: &Arc<Self>, name: &str) -> Result<u64> {
+        let t = {
+            let _guard = self.control.lock().await;
+            let t = self.target(name)?.clone();
+            if t.idx == self.acting.load(Ordering::Acquire) {
+                return Err(Error::Conflict(format!(
+                    "{name} is the acting primary, the source of a resync; it cannot be resynced"
+                )));
+            }
+            if t.state() == TargetState::Syncing {
+                return Ok(t.resync_floor.load(Ordering::Acquire));
+            }
+            let start = self.log.head();
+            t.resync_floor.store(start, Ordering::Release);
+            self.log.storage().set_meta(&state_meta(name), b"syncing")?;
+            self.log.storage().sync()?;
+            t.set_progress(Some("starting".into()));
+            t.state_tx.send_replace(TargetState::Syncing);
+            self.progress.send_modify(|p| *p += 1);
+            t
+        };
+        let start = t.resync_floor.load(Ordering::Acquire);
+        tracing::info!(target = %name, start, "resync started");
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            match me.clone().run_resync(t.clone(), start).await {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::error!(target = %t.name(), error = %e, "resync stopped; it restarts with the sidecar or `walship resync`");
+                    t.set_progress(Some(format!("stopped: {e}")));
+                }
+            }
+        });
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
+        Ok(start)
+    }
+
+    async fn run_resync(self: Arc<Self>, t: Arc<TargetHandle>, start: u64) -> Result<()> {
+        // The source must hold everything up to `start`.
+        let source = loop {
+            let src = self.acting_primary().clone();
+            if src.cursor() >= start {
+                break src;
+            }
+            t.set_progress(Some(format!("waiting for {} to reach seq {start}", src.name())));
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                () = self.cancel.cancelled() => return Ok(()),
+            }
+        };
+        let listing = |store: Arc<dyn ObjectStore>| async move {
+            let all: Vec<ObjectMeta> = store.list(None).try_collect().await?;
+            Ok::<_, object_store::Error>(
+                all.into_iter()
+                    .filter(|m| !m.location.as_ref().starts_with(RESERVED_PREFIX))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let src_objects = listing(source.store.clone()).await.map_err(|e| Error::target(source.name(), e))?;
+        let dst_objects: HashMap<Path, ObjectMeta> = listing(t.store.clone())
+            .await
+            .map_err(|e| Error::target(t.name(), e))?
+            .into_iter()
+            .map(|m| (m.location.clone(), m))
+            .collect();
+        let total = src_objects.len();
+        let copied = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let keep: HashSet<Path> = src_objects.iter().map(|m| m.location.clone()).collect();
+        let jobs: Vec<(Path, bool)> = src_objects
+            .iter()
+            .map(|m| {
+                let same = dst_objects
+                    .get(&m.location)
+                    .is_some_and(|d| d.size == m.size && d.e_tag.is_some() && d.e_tag == m.e_tag);
+                (m.location.clone(), same)
+            })
+            .collect();
+        let results: Vec<Result<()>> = futures::stream::iter(jobs)
+            .map(|(path, same)| {
+                let me = self.clone();
+                let source = source.clone();
+                let t = t.clone();
+                let copied = copied.clone();
+                async move {
+                    if !same {
+                        me.copy_object(&source, &t, &path).await?;
+                    }
+                    let n = copied.fetch_add(1, Ordering::Relaxed) + 1;
+                    t.set_progress(Some(format!("copied {n}/{total} objects from {}", source.name())));
+                    Ok(())
+                }
+            })
+            .buffer_unordered(RESYNC_WINDOW)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<()>>>()?;
+        for extra in dst_objects.keys().filter(|p| !keep.contains(*p)) {
+            match t.store.delete(extra).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::target(t.name(), e)),
+            }
+        }
+        // Hand over to the cursor at `start`.
+        let _guard = self.control.lock().await;
+        let offset = self.log.offset_of(start)?;
+        t.reset(start, offset);
+        self.log.storage().set_cursor(t.name(), start)?;
+        self.log.storage().set_meta(&state_meta(t.name()), b"active")?;
+        self.log.storage().sync()?;
+        t.resync_floor.store(0, Ordering::Release);
+        t.set_progress(None);
+        t.state_tx.send_replace(TargetState::Active);
+        self.progress.send_modify(|p| *p += 1);
+        tracing::info!(target = %t.name(), start, objects = total, "resync done; shipping from the log");
+        Ok(())
+    }
+
+    async fn copy_object(&self, source: &TargetHandle, t: &TargetHandle, path: &Path) -> Result<()> {
+        let mut delay = Duration::from_secs_f64(t.cfg.retry_delay_seconds).max(Duration::from_millis(10));
+        loop {
+            let attempt = async {
+                match source.store.get(path).await {
+                    Ok(r) => {
+                        let bytes = r.bytes().await.map_err(|e| Error::target(source.name(), e))?;
+                        t.store
+                            .put(path, PutPayload::from_bytes(bytes))
+                            .await
+                            .map_err(|e| Error::target(t.name(), e))?;
+                        Ok(())
+                    }
+                    // Deleted since the listing: the log ships the delete.
+                    Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(Error::target(source.name(), e)),
+                }
+            };
+            match attempt.await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(target = %t.name(), object = %path, error = %e, "resync copy failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.cancel.cancelled() => return Err(Error::ShuttingDown),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Plans (and with `execute`, performs) a replay of `name` from `from`.
+    pub async fn replay(&self, name: &str, from: ReplayFrom, execute: bool) -> Result<ReplayPlan> {
+        let _guard = self.control.lock().await;
+        let t = self.target(name)?.clone();
+        let storage = self.log.storage().clone();
+        let head = self.log.head();
+        let first = self.log.first();
+        let seq = match from {
+            ReplayFrom::Seq(s) => s,
+            ReplayFrom::Since(ts) => {
+                let storage = storage.clone();
+                tokio::task::spawn_blocking(move || first_seq_since(storage.as_ref(), ts))
+                    .await
+                    .map_err(|e| Error::io("finding the replay start", std::io::Error::other(e)))??
+            }
+        };
+        if seq == 0 {
+            return Err(Error::BadRequest("seqs start at 1; replay from 1 or later".into()));
+        }
+        if seq < first {
+            return Err(Error::BadRequest(format!(
+                "cannot replay {name} from seq {seq}: entries below {first} were truncated from the log. \
+                 Run `walship resync {name}` to copy everything from the acting primary instead"
+            )));
+        }
+        if seq > head {
+            return Err(Error::BadRequest(format!(
+                "nothing to replay: seq {seq} is past the head ({head})"
+            )));
+        }
+        if t.state() == TargetState::Syncing {
+            return Err(Error::Conflict(format!("{name} is being resynced; replay it after the resync")));
+        }
+        let (entries, bytes, keys) = tokio::task::spawn_blocking(move || {
+            let mut n = 0u64;
+            let mut b = 0u64;
+            let mut keys = HashSet::new();
+            storage.scan(seq, head, &mut |s, rec| {
+                n += 1;
+                b += rec.len() as u64;
+                if let Ok(e) = crate::codec::decode(s, rec) {
+                    keys.insert(e.key);
+                }
+                true
+            })?;
+            Ok::<_, Error>((n, b, keys.len() as u64))
+        })
+        .await
+        .map_err(|e| Error::io("planning the replay", std::io::Error::other(e)))??;
+        let plan = ReplayPlan {
+            target: name.to_string(),
+            from: seq,
+            to: head,
+            entries,
+            bytes,
+            keys,
+            executed: execute,
+        };
+        if execute {
+            let offset = self.log.offset_of(seq - 1)?;
+            t.reset(seq - 1, offset);
+            self.log.storage().set_cursor(name, seq - 1)?;
+            if t.state() == TargetState::Failed {
+                self.log.storage().set_meta(&state_meta(name), b"active")?;
+                t.state_tx.send_replace(TargetState::Active);
+            }
+            self.log.storage().sync()?;
+            self.progress.send_modify(|p| *p += 1);
+            tracing::info!(target = %name, from = seq, to = head, entries, "replay: cursor moved back");
+        }
+        Ok(plan)
+    }
+
+    /// Verifies the log and the targets (all, or the one named).
+    pub async fn verify(&self, only: Option<&str>) -> Result<VerifyReport> {
+        if let Some(n) = only {
+            self.target(n)?;
+        }
+        self.log.wait_indexed().await;
+        let storage = self.log.storage().clone();
+        let keys = {
+            let storage = storage.clone();
+            tokio::task::spawn_blocking(move || latest_keys(storage.as_ref()))
+                .await
+                .map_err(|e| Error::io("listing keys", std::io::Error::other(e)))??
+        };
+        let targets: Vec<VerifyTarget> = self
+            .targets
+            .iter()
+            .filter(|t| only.is_none_or(|n| n == t.name()))
+            .map(|t| VerifyTarget {
+                name: t.name().to_string(),
+                store: t.store.clone(),
+                cursor: t.cursor(),
+            })
+            .collect();
+        verify(storage.as_ref(), &keys, &targets, &|_, _| {}).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_stops_at_the_lowest_floor_and_at_retention() {
+        assert_eq!(truncation_point(&[10, 7, 12], u64::MAX), 8);
+        assert_eq!(truncation_point(&[10, 7, 12], 5), 5);
+        assert_eq!(truncation_point(&[0, 7], 100), 1);
+        assert_eq!(truncation_point(&[], 42), 42);
+    }
+}
