@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, init_template};
 use crate::error::Error;
+use crate::replicator::{ReplayPlan, VerifyReport};
 use crate::status::{CursorsReport, StatusReport};
 
 /// walship: a durable write-ahead-log replicator.
@@ -99,6 +100,42 @@ pub enum Command {
         /// Target name.
         target: String,
     },
+    /// Copy everything from the acting primary to a target, then ship from the log.
+    Resync {
+        /// Target name.
+        target: String,
+        /// Return at once instead of showing progress until it is done.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Move a target's cursor back and ship again (after it lost data). Prints the plan unless --execute.
+    Replay {
+        /// Target name.
+        target: String,
+        /// First seq to ship again.
+        #[arg(long, conflicts_with = "since", required_unless_present = "since")]
+        from: Option<u64>,
+        /// Ship again everything appended since TIME (RFC 3339, unix ms, or a duration ago such as 10m).
+        #[arg(long)]
+        since: Option<String>,
+        /// Do it (without this flag only the plan is printed and nothing changes).
+        #[arg(long)]
+        execute: bool,
+    },
+    /// Check every entry's crc, then compare targets with the latest version of every key.
+    Verify {
+        /// Only this target.
+        target: Option<String>,
+    },
+    /// The log's entries: seq, time, op, key, size, crc ok.
+    Log {
+        /// First seq (default: the oldest kept).
+        #[arg(long)]
+        from: Option<u64>,
+        /// How many entries.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
 }
 
 /// A failed command: the message and the exit status.
@@ -132,6 +169,7 @@ fn fail(code: i32, message: impl Into<String>) -> Failure {
 
 /// Where the client commands look.
 struct Endpoints {
+    cfg: Option<Config>,
     mode: Option<String>,
     addr: String,
     data_dir: PathBuf,
@@ -165,6 +203,7 @@ fn endpoints(cli: &Cli) -> Result<Endpoints, Failure> {
         .as_ref()
         .map(|c| c.replication.mode.as_str().to_string());
     Ok(Endpoints {
+        cfg,
         mode,
         addr,
         data_dir,
@@ -410,6 +449,229 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Log { from, limit } => {
+            let e = endpoints(&cli)?;
+            let c = Client::new(&e);
+            let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+            if let Some(f) = from {
+                q.push(("from", f.to_string()));
+            }
+            let v: serde_json::Value = match c
+                .req(reqwest::Method::GET, "/v1/log")
+                .query(&q)
+                .send()
+                .await
+            {
+                Ok(resp) => check(resp)
+                    .await?
+                    .json()
+                    .await
+                    .map_err(|err| fail(1, format!("reading the answer: {err}")))?,
+                Err(err) if err.is_connect() => {
+                    eprintln!(
+                        "no sidecar answered at {}; reading {} directly (offline, read-only)",
+                        e.addr,
+                        e.data_dir.display()
+                    );
+                    let storage = open_offline(&e.data_dir)?;
+                    let first = crate::storage::LogStorage::bounds(&storage)?
+                        .map(|(f, _)| f)
+                        .unwrap_or(1);
+                    crate::server::log_json(&storage, from.unwrap_or(first).max(1), *limit)?
+                }
+                Err(err) => return Err(unreachable(&e.addr, err)),
+            };
+            if cli.json {
+                println!("{v}");
+            } else {
+                println!(
+                    "{:>10}  {:<24}  {:<6}  {:>10}  {:<6}  KEY",
+                    "SEQ", "TIME", "OP", "SIZE", "CRC"
+                );
+                let mut bad = 0;
+                for r in v["entries"].as_array().into_iter().flatten() {
+                    let ok = r["crc_ok"].as_bool() == Some(true);
+                    bad += usize::from(!ok);
+                    println!(
+                        "{:>10}  {:<24}  {:<6}  {:>10}  {:<6}  {}",
+                        r["seq"].as_u64().unwrap_or(0),
+                        if ok {
+                            r["time"].as_str().unwrap_or("")
+                        } else {
+                            "?"
+                        },
+                        r["op"].as_str().unwrap_or(""),
+                        r["size"].as_u64().unwrap_or(0),
+                        if ok { "ok" } else { "BAD" },
+                        r["key"].as_str().unwrap_or("")
+                    );
+                    if let Some(err) = r["error"].as_str() {
+                        println!("            {err}");
+                    }
+                }
+                println!("(log keeps seq {} to {})", v["first"], v["head"]);
+                if bad > 0 {
+                    return Err(fail(
+                        1,
+                        format!(
+                            "{bad} corrupt entr{} shown above",
+                            if bad == 1 { "y" } else { "ies" }
+                        ),
+                    ));
+                }
+            }
+            Ok(())
+        }
+        Command::Replay {
+            target,
+            from,
+            since,
+            execute,
+        } => {
+            let e = endpoints(&cli)?;
+            let c = Client::new(&e);
+            let mut q: Vec<(&str, String)> = vec![("dry_run", (!execute).to_string())];
+            match (from, since) {
+                (Some(f), _) => q.push(("from", f.to_string())),
+                (None, Some(s)) => q.push(("since", s.clone())),
+                (None, None) => return Err(fail(2, "replay needs --from SEQ or --since TIME")),
+            }
+            let path = format!("/v1/targets/{}/replay", enc(target));
+            let resp = check(
+                c.req(reqwest::Method::POST, &path)
+                    .query(&q)
+                    .send()
+                    .await
+                    .map_err(|err| unreachable(&e.addr, err))?,
+            )
+            .await?;
+            let plan: ReplayPlan = resp
+                .json()
+                .await
+                .map_err(|err| fail(1, format!("reading the answer: {err}")))?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&plan).map_err(|err| fail(1, err.to_string()))?
+                );
+            } else {
+                println!(
+                    "{} {}: seq {} to {}: {} entries, {} bytes, {} distinct keys",
+                    if plan.executed {
+                        "replaying"
+                    } else {
+                        "plan for"
+                    },
+                    plan.target,
+                    plan.from,
+                    plan.to,
+                    plan.entries,
+                    plan.bytes,
+                    plan.keys
+                );
+                if !plan.executed {
+                    println!(
+                        "nothing changed; add --execute to move the cursor back and ship again"
+                    );
+                }
+            }
+            if plan.executed {
+                wait_for_target(
+                    &c,
+                    &e,
+                    target,
+                    |row| row.cursor >= plan.to,
+                    plan.from.saturating_sub(1),
+                    plan.to,
+                )
+                .await?;
+            }
+            Ok(())
+        }
+        Command::Resync { target, no_wait } => {
+            let e = endpoints(&cli)?;
+            let c = Client::new(&e);
+            let path = format!("/v1/targets/{}/resync", enc(target));
+            let resp = check(
+                c.req(reqwest::Method::POST, &path)
+                    .send()
+                    .await
+                    .map_err(|err| unreachable(&e.addr, err))?,
+            )
+            .await?;
+            let v: serde_json::Value = resp
+                .json()
+                .await
+                .map_err(|err| fail(1, format!("reading the answer: {err}")))?;
+            if !cli.json {
+                println!(
+                    "resyncing {target} from the acting primary; it ships from seq {} afterwards",
+                    v["from"]
+                );
+            }
+            if !no_wait {
+                wait_for_target(
+                    &c,
+                    &e,
+                    target,
+                    |row| row.state != crate::status::TargetState::Syncing,
+                    0,
+                    0,
+                )
+                .await?;
+                if !cli.json {
+                    println!("{target}: resync done");
+                }
+            }
+            if cli.json {
+                println!("{v}");
+            }
+            Ok(())
+        }
+        Command::Verify { target } => {
+            let e = endpoints(&cli)?;
+            let c = Client::new(&e);
+            let mut r = c.req(reqwest::Method::GET, "/v1/verify");
+            if let Some(t) = target {
+                r = r.query(&[("target", t)]);
+            }
+            let report: VerifyReport = match r.send().await {
+                Ok(resp) => {
+                    let spinner = indicatif::ProgressBar::new_spinner()
+                        .with_message("verifying (the sidecar compares every key)");
+                    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+                    let out = check(resp)
+                        .await?
+                        .json()
+                        .await
+                        .map_err(|err| fail(1, format!("reading the answer: {err}")));
+                    spinner.finish_and_clear();
+                    out?
+                }
+                Err(err) if err.is_connect() => {
+                    eprintln!(
+                        "no sidecar answered at {}; verifying {} directly (offline, read-only)",
+                        e.addr,
+                        e.data_dir.display()
+                    );
+                    offline_verify(&e, target.as_deref()).await?
+                }
+                Err(err) => return Err(unreachable(&e.addr, err)),
+            };
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).map_err(|err| fail(1, err.to_string()))?
+                );
+            } else {
+                print!("{}", verify_text(&report));
+            }
+            if report.ok {
+                Ok(())
+            } else {
+                Err(fail(1, "verify found problems (listed above)"))
+            }
+        }
         Command::Cursors => {
             let e = endpoints(&cli)?;
             let report = cursors_report(&e).await?;
@@ -585,6 +847,155 @@ pub fn status_text(s: &StatusReport) -> String {
         ));
     }
     out
+}
+
+fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Polls the cursors report until `done` holds for `target`, with a
+/// progress bar on a terminal (cursor from `lo` to `hi`, or resync text).
+async fn wait_for_target(
+    c: &Client,
+    e: &Endpoints,
+    target: &str,
+    done: impl Fn(&crate::status::TargetRow) -> bool,
+    lo: u64,
+    hi: u64,
+) -> Result<(), Failure> {
+    let bar = if hi > lo {
+        indicatif::ProgressBar::new(hi - lo)
+    } else {
+        indicatif::ProgressBar::new_spinner()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    loop {
+        let resp = check(
+            c.req(reqwest::Method::GET, "/v1/cursors")
+                .send()
+                .await
+                .map_err(|err| unreachable(&e.addr, err))?,
+        )
+        .await?;
+        let report: CursorsReport = resp
+            .json()
+            .await
+            .map_err(|err| fail(1, format!("reading the answer: {err}")))?;
+        let row = report
+            .targets
+            .iter()
+            .find(|t| t.name == target)
+            .ok_or_else(|| fail(1, format!("{target} is no longer in the cursors report")))?;
+        if hi > lo {
+            bar.set_position(row.cursor.saturating_sub(lo).min(hi - lo));
+        }
+        bar.set_message(row.progress.clone().unwrap_or_default());
+        bar.tick();
+        if done(row) {
+            bar.finish_and_clear();
+            return Ok(());
+        }
+        if row.state == crate::status::TargetState::Failed {
+            bar.finish_and_clear();
+            return Err(fail(
+                1,
+                format!(
+                    "{target} failed: {}",
+                    row.error.as_deref().unwrap_or("see `walship cursors`")
+                ),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// `walship verify` as text: a summary and the first differences.
+pub fn verify_text(r: &VerifyReport) -> String {
+    let mut out = format!(
+        "log: {} entries checked, {} corrupt\n",
+        r.entries_checked,
+        r.corrupt.len()
+    );
+    for c in r.corrupt.iter().take(20) {
+        out.push_str(&format!("  seq {}: {}\n", c.seq, c.error));
+    }
+    for t in &r.targets {
+        out.push_str(&format!(
+            "{}: {} keys checked, {} pending (not yet shipped), {} different\n",
+            t.name,
+            t.keys_checked,
+            t.pending,
+            t.differences.len()
+        ));
+        for d in t.differences.iter().take(20) {
+            out.push_str(&format!(
+                "  {} (seq {}): {}: {}\n",
+                d.key, d.seq, d.problem, d.detail
+            ));
+        }
+        if t.differences.len() > 20 {
+            out.push_str(&format!(
+                "  … and {} more (--json lists all)\n",
+                t.differences.len() - 20
+            ));
+        }
+    }
+    out.push_str(if r.ok { "ok\n" } else { "PROBLEMS FOUND\n" });
+    out
+}
+
+fn open_offline(data_dir: &Path) -> Result<crate::storage::SledStorage, Failure> {
+    if !data_dir.join("log").exists() {
+        return Err(fail(
+            1,
+            format!(
+                "no walship log in {} (pass --data-dir or --config)",
+                data_dir.display()
+            ),
+        ));
+    }
+    Ok(crate::storage::SledStorage::open(data_dir, 16 << 20)?)
+}
+
+/// Verify without a sidecar: the log from the data directory, the targets
+/// from the config's URLs (without a config only the crc check runs).
+async fn offline_verify(e: &Endpoints, only: Option<&str>) -> Result<VerifyReport, Failure> {
+    let storage: std::sync::Arc<dyn crate::storage::LogStorage> =
+        std::sync::Arc::new(open_offline(&e.data_dir)?);
+    let keys = crate::replicator::latest_keys(storage.as_ref())?;
+    let mut targets = Vec::new();
+    match &e.cfg {
+        Some(cfg) => {
+            for (_, t) in cfg.all_targets() {
+                if only.is_some_and(|n| n != t.name) {
+                    continue;
+                }
+                targets.push(crate::replicator::VerifyTarget {
+                    name: t.name.clone(),
+                    store: crate::target::build_store(t)?,
+                    cursor: storage.cursor(&t.name)?.unwrap_or(0),
+                });
+            }
+            if let Some(n) = only
+                && targets.is_empty()
+            {
+                return Err(Error::UnknownTarget(n.to_string()).into());
+            }
+        }
+        None => eprintln!(
+            "no config: only the log's crc is checked (pass --config to compare the targets)"
+        ),
+    }
+    let bar = indicatif::ProgressBar::new(keys.len() as u64 * targets.len() as u64);
+    let b = bar.clone();
+    let progress: crate::replicator::Progress =
+        std::sync::Arc::new(move |done, _| b.set_position(done));
+    let report = crate::replicator::verify(storage, &keys, &targets, progress).await?;
+    bar.finish_and_clear();
+    Ok(report)
 }
 
 fn offline_cursors(data_dir: &Path) -> Result<CursorsReport, Failure> {

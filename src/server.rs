@@ -23,7 +23,7 @@ use serde_json::json;
 use crate::config::{Config, Mode, ReadPreference};
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::replicator::Replicator;
+use crate::replicator::{ReplayFrom, Replicator};
 
 #[derive(Clone)]
 struct App {
@@ -261,22 +261,139 @@ async fn metrics(State(app): State<App>) -> Response {
         .into_response()
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionQuery {
+    from: Option<u64>,
+    since: Option<String>,
+    dry_run: Option<bool>,
+}
+
+/// Parses a point in time: RFC 3339 (`2026-11-26T10:00:00Z`), unix ms, or
+/// a duration ago (`10m`, `2h 30m`).
+pub fn parse_time(s: &str) -> Result<u64> {
+    let s = s.trim();
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) {
+        return s
+            .parse()
+            .map_err(|_| Error::BadRequest(format!("{s:?} is too large for unix milliseconds")));
+    }
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0));
+    }
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(crate::log::now_ms().saturating_sub(d.as_millis() as u64));
+    }
+    Err(Error::BadRequest(format!(
+        "cannot read the time {s:?}: use RFC 3339 (2026-11-26T10:00:00Z), unix milliseconds, or a duration ago (10m, 2h)"
+    )))
+}
+
 async fn target_action(
     State(app): State<App>,
     path: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<ActionQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Path((name, action)) =
         path.map_err(|e| bad(format!("bad target path: {}", e.body_text())))?;
+    let q = query(q)?;
+    if action != "replay" && (q.from.is_some() || q.since.is_some() || q.dry_run.is_some()) {
+        return Err(bad("from, since and dry_run belong to /replay"));
+    }
     let state = match action.as_str() {
         "pause" => app.rep.pause(&name).await?,
         "resume" => app.rep.resume(&name).await?,
+        "resync" => {
+            let from = app.rep.start_resync(&name).await?;
+            return Ok(
+                axum::Json(json!({ "target": name, "state": "syncing", "from": from }))
+                    .into_response(),
+            );
+        }
+        "replay" => {
+            let from = match (q.from, q.since.as_deref()) {
+                (Some(seq), None) => ReplayFrom::Seq(seq),
+                (None, Some(t)) => ReplayFrom::Since(parse_time(t)?),
+                _ => return Err(bad("replay needs exactly one of ?from=SEQ or ?since=TIME")),
+            };
+            let plan = app
+                .rep
+                .replay(&name, from, !q.dry_run.unwrap_or(false))
+                .await?;
+            return Ok(axum::Json(plan).into_response());
+        }
         other => {
             return Err(ApiError(Error::UnknownAction(format!(
-                "no target action {other:?}; use pause or resume"
+                "no target action {other:?}; use pause, resume, resync or replay"
             ))));
         }
     };
     Ok(axum::Json(json!({ "target": name, "state": state })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    from: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/log` and `walship log --json`.
+pub fn log_json(
+    storage: &dyn crate::storage::LogStorage,
+    from: u64,
+    limit: usize,
+) -> Result<serde_json::Value> {
+    let rows = crate::log::inspect(storage, from, limit)?;
+    let (first, head) = storage.bounds()?.unwrap_or((1, 0));
+    let entries: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|r| {
+            let time = humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.ts_ms),
+            )
+            .to_string();
+            let mut v = serde_json::to_value(&r).unwrap_or_default();
+            v["time"] = json!(time);
+            v
+        })
+        .collect();
+    Ok(json!({ "first": first, "head": head, "entries": entries }))
+}
+
+async fn log(
+    State(app): State<App>,
+    q: Result<Query<LogQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 100_000 {
+        return Err(bad("limit must be between 1 and 100000"));
+    }
+    let from = q.from.unwrap_or(app.rep.log().first()).max(1);
+    let storage = app.rep.log().storage().clone();
+    let v = tokio::task::spawn_blocking(move || log_json(storage.as_ref(), from, limit))
+        .await
+        .map_err(|e| ApiError(Error::io("reading the log", std::io::Error::other(e))))??;
+    Ok(axum::Json(v).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyQuery {
+    target: Option<String>,
+}
+
+async fn verify(
+    State(app): State<App>,
+    q: Result<Query<VerifyQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let report = app.rep.verify(q.target.as_deref()).await?;
+    Ok(axum::Json(report).into_response())
 }
 
 async fn healthz() -> &'static str {
@@ -340,6 +457,8 @@ pub fn router(rep: Arc<Replicator>, token: Option<String>) -> Router {
         .route("/v1/objects", get(list_objects))
         .route("/v1/cursors", get(cursors))
         .route("/v1/status", get(status))
+        .route("/v1/log", get(log))
+        .route("/v1/verify", get(verify))
         .route(
             "/v1/targets/{name}/{action}",
             axum::routing::post(target_action),

@@ -71,6 +71,7 @@ impl Shipper {
         let name = self.target.name().to_string();
         let mut head_rx = self.log.subscribe();
         let mut state_rx = self.target.state_tx.subscribe();
+        let mut cursor_rx = self.target.cursor_tx.subscribe();
         let mut last_persist = Instant::now();
         loop {
             if self.cancel.is_cancelled() {
@@ -85,12 +86,14 @@ impl Shipper {
                 }
                 continue;
             }
-            let cursor = self.target.cursor();
+            // Replay moves the cursor back by hand: wake on that too.
+            let cursor = *cursor_rx.borrow_and_update();
             let head = *head_rx.borrow_and_update();
             if cursor >= head {
                 tokio::select! {
                     r = head_rx.changed() => if r.is_err() { break },
                     _ = state_rx.changed() => {},
+                    _ = cursor_rx.changed() => {},
                     () = self.cancel.cancelled() => break,
                 }
                 continue;

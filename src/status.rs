@@ -75,7 +75,7 @@ pub struct TargetRow {
     /// Age of the oldest unapplied entry in ms (0 when caught up).
     pub lag_ms: u64,
     /// The last error shipping met, if it has not succeeded since.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Progress of a running resync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,7 +151,7 @@ fn offline_row(
         cursor,
         lag_entries: lag.entries,
         lag_bytes: lag.bytes,
-                lag_ms: lag.ms,
+        lag_ms: lag.ms,
         error: None,
         progress: None,
     })

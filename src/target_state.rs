@@ -119,7 +119,10 @@ impl TargetHandle {
     }
 
     pub(crate) fn progress_text(&self) -> Option<String> {
-        self.progress.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub(crate) fn set_progress(&self, p: Option<String>) {

@@ -234,3 +234,92 @@ async fn client_commands_sigterm_and_offline_cursors() {
     assert_eq!(status["head"], 22);
     assert_eq!(status["mode"], "sync");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_replay_and_log_from_the_command_line() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let cfg = root.path().join("walship.toml");
+    std::fs::write(&cfg, dir_config(root.path(), port, "sync")).expect("config");
+    let sc = Sidecar::start(&cfg, port).await;
+    let dir = root.path();
+    let input = dir.join("in.txt");
+    for i in 0..8 {
+        std::fs::write(&input, format!("value-{i}")).expect("write");
+        let (code, _, err) = run(
+            &[
+                "put",
+                &format!("docs/{i}.txt"),
+                input.to_str().expect("utf8"),
+            ],
+            dir,
+        );
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, out, err) = run(&["verify"], dir);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok"), "{out}");
+
+    // Hands in the replica directory.
+    let replica = dir.join("targets/replica-1/docs");
+    std::fs::remove_file(replica.join("2.txt")).expect("rm");
+    std::fs::write(replica.join("5.txt"), "tampered with").expect("edit");
+    let (code, out, _) = run(&["verify"], dir);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("docs/2.txt (seq 3): missing"), "{out}");
+    assert!(out.contains("docs/5.txt (seq 6): different size"), "{out}");
+    let (code, out, _) = run(&["verify", "replica-2", "--json"], dir);
+    assert_eq!(code, 0, "replica-2 was not touched: {out}");
+
+    // The plan changes nothing; --execute repairs.
+    let (code, out, err) = run(&["replay", "replica-1", "--from", "1"], dir);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("plan for replica-1: seq 1 to 8: 8 entries")
+            && out.contains("nothing changed"),
+        "{out}"
+    );
+    assert!(!replica.join("2.txt").exists());
+    let (code, out, err) = run(&["replay", "replica-1", "--from", "1", "--execute"], dir);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(&["verify"], dir);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        std::fs::read_to_string(replica.join("5.txt")).expect("read"),
+        "value-5"
+    );
+    let (code, _, err) = run(&["replay", "replica-1", "--from", "99"], dir);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("past the head"), "{err}");
+
+    let (code, out, err) = run(&["log", "--from", "2", "--limit", "3"], dir);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("docs/1.txt") && out.contains("docs/3.txt") && !out.contains("docs/4.txt"),
+        "{out}"
+    );
+    let (code, out, _) = run(&["log", "--json"], dir);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["entries"].as_array().expect("entries").len(), 8);
+    for field in ["seq", "time", "op", "key", "size", "crc_ok"] {
+        assert!(
+            v["entries"][0].get(field).is_some(),
+            "log entry lacks {field}"
+        );
+    }
+
+    assert!(sc.term().success());
+    // Offline, from the data directory and the config.
+    std::fs::remove_file(dir.join("targets/replica-2/docs/7.txt")).expect("rm");
+    let (code, out, err) = run(&["verify"], dir);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("offline"), "{err}");
+    assert!(out.contains("docs/7.txt (seq 8): missing"), "{out}");
+    let (code, out, err) = run(&["log", "--limit", "2"], dir);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("docs/0.txt") && err.contains("offline"),
+        "{out}{err}"
+    );
+}

@@ -121,6 +121,9 @@ pub struct VerifyReport {
     pub ok: bool,
 }
 
+/// Told (done, total) as verify goes.
+pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
 /// A target to verify: its name, store and cursor.
 pub struct VerifyTarget {
     /// Name.
@@ -134,7 +137,10 @@ pub struct VerifyTarget {
 /// The latest entry of every key the log knows, from the key index plus
 /// the entries above its watermark (so it is exact even offline).
 pub fn latest_keys(storage: &dyn LogStorage) -> Result<BTreeMap<String, KeyInfo>> {
-    let mut keys: BTreeMap<String, KeyInfo> = storage.keys_with_prefix("", usize::MAX)?.into_iter().collect();
+    let mut keys: BTreeMap<String, KeyInfo> = storage
+        .keys_with_prefix("", usize::MAX)?
+        .into_iter()
+        .collect();
     let head = storage.bounds()?.map(|(_, h)| h).unwrap_or(0);
     let from = storage.key_index_watermark()? + 1;
     storage.scan(from, head, &mut |seq, rec| {
@@ -154,10 +160,10 @@ pub fn latest_keys(storage: &dyn LogStorage) -> Result<BTreeMap<String, KeyInfo>
 /// Checks every kept entry's crc, then compares each target with the
 /// latest version of every key. `progress` is told each step (done, total).
 pub async fn verify(
-    storage: &dyn LogStorage,
+    storage: Arc<dyn LogStorage>,
     keys: &BTreeMap<String, KeyInfo>,
     targets: &[VerifyTarget],
-    progress: &(dyn Fn(u64, u64) + Sync),
+    progress: Progress,
 ) -> Result<VerifyReport> {
     let mut corrupt = Vec::new();
     let mut checked = 0u64;
@@ -173,7 +179,7 @@ pub async fn verify(
         true
     })?;
     let total = keys.len() as u64 * targets.len() as u64;
-    let done = std::sync::atomic::AtomicU64::new(0);
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut reports = Vec::new();
     for t in targets {
         let mut report = TargetVerify {
@@ -182,16 +188,19 @@ pub async fn verify(
             pending: 0,
             differences: Vec::new(),
         };
-        let results: Vec<Option<Difference>> = futures::stream::iter(keys.iter())
+        let owned: Vec<(String, KeyInfo)> = keys.iter().map(|(k, i)| (k.clone(), *i)).collect();
+        let results: Vec<Option<Difference>> = futures::stream::iter(owned)
             .map(|(key, info)| {
                 let store = t.store.clone();
+                let storage = storage.clone();
                 let cursor = t.cursor;
-                let done = &done;
+                let done = done.clone();
+                let progress = progress.clone();
                 async move {
                     let d = if info.seq > cursor {
                         None
                     } else {
-                        compare(storage, store.as_ref(), key, info).await
+                        compare(storage.as_ref(), store.as_ref(), &key, &info).await
                     };
                     progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
                     d
@@ -221,7 +230,12 @@ pub async fn verify(
     })
 }
 
-async fn compare(storage: &dyn LogStorage, store: &dyn ObjectStore, key: &str, info: &KeyInfo) -> Option<Difference> {
+async fn compare(
+    storage: &dyn LogStorage,
+    store: &dyn ObjectStore,
+    key: &str,
+    info: &KeyInfo,
+) -> Option<Difference> {
     let diff = |problem: &str, detail: String| {
         Some(Difference {
             key: key.to_string(),
@@ -243,17 +257,30 @@ async fn compare(storage: &dyn LogStorage, store: &dyn ObjectStore, key: &str, i
         (Op::Delete, None) => None,
         (Op::Delete, Some(b)) => diff(
             "deleted but present",
-            format!("deleted at seq {}, target holds {} bytes", info.seq, b.len()),
+            format!(
+                "deleted at seq {}, target holds {} bytes",
+                info.seq,
+                b.len()
+            ),
         ),
         (Op::Put, None) => diff("missing", format!("written at seq {}", info.seq)),
         (Op::Put, Some(b)) if b.len() as u64 != info.size => diff(
             "different size",
-            format!("log has {} bytes at seq {}, target {}", info.size, info.seq, b.len()),
+            format!(
+                "log has {} bytes at seq {}, target {}",
+                info.size,
+                info.seq,
+                b.len()
+            ),
         ),
         (Op::Put, Some(b)) => match entry_at(storage, info.seq) {
             Ok(Some(e)) if e.value != b => diff(
                 "different content",
-                format!("same size ({} bytes), other bytes than seq {}", b.len(), info.seq),
+                format!(
+                    "same size ({} bytes), other bytes than seq {}",
+                    b.len(),
+                    info.seq
+                ),
             ),
             // Truncated from the log: the size is all there is to compare.
             _ => None,
@@ -269,9 +296,11 @@ impl Replicator {
         let storage = self.log.storage().clone();
         let cutoff = now_ms().saturating_sub(retention_ms);
         let in_retention =
-            tokio::task::spawn_blocking(move || first_seq_since(storage.as_ref(), cutoff)).await.map_err(|e| {
-                Error::io("finding the retention boundary", std::io::Error::other(e))
-            })??;
+            tokio::task::spawn_blocking(move || first_seq_since(storage.as_ref(), cutoff))
+                .await
+                .map_err(|e| {
+                    Error::io("finding the retention boundary", std::io::Error::other(e))
+                })??;
         let floors: Vec<u64> = self
             .targets
             .iter()
@@ -292,7 +321,13 @@ impl Replicator {
             let holder = self
                 .targets
                 .iter()
-                .filter(|t| t.idx != acting && matches!(t.state(), TargetState::Active | TargetState::Paused | TargetState::Failed))
+                .filter(|t| {
+                    t.idx != acting
+                        && matches!(
+                            t.state(),
+                            TargetState::Active | TargetState::Paused | TargetState::Failed
+                        )
+                })
                 .filter(|t| t.floor() < head)
                 .min_by_key(|t| t.floor());
             if let Some(t) = holder
@@ -338,15 +373,27 @@ impl Replicator {
         tracing::info!(target = %name, start, "resync started");
         let me = self.clone();
         let task = tokio::spawn(async move {
-            match me.clone().run_resync(t.clone(), start).await {
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::error!(target = %t.name(), error = %e, "resync stopped; it restarts with the sidecar or `walship resync`");
-                    t.set_progress(Some(format!("stopped: {e}")));
+            let mut delay = Duration::from_millis(200);
+            loop {
+                match me.clone().run_resync(t.clone(), start).await {
+                    Ok(()) => return,
+                    Err(Error::ShuttingDown) => return,
+                    Err(e) => {
+                        tracing::warn!(target = %t.name(), error = %e, "resync failed; retrying");
+                        t.set_progress(Some(format!("retrying after: {e}")));
+                    }
                 }
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = me.cancel.cancelled() => return,
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
             }
         });
-        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
         Ok(start)
     }
 
@@ -357,10 +404,13 @@ impl Replicator {
             if src.cursor() >= start {
                 break src;
             }
-            t.set_progress(Some(format!("waiting for {} to reach seq {start}", src.name())));
+            t.set_progress(Some(format!(
+                "waiting for {} to reach seq {start}",
+                src.name()
+            )));
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                () = self.cancel.cancelled() => return Ok(()),
+                () = self.cancel.cancelled() => return Err(Error::ShuttingDown),
             }
         };
         let listing = |store: Arc<dyn ObjectStore>| async move {
@@ -371,7 +421,9 @@ impl Replicator {
                     .collect::<Vec<_>>(),
             )
         };
-        let src_objects = listing(source.store.clone()).await.map_err(|e| Error::target(source.name(), e))?;
+        let src_objects = listing(source.store.clone())
+            .await
+            .map_err(|e| Error::target(source.name(), e))?;
         let dst_objects: HashMap<Path, ObjectMeta> = listing(t.store.clone())
             .await
             .map_err(|e| Error::target(t.name(), e))?
@@ -401,7 +453,10 @@ impl Replicator {
                         me.copy_object(&source, &t, &path).await?;
                     }
                     let n = copied.fetch_add(1, Ordering::Relaxed) + 1;
-                    t.set_progress(Some(format!("copied {n}/{total} objects from {}", source.name())));
+                    t.set_progress(Some(format!(
+                        "copied {n}/{total} objects from {}",
+                        source.name()
+                    )));
                     Ok(())
                 }
             })
@@ -420,7 +475,9 @@ impl Replicator {
         let offset = self.log.offset_of(start)?;
         t.reset(start, offset);
         self.log.storage().set_cursor(t.name(), start)?;
-        self.log.storage().set_meta(&state_meta(t.name()), b"active")?;
+        self.log
+            .storage()
+            .set_meta(&state_meta(t.name()), b"active")?;
         self.log.storage().sync()?;
         t.resync_floor.store(0, Ordering::Release);
         t.set_progress(None);
@@ -430,13 +487,22 @@ impl Replicator {
         Ok(())
     }
 
-    async fn copy_object(&self, source: &TargetHandle, t: &TargetHandle, path: &Path) -> Result<()> {
-        let mut delay = Duration::from_secs_f64(t.cfg.retry_delay_seconds).max(Duration::from_millis(10));
+    async fn copy_object(
+        &self,
+        source: &TargetHandle,
+        t: &TargetHandle,
+        path: &Path,
+    ) -> Result<()> {
+        let mut delay =
+            Duration::from_secs_f64(t.cfg.retry_delay_seconds).max(Duration::from_millis(10));
         loop {
             let attempt = async {
                 match source.store.get(path).await {
                     Ok(r) => {
-                        let bytes = r.bytes().await.map_err(|e| Error::target(source.name(), e))?;
+                        let bytes = r
+                            .bytes()
+                            .await
+                            .map_err(|e| Error::target(source.name(), e))?;
                         t.store
                             .put(path, PutPayload::from_bytes(bytes))
                             .await
@@ -475,11 +541,15 @@ impl Replicator {
                 let storage = storage.clone();
                 tokio::task::spawn_blocking(move || first_seq_since(storage.as_ref(), ts))
                     .await
-                    .map_err(|e| Error::io("finding the replay start", std::io::Error::other(e)))??
+                    .map_err(|e| {
+                        Error::io("finding the replay start", std::io::Error::other(e))
+                    })??
             }
         };
         if seq == 0 {
-            return Err(Error::BadRequest("seqs start at 1; replay from 1 or later".into()));
+            return Err(Error::BadRequest(
+                "seqs start at 1; replay from 1 or later".into(),
+            ));
         }
         if seq < first {
             return Err(Error::BadRequest(format!(
@@ -493,7 +563,9 @@ impl Replicator {
             )));
         }
         if t.state() == TargetState::Syncing {
-            return Err(Error::Conflict(format!("{name} is being resynced; replay it after the resync")));
+            return Err(Error::Conflict(format!(
+                "{name} is being resynced; replay it after the resync"
+            )));
         }
         let (entries, bytes, keys) = tokio::task::spawn_blocking(move || {
             let mut n = 0u64;
@@ -558,7 +630,7 @@ impl Replicator {
                 cursor: t.cursor(),
             })
             .collect();
-        verify(storage.as_ref(), &keys, &targets, &|_, _| {}).await
+        verify(storage, &keys, &targets, Arc::new(|_, _| {})).await
     }
 }
 

@@ -189,12 +189,13 @@ impl Replicator {
             Arc::downgrade(&r),
             r.cancel.clone(),
         )));
-                *r.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
+        *r.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
         // A resync cut short by a restart starts again; a target whose
         // cursor is below the oldest kept entry is resynced, never skipped.
         let first = r.log.first();
         for t in &r.targets {
-            let interrupted = storage.meta(&state_meta(t.name()))?.as_deref() == Some(&b"syncing"[..]);
+            let interrupted =
+                storage.meta(&state_meta(t.name()))?.as_deref() == Some(&b"syncing"[..]);
             let cut_off = t.cursor() + 1 < first && t.idx != 0;
             if interrupted || cut_off {
                 tracing::warn!(target = %t.name(), cursor = t.cursor(), first, "target needs entries the log no longer has (or its resync was interrupted): resyncing");
@@ -602,7 +603,7 @@ impl Replicator {
             lag_entries: lag.entries,
             lag_bytes: lag.bytes,
             lag_ms: lag.ms,
-                        error: t.observed().error.clone(),
+            error: t.observed().error.clone(),
             progress: t.progress_text(),
         }
     }
@@ -648,7 +649,7 @@ impl Replicator {
                 },
             );
         }
-                let held = self
+        let held = self
             .targets
             .iter()
             .filter(|t| t.state() != TargetState::Removed)
@@ -791,4 +792,6 @@ impl Drop for Replicator {
     }
 }
 mod lifecycle;
-pub use lifecycle::{ReplayFrom, ReplayPlan, VerifyReport, VerifyTarget, latest_keys, verify};
+pub use lifecycle::{
+    Progress, ReplayFrom, ReplayPlan, VerifyReport, VerifyTarget, latest_keys, verify,
+};

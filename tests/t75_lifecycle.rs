@@ -1,0 +1,312 @@
+//! SPEC guarantee 6 and the operator commands: truncation under retention,
+//! the size cap and resync, replay, verify.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Rig, key};
+use object_store::ObjectStoreExt;
+use walship::faults::Fault;
+use walship::replicator::ReplayFrom;
+use walship::status::TargetState;
+
+async fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    for _ in 0..secs * 50 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not within {secs} s: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_young_entries_even_when_every_cursor_passed_them() {
+    let rig = Rig::with_top(1, "sync", 1, 1.0, "retention_seconds = 3600").await;
+    for i in 0..20 {
+        rig.rep
+            .put(&key(&format!("k{i}")), Bytes::from("v"), None)
+            .await
+            .expect("put");
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        rig.rep.log().first(),
+        1,
+        "every entry is younger than retention_seconds"
+    );
+
+    let rig = Rig::with_top(1, "sync", 1, 1.0, "retention_seconds = 0").await;
+    for i in 0..20 {
+        rig.rep
+            .put(&key(&format!("k{i}")), Bytes::from("v"), None)
+            .await
+            .expect("put");
+    }
+    eventually("truncation without retention", 5, || {
+        rig.rep.log().first() == 20
+    })
+    .await;
+    // The head entry is always kept, so seqs continue.
+    assert_eq!(
+        rig.rep
+            .put(&key("next"), Bytes::from("v"), None)
+            .await
+            .expect("put")
+            .seq,
+        21
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncation_waits_for_the_slowest_target() {
+    let rig = Rig::with_top(2, "async", 1, 0.5, "retention_seconds = 0").await;
+    rig.fault("r2").set(Fault::Fail);
+    for i in 0..30 {
+        rig.rep
+            .put(&key(&format!("k{i}")), Bytes::from("v"), None)
+            .await
+            .expect("put");
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(rig.rep.log().first(), 1, "r2 still needs every entry");
+    assert_eq!(
+        rig.rep
+            .status()
+            .expect("status")
+            .truncation_held_by
+            .as_deref(),
+        Some("r2")
+    );
+    rig.fault("r2").heal();
+    rig.wait_caught_up(Duration::from_secs(10)).await;
+    eventually("truncation once r2 caught up", 5, || {
+        rig.rep.log().first() == 30
+    })
+    .await;
+    assert_eq!(rig.rep.status().expect("status").truncation_held_by, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_size_cap_the_target_far_behind_is_resynced_and_ends_identical() {
+    let rig = Rig::with_top(
+        2,
+        "async",
+        1,
+        0.5,
+        "retention_seconds = 0\nmax_log_bytes = 8192",
+    )
+    .await;
+    rig.fault("r2").set(Fault::Fail);
+    for i in 0..300 {
+        let k = key(&format!("k{}", i % 40));
+        if i % 17 == 16 {
+            rig.rep.delete(&k, None).await.expect("delete");
+        } else {
+            rig.rep
+                .put(
+                    &k,
+                    Bytes::from(format!("value {i} {}", "x".repeat(i % 50))),
+                    None,
+                )
+                .await
+                .expect("put");
+        }
+    }
+    // r2 stops pinning the log: it goes syncing and the log shrinks under the cap.
+    eventually("r2 syncing", 10, || {
+        rig.rep
+            .cursors()
+            .expect("cursors")
+            .targets
+            .iter()
+            .any(|t| t.name == "r2" && t.state == TargetState::Syncing)
+    })
+    .await;
+    eventually("log under the cap", 10, || {
+        rig.rep.log().retained_bytes() <= 8192
+    })
+    .await;
+    assert!(rig.rep.log().first() > 1);
+    // Writes keep flowing during the resync.
+    for i in 0..20 {
+        rig.rep
+            .put(&key(&format!("during/{i}")), Bytes::from("d"), None)
+            .await
+            .expect("put");
+    }
+    rig.fault("r2").heal();
+    eventually("resync done", 20, || {
+        rig.rep
+            .cursors()
+            .expect("cursors")
+            .targets
+            .iter()
+            .all(|t| t.state == TargetState::Active)
+    })
+    .await;
+    rig.wait_caught_up(Duration::from_secs(10)).await;
+    let report = rig.rep.verify(None).await.expect("verify");
+    assert!(report.ok, "{report:#?}");
+    for k in 0..40 {
+        let path = format!("k{k}");
+        assert_eq!(
+            rig.object("r2", &path).await,
+            rig.object("p", &path).await,
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_hand_edits_and_replay_repairs_them() {
+    let rig = Rig::new(1, "sync", 1, 1.0).await;
+    for i in 0..10 {
+        rig.rep
+            .put(&key(&format!("k{i}")), Bytes::from(format!("v{i}")), None)
+            .await
+            .expect("put");
+    }
+    rig.rep.delete(&key("k9"), None).await.expect("delete");
+    let report = rig.rep.verify(None).await.expect("verify");
+    assert!(report.ok, "{report:#?}");
+
+    // Hand edits behind walship's back.
+    let r1 = &rig.stores["r1"];
+    r1.delete(&"k1".into()).await.expect("delete");
+    r1.put(&"k2".into(), "tampered!".into()).await.expect("put");
+    r1.put(&"k3".into(), "v9".into()).await.expect("put"); // same size, other bytes
+    r1.put(&"k9".into(), "back".into()).await.expect("put");
+    let report = rig.rep.verify(Some("r1")).await.expect("verify");
+    assert!(!report.ok);
+    assert_eq!(report.targets.len(), 1);
+    let mut problems: Vec<(String, String)> = report.targets[0]
+        .differences
+        .iter()
+        .map(|d| (d.key.clone(), d.problem.clone()))
+        .collect();
+    problems.sort();
+    assert_eq!(
+        problems,
+        vec![
+            ("k1".into(), "missing".into()),
+            ("k2".into(), "different size".into()),
+            ("k3".into(), "different content".into()),
+            ("k9".into(), "deleted but present".into()),
+        ]
+    );
+
+    // A plan changes nothing.
+    let before = rig.cursor("r1");
+    let plan = rig
+        .rep
+        .replay("r1", ReplayFrom::Seq(1), false)
+        .await
+        .expect("plan");
+    assert_eq!(
+        (plan.from, plan.to, plan.entries, plan.keys, plan.executed),
+        (1, 11, 11, 10, false)
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(rig.cursor("r1"), before);
+    assert_eq!(rig.object("r1", "k1").await, None);
+
+    let plan = rig
+        .rep
+        .replay("r1", ReplayFrom::Seq(1), true)
+        .await
+        .expect("replay");
+    assert!(plan.executed);
+    rig.wait_caught_up(Duration::from_secs(10)).await;
+    let report = rig.rep.verify(None).await.expect("verify");
+    assert!(report.ok, "{report:#?}");
+
+    // --since picks the first entry at or after the time.
+    let plan = rig
+        .rep
+        .replay("r1", ReplayFrom::Since(u64::MAX), false)
+        .await;
+    assert!(plan.is_err(), "nothing after the end of time");
+    let plan = rig
+        .rep
+        .replay("r1", ReplayFrom::Since(0), false)
+        .await
+        .expect("since 0");
+    assert_eq!(plan.from, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_below_the_oldest_kept_entry_is_refused_with_a_resync_hint() {
+    let rig = Rig::with_top(1, "sync", 1, 1.0, "retention_seconds = 0").await;
+    for i in 0..10 {
+        rig.rep
+            .put(&key(&format!("k{i}")), Bytes::from("v"), None)
+            .await
+            .expect("put");
+    }
+    eventually("truncated", 5, || rig.rep.log().first() == 10).await;
+    let err = rig
+        .rep
+        .replay("r1", ReplayFrom::Seq(3), true)
+        .await
+        .expect_err("truncated");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("truncated") && msg.contains("walship resync r1"),
+        "{msg}"
+    );
+    assert_eq!(rig.cursor("r1"), 10, "a refused replay changes nothing");
+    assert!(
+        rig.rep
+            .replay("nope", ReplayFrom::Seq(10), false)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_a_corrupt_entry_with_its_seq() {
+    let rig = Rig::new(1, "sync", 1, 1.0).await;
+    for i in 1..=5 {
+        rig.rep
+            .put(&key(&format!("k{i}")), Bytes::from(format!("v{i}")), None)
+            .await
+            .expect("put");
+    }
+    rig.rep.shutdown(Duration::ZERO).await.expect("shutdown");
+    let common::Rig {
+        dir,
+        cfg,
+        rep,
+        stores,
+        ..
+    } = rig;
+    drop(rep);
+    {
+        let db = sled::open(dir.path().join("log")).expect("sled");
+        let log = db.open_tree("log").expect("tree");
+        let mut v = log
+            .get(3u64.to_be_bytes())
+            .expect("get")
+            .expect("entry 3")
+            .to_vec();
+        v[4] ^= 0xff;
+        log.insert(3u64.to_be_bytes(), v).expect("insert");
+        db.flush().expect("flush");
+    }
+    let rig = Rig::open(dir, cfg, stores).await;
+    let report = rig.rep.verify(None).await.expect("verify");
+    assert!(!report.ok);
+    assert_eq!(report.corrupt.len(), 1);
+    assert_eq!(report.corrupt[0].seq, 3);
+    let rows = walship::log::inspect(rig.rep.log().storage().as_ref(), 1, 10).expect("inspect");
+    assert_eq!(
+        rows.iter()
+            .filter(|r| !r.crc_ok)
+            .map(|r| r.seq)
+            .collect::<Vec<_>>(),
+        vec![3]
+    );
+}
