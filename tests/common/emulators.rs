@@ -34,7 +34,9 @@ pub struct Emulator {
 
 fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 fn free_port() -> u16 {
@@ -49,9 +51,12 @@ impl Emulator {
             Kind::Moto => ("WALSHIP_MOTO_SERVER", "moto_server"),
             Kind::Azurite => ("WALSHIP_AZURITE_BLOB", "azurite-blob"),
         };
-        let bin = std::env::var_os(var).map(PathBuf::from).or_else(|| which(name));
+        let bin = std::env::var_os(var)
+            .map(PathBuf::from)
+            .or_else(|| which(name));
         let Some(bin) = bin.filter(|b| b.is_file()) else {
-            let msg = format!("{name} not found (set {var} or put it on the PATH; .ci/run installs it)");
+            let msg =
+                format!("{name} not found (set {var} or put it on the PATH; .ci/run installs it)");
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("in CI every emulator must be there: {msg}");
             }
@@ -82,11 +87,23 @@ impl Emulator {
             }
             Kind::Azurite => {
                 let data = self.dir.path().join("data");
-                cmd.args(["--blobHost", "127.0.0.1", "--blobPort", &self.port.to_string(), "--skipApiVersionCheck", "--loose", "--location"])
-                    .arg(&data);
+                cmd.args([
+                    "--blobHost",
+                    "127.0.0.1",
+                    "--blobPort",
+                    &self.port.to_string(),
+                    "--skipApiVersionCheck",
+                    "--loose",
+                    "--location",
+                ])
+                .arg(&data);
             }
         }
-        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("spawn emulator");
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn emulator");
         self.child = Some(child);
         let c = reqwest::Client::new();
         for _ in 0..200 {
@@ -115,7 +132,11 @@ impl Emulator {
                     .send()
                     .await
                     .expect("create bucket");
-                assert!(r.status().is_success(), "create bucket {name}: {}", r.status());
+                assert!(
+                    r.status().is_success(),
+                    "create bucket {name}: {}",
+                    r.status()
+                );
             }
             Kind::Azurite => {
                 let cs = format!(
@@ -132,7 +153,11 @@ impl Emulator {
                     ])
                     .output()
                     .expect("python3 with azure-storage-blob (pip install azure-storage-blob)");
-                assert!(out.status.success(), "create container {name}: {}", String::from_utf8_lossy(&out.stderr));
+                assert!(
+                    out.status.success(),
+                    "create container {name}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
         }
     }
@@ -166,7 +191,10 @@ impl Emulator {
 
     /// The options as TOML lines for an `[...options]` table.
     pub fn options_toml(&self) -> String {
-        self.options().iter().map(|(k, v)| format!("{k} = {v:?}\n")).collect()
+        self.options()
+            .iter()
+            .map(|(k, v)| format!("{k} = {v:?}\n"))
+            .collect()
     }
 
     fn pid(&self) -> libc::pid_t {
@@ -193,8 +221,31 @@ impl Emulator {
         }
     }
 
-    /// Starts it again on the same port (azurite keeps its data directory;
-    /// moto comes back empty).
+    /// SIGTERM, and wait for the process to end (azurite saves its
+    /// metadata on the way out; after kill -9 it may lose what it took in
+    /// its last seconds, which would test azurite, not walship).
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+            for _ in 0..200 {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port after `kill` or `terminate`
+    /// (azurite keeps its data directory; moto comes back empty).
+    pub async fn start_again(&mut self) {
+        self.spawn().await;
+    }
+
+    /// kill -9 and start again on the same port.
     pub async fn restart(&mut self) {
         self.kill();
         self.spawn().await;

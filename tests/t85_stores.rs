@@ -1,0 +1,330 @@
+//! The real binary against real object-store servers on 127.0.0.1: every
+//! mode end to end, and outages (SIGSTOP, kill and restart, a wiped
+//! emulator) that lose nothing.
+
+#[path = "common/emulators.rs"]
+mod emulators;
+#[path = "common/sidecar.rs"]
+mod sidecar;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use emulators::{Emulator, Kind};
+use object_store::{ObjectStore, ObjectStoreExt};
+use sidecar::{Sidecar, bin, free_port};
+
+struct T {
+    name: &'static str,
+    url: String,
+    options: BTreeMap<String, String>,
+}
+
+fn config(root: &std::path::Path, port: u16, mode: &str, targets: &[T], timeout: f64) -> String {
+    let mut s = format!(
+        "data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_seconds = 2\n[replication]\nmode = \"{mode}\"\nhealth_check_interval_seconds = 0.5\nenable_failover = false\n",
+        root.join("data").display().to_string()
+    );
+    for (i, t) in targets.iter().enumerate() {
+        let table = if i == 0 { "[primary]" } else { "[[targets]]" };
+        let opts = if i == 0 {
+            "[primary.options]"
+        } else {
+            "[targets.options]"
+        };
+        s.push_str(&format!(
+            "{table}\nname = \"{}\"\nurl = {:?}\nsync_timeout_seconds = {timeout}\nretry_delay_seconds = 0.1\nmax_retry_attempts = 2\n{opts}\n",
+            t.name, t.url
+        ));
+        for (k, v) in &t.options {
+            s.push_str(&format!("{k} = {v:?}\n"));
+        }
+    }
+    s
+}
+
+fn store(t: &T) -> Arc<dyn ObjectStore> {
+    let mut cfg = walship::Config::from_toml(&format!(
+        "[primary]\nname = \"p\"\nurl = \"memory://\"\n[[targets]]\nname = \"x\"\nurl = {:?}\n",
+        t.url
+    ))
+    .expect("config");
+    let mut tc = cfg.targets.remove(0);
+    tc.options = t.options.clone();
+    walship::target::build_store(&tc).expect("store")
+}
+
+async fn read(store: &dyn ObjectStore, key: &str) -> Option<String> {
+    match store
+        .get(&walship::key::Key::parse(key).expect("key").object_path())
+        .await
+    {
+        Ok(r) => Some(String::from_utf8(r.bytes().await.expect("bytes").to_vec()).expect("utf8")),
+        Err(_) => None,
+    }
+}
+
+async fn put(base: &str, key: &str, value: &str, mode: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .put(format!("{base}/v1/objects/{key}?mode={mode}"))
+        .body(value.to_string())
+        .send()
+        .await
+        .expect("request")
+}
+
+fn run(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mode_end_to_end_on_s3_and_azure() {
+    let Some(moto) = Emulator::start(Kind::Moto).await else {
+        return;
+    };
+    let Some(az) = Emulator::start(Kind::Azurite).await else {
+        return;
+    };
+    moto.create_bucket("primary-bucket").await;
+    moto.create_bucket("replica-bucket").await;
+    az.create_bucket("replica-container").await;
+    let targets = [
+        T {
+            name: "s3-primary",
+            url: moto.url("primary-bucket", "results"),
+            options: moto.options(),
+        },
+        T {
+            name: "s3-replica",
+            url: moto.url("replica-bucket", ""),
+            options: moto.options(),
+        },
+        T {
+            name: "azure",
+            url: az.url("replica-container", "results"),
+            options: az.options(),
+        },
+    ];
+    let root = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let cfg = root.path().join("walship.toml");
+    std::fs::write(&cfg, config(root.path(), port, "semi_sync", &targets, 10.0)).expect("config");
+    let sc = Sidecar::start(&cfg, port).await;
+    let mut acked = Vec::new();
+    for (i, mode) in ["sync", "semi_sync", "async"]
+        .iter()
+        .cycle()
+        .take(30)
+        .enumerate()
+    {
+        let key = format!("run/{i} {mode}.json");
+        let value = format!("{{\"i\": {i}, \"mode\": \"{mode}\"}}");
+        let r = put(&sc.base, &key.replace(' ', "%20"), &value, mode).await;
+        assert_eq!(r.status(), 200, "{mode}");
+        let v: serde_json::Value = r.json().await.expect("json");
+        if *mode == "sync" {
+            assert_eq!(v["acked_by"].as_array().expect("acks").len(), 3);
+        }
+        acked.push((key, value));
+    }
+    sc.wait_caught_up(Duration::from_secs(30)).await;
+    for t in &targets {
+        let s = store(t);
+        for (k, v) in &acked {
+            assert_eq!(
+                read(s.as_ref(), k).await.as_deref(),
+                Some(v.as_str()),
+                "{} {k}",
+                t.name
+            );
+        }
+    }
+    let (code, out) = run(root.path(), &["verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(sc.term().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_s3_replica_times_out_sync_writes_and_catches_up_after() {
+    let Some(moto) = Emulator::start(Kind::Moto).await else {
+        return;
+    };
+    moto.create_bucket("replica").await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let targets = [
+        T {
+            name: "local",
+            url: walship::config::file_url(&root.path().join("primary")),
+            options: BTreeMap::new(),
+        },
+        T {
+            name: "s3",
+            url: moto.url("replica", ""),
+            options: moto.options(),
+        },
+    ];
+    let port = free_port();
+    let cfg = root.path().join("walship.toml");
+    let timeout = 2.0;
+    std::fs::write(&cfg, config(root.path(), port, "sync", &targets, timeout)).expect("config");
+    let sc = Sidecar::start(&cfg, port).await;
+    assert_eq!(put(&sc.base, "k/0", "v0", "sync").await.status(), 200);
+
+    moto.freeze();
+    let started = Instant::now();
+    let r = put(&sc.base, "k/1", "v1", "sync").await;
+    let waited = started.elapsed();
+    assert_eq!(r.status(), 504);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["seq"], 2);
+    assert_eq!(v["acked_by"], serde_json::json!(["local"]));
+    // The bound is the contract (a write never hangs), not a speed figure.
+    assert!(
+        waited < Duration::from_secs_f64(timeout + 15.0),
+        "the timeout answer took {waited:?}"
+    );
+    for i in 2..12 {
+        assert_eq!(
+            put(&sc.base, &format!("k/{i}"), &format!("v{i}"), "async")
+                .await
+                .status(),
+            200
+        );
+    }
+    let (code, out) = run(root.path(), &["cursors", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(out.lines().next().expect("json line")).expect("json");
+    let s3 = report["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .find(|t| t["name"] == "s3")
+        .expect("s3")
+        .clone();
+    assert!(s3["lag_entries"].as_u64().expect("lag") >= 10, "{s3}");
+
+    moto.thaw();
+    sc.wait_caught_up(Duration::from_secs(60)).await;
+    let s = store(&targets[1]);
+    for i in 0..12 {
+        assert_eq!(
+            read(s.as_ref(), &format!("k/{i}")).await,
+            Some(format!("v{i}")),
+            "k/{i}"
+        );
+    }
+    assert!(sc.term().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_and_restarted_azure_emulator_loses_nothing() {
+    let Some(mut az) = Emulator::start(Kind::Azurite).await else {
+        return;
+    };
+    az.create_bucket("replica").await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let targets = [
+        T {
+            name: "local",
+            url: walship::config::file_url(&root.path().join("primary")),
+            options: BTreeMap::new(),
+        },
+        T {
+            name: "azure",
+            url: az.url("replica", "data"),
+            options: az.options(),
+        },
+    ];
+    let port = free_port();
+    let cfg = root.path().join("walship.toml");
+    std::fs::write(&cfg, config(root.path(), port, "async", &targets, 2.0)).expect("config");
+    let sc = Sidecar::start(&cfg, port).await;
+    for i in 0..10 {
+        assert_eq!(
+            put(&sc.base, &format!("a/{i}"), &format!("v{i}"), "async")
+                .await
+                .status(),
+            200
+        );
+    }
+    az.terminate();
+    for i in 10..30 {
+        assert_eq!(
+            put(&sc.base, &format!("a/{i}"), &format!("v{i}"), "async")
+                .await
+                .status(),
+            200
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    az.start_again().await;
+    sc.wait_caught_up(Duration::from_secs(60)).await;
+    let s = store(&targets[1]);
+    for i in 0..30 {
+        assert_eq!(
+            read(s.as_ref(), &format!("a/{i}")).await,
+            Some(format!("v{i}")),
+            "a/{i}"
+        );
+    }
+    assert!(sc.term().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_s3_replica_is_found_by_verify_and_repaired_by_resync() {
+    let Some(mut moto) = Emulator::start(Kind::Moto).await else {
+        return;
+    };
+    moto.create_bucket("replica").await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let targets = [
+        T {
+            name: "local",
+            url: walship::config::file_url(&root.path().join("primary")),
+            options: BTreeMap::new(),
+        },
+        T {
+            name: "s3",
+            url: moto.url("replica", ""),
+            options: moto.options(),
+        },
+    ];
+    let port = free_port();
+    let cfg = root.path().join("walship.toml");
+    std::fs::write(&cfg, config(root.path(), port, "sync", &targets, 5.0)).expect("config");
+    let sc = Sidecar::start(&cfg, port).await;
+    for i in 0..15 {
+        assert_eq!(
+            put(&sc.base, &format!("w/{i}"), &format!("v{i}"), "sync")
+                .await
+                .status(),
+            200
+        );
+    }
+    // moto keeps everything in memory: a restart wipes the replica.
+    moto.restart().await;
+    moto.create_bucket("replica").await;
+    let (code, out) = run(root.path(), &["verify", "s3"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("w/0 (seq 1): missing"), "{out}");
+    let (code, out) = run(root.path(), &["resync", "s3"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run(root.path(), &["verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(sc.term().success());
+}
