@@ -24,6 +24,7 @@ pub mod target;
 pub use config::{Config, Mode};
 pub use replicator::{Replicator, WriteAck};
 pub mod cli;
+pub mod crash;
 pub mod failover;
 pub mod health;
 pub mod metrics;

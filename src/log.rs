@@ -646,10 +646,13 @@ impl Committer {
                 })
                 .collect();
             let flush_started = std::time::Instant::now();
-            let result = self
-                .storage
-                .append(&pending)
-                .and_then(|()| self.storage.sync());
+            let result = self.storage.append(&pending).and_then(|()| {
+                crate::crash::point("append");
+                self.storage.sync()
+            });
+            if result.is_ok() {
+                crate::crash::point("flush");
+            }
             last_flush = flush_started.elapsed();
             self.stats
                 .flush_us

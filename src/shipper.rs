@@ -132,6 +132,7 @@ impl Shipper {
     }
 
     fn persist(&self) {
+        crate::crash::point("cursor");
         let c = self.target.cursor();
         if let Err(e) = self.log.storage().set_cursor(self.target.name(), c) {
             tracing::warn!(target = %self.target.name(), error = %e, "could not persist cursor; it will be persisted later");
@@ -231,6 +232,7 @@ impl Shipper {
             };
             let err = match attempt {
                 Ok(Ok(())) => {
+                    crate::crash::point("ship");
                     self.target.record_success();
                     return Ok(());
                 }

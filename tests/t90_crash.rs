@@ -104,3 +104,89 @@ async fn kill_minus_nine_at_random_moments_loses_no_acknowledged_write() {
     let st = sc.term();
     assert!(st.success(), "SIGTERM exit: {st:?}");
 }
+
+/// Aborts inside the write path and the shipper at chosen points (the
+/// `crash-points` feature, on under `cargo test --all-features`), then
+/// checks the same guarantee after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborts_inside_append_flush_cursor_persist_and_shipping_lose_nothing() {
+    let seed: u64 = std::env::var("WALSHIP_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("WALSHIP_CRASH_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let root = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let cfg = root.path().join("walship.toml");
+    std::fs::write(&cfg, dir_config(root.path(), port, "sync")).expect("config");
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let mut crashed = 0;
+    for (round, point) in ["append", "flush", "cursor", "ship", "append", "ship"]
+        .iter()
+        .enumerate()
+    {
+        let n = rng.random_range(3..40u64);
+        let mut sc =
+            Sidecar::start_with_env(&cfg, port, &[("WALSHIP_CRASH_AT", format!("{point}:{n}"))])
+                .await;
+        let mut tasks = Vec::new();
+        for w in 0..3 {
+            let base = sc.base.clone();
+            let acked = acked.clone();
+            tasks.push(tokio::spawn(async move {
+                let c = reqwest::Client::new();
+                for i in 0..200 {
+                    let key = format!("p{round}/w{w}/{i}");
+                    let value = format!("{key}={i}");
+                    match c
+                        .put(format!("{base}/v1/objects/{key}"))
+                        .body(value.clone())
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status().is_success() => {
+                            acked.lock().expect("lock").push((key, value))
+                        }
+                        _ => return,
+                    }
+                }
+            }));
+        }
+        for _ in 0..100 {
+            if sc.exited() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        if sc.exited() {
+            crashed += 1;
+        }
+        sc.kill9();
+        for t in tasks {
+            let _ = t.await;
+        }
+        println!(
+            "round {round}: {point}:{n}, {} acknowledged so far",
+            acked.lock().expect("lock").len()
+        );
+    }
+    if cfg!(feature = "crash-points") {
+        assert!(
+            crashed >= 4,
+            "the crash points were not reached ({crashed} of 6 rounds)"
+        );
+    }
+    let sc = Sidecar::start(&cfg, port).await;
+    sc.wait_caught_up(Duration::from_secs(60)).await;
+    for target in ["primary", "replica-1", "replica-2"] {
+        for (key, value) in acked.lock().expect("lock").iter() {
+            let got = std::fs::read_to_string(root.path().join("targets").join(target).join(key))
+                .unwrap_or_else(|e| {
+                    panic!("seed {seed}: acknowledged {key} missing on {target}: {e}")
+                });
+            assert_eq!(&got, value, "seed {seed}: {key} on {target}");
+        }
+    }
+    assert!(sc.term().success());
+}

@@ -39,6 +39,11 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts `walship serve --config cfg` and waits until it answers.
     pub async fn start(cfg: &Path, port: u16) -> Sidecar {
+        Sidecar::start_with_env(cfg, port, &[]).await
+    }
+
+    /// Like `start`, with extra environment variables.
+    pub async fn start_with_env(cfg: &Path, port: u16, env: &[(&str, String)]) -> Sidecar {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -47,6 +52,7 @@ impl Sidecar {
         let child = Command::new(bin())
             .args(["serve", "--config"])
             .arg(cfg)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -55,8 +61,13 @@ impl Sidecar {
             child,
             base: format!("http://127.0.0.1:{port}"),
         };
+        let mut s = s;
         let c = reqwest::Client::new();
         for _ in 0..300 {
+            // A crash point may stop it while it catches up, before it answers.
+            if !env.is_empty() && s.exited() {
+                return s;
+            }
             if let Ok(r) = c.get(format!("{}/healthz", s.base)).send().await
                 && r.status().is_success()
             {
@@ -71,8 +82,13 @@ impl Sidecar {
     }
 
     pub fn kill9(mut self) {
-        self.child.kill().expect("kill -9");
+        let _ = self.child.kill();
         self.child.wait().expect("wait");
+    }
+
+    /// Whether the process has ended by itself.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     /// SIGTERM, then the exit status (bounded wait).
