@@ -1,0 +1,163 @@
+//! A large backlog: fill a log with N entries (default 1M, 256 B) while every
+//! replica is down, then measure the reopen time of the replicator (log open,
+//! key index, resuming every cursor) and the process's peak RSS, next to the
+//! RSS of the process before opening. Then catch-up after an outage, with
+//! 10% distinct keys against all-distinct keys (what coalescing saves).
+//!
+//! `cargo bench --bench backlog`; WALSHIP_BENCH_SCALE scales N.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use object_store::ObjectStore;
+use object_store::memory::InMemory;
+use walship::codec::Op;
+use walship::faults::{Fault, FaultyStore};
+use walship::key::Key;
+use walship::log::{Log, Write};
+use walship::storage::SledStorage;
+use walship::{Config, Replicator};
+
+fn scale() -> f64 {
+    std::env::var("WALSHIP_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0)
+}
+
+fn rss_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn fill(data: &std::path::Path, n: usize, distinct: usize) {
+    let log = Log::open(Arc::new(SledStorage::open(data, 64 << 20).expect("open"))).expect("log");
+    let value = Bytes::from(vec![7u8; 256]);
+    let writers = 64;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let log = log.clone();
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(writers) {
+                let key = Key::parse(&format!("k/{}", i % distinct)).expect("key");
+                log.append(Write {
+                    op: Op::Put,
+                    key,
+                    value: value.clone(),
+                })
+                .await
+                .expect("append");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("fill");
+    }
+}
+
+fn config(data: &std::path::Path) -> Config {
+    Config::from_toml(&format!(
+        "data_dir = {:?}\n[replication]\nenable_failover = false\n[primary]\nname = \"p\"\nurl = \"memory://\"\n[[targets]]\nname = \"r1\"\nurl = \"memory://\"\n[[targets]]\nname = \"r2\"\nurl = \"memory://\"\n",
+        data.display().to_string()
+    ))
+    .expect("config")
+}
+
+async fn catch_up(n: usize, distinct: usize) -> Duration {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    fill(&data, n, distinct).await;
+    let dir = tmp.path().join("dir");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let local: Arc<dyn ObjectStore> = Arc::new(
+        object_store::local::LocalFileSystem::new_with_prefix(&dir)
+            .expect("fs")
+            .with_fsync(false),
+    );
+    let mut stores: HashMap<String, Arc<dyn ObjectStore>> = HashMap::new();
+    stores.insert("p".into(), Arc::new(InMemory::new()));
+    stores.insert("r1".into(), Arc::new(InMemory::new()));
+    stores.insert("r2".into(), local);
+    let t = Instant::now();
+    let rep = Replicator::open_with_stores(config(&data), stores)
+        .await
+        .expect("open");
+    loop {
+        let c = rep.cursors().expect("cursors");
+        if c.targets.iter().all(|t| t.cursor == c.head) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = t.elapsed();
+    rep.shutdown(Duration::ZERO).await.expect("shutdown");
+    took
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let n = ((1_000_000.0 * scale()) as usize).max(1000);
+    rt.block_on(async {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = tmp.path().join("data");
+        let t = Instant::now();
+        fill(&data, n, n).await;
+        println!("filled {n} entries in {:.1}s", t.elapsed().as_secs_f64());
+        let before = rss_kib("VmRSS:");
+        let mut stores: HashMap<String, Arc<dyn ObjectStore>> = HashMap::new();
+        for name in ["r1", "r2"] {
+            let (s, f) = FaultyStore::wrap(Arc::new(InMemory::new()));
+            f.set(Fault::Hang);
+            stores.insert(name.into(), s);
+        }
+        stores.insert("p".into(), Arc::new(InMemory::new()));
+        let t = Instant::now();
+        let rep = Replicator::open_with_stores(config(&data), stores)
+            .await
+            .expect("open");
+        let reopen = t.elapsed();
+        // Let the primary ship the whole backlog while both replicas hang.
+        loop {
+            let c = rep.cursors().expect("cursors");
+            if c.targets[0].cursor == c.head {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let c = rep.cursors().expect("cursors");
+        println!(
+            "reopen with {n} entries and 3 cursors at 0: {:.2}s",
+            reopen.as_secs_f64()
+        );
+        println!(
+            "peak RSS {} MiB (before open {} MiB); replicas {} entries / {} MiB behind",
+            rss_kib("VmHWM:") / 1024,
+            before / 1024,
+            c.targets[1].lag_entries,
+            c.targets[1].lag_bytes >> 20
+        );
+        rep.shutdown(Duration::ZERO).await.expect("shutdown");
+    });
+    let m = ((100_000.0 * scale()) as usize).max(1000);
+    let coalesced = rt.block_on(catch_up(m, m / 10));
+    let distinct = rt.block_on(catch_up(m, m));
+    println!(
+        "catch-up of {m} entries to 3 targets (one a local dir): 10% distinct keys {:.2}s, all distinct {:.2}s, ratio {:.1}x",
+        coalesced.as_secs_f64(),
+        distinct.as_secs_f64(),
+        distinct.as_secs_f64() / coalesced.as_secs_f64()
+    );
+}
