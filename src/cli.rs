@@ -310,44 +310,20 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 Some(p) => std::fs::read(p)
                     .map_err(|e| fail(1, format!("reading {}: {e}", p.display())))?,
             };
-            let e = endpoints(&cli)?;
-            let c = Client::new(&e);
-            let mut r = c.req(reqwest::Method::PUT, &object_path(key)?).body(body);
-            if let Some(m) = mode {
-                r = r.query(&[("mode", m)]);
-            }
-            let resp = check(r.send().await.map_err(|err| unreachable(&e.addr, err))?).await?;
-            let v: serde_json::Value = resp
-                .json()
-                .await
-                .map_err(|err| fail(1, format!("reading the answer: {err}")))?;
-            if cli.json {
-                println!("{v}");
-            } else {
+            let v = write(&cli, reqwest::Method::PUT, key, Some(body), mode.as_deref()).await?;
+            if !cli.json {
+                let mode = v["mode"].as_str().unwrap_or("");
                 println!(
-                    "seq {} acked by {} ({})",
+                    "seq {} acked by {} ({mode})",
                     v["seq"],
-                    join(&v["acked_by"]),
-                    v["mode"].as_str().unwrap_or("")
+                    join(&v["acked_by"])
                 );
             }
             Ok(())
         }
         Command::Delete { key, mode } => {
-            let e = endpoints(&cli)?;
-            let c = Client::new(&e);
-            let mut r = c.req(reqwest::Method::DELETE, &object_path(key)?);
-            if let Some(m) = mode {
-                r = r.query(&[("mode", m)]);
-            }
-            let resp = check(r.send().await.map_err(|err| unreachable(&e.addr, err))?).await?;
-            let v: serde_json::Value = resp
-                .json()
-                .await
-                .map_err(|err| fail(1, format!("reading the answer: {err}")))?;
-            if cli.json {
-                println!("{v}");
-            } else {
+            let v = write(&cli, reqwest::Method::DELETE, key, None, mode.as_deref()).await?;
+            if !cli.json {
                 println!(
                     "deleted at seq {} acked by {}",
                     v["seq"],
@@ -686,6 +662,34 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// A put or delete through the sidecar; prints the answer with `--json`.
+async fn write(
+    cli: &Cli,
+    method: reqwest::Method,
+    key: &str,
+    body: Option<Vec<u8>>,
+    mode: Option<&str>,
+) -> Result<serde_json::Value, Failure> {
+    let e = endpoints(cli)?;
+    let c = Client::new(&e);
+    let mut r = c.req(method, &object_path(key)?);
+    if let Some(b) = body {
+        r = r.body(b);
+    }
+    if let Some(m) = mode {
+        r = r.query(&[("mode", m)]);
+    }
+    let resp = check(r.send().await.map_err(|err| unreachable(&e.addr, err))?).await?;
+    let v: serde_json::Value = resp
+        .json()
+        .await
+        .map_err(|err| fail(1, format!("reading the answer: {err}")))?;
+    if cli.json {
+        println!("{v}");
+    }
+    Ok(v)
 }
 
 fn join(v: &serde_json::Value) -> String {

@@ -59,29 +59,13 @@ async fn a_corrupt_entry_stops_shipping_before_it_and_is_named() {
             .await
             .expect("put");
     }
-    rig.rep.shutdown(Duration::ZERO).await.expect("shutdown");
-    let common::Rig {
-        dir,
-        cfg,
-        rep,
-        stores,
-        ..
-    } = rig;
-    drop(rep);
-
     // Flip one byte of entry 6 in the sled database, as a bad disk would.
-    {
-        let db = sled::open(dir.path().join("log")).expect("sled");
-        let log = db.open_tree("log").expect("tree");
-        let k = 6u64.to_be_bytes();
-        let mut v = log.get(k).expect("get").expect("entry 6").to_vec();
-        let n = v.len();
-        v[n - 6] ^= 0x20;
-        log.insert(k, v).expect("insert");
-        db.flush().expect("flush");
-    }
-
-    let rig = Rig::open(dir, cfg, stores).await;
+    let rig = rig
+        .corrupt_entry(6, |v| {
+            let n = v.len();
+            v[n - 6] ^= 0x20;
+        })
+        .await;
     rig.wait_until(|r| {
         r.targets
             .iter()

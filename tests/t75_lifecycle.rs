@@ -275,28 +275,7 @@ async fn verify_reports_a_corrupt_entry_with_its_seq() {
             .await
             .expect("put");
     }
-    rig.rep.shutdown(Duration::ZERO).await.expect("shutdown");
-    let common::Rig {
-        dir,
-        cfg,
-        rep,
-        stores,
-        ..
-    } = rig;
-    drop(rep);
-    {
-        let db = sled::open(dir.path().join("log")).expect("sled");
-        let log = db.open_tree("log").expect("tree");
-        let mut v = log
-            .get(3u64.to_be_bytes())
-            .expect("get")
-            .expect("entry 3")
-            .to_vec();
-        v[4] ^= 0xff;
-        log.insert(3u64.to_be_bytes(), v).expect("insert");
-        db.flush().expect("flush");
-    }
-    let rig = Rig::open(dir, cfg, stores).await;
+    let rig = rig.corrupt_entry(3, |v| v[4] ^= 0xff).await;
     let report = rig.rep.verify(None).await.expect("verify");
     assert!(!report.ok);
     assert_eq!(report.corrupt.len(), 1);

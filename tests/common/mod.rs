@@ -141,6 +141,33 @@ impl Rig {
         Rig::open(dir, cfg, stores).await
     }
 
+    /// Stops, changes the stored bytes of entry `seq` in the sled database
+    /// (as a bad disk would), and reopens.
+    pub async fn corrupt_entry(self, seq: u64, edit: impl FnOnce(&mut Vec<u8>)) -> Rig {
+        self.rep.shutdown(Duration::ZERO).await.expect("shutdown");
+        let Rig {
+            dir,
+            cfg,
+            rep,
+            stores,
+            ..
+        } = self;
+        drop(rep);
+        {
+            let db = sled::open(dir.path().join("log")).expect("sled");
+            let log = db.open_tree("log").expect("tree");
+            let mut v = log
+                .get(seq.to_be_bytes())
+                .expect("get")
+                .expect("entry")
+                .to_vec();
+            edit(&mut v);
+            log.insert(seq.to_be_bytes(), v).expect("insert");
+            db.flush().expect("flush");
+        }
+        Rig::open(dir, cfg, stores).await
+    }
+
     pub fn fault(&self, target: &str) -> &Faults {
         &self.faults[target]
     }
