@@ -28,6 +28,7 @@ pub mod crash;
 pub mod failover;
 pub mod health;
 pub mod metrics;
+pub mod model;
 pub mod reads;
 pub mod server;
 mod target_state;
