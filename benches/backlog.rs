@@ -123,7 +123,11 @@ fn main() {
             f.set(Fault::Hang);
             stores.insert(name.into(), s);
         }
-        stores.insert("p".into(), Arc::new(InMemory::new()));
+        // The primary acknowledges and keeps nothing, so the RSS is walship's
+        // own, not a million objects held by an in-memory store.
+        let (p, f) = FaultyStore::wrap(Arc::new(InMemory::new()));
+        f.set(Fault::DropWrites);
+        stores.insert("p".into(), p);
         let t = Instant::now();
         let rep = Replicator::open_with_stores(config(&data), stores)
             .await

@@ -325,6 +325,47 @@ impl Log {
         Ok(head_offset.saturating_sub(after))
     }
 
+    /// [`Log::offset_of`] for many cursors in one scan of the log.
+    pub fn offsets_of(&self, cursors: &[u64]) -> Result<Vec<u64>> {
+        let head = self.head();
+        let head_offset = self.head_offset();
+        let Some(lo) = cursors.iter().copied().min() else {
+            return Ok(Vec::new());
+        };
+        let mut sorted: Vec<u64> = cursors.iter().copied().filter(|c| *c < head).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        // prefix[c] = stored bytes of the entries lo+1 ..= c
+        let mut prefix: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+        let mut running = 0u64;
+        let mut next = sorted.iter().peekable();
+        while next.peek().is_some_and(|c| **c <= lo) {
+            prefix.insert(lo, 0);
+            next.next();
+        }
+        self.storage
+            .scan(lo.saturating_add(1), head, &mut |seq, rec| {
+                running += rec.len() as u64;
+                while next.peek().is_some_and(|c| **c == seq) {
+                    prefix.insert(seq, running);
+                    next.next();
+                }
+                true
+            })?;
+        let total = running;
+        Ok(cursors
+            .iter()
+            .map(|c| {
+                if *c >= head {
+                    head_offset
+                } else {
+                    let after = total - prefix.get(c).copied().unwrap_or(0);
+                    head_offset.saturating_sub(after)
+                }
+            })
+            .collect())
+    }
+
     /// Lag of a cursor whose offset is known: O(1) but for reading the
     /// timestamp of the first unapplied entry.
     pub fn lag_at(&self, cursor: u64, cursor_offset: u64) -> Lag {
@@ -896,5 +937,29 @@ mod tests {
             log.key_info("b").await.expect("info").map(|i| i.seq),
             Some(2)
         );
+    }
+
+    #[tokio::test]
+    async fn offsets_of_many_cursors_match_one_by_one_and_lag_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = Log::open(Arc::new(
+            SledStorage::open(dir.path(), 8 << 20).expect("open"),
+        ))
+        .expect("log");
+        for i in 0..12 {
+            log.append(put(&format!("k{i}"), &"x".repeat(i * 7)))
+                .await
+                .expect("append");
+        }
+        let cursors = [0, 3, 3, 7, 12, 5];
+        let many = log.offsets_of(&cursors).expect("offsets");
+        for (c, o) in cursors.iter().zip(&many) {
+            assert_eq!(*o, log.offset_of(*c).expect("offset"), "cursor {c}");
+            assert_eq!(
+                log.lag_at(*c, *o).bytes,
+                log.lag(*c).expect("lag").bytes,
+                "cursor {c}"
+            );
+        }
     }
 }

@@ -141,7 +141,7 @@ impl Replicator {
                 Some(b"paused") if i != 0 => TargetState::Paused,
                 _ => TargetState::Active,
             };
-            let offset = log.offset_of(cursor)?;
+            let offset = 0; // set below, for every target in one scan
             records.push(TargetRecord {
                 name: t.name.clone(),
                 role,
@@ -156,6 +156,10 @@ impl Replicator {
                 offset,
                 state,
             )));
+        }
+        let cursors: Vec<u64> = targets.iter().map(|t| t.cursor()).collect();
+        for (t, offset) in targets.iter().zip(log.offsets_of(&cursors)?) {
+            t.offset.store(offset, std::sync::atomic::Ordering::Release);
         }
         let meta = serde_json::to_vec(&records)
             .map_err(|e| Error::io("encoding the target list", std::io::Error::other(e)))?;
