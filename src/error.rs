@@ -132,6 +132,10 @@ pub enum Error {
     #[error("{0}")]
     Conflict(String),
 
+    /// A conflict id that is not in the manual queue.
+    #[error("no open conflict with id {0}; `walship conflicts` lists the open ones")]
+    UnknownConflict(u64),
+
     /// The sidecar is stopping.
     #[error("walship is shutting down and takes no new writes; retry once it has restarted")]
     ShuttingDown,

@@ -6,7 +6,9 @@
 //! for a tour.
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 
+mod apply;
 pub mod codec;
+pub mod conflict;
 pub mod error;
 pub mod key;
 pub mod log;
@@ -21,7 +23,9 @@ mod shipper;
 pub mod status;
 pub mod target;
 
+pub use apply::list_conflicts;
 pub use config::{Config, Mode};
+pub use conflict::{JsonMerge, Merge};
 pub use replicator::{Replicator, WriteAck};
 pub mod cli;
 pub mod crash;

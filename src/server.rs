@@ -47,7 +47,9 @@ fn status_of(e: &Error) -> StatusCode {
         Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::QuorumTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-        Error::UnknownTarget(_) | Error::UnknownAction(_) => StatusCode::NOT_FOUND,
+        Error::UnknownTarget(_) | Error::UnknownAction(_) | Error::UnknownConflict(_) => {
+            StatusCode::NOT_FOUND
+        }
         Error::NoFreshTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
         Error::Conflict(_) => StatusCode::CONFLICT,
         Error::Target { .. } => StatusCode::BAD_GATEWAY,

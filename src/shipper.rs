@@ -28,12 +28,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
-use object_store::{ObjectStoreExt, PutPayload};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::{Entry, Op};
-use crate::key::object_path;
+use crate::apply::Engine;
+use crate::codec::Entry;
 use crate::log::{Log, now_ms};
 use crate::metrics::Metrics;
 use crate::status::TargetState;
@@ -62,6 +61,7 @@ pub(crate) struct Shipper {
     pub(crate) log: Arc<Log>,
     pub(crate) progress: Arc<watch::Sender<u64>>,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) engine: Arc<Engine>,
     pub(crate) cancel: CancellationToken,
     pub(crate) window: usize,
 }
@@ -264,19 +264,7 @@ impl Shipper {
         }
     }
 
-    async fn apply(&self, e: &Entry) -> object_store::Result<()> {
-        let path = object_path(&e.key);
-        match e.op {
-            Op::Put => self
-                .target
-                .store
-                .put(&path, PutPayload::from_bytes(e.value.clone()))
-                .await
-                .map(|_| ()),
-            Op::Delete => match self.target.store.delete(&path).await {
-                Err(object_store::Error::NotFound { .. }) => Ok(()),
-                other => other,
-            },
-        }
+    async fn apply(&self, e: &Entry) -> crate::Result<()> {
+        self.engine.apply(&self.target, e).await
     }
 }

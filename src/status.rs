@@ -213,6 +213,9 @@ pub struct StatusReport {
     pub log_retained_bytes: u64,
     /// Conflicts waiting in the manual queue.
     pub open_conflicts: u64,
+    /// This sidecar's id: the origin its writes carry (`walshiporigin`).
+    #[serde(default)]
+    pub sidecar_id: String,
     /// The seed's metrics view.
     pub metrics: SeedMetrics,
 }
@@ -247,6 +250,7 @@ impl StatusReport {
             truncation_held_by: held,
             log_retained_bytes: 0,
             open_conflicts: 0,
+            sidecar_id: String::new(),
             metrics: SeedMetrics {
                 writes_to_primary: 0,
                 writes_replicated: 0,

@@ -15,6 +15,9 @@
 //! - tree `keys`:    key → [`KeyInfo`] of its newest entry, plus a watermark
 //! - tree `cursors`: target name → u64 big-endian
 //! - tree `meta`:    small named values (target list, states)
+//! - tree `versions`: target NUL key → the version walship knows a target
+//!   holds (see `conflict`)
+//! - tree `conflicts`: id (u64 big-endian) → an open manual conflict
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -107,6 +110,22 @@ pub trait LogStorage: Send + Sync + 'static {
     fn meta(&self, name: &str) -> Result<Option<Vec<u8>>>;
     /// Sets a small named value (durable with the next `sync`).
     fn set_meta(&self, name: &str, value: &[u8]) -> Result<()>;
+    /// A value of a side table.
+    fn side(&self, table: Side, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Sets (`Some`) or removes (`None`) a value of a side table (durable
+    /// with the next `sync`).
+    fn set_side(&self, table: Side, key: &[u8], value: Option<&[u8]>) -> Result<()>;
+    /// Every entry of a side table whose key starts with `prefix`, in order.
+    fn side_scan(&self, table: Side, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+}
+
+/// The side tables next to the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// What walship knows each target holds, per key.
+    Versions,
+    /// Open manual conflicts.
+    Conflicts,
 }
 
 /// Watermark key in the `keys` tree. Starts with NUL, which no valid key can.
@@ -124,6 +143,8 @@ pub struct SledStorage {
     keys: sled::Tree,
     cursors: sled::Tree,
     meta: sled::Tree,
+    versions: sled::Tree,
+    conflicts: sled::Tree,
     data_file: File,
     blobs_pending: AtomicBool,
     blobs_synced: Mutex<u64>,
@@ -160,6 +181,8 @@ impl SledStorage {
         let keys = tree("keys")?;
         let cursors = tree("cursors")?;
         let meta = tree("meta")?;
+        let versions = tree("versions")?;
+        let conflicts = tree("conflicts")?;
         let data_file = File::open(path.join("db"))
             .map_err(|e| Error::io(format!("opening sled's data file in {}", path.display()), e))?;
         // Make the directory entries of a new database durable once.
@@ -175,6 +198,8 @@ impl SledStorage {
             keys,
             cursors,
             meta,
+            versions,
+            conflicts,
             data_file,
             blobs_pending: AtomicBool::new(false),
             blobs_synced: Mutex::new(0),
@@ -387,6 +412,42 @@ impl LogStorage for SledStorage {
             .insert(name, value)
             .map_err(self.err("writing metadata"))?;
         Ok(())
+    }
+
+    fn side(&self, table: Side, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let v = self
+            .side_tree(table)
+            .get(key)
+            .map_err(self.err("reading a side table"))?;
+        Ok(v.map(|v| v.to_vec()))
+    }
+
+    fn set_side(&self, table: Side, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        let tree = self.side_tree(table);
+        match value {
+            Some(v) => tree.insert(key, v).map(|_| ()),
+            None => tree.remove(key).map(|_| ()),
+        }
+        .map_err(self.err("writing a side table"))
+    }
+
+    fn side_scan(&self, table: Side, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.side_tree(table)
+            .scan_prefix(prefix)
+            .map(|r| {
+                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(self.err("scanning a side table"))
+            })
+            .collect()
+    }
+}
+
+impl SledStorage {
+    fn side_tree(&self, table: Side) -> &sled::Tree {
+        match table {
+            Side::Versions => &self.versions,
+            Side::Conflicts => &self.conflicts,
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! (replay and resync move it explicitly), and `offset` is the log offset
 //! just after `cursor`, so lag bytes are `head offset - offset`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use object_store::ObjectStore;
@@ -26,6 +26,23 @@ pub(crate) struct Observed {
     pub(crate) heard_from: bool,
     pub(crate) error: Option<String>,
     pub(crate) rtt: Rtt,
+}
+
+/// What a target's store lacks, learnt from its answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Caps(u8);
+
+impl Caps {
+    /// No `PutMode::Update`: compare e-tags by HEAD before writing.
+    pub(crate) const NO_UPDATE: Caps = Caps(1);
+    /// No `PutMode::Create`.
+    pub(crate) const NO_CREATE: Caps = Caps(2);
+    /// No object metadata.
+    pub(crate) const NO_ATTRS: Caps = Caps(4);
+
+    pub(crate) fn contains(self, other: Caps) -> bool {
+        self.0 & other.0 == other.0
+    }
 }
 
 /// Counters behind the seed's `to_dict()` view.
@@ -56,6 +73,13 @@ pub(crate) struct TargetHandle {
     pub(crate) resync_floor: AtomicU64,
     /// Progress of a running resync, for status.
     pub(crate) progress: Mutex<Option<String>>,
+    /// What the store lacks (see [`Caps`]).
+    caps: AtomicU8,
+    /// The cursor when this process opened the target: a version written
+    /// past it may have been shipped without its e-tag being recorded.
+    pub(crate) opened_cursor: u64,
+    /// Entries up to this seq are written unconditionally (replay).
+    pub(crate) force_until: AtomicU64,
 }
 
 impl TargetHandle {
@@ -82,7 +106,32 @@ impl TargetHandle {
             epoch: Mutex::new(0),
             resync_floor: AtomicU64::new(0),
             progress: Mutex::new(None),
+            caps: AtomicU8::new(0),
+            opened_cursor: cursor,
+            force_until: AtomicU64::new(0),
         }
+    }
+
+    pub(crate) fn caps(&self) -> Caps {
+        Caps(self.caps.load(Ordering::Relaxed))
+    }
+
+    /// Learns from a `NotImplemented` answer; returns what it learnt.
+    pub(crate) fn learn(&self, operation: &str) -> Option<Caps> {
+        let cap = if operation.contains("PutMode::Update") {
+            Caps::NO_UPDATE
+        } else if operation.contains("PutMode::Create") {
+            Caps::NO_CREATE
+        } else if operation.contains("attributes") {
+            Caps::NO_ATTRS
+        } else {
+            return None;
+        };
+        let before = self.caps.fetch_or(cap.0, Ordering::Relaxed);
+        if before & cap.0 == 0 {
+            tracing::info!(target = %self.cfg.name, missing = %operation, "the store lacks this; walship compares by HEAD (or keeps no metadata) there");
+        }
+        Some(cap)
     }
 
     /// The current epoch (see `publish`).

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
 use super::{Replicator, state_meta};
@@ -470,6 +470,10 @@ impl Replicator {
                 Err(e) => return Err(Error::target(t.name(), e)),
             }
         }
+        for extra in dst_objects.keys().filter(|p| !keep.contains(*p)) {
+            self.engine.set_known(t.name(), extra.as_ref(), None)?;
+        }
+        self.engine.resynced(&t)?;
         // Hand over to the cursor at `start`.
         let _guard = self.control.lock().await;
         let offset = self.log.offset_of(start)?;
@@ -496,24 +500,7 @@ impl Replicator {
         let mut delay =
             Duration::from_secs_f64(t.cfg.retry_delay_seconds).max(Duration::from_millis(10));
         loop {
-            let attempt = async {
-                match source.store.get(path).await {
-                    Ok(r) => {
-                        let bytes = r
-                            .bytes()
-                            .await
-                            .map_err(|e| Error::target(source.name(), e))?;
-                        t.store
-                            .put(path, PutPayload::from_bytes(bytes))
-                            .await
-                            .map_err(|e| Error::target(t.name(), e))?;
-                        Ok(())
-                    }
-                    // Deleted since the listing: the log ships the delete.
-                    Err(object_store::Error::NotFound { .. }) => Ok(()),
-                    Err(e) => Err(Error::target(source.name(), e)),
-                }
-            };
+            let attempt = self.engine.copy(source, t, path);
             match attempt.await {
                 Ok(()) => return Ok(()),
                 Err(e) => {
@@ -593,6 +580,8 @@ impl Replicator {
             executed: execute,
         };
         if execute {
+            // A repair: this log's versions go over whatever is there.
+            t.force_until.fetch_max(head, Ordering::AcqRel);
             let offset = self.log.offset_of(seq - 1)?;
             t.reset(seq - 1, offset);
             self.log.storage().set_cursor(name, seq - 1)?;

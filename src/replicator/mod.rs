@@ -23,7 +23,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::apply::Engine;
 use crate::codec::Op;
+use crate::conflict::{ConflictRecord, JsonMerge, Keep, Merge};
 use crate::config::{Config, Mode, ReadPreference};
 use crate::error::{Error, Result};
 use crate::failover::{self, Decision, FailoverView};
@@ -48,6 +50,8 @@ const SHIP_WINDOW: usize = 32;
 const FAILOVER_TICK: Duration = Duration::from_millis(100);
 /// How often truncation and the size cap are looked at.
 const MAINTENANCE_EVERY: Duration = Duration::from_millis(500);
+/// Meta name of this sidecar's id (the `walshiporigin` of its writes).
+const ORIGIN_META: &str = "origin";
 /// The object a health probe asks about (a HEAD; absent is fine).
 const PROBE_KEY: &str = ".walship/health";
 
@@ -82,7 +86,8 @@ pub struct Replicator {
     cfg: Config,
     log: Arc<Log>,
     targets: Vec<Arc<TargetHandle>>,
-    acting: AtomicUsize,
+    acting: Arc<AtomicUsize>,
+    engine: Arc<Engine>,
     progress: Arc<watch::Sender<u64>>,
     metrics: Arc<Metrics>,
     accepting: AtomicBool,
@@ -102,7 +107,17 @@ impl Replicator {
     /// store instead of their URL (tests, custom stores).
     pub async fn open_with_stores(
         cfg: Config,
+        stores: HashMap<String, Arc<dyn ObjectStore>>,
+    ) -> Result<Arc<Replicator>> {
+        Replicator::open_with(cfg, stores, Arc::new(JsonMerge)).await
+    }
+
+    /// Like [`Replicator::open_with_stores`], with the merge function the
+    /// `merge` conflict strategy uses (the sidecar's is [`JsonMerge`]).
+    pub async fn open_with(
+        cfg: Config,
         mut stores: HashMap<String, Arc<dyn ObjectStore>>,
+        merge: Arc<dyn Merge>,
     ) -> Result<Arc<Replicator>> {
         let problems = cfg.problems();
         if !problems.is_empty() {
@@ -164,14 +179,34 @@ impl Replicator {
         let meta = serde_json::to_vec(&records)
             .map_err(|e| Error::io("encoding the target list", std::io::Error::other(e)))?;
         storage.set_meta(TARGETS_META, &meta)?;
+        let origin = match storage.meta(ORIGIN_META)? {
+            Some(id) => String::from_utf8_lossy(&id).into_owned(),
+            None => {
+                let id = format!("{:016x}", rand::random::<u64>());
+                storage.set_meta(ORIGIN_META, id.as_bytes())?;
+                id
+            }
+        };
         storage.sync()?;
+        let acting = Arc::new(AtomicUsize::new(0));
+        let metrics = Arc::new(Metrics::new());
+        let engine = Arc::new(Engine::new(
+            origin,
+            cfg.replication.conflict_resolution,
+            merge,
+            log.clone(),
+            metrics.clone(),
+            targets.clone(),
+            acting.clone(),
+        ));
         let r = Arc::new(Replicator {
             cfg,
             log,
             targets,
-            acting: AtomicUsize::new(0),
+            acting,
+            engine,
             progress: Arc::new(watch::channel(0).0),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             accepting: AtomicBool::new(true),
             cancel: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
@@ -184,6 +219,7 @@ impl Replicator {
                 log: r.log.clone(),
                 progress: r.progress.clone(),
                 metrics: r.metrics.clone(),
+                engine: r.engine.clone(),
                 cancel: r.cancel.clone(),
                 window: SHIP_WINDOW,
             };
@@ -234,6 +270,22 @@ impl Replicator {
 
     fn acting_primary(&self) -> &Arc<TargetHandle> {
         &self.targets[self.acting.load(Ordering::Acquire)]
+    }
+
+    /// This sidecar's id: the origin its writes carry.
+    pub fn sidecar_id(&self) -> &str {
+        &self.engine.origin
+    }
+
+    /// The open manual conflicts, oldest first.
+    pub fn conflicts(&self) -> Result<Vec<ConflictRecord>> {
+        self.engine.list()
+    }
+
+    /// Resolves manual conflict `id`, writing the kept version with a
+    /// conditional put (a newer edit on the target is caught, not lost).
+    pub async fn resolve_conflict(&self, id: u64, keep: Keep) -> Result<ConflictRecord> {
+        self.engine.resolve(id, keep).await
     }
 
     /// The name of the acting primary.
@@ -672,7 +724,8 @@ impl Replicator {
             },
             truncation_held_by: held,
             log_retained_bytes: self.log.retained_bytes(),
-            open_conflicts: 0,
+            open_conflicts: self.engine.list()?.len() as u64,
+            sidecar_id: self.engine.origin.clone(),
             metrics: SeedMetrics {
                 writes_to_primary: m.writes.get(),
                 writes_replicated: replicated,

@@ -1,0 +1,860 @@
+//! Applying one log entry to one target, finding conflicts on the way, and
+//! resolving them (see `conflict` for what each strategy decides).
+//!
+//! For an entry E of key K on target T:
+//!
+//! 1. `known` = the version walship knows T holds for K (side table
+//!    `versions`). If an open manual conflict holds K on T, E waits with it:
+//!    the record is updated to E and the cursor passes.
+//! 2. If `known` came from another origin and was kept by an earlier
+//!    decision, E replaces it only when the strategy would pick E
+//!    (`conflict::may_replace`); otherwise the cursor passes.
+//! 3. E is written conditionally: `PutMode::Update` on the known e-tag, or
+//!    `PutMode::Create` when K is unknown on T. A store without conditional
+//!    puts (local directories) gets a HEAD first and the e-tags compared;
+//!    the race between that HEAD and the write remains (documented). A
+//!    delete is always HEAD-then-delete (object_store has no conditional
+//!    delete).
+//! 4. When T holds something else, the object is read: absent means write
+//!    with `Create`; a version this sidecar wrote is not a conflict (its
+//!    `walshiporigin` metadata, or, where the store keeps no metadata,
+//!    identical bytes or the bytes of an entry of K shipped since this
+//!    process opened: a crash between a put and recording its e-tag); any
+//!    other version is a conflict: counted once, recorded as `resolving`,
+//!    decided, carried out with a conditional write, counted resolved.
+//! 5. A write records its e-tag as this sidecar's version of K on T.
+//!
+//! Re-applying an entry is harmless: the version is ours, so step 4 sees no
+//! conflict. Every write carries `walshiporigin`, `walshipts` and
+//! `walshipseq` where the store keeps metadata.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{
+    Attribute, AttributeValue, Attributes, GetOptions, ObjectStore, ObjectStoreExt, PutMode,
+    PutOptions, PutPayload, PutResult, UpdateVersion,
+};
+
+use crate::codec::{Entry, Op};
+use crate::config::ConflictResolution;
+use crate::conflict::{
+    self, ConflictRecord, Keep, Known, META_ORIGIN, META_SEQ, META_TS, Merge, Tag, Verdict,
+    VersionInfo,
+};
+use crate::error::{Error, Result};
+use crate::key::object_path;
+use crate::log::{Log, now_ms};
+use crate::metrics::Metrics;
+use crate::storage::Side;
+use crate::target_state::{Caps, TargetHandle};
+
+/// Rounds of "the target changed under us" before giving up for now (the
+/// shipper retries with backoff).
+const MAX_ROUNDS: usize = 8;
+/// Meta name of the next conflict id.
+const NEXT_ID_META: &str = "conflict_next_id";
+/// At most this many log entries are read to recognise a version this
+/// sidecar wrote on a store without metadata.
+const MAX_OWN_SCAN: u64 = 1_000_000;
+
+/// A version found on a target.
+#[derive(Debug, Clone)]
+struct Found {
+    etag: Option<String>,
+    version: Option<String>,
+    size: u64,
+    tag: Tag,
+    /// `walshipseq`, when present.
+    seq: Option<u64>,
+    /// Whether it carried `walshiporigin`.
+    has_origin: bool,
+    bytes: Option<Bytes>,
+}
+
+impl Found {
+    fn known(&self, seq: u64) -> Known {
+        Known {
+            etag: self.etag.clone(),
+            version: self.version.clone(),
+            tag: self.tag.clone(),
+            seq,
+            resolving: false,
+            conflict: None,
+        }
+    }
+
+    fn info(&self) -> VersionInfo {
+        VersionInfo {
+            etag: self.etag.clone(),
+            ts_ms: self.tag.ts_ms,
+            size: self.size,
+            origin: self.tag.origin.clone(),
+        }
+    }
+}
+
+/// The outcome of one conditional write.
+enum Put {
+    Written(PutResult),
+    /// The target does not hold the version the write was conditional on.
+    Changed,
+}
+
+/// What a write carries as metadata.
+struct Stamp {
+    tag: Tag,
+    seq: u64,
+}
+
+/// Applies entries with conflict detection; owns the conflict queue.
+pub(crate) struct Engine {
+    pub(crate) origin: String,
+    pub(crate) strategy: ConflictResolution,
+    pub(crate) merge: Arc<dyn Merge>,
+    pub(crate) log: Arc<Log>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) targets: Vec<Arc<TargetHandle>>,
+    pub(crate) acting: Arc<AtomicUsize>,
+    /// Serialises conflict-record changes (ids, resolve).
+    queue: tokio::sync::Mutex<()>,
+}
+
+fn versions_key(target: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(target.len() + 1 + key.len());
+    k.extend_from_slice(target.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+        seq: 0,
+        reason: format!("{what} in the data dir does not decode ({e}); the data dir is damaged"),
+    })
+}
+
+fn encode_json<T: serde::Serialize>(what: &str, v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v)
+        .map_err(|e| Error::io(format!("encoding {what}"), std::io::Error::other(e)))
+}
+
+fn meta_str<'a>(attrs: &'a Attributes, name: &'static str) -> Option<&'a str> {
+    attrs
+        .get(&Attribute::Metadata(name.into()))
+        .map(|v| v.as_ref())
+}
+
+impl Engine {
+    pub(crate) fn new(
+        origin: String,
+        strategy: ConflictResolution,
+        merge: Arc<dyn Merge>,
+        log: Arc<Log>,
+        metrics: Arc<Metrics>,
+        targets: Vec<Arc<TargetHandle>>,
+        acting: Arc<AtomicUsize>,
+    ) -> Engine {
+        Engine {
+            origin,
+            strategy,
+            merge,
+            log,
+            metrics,
+            targets,
+            acting,
+            queue: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn on_primary(&self, t: &TargetHandle) -> bool {
+        t.idx == self.acting.load(Ordering::Acquire)
+    }
+
+    fn acting_primary(&self) -> &Arc<TargetHandle> {
+        &self.targets[self.acting.load(Ordering::Acquire)]
+    }
+
+    fn ours(&self, e: &Entry) -> Stamp {
+        Stamp {
+            tag: Tag {
+                ts_ms: e.ts_ms,
+                origin: self.origin.clone(),
+            },
+            seq: e.seq,
+        }
+    }
+
+    // ---- side tables ----
+
+    pub(crate) fn known(&self, target: &str, key: &str) -> Result<Option<Known>> {
+        match self
+            .log
+            .storage()
+            .side(Side::Versions, &versions_key(target, key))?
+        {
+            Some(b) => decode_json("a known version", &b).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn set_known(&self, target: &str, key: &str, k: Option<&Known>) -> Result<()> {
+        let bytes = k.map(|k| encode_json("a known version", k)).transpose()?;
+        self.log
+            .storage()
+            .set_side(Side::Versions, &versions_key(target, key), bytes.as_deref())
+    }
+
+    fn record(&self, id: u64) -> Result<Option<ConflictRecord>> {
+        match self
+            .log
+            .storage()
+            .side(Side::Conflicts, &id.to_be_bytes())?
+        {
+            Some(b) => decode_json("a conflict record", &b).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn set_record(&self, id: u64, r: Option<&ConflictRecord>) -> Result<()> {
+        let bytes = r.map(|r| encode_json("a conflict record", r)).transpose()?;
+        self.log
+            .storage()
+            .set_side(Side::Conflicts, &id.to_be_bytes(), bytes.as_deref())
+    }
+
+    /// Every open manual conflict, oldest first.
+    pub(crate) fn list(&self) -> Result<Vec<ConflictRecord>> {
+        list_conflicts(self.log.storage().as_ref())
+    }
+
+    // ---- applying ----
+
+    /// Applies `e` to `t`. An error means "not applied yet": the shipper
+    /// retries.
+    pub(crate) async fn apply(&self, t: &TargetHandle, e: &Entry) -> Result<()> {
+        let known = self.known(t.name(), &e.key)?;
+        if e.seq <= t.force_until.load(Ordering::Acquire) {
+            return self.force(t, e, known).await;
+        }
+        if let Some(k) = &known {
+            if let Some(id) = k.conflict {
+                return self.hold(id, e).await;
+            }
+            let ours = self.ours(e);
+            if k.tag.origin != self.origin
+                && !conflict::may_replace(self.strategy, &ours.tag, &k.tag, self.on_primary(t))
+            {
+                if k.resolving {
+                    self.settled(t, &e.key, k.clone())?;
+                }
+                return Ok(());
+            }
+        }
+        match e.op {
+            Op::Put => self.put(t, e, known).await,
+            Op::Delete => self.delete(t, e, known).await,
+        }
+    }
+
+    /// Replay: this log's version over whatever the target holds.
+    async fn force(&self, t: &TargetHandle, e: &Entry, known: Option<Known>) -> Result<()> {
+        let path = object_path(&e.key);
+        match e.op {
+            Op::Put => {
+                let stamp = self.ours(e);
+                let r = self
+                    .put_with(t, &path, e.value.clone(), PutMode::Overwrite, &stamp)
+                    .await?;
+                self.wrote(t, &e.key, None, r, stamp)?;
+            }
+            Op::Delete => self.remove(t, &e.key, &path, false).await?,
+        }
+        if let Some(id) = known.and_then(|k| k.conflict) {
+            let _g = self.queue.lock().await;
+            if self.record(id)?.is_some() {
+                self.set_record(id, None)?;
+                self.metrics.conflicts_resolved.inc();
+            }
+        }
+        Ok(())
+    }
+
+    async fn put(&self, t: &TargetHandle, e: &Entry, mut known: Option<Known>) -> Result<()> {
+        let path = object_path(&e.key);
+        for _ in 0..MAX_ROUNDS {
+            let stamp = self.ours(e);
+            if let Put::Written(r) = self
+                .try_put(t, &path, e.value.clone(), known.as_ref(), &stamp)
+                .await?
+            {
+                return self.wrote(t, &e.key, known.as_ref(), r, stamp);
+            }
+            let Some(cur) = self.fetch(t, &path, true).await? else {
+                known = None;
+                continue;
+            };
+            if self.is_ours(t, &cur, e)? {
+                if cur.seq == Some(e.seq) || cur.bytes.as_ref() == Some(&e.value) {
+                    // Already there (a re-ship): record it, nothing to write.
+                    self.set_known(t.name(), &e.key, Some(&cur.known(e.seq)))?;
+                    return Ok(());
+                }
+                known = Some(cur.known(cur.seq.unwrap_or(0)));
+                continue;
+            }
+            let before = known.and_then(|k| k.etag);
+            return self.conflict(t, e, cur, before).await;
+        }
+        Err(self.changed_too_often(t, &e.key))
+    }
+
+    async fn delete(&self, t: &TargetHandle, e: &Entry, known: Option<Known>) -> Result<()> {
+        let path = object_path(&e.key);
+        let resolving = known.as_ref().is_some_and(|k| k.resolving);
+        let Some(head) = self.fetch(t, &path, false).await? else {
+            self.set_known(t.name(), &e.key, None)?;
+            if resolving {
+                self.metrics.conflicts_resolved.inc();
+            }
+            return Ok(());
+        };
+        let expected = known
+            .as_ref()
+            .is_some_and(|k| k.etag.is_some() && k.etag == head.etag);
+        if expected || (head.has_origin && head.tag.origin == self.origin) {
+            return self.remove(t, &e.key, &path, resolving).await;
+        }
+        let Some(cur) = self.fetch(t, &path, true).await? else {
+            return self.remove(t, &e.key, &path, resolving).await;
+        };
+        if self.is_ours(t, &cur, e)? {
+            return self.remove(t, &e.key, &path, resolving).await;
+        }
+        let before = known.and_then(|k| k.etag);
+        self.conflict(t, e, cur, before).await
+    }
+
+    async fn remove(&self, t: &TargetHandle, key: &str, path: &Path, resolving: bool) -> Result<()> {
+        match t.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(Error::target(t.name(), e)),
+        }
+        self.set_known(t.name(), key, None)?;
+        if resolving {
+            self.metrics.conflicts_resolved.inc();
+        }
+        Ok(())
+    }
+
+    fn wrote(
+        &self,
+        t: &TargetHandle,
+        key: &str,
+        before: Option<&Known>,
+        r: PutResult,
+        stamp: Stamp,
+    ) -> Result<()> {
+        let seq = if stamp.tag.origin == self.origin {
+            stamp.seq
+        } else {
+            0
+        };
+        let k = Known {
+            etag: r.e_tag,
+            version: r.version,
+            tag: stamp.tag,
+            seq,
+            resolving: false,
+            conflict: None,
+        };
+        self.set_known(t.name(), key, Some(&k))?;
+        if before.is_some_and(|b| b.resolving) {
+            self.metrics.conflicts_resolved.inc();
+        }
+        Ok(())
+    }
+
+    /// A kept foreign version's decision is carried out: count it.
+    fn settled(&self, t: &TargetHandle, key: &str, mut k: Known) -> Result<()> {
+        k.resolving = false;
+        self.set_known(t.name(), key, Some(&k))?;
+        self.metrics.conflicts_resolved.inc();
+        Ok(())
+    }
+
+    fn changed_too_often(&self, t: &TargetHandle, key: &str) -> Error {
+        Error::Conflict(format!(
+            "key {key:?} on target {} changed {MAX_ROUNDS} times while walship wrote it; retrying",
+            t.name()
+        ))
+    }
+
+    /// One write of `bytes`, conditional on `over` (the version expected
+    /// there; `None`: nothing expected).
+    async fn try_put(
+        &self,
+        t: &TargetHandle,
+        path: &Path,
+        bytes: Bytes,
+        over: Option<&Known>,
+        stamp: &Stamp,
+    ) -> Result<Put> {
+        loop {
+            let caps = t.caps();
+            let mode = match over {
+                Some(Known {
+                    etag: Some(etag),
+                    version,
+                    ..
+                }) if !caps.contains(Caps::NO_UPDATE) => PutMode::Update(UpdateVersion {
+                    e_tag: Some(etag.clone()),
+                    version: version.clone(),
+                }),
+                None if !caps.contains(Caps::NO_CREATE) => PutMode::Create,
+                _ => {
+                    let cur = self.fetch(t, path, false).await?;
+                    let expected = match (over, &cur) {
+                        (_, None) => true,
+                        (Some(k), Some(c)) => k.etag.is_some() && k.etag == c.etag,
+                        (None, Some(_)) => false,
+                    };
+                    if !expected {
+                        return Ok(Put::Changed);
+                    }
+                    PutMode::Overwrite
+                }
+            };
+            let wanted = match &mode {
+                PutMode::Update(_) => Some(Caps::NO_UPDATE),
+                PutMode::Create => Some(Caps::NO_CREATE),
+                PutMode::Overwrite => None,
+            };
+            match self.put_with(t, path, bytes.clone(), mode, stamp).await {
+                Ok(r) => return Ok(Put::Written(r)),
+                Err(Error::Target { source, .. })
+                    if matches!(
+                        *source,
+                        object_store::Error::Precondition { .. }
+                            | object_store::Error::AlreadyExists { .. }
+                    ) =>
+                {
+                    return Ok(Put::Changed);
+                }
+                // The mode is missing here (now learnt): go by HEAD.
+                Err(Error::Target { source, .. })
+                    if matches!(*source, object_store::Error::NotImplemented { .. })
+                        && wanted.is_some_and(|c| t.caps().contains(c)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// What `t` holds at `path` (`body`: with its bytes).
+    async fn fetch(&self, t: &TargetHandle, path: &Path, body: bool) -> Result<Option<Found>> {
+        fetch(&t.store, path, body)
+            .await
+            .map_err(|e| Error::target(t.name(), e))
+    }
+
+    /// Whether `cur` is a version this sidecar wrote (see the module doc).
+    fn is_ours(&self, t: &TargetHandle, cur: &Found, e: &Entry) -> Result<bool> {
+        if cur.has_origin {
+            return Ok(cur.tag.origin == self.origin);
+        }
+        let Some(bytes) = &cur.bytes else {
+            return Ok(false);
+        };
+        if e.op == Op::Put && *bytes == e.value {
+            return Ok(true);
+        }
+        // A crash between a put and recording it: the bytes are those of an
+        // entry of this key shipped since this process opened.
+        let from = (t.opened_cursor + 1)
+            .max(self.log.first())
+            .max(e.seq.saturating_sub(MAX_OWN_SCAN));
+        if from >= e.seq {
+            return Ok(false);
+        }
+        let crc = crc32fast::hash(bytes);
+        let mut found = false;
+        self.log.storage().scan(from, e.seq - 1, &mut |seq, rec| {
+            if let Ok(entry) = crate::codec::decode(seq, rec) {
+                found = entry.key == e.key
+                    && entry.op == Op::Put
+                    && entry.value.len() == bytes.len()
+                    && crc32fast::hash(&entry.value) == crc;
+            }
+            !found
+        })?;
+        Ok(found)
+    }
+
+    // ---- conflicts ----
+
+    /// `before`: the e-tag this sidecar expected there.
+    async fn conflict(
+        &self,
+        t: &TargetHandle,
+        e: &Entry,
+        cur: Found,
+        before: Option<String>,
+    ) -> Result<()> {
+        let path = object_path(&e.key);
+        let ours = self.ours(e);
+        let verdict = conflict::decide(self.strategy, &ours.tag, &cur.tag, self.on_primary(t));
+        self.metrics.conflicts_detected.inc();
+        tracing::info!(target = %t.name(), key = %e.key, seq = e.seq, theirs_origin = %cur.tag.origin, theirs_ts_ms = cur.tag.ts_ms, ?verdict, "conflict");
+        let mut theirs = cur.known(0);
+        theirs.resolving = true;
+        self.set_known(t.name(), &e.key, Some(&theirs))?;
+        let value = (e.op == Op::Put).then(|| e.value.clone());
+        match verdict {
+            Verdict::Theirs => self.settled(t, &e.key, theirs),
+            Verdict::Ours => self.install(t, &e.key, &path, value, ours, &theirs).await,
+            Verdict::Primary => {
+                let (bytes, stamp) = self.primary_version(&e.key, value, ours).await?;
+                self.install(t, &e.key, &path, bytes, stamp, &theirs).await
+            }
+            Verdict::Merge => {
+                let merged = match (&value, &cur.bytes) {
+                    (Some(mine), Some(other)) => {
+                        let (newer, older) = if ours.tag > cur.tag {
+                            (mine, other)
+                        } else {
+                            (other, mine)
+                        };
+                        self.merge.merge(&e.key, newer, older)
+                    }
+                    _ => None,
+                };
+                match merged {
+                    Some(m) => {
+                        let stamp = Stamp {
+                            tag: Tag {
+                                ts_ms: ours.tag.ts_ms.max(cur.tag.ts_ms),
+                                origin: self.origin.clone(),
+                            },
+                            seq: e.seq,
+                        };
+                        self.install(t, &e.key, &path, Some(Bytes::from(m)), stamp, &theirs)
+                            .await
+                    }
+                    None => self.open_record(t, e, &cur, theirs, before).await,
+                }
+            }
+            Verdict::Manual => self.open_record(t, e, &cur, theirs, before).await,
+        }
+    }
+
+    /// Writes (or, `None`, deletes) the chosen version over `over`.
+    async fn install(
+        &self,
+        t: &TargetHandle,
+        key: &str,
+        path: &Path,
+        bytes: Option<Bytes>,
+        stamp: Stamp,
+        over: &Known,
+    ) -> Result<()> {
+        match bytes {
+            Some(b) => match self.try_put(t, path, b, Some(over), &stamp).await? {
+                Put::Written(r) => self.wrote(t, key, Some(over), r, stamp),
+                // Changed again: the retry meets the newer version.
+                Put::Changed => Err(self.changed_too_often(t, key)),
+            },
+            None => self.remove(t, key, path, over.resolving).await,
+        }
+    }
+
+    /// primary_wins on a replica: the acting primary's version of `key`, or
+    /// this entry's when the primary holds something older (or nothing).
+    async fn primary_version(
+        &self,
+        key: &str,
+        mine: Option<Bytes>,
+        ours: Stamp,
+    ) -> Result<(Option<Bytes>, Stamp)> {
+        let p = self.acting_primary().clone();
+        match self.fetch(&p, &object_path(key), true).await? {
+            Some(pv) if pv.tag > ours.tag => {
+                let seq = if pv.tag.origin == self.origin {
+                    pv.seq.unwrap_or(0)
+                } else {
+                    0
+                };
+                Ok((pv.bytes, Stamp { tag: pv.tag, seq }))
+            }
+            _ => Ok((mine, ours)),
+        }
+    }
+
+    async fn open_record(
+        &self,
+        t: &TargetHandle,
+        e: &Entry,
+        cur: &Found,
+        mut theirs: Known,
+        before: Option<String>,
+    ) -> Result<()> {
+        let _g = self.queue.lock().await;
+        let storage = self.log.storage();
+        let id = match storage.meta(NEXT_ID_META)? {
+            Some(b) => b
+                .as_slice()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(1),
+            None => 1,
+        };
+        let rec = ConflictRecord {
+            id,
+            key: e.key.clone(),
+            target: t.name().to_string(),
+            detected_ms: now_ms(),
+            seq: e.seq,
+            op: e.op.as_str().to_string(),
+            primary: VersionInfo {
+                etag: before,
+                ts_ms: e.ts_ms,
+                size: e.value.len() as u64,
+                origin: self.origin.clone(),
+            },
+            replica: cur.info(),
+        };
+        storage.set_meta(NEXT_ID_META, &(id + 1).to_be_bytes())?;
+        self.set_record(id, Some(&rec))?;
+        theirs.resolving = false;
+        theirs.conflict = Some(id);
+        self.set_known(t.name(), &e.key, Some(&theirs))?;
+        storage.sync()?;
+        tracing::warn!(target = %t.name(), key = %e.key, id, "conflict waits for `walship conflicts resolve {id} --keep primary|replica`");
+        Ok(())
+    }
+
+    /// A later entry of a key held by manual conflict `id`: it waits too.
+    async fn hold(&self, id: u64, e: &Entry) -> Result<()> {
+        let _g = self.queue.lock().await;
+        if let Some(mut rec) = self.record(id)? {
+            rec.seq = e.seq;
+            rec.op = e.op.as_str().to_string();
+            rec.primary.ts_ms = e.ts_ms;
+            rec.primary.size = e.value.len() as u64;
+            self.set_record(id, Some(&rec))?;
+        }
+        Ok(())
+    }
+
+    /// `conflicts resolve ID --keep primary|replica`.
+    pub(crate) async fn resolve(&self, id: u64, keep: Keep) -> Result<ConflictRecord> {
+        let _g = self.queue.lock().await;
+        let Some(mut rec) = self.record(id)? else {
+            return Err(Error::UnknownConflict(id));
+        };
+        let t = self
+            .targets
+            .iter()
+            .find(|t| t.name() == rec.target)
+            .ok_or_else(|| Error::UnknownTarget(rec.target.clone()))?
+            .clone();
+        let path = object_path(&rec.key);
+        let cur = self.fetch(&t, &path, false).await?;
+        let now = cur.as_ref().and_then(|c| c.etag.clone());
+        if cur.is_none() || now != rec.replica.etag {
+            // Someone changed it again: show them what is there now.
+            if let Some(c) = &cur {
+                rec.replica = c.info();
+            } else {
+                rec.replica.etag = None;
+                rec.replica.size = 0;
+            }
+            self.set_record(id, Some(&rec))?;
+            self.log.storage().sync()?;
+            return Err(Error::Conflict(format!(
+                "key {:?} on target {} changed since conflict {id} was recorded (it is now {}); the record shows the new version: look again with `walship conflicts` and resolve",
+                rec.key,
+                rec.target,
+                now.map(|e| format!("e-tag {e}")).unwrap_or_else(|| "absent".into())
+            )));
+        }
+        let cur = cur.expect("checked above");
+        let mut over = cur.known(0);
+        match keep {
+            Keep::Replica => {
+                self.set_known(t.name(), &rec.key, Some(&over))?;
+            }
+            Keep::Primary => {
+                let entry = crate::log::entry_at(self.log.storage().as_ref(), rec.seq)?;
+                let logged = entry.as_ref().map(|e| {
+                    (
+                        (e.op == Op::Put).then(|| e.value.clone()),
+                        self.ours(e),
+                    )
+                });
+                let (bytes, stamp) = if self.on_primary(&t) {
+                    logged.ok_or_else(|| Error::Conflict(format!(
+                        "the log no longer holds seq {} of key {:?}; run `walship resync {}` to copy the acting primary instead",
+                        rec.seq, rec.key, rec.target
+                    )))?
+                } else {
+                    let (mine, ours) = logged.unwrap_or((
+                        None,
+                        Stamp {
+                            tag: Tag {
+                                ts_ms: 0,
+                                origin: String::new(),
+                            },
+                            seq: 0,
+                        },
+                    ));
+                    self.primary_version(&rec.key, mine, ours).await?
+                };
+                over.resolving = false;
+                match bytes {
+                    Some(b) => match self.try_put(&t, &path, b, Some(&over), &stamp).await? {
+                        Put::Written(r) => self.wrote(&t, &rec.key, None, r, stamp)?,
+                        Put::Changed => {
+                            return Err(Error::Conflict(format!(
+                                "key {:?} on target {} changed while resolving conflict {id}; look again with `walship conflicts`",
+                                rec.key, rec.target
+                            )));
+                        }
+                    },
+                    None => self.remove(&t, &rec.key, &path, false).await?,
+                }
+            }
+        }
+        self.set_record(id, None)?;
+        self.log.storage().sync()?;
+        self.metrics.conflicts_resolved.inc();
+        tracing::info!(target = %rec.target, key = %rec.key, id, ?keep, "conflict resolved");
+        Ok(rec)
+    }
+
+    /// After a resync copied the acting primary over `t`: its open
+    /// conflicts are settled (the primary's version is there now).
+    pub(crate) fn resynced(&self, t: &TargetHandle) -> Result<()> {
+        for rec in self.list()? {
+            if rec.target == t.name() {
+                self.set_record(rec.id, None)?;
+                if let Some(mut k) = self.known(t.name(), &rec.key)? {
+                    k.conflict = None;
+                    self.set_known(t.name(), &rec.key, Some(&k))?;
+                }
+                self.metrics.conflicts_resolved.inc();
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies `path` from `source` to `t` unconditionally (resync), with its
+    /// metadata, and records it as known. A version without an origin came
+    /// from this sidecar's log through the primary: it is recorded as ours.
+    pub(crate) async fn copy(&self, source: &TargetHandle, t: &TargetHandle, path: &Path) -> Result<()> {
+        let Some(v) = self.fetch(source, path, true).await? else {
+            // Deleted since the listing: the log ships the delete.
+            return Ok(());
+        };
+        let mut tag = v.tag.clone();
+        if !v.has_origin {
+            tag.origin = self.origin.clone();
+        }
+        let seq = if tag.origin == self.origin {
+            v.seq.unwrap_or(0)
+        } else {
+            0
+        };
+        let stamp = Stamp { tag, seq };
+        let bytes = v.bytes.unwrap_or_default();
+        let r = self
+            .put_with(t, path, bytes, PutMode::Overwrite, &stamp)
+            .await?;
+        self.wrote(t, path.as_ref(), None, r, stamp)
+    }
+
+    /// One put in `mode` with the stamp as metadata (dropped, once learnt,
+    /// where the store keeps none).
+    async fn put_with(
+        &self,
+        t: &TargetHandle,
+        path: &Path,
+        bytes: Bytes,
+        mode: PutMode,
+        stamp: &Stamp,
+    ) -> Result<PutResult> {
+        loop {
+            let caps = t.caps();
+            let mut attributes = Attributes::new();
+            if !caps.contains(Caps::NO_ATTRS) {
+                for (name, value) in [
+                    (META_ORIGIN, stamp.tag.origin.clone()),
+                    (META_TS, stamp.tag.ts_ms.to_string()),
+                    (META_SEQ, stamp.seq.to_string()),
+                ] {
+                    if !value.is_empty() {
+                        attributes.insert(Attribute::Metadata(name.into()), AttributeValue::from(value));
+                    }
+                }
+            }
+            let opts = PutOptions {
+                mode: mode.clone(),
+                attributes,
+                ..Default::default()
+            };
+            match t
+                .store
+                .put_opts(path, PutPayload::from_bytes(bytes.clone()), opts)
+                .await
+            {
+                Err(object_store::Error::NotImplemented { operation, .. })
+                    if t.learn(&operation) == Some(Caps::NO_ATTRS) => {}
+                other => return other.map_err(|e| Error::target(t.name(), e)),
+            }
+        }
+    }
+}
+
+/// What `store` holds at `path`, with its walship metadata.
+async fn fetch(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    body: bool,
+) -> object_store::Result<Option<Found>> {
+    let r = match store
+        .get_opts(path, GetOptions::default().with_head(!body))
+        .await
+    {
+        Ok(r) => r,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let origin = meta_str(&r.attributes, META_ORIGIN).map(str::to_string);
+    let ts = meta_str(&r.attributes, META_TS).and_then(|s| s.parse::<u64>().ok());
+    let seq = meta_str(&r.attributes, META_SEQ).and_then(|s| s.parse::<u64>().ok());
+    let meta = r.meta.clone();
+    let bytes = if body { Some(r.bytes().await?) } else { None };
+    Ok(Some(Found {
+        etag: meta.e_tag,
+        version: meta.version,
+        size: meta.size,
+        tag: Tag {
+            ts_ms: ts.unwrap_or_else(|| meta.last_modified.timestamp_millis().max(0) as u64),
+            origin: origin.clone().unwrap_or_default(),
+        },
+        seq,
+        has_origin: origin.is_some(),
+        bytes,
+    }))
+}
+
+/// Every open manual conflict in a log's side table, oldest first.
+pub fn list_conflicts(storage: &dyn crate::storage::LogStorage) -> Result<Vec<ConflictRecord>> {
+    storage
+        .side_scan(Side::Conflicts, b"")?
+        .into_iter()
+        .map(|(_, v)| decode_json("a conflict record", &v))
+        .collect()
+}
