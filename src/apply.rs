@@ -298,12 +298,16 @@ impl Engine {
                 continue;
             };
             if self.is_ours(t, &cur, e)? {
+                let mut mine = cur.known(cur.seq.unwrap_or(0));
+                mine.tag.origin = self.origin.clone();
                 if cur.seq == Some(e.seq) || cur.bytes.as_ref() == Some(&e.value) {
                     // Already there (a re-ship): record it, nothing to write.
-                    self.set_known(t.name(), &e.key, Some(&cur.known(e.seq)))?;
+                    mine.tag.ts_ms = e.ts_ms;
+                    mine.seq = e.seq;
+                    self.set_known(t.name(), &e.key, Some(&mine))?;
                     return Ok(());
                 }
-                known = Some(cur.known(cur.seq.unwrap_or(0)));
+                known = Some(mine);
                 continue;
             }
             let before = known.and_then(|k| k.etag);

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, init_template};
+use crate::conflict::ConflictRecord;
 use crate::error::Error;
 use crate::replicator::{ReplayPlan, VerifyReport};
 use crate::status::{CursorsReport, StatusReport};
@@ -127,6 +128,12 @@ pub enum Command {
         /// Only this target.
         target: Option<String>,
     },
+    /// The manual conflict queue: list it, or resolve one conflict.
+    Conflicts {
+        /// list (the default) or resolve.
+        #[command(subcommand)]
+        action: Option<ConflictsAction>,
+    },
     /// The log's entries: seq, time, op, key, size, crc ok.
     Log {
         /// First seq (default: the oldest kept).
@@ -135,6 +142,22 @@ pub enum Command {
         /// How many entries.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+    },
+}
+
+/// `walship conflicts …`.
+#[derive(Debug, Subcommand)]
+pub enum ConflictsAction {
+    /// Every open conflict: id, key, target, both versions.
+    List,
+    /// Keep one version: `primary` (the acting primary's; for a conflict on
+    /// the acting primary, this log's) or `replica` (the target's).
+    Resolve {
+        /// The conflict id (from `walship conflicts`).
+        id: u64,
+        /// primary or replica.
+        #[arg(long)]
+        keep: crate::conflict::Keep,
     },
 }
 
@@ -648,6 +671,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 Err(fail(1, "verify found problems (listed above)"))
             }
         }
+        Command::Conflicts { action } => conflicts(&cli, action.as_ref()).await,
         Command::Cursors => {
             let e = endpoints(&cli)?;
             let report = cursors_report(&e).await?;
@@ -662,6 +686,100 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+async fn conflicts(cli: &Cli, action: Option<&ConflictsAction>) -> Result<(), Failure> {
+    let e = endpoints(cli)?;
+    let c = Client::new(&e);
+    match action {
+        None | Some(ConflictsAction::List) => {
+            let list: Vec<ConflictRecord> =
+                match c.req(reqwest::Method::GET, "/v1/conflicts").send().await {
+                    Ok(resp) => {
+                        let v: serde_json::Value = check(resp)
+                            .await?
+                            .json()
+                            .await
+                            .map_err(|err| fail(1, format!("reading the answer: {err}")))?;
+                        serde_json::from_value(v["conflicts"].clone())
+                            .map_err(|err| fail(1, format!("reading the answer: {err}")))?
+                    }
+                    Err(err) if err.is_connect() => {
+                        eprintln!(
+                            "no sidecar answered at {}; reading {} directly (offline, read-only)",
+                            e.addr,
+                            e.data_dir.display()
+                        );
+                        let storage = open_offline(&e.data_dir)?;
+                        crate::apply::list_conflicts(&storage)?
+                    }
+                    Err(err) => return Err(unreachable(&e.addr, err)),
+                };
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&serde_json::json!({ "conflicts": list }))
+                        .map_err(|err| fail(1, err.to_string()))?
+                );
+            } else {
+                print!("{}", conflicts_table(&list));
+            }
+            Ok(())
+        }
+        Some(ConflictsAction::Resolve { id, keep }) => {
+            let resp = c
+                .req(reqwest::Method::POST, &format!("/v1/conflicts/{id}/resolve"))
+                .json(&serde_json::json!({ "keep": keep }))
+                .send()
+                .await
+                .map_err(|err| unreachable(&e.addr, err))?;
+            let v: serde_json::Value = check(resp)
+                .await?
+                .json()
+                .await
+                .map_err(|err| fail(1, format!("reading the answer: {err}")))?;
+            if cli.json {
+                println!("{v}");
+            } else {
+                println!(
+                    "conflict {id} resolved: {} on {} keeps the {} version",
+                    v["resolved"]["key"].as_str().unwrap_or("?"),
+                    v["resolved"]["target"].as_str().unwrap_or("?"),
+                    v["kept"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The manual conflict queue as a table.
+pub fn conflicts_table(list: &[ConflictRecord]) -> String {
+    if list.is_empty() {
+        return "no open conflicts\n".into();
+    }
+    let mut out = format!(
+        "{:>5} {:<16} {:<32} {:>8} {:<24} {:<24}\n",
+        "ID", "TARGET", "KEY", "SEQ", "PRIMARY (ours)", "REPLICA (target's)"
+    );
+    let side = |v: &crate::conflict::VersionInfo| {
+        let when = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(v.ts_ms),
+        );
+        format!("{}B {when}", v.size)
+    };
+    for r in list {
+        out.push_str(&format!(
+            "{:>5} {:<16} {:<32} {:>8} {:<24} {:<24}\n",
+            r.id,
+            r.target,
+            r.key,
+            r.seq,
+            side(&r.primary),
+            side(&r.replica)
+        ));
+    }
+    out
 }
 
 /// A put or delete through the sidecar; prints the answer with `--json`.

@@ -34,6 +34,9 @@ pub enum Fault {
     Hang,
     /// Answer writes and deletes with success without doing them.
     DropWrites,
+    /// Do writes and deletes, then answer with an error (the answer was
+    /// lost on the way back).
+    LoseAcks,
 }
 
 /// The remote control of a [`FaultyStore`]; cheap to clone.
@@ -110,6 +113,20 @@ impl Faults {
             .unwrap_or_default()
     }
 
+    /// Under [`Fault::LoseAcks`], turns a done write into an error.
+    fn lose_ack<T>(&self, r: object_store::Result<T>) -> object_store::Result<T> {
+        match (r, self.current()) {
+            (Ok(_), Fault::LoseAcks) => {
+                self.failed_writes.fetch_add(1, Ordering::Relaxed);
+                Err(object_store::Error::Generic {
+                    store: "faulty",
+                    source: "injected failure: the write was done, its answer lost".into(),
+                })
+            }
+            (r, _) => r,
+        }
+    }
+
     /// Applies the fault; `Ok(true)` means "pretend it worked".
     async fn gate(&self, write: bool) -> object_store::Result<bool> {
         self.calls.fetch_add(1, Ordering::Relaxed);
@@ -117,7 +134,7 @@ impl Faults {
         loop {
             let fault = *rx.borrow_and_update();
             match fault {
-                Fault::None => return Ok(false),
+                Fault::None | Fault::LoseAcks => return Ok(false),
                 Fault::DropWrites => return Ok(write),
                 Fault::Fail => {
                     if write {
@@ -199,7 +216,8 @@ impl ObjectStore for FaultyStore {
         {
             log.push(location.to_string());
         }
-        self.inner.put_opts(location, payload, opts).await
+        let r = self.inner.put_opts(location, payload, opts).await;
+        self.faults.lose_ack(r)
     }
 
     async fn put_multipart_opts(
@@ -246,13 +264,14 @@ impl ObjectStore for FaultyStore {
                     }
                     let mut out =
                         inner.delete_stream(futures::stream::once(async move { Ok(loc) }).boxed());
-                    match out.next().await {
+                    let r = match out.next().await {
                         Some(r) => r,
                         None => Err(object_store::Error::Generic {
                             store: "faulty",
                             source: "inner delete_stream yielded nothing".into(),
                         }),
-                    }
+                    };
+                    faults.lose_ack(r)
                 }
             })
             .boxed()

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use bytes::Bytes;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
@@ -21,6 +22,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::{Config, Mode, ReadPreference};
+use crate::conflict::Keep;
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::replicator::{ReplayFrom, Replicator};
@@ -398,6 +400,57 @@ async fn verify(
     Ok(axum::Json(report).into_response())
 }
 
+async fn conflicts(State(app): State<App>) -> Result<Response, ApiError> {
+    let list = app.rep.conflicts()?;
+    Ok(axum::Json(json!({ "conflicts": list })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveQuery {
+    keep: Option<String>,
+}
+
+/// `POST /v1/conflicts/{id}/resolve` with `?keep=primary|replica` or the
+/// body `{"keep": "primary"|"replica"}`.
+async fn conflict_action(
+    State(app): State<App>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<ResolveQuery>, QueryRejection>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Path((id, action)) =
+        path.map_err(|e| bad(format!("bad conflict path: {}", e.body_text())))?;
+    if action != "resolve" {
+        return Err(ApiError(Error::UnknownAction(format!(
+            "no conflict action {action:?}; the only one is resolve"
+        ))));
+    }
+    let id: u64 = id
+        .parse()
+        .map_err(|_| bad(format!("conflict id {id:?} is not a number")))?;
+    let from_query = query(q)?.keep;
+    let from_body = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let v: ResolveQuery = serde_json::from_slice(&body).map_err(|e| {
+            bad(format!(
+                "the body must be {{\"keep\": \"primary\"|\"replica\"}}: {e}"
+            ))
+        })?;
+        v.keep
+    };
+    let keep = match (from_query, from_body) {
+        (Some(k), None) | (None, Some(k)) => k,
+        (Some(a), Some(b)) if a == b => a,
+        (Some(_), Some(_)) => return Err(bad("keep given twice, differently")),
+        (None, None) => return Err(bad("say which version to keep: ?keep=primary or ?keep=replica")),
+    };
+    let keep: Keep = keep.parse().map_err(bad)?;
+    let rec = app.rep.resolve_conflict(id, keep).await?;
+    Ok(axum::Json(json!({ "resolved": rec, "kept": keep })).into_response())
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -464,6 +517,11 @@ pub fn router(rep: Arc<Replicator>, token: Option<String>) -> Router {
         .route(
             "/v1/targets/{name}/{action}",
             axum::routing::post(target_action),
+        )
+        .route("/v1/conflicts", get(conflicts))
+        .route(
+            "/v1/conflicts/{id}/{action}",
+            axum::routing::post(conflict_action),
         )
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))

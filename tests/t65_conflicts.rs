@@ -1,0 +1,379 @@
+//! SPEC "Conflicts": a replica edited by hand, then written by walship,
+//! under each strategy; the manual queue; counters; and what is not a
+//! conflict (a write whose answer was lost, on stores with and without
+//! metadata).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Rig, key};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use walship::conflict::Keep;
+use walship::faults::{Fault, FaultyStore};
+use walship::{Config, Error, Replicator};
+
+async fn rig(strategy: &str) -> Rig {
+    Rig::with(
+        1,
+        "sync",
+        1,
+        2.0,
+        "",
+        &format!("conflict_resolution = \"{strategy}\""),
+    )
+    .await
+}
+
+/// Writes `value` under `k` on `target` behind walship's back.
+async fn hand_edit(rig: &Rig, target: &str, k: &str, value: &str) {
+    rig.stores[target]
+        .put(&Path::from(k), PutPayload::from(value.to_string()))
+        .await
+        .expect("hand edit");
+    // Timestamps are in ms: keep the edit and the next write apart.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+}
+
+async fn put(rig: &Rig, k: &str, v: &str) -> u64 {
+    rig.rep
+        .put(&key(k), Bytes::from(v.to_string()), None)
+        .await
+        .expect("put")
+        .seq
+}
+
+async fn value(rig: &Rig, target: &str, k: &str) -> Option<String> {
+    rig.object(target, k)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+fn counts(rig: &Rig) -> (u64, u64) {
+    let m = rig.rep.metrics();
+    (m.conflicts_detected.get(), m.conflicts_resolved.get())
+}
+
+async fn settle(rig: &Rig) {
+    rig.wait_caught_up(Duration::from_secs(10)).await;
+}
+
+/// The replica is edited by hand, then the key is written: per strategy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_edit_then_a_write_ends_as_each_strategy_says() {
+    for (strategy, expect) in [
+        ("last_write_wins", "v2"),
+        ("first_write_wins", "edited"),
+        ("primary_wins", "v2"),
+    ] {
+        let rig = rig(strategy).await;
+        put(&rig, "k", "v1").await;
+        hand_edit(&rig, "r1", "k", "edited").await;
+        put(&rig, "k", "v2").await;
+        settle(&rig).await;
+        assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some(expect), "{strategy}");
+        assert_eq!(value(&rig, "p", "k").await.as_deref(), Some("v2"), "{strategy}");
+        assert_eq!(counts(&rig), (1, 1), "{strategy}: one conflict, resolved");
+        // Settled: the next write meets no new conflict.
+        put(&rig, "k", "v3").await;
+        settle(&rig).await;
+        let after = value(&rig, "r1", "k").await;
+        match strategy {
+            // The kept edit is older than v3, so it still wins.
+            "first_write_wins" => assert_eq!(after.as_deref(), Some("edited")),
+            _ => assert_eq!(after.as_deref(), Some("v3"), "{strategy}"),
+        }
+        assert_eq!(counts(&rig), (1, 1), "{strategy}: counted once");
+    }
+}
+
+/// The edit is newer than the entry (the replica was paused when it was
+/// written): last_write_wins keeps the edit, primary_wins does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_newer_than_the_entry_wins_only_under_last_write_wins() {
+    for (strategy, expect) in [
+        ("last_write_wins", "edited"),
+        ("primary_wins", "v2"),
+        ("first_write_wins", "v2"),
+    ] {
+        let rig = Rig::with(
+            1,
+            "async",
+            1,
+            2.0,
+            "",
+            &format!("conflict_resolution = \"{strategy}\""),
+        )
+        .await;
+        put(&rig, "k", "v1").await;
+        settle(&rig).await;
+        rig.rep.pause("r1").await.expect("pause");
+        put(&rig, "k", "v2").await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        hand_edit(&rig, "r1", "k", "edited").await;
+        rig.rep.resume("r1").await.expect("resume");
+        settle(&rig).await;
+        assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some(expect), "{strategy}");
+        assert_eq!(counts(&rig), (1, 1), "{strategy}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_combines_json_and_sends_other_bytes_to_the_manual_queue() {
+    let rig = rig("merge").await;
+    put(&rig, "doc", r#"{"a":1,"nested":{"x":1}}"#).await;
+    hand_edit(&rig, "r1", "doc", r#"{"a":1,"hand":true,"nested":{"y":2}}"#).await;
+    put(&rig, "doc", r#"{"a":2,"nested":{"x":3}}"#).await;
+    settle(&rig).await;
+    let merged: serde_json::Value =
+        serde_json::from_str(&value(&rig, "r1", "doc").await.expect("doc")).expect("json");
+    assert_eq!(
+        merged,
+        serde_json::json!({"a":2,"hand":true,"nested":{"x":3,"y":2}})
+    );
+    assert_eq!(counts(&rig), (1, 1));
+    assert!(rig.rep.conflicts().expect("list").is_empty());
+
+    put(&rig, "bin", "v1").await;
+    hand_edit(&rig, "r1", "bin", "not json").await;
+    put(&rig, "bin", "v2").await;
+    settle(&rig).await;
+    assert_eq!(value(&rig, "r1", "bin").await.as_deref(), Some("not json"));
+    let open = rig.rep.conflicts().expect("list");
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!((open[0].key.as_str(), open[0].target.as_str()), ("bin", "r1"));
+    assert_eq!(counts(&rig), (2, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_keeps_the_replica_records_it_and_resolve_clears_it() {
+    let rig = rig("manual").await;
+    put(&rig, "k", "v1").await;
+    hand_edit(&rig, "r1", "k", "edited").await;
+    let seq2 = put(&rig, "k", "v2").await;
+    settle(&rig).await;
+    assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some("edited"));
+    let open = rig.rep.conflicts().expect("list");
+    assert_eq!(open.len(), 1);
+    let rec = &open[0];
+    assert_eq!((rec.key.as_str(), rec.target.as_str(), rec.seq), ("k", "r1", seq2));
+    assert_eq!(rec.replica.size, 6);
+    assert_eq!(rec.primary.size, 2);
+    assert!(rec.replica.etag.is_some());
+    assert_eq!(counts(&rig), (1, 0));
+
+    // Later writes of the key wait with the conflict; the cursor does not.
+    let seq3 = put(&rig, "k", "v3").await;
+    settle(&rig).await;
+    assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some("edited"));
+    assert_eq!(rig.rep.conflicts().expect("list")[0].seq, seq3);
+    put(&rig, "other", "x").await;
+    settle(&rig).await;
+    assert_eq!(value(&rig, "r1", "other").await.as_deref(), Some("x"));
+
+    // It survives a restart.
+    let rig = rig.restart().await;
+    let open = rig.rep.conflicts().expect("list");
+    assert_eq!(open.len(), 1);
+    let id = open[0].id;
+    assert!(matches!(
+        rig.rep.resolve_conflict(id + 100, Keep::Primary).await,
+        Err(Error::UnknownConflict(_))
+    ));
+    rig.rep
+        .resolve_conflict(id, Keep::Primary)
+        .await
+        .expect("resolve");
+    assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some("v3"));
+    assert!(rig.rep.conflicts().expect("list").is_empty());
+    assert_eq!(rig.rep.metrics().conflicts_resolved.get(), 1);
+    // The next write goes straight through.
+    put(&rig, "k", "v4").await;
+    settle(&rig).await;
+    assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some("v4"));
+    assert_eq!(rig.rep.metrics().conflicts_detected.get(), 0, "none since the restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_catches_a_second_edit_instead_of_overwriting_it() {
+    let rig = rig("manual").await;
+    put(&rig, "k", "v1").await;
+    hand_edit(&rig, "r1", "k", "first edit").await;
+    put(&rig, "k", "v2").await;
+    settle(&rig).await;
+    let id = rig.rep.conflicts().expect("list")[0].id;
+    hand_edit(&rig, "r1", "k", "second edit").await;
+    let err = rig
+        .rep
+        .resolve_conflict(id, Keep::Primary)
+        .await
+        .expect_err("the target changed since the record");
+    assert!(matches!(err, Error::Conflict(_)), "{err}");
+    assert!(err.to_string().contains("changed since"), "{err}");
+    assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some("second edit"));
+    let rec = &rig.rep.conflicts().expect("list")[0];
+    assert_eq!(rec.replica.size, "second edit".len() as u64, "the record shows the new version");
+    // Now that it has been looked at: keep the replica's version.
+    rig.rep
+        .resolve_conflict(id, Keep::Replica)
+        .await
+        .expect("resolve");
+    assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some("second edit"));
+    assert_eq!(counts(&rig), (1, 1));
+    // A new write after the resolution is a new intent: it goes through.
+    put(&rig, "k", "v3").await;
+    settle(&rig).await;
+    assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some("v3"));
+    assert_eq!(counts(&rig), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_equal_the_conflicts_made() {
+    let rig = rig("last_write_wins").await;
+    for i in 0..10 {
+        put(&rig, &format!("k{i}"), "v1").await;
+    }
+    for i in 0..7 {
+        hand_edit(&rig, "r1", &format!("k{i}"), "edited").await;
+    }
+    for i in 0..10 {
+        put(&rig, &format!("k{i}"), "v2").await;
+    }
+    settle(&rig).await;
+    assert_eq!(counts(&rig), (7, 7));
+    for i in 0..10 {
+        assert_eq!(value(&rig, "r1", &format!("k{i}")).await.as_deref(), Some("v2"));
+    }
+    // A target that keeps failing does not count a conflict per retry.
+    hand_edit(&rig, "r1", "k0", "edited again").await;
+    rig.fault("r1").set(Fault::Fail);
+    let _ = rig
+        .rep
+        .put(&key("k0"), Bytes::from("v3"), Some(walship::Mode::Async))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rig.fault("r1").heal();
+    settle(&rig).await;
+    assert_eq!(value(&rig, "r1", "k0").await.as_deref(), Some("v3"));
+    assert_eq!(counts(&rig), (8, 8));
+    let text = rig.rep.metrics_text();
+    assert!(text.contains("walship_conflicts_detected_total 8"), "{text}");
+    assert!(text.contains("walship_conflicts_resolved_total 8"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_meets_a_hand_edit_like_a_put() {
+    for (strategy, expect) in [("last_write_wins", None), ("first_write_wins", Some("edited"))] {
+        let rig = rig(strategy).await;
+        put(&rig, "k", "v1").await;
+        hand_edit(&rig, "r1", "k", "edited").await;
+        rig.rep.delete(&key("k"), None).await.expect("delete");
+        settle(&rig).await;
+        assert_eq!(value(&rig, "r1", "k").await.as_deref(), expect, "{strategy}");
+        assert_eq!(value(&rig, "p", "k").await, None);
+        assert_eq!(counts(&rig), (1, 1), "{strategy}");
+    }
+}
+
+/// A write that was done but whose answer was lost is shipped again; the
+/// target then holds this sidecar's own version: not a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_is_not_a_conflict_with_or_without_metadata() {
+    // Memory store: metadata says whose version it is.
+    let rig = Rig::with(1, "async", 1, 2.0, "", "conflict_resolution = \"first_write_wins\"").await;
+    rig.fault("r1").set(Fault::LoseAcks);
+    for i in 0..20 {
+        put(&rig, &format!("k{}", i % 5), &format!("v{i}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rig.fault("r1").heal();
+    settle(&rig).await;
+    assert!(rig.fault("r1").failed_writes() > 0, "answers were lost");
+    for i in 15..20 {
+        assert_eq!(
+            value(&rig, "r1", &format!("k{}", i % 5)).await.as_deref(),
+            Some(format!("v{i}").as_str())
+        );
+    }
+    assert_eq!(counts(&rig), (0, 0));
+
+    // Local directory: no metadata, no conditional update; compared by HEAD.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica_dir = dir.path().join("replica");
+    std::fs::create_dir_all(&replica_dir).expect("mkdir");
+    let text = format!(
+        "data_dir = {:?}\n[replication]\nmode = \"async\"\nconflict_resolution = \"first_write_wins\"\n\
+         [primary]\nname = \"p\"\nurl = \"memory://\"\nretry_delay_seconds = 0.02\n\
+         [[targets]]\nname = \"r1\"\nurl = \"file://{}\"\nretry_delay_seconds = 0.02\n",
+        dir.path().join("data").display().to_string(),
+        replica_dir.display()
+    );
+    let cfg = Config::from_toml(&text).expect("config");
+    let local: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(&replica_dir).expect("local"));
+    let (faulty, faults) = FaultyStore::wrap(local.clone());
+    let mut stores: HashMap<String, Arc<dyn ObjectStore>> = HashMap::new();
+    stores.insert("r1".into(), faulty);
+    let rep = Replicator::open_with_stores(cfg, stores).await.expect("open");
+    faults.set(Fault::LoseAcks);
+    let mut last = HashMap::new();
+    for i in 0..20 {
+        let k = format!("k{}", i % 5);
+        let v = format!("v{i}");
+        rep.put(&key(&k), Bytes::from(v.clone()), None).await.expect("put");
+        last.insert(k, v);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    faults.heal();
+    let head = rep.log().head();
+    for _ in 0..500 {
+        if rep.cursors().expect("cursors").targets.iter().all(|t| t.cursor == head) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(faults.failed_writes() > 0);
+    for (k, v) in &last {
+        let got = local.get(&Path::from(k.as_str())).await.expect("get").bytes().await.expect("bytes");
+        assert_eq!(&got[..], v.as_bytes(), "{k}");
+    }
+    assert_eq!(rep.metrics().conflicts_detected.get(), 0);
+
+    // And a real hand edit there is one.
+    local
+        .put(&Path::from("k0"), PutPayload::from("edited"))
+        .await
+        .expect("edit");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    rep.put(&key("k0"), Bytes::from("newer"), None).await.expect("put");
+    for _ in 0..500 {
+        if rep.metrics().conflicts_resolved.get() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rep.metrics().conflicts_detected.get(), 1);
+    let got = local.get(&Path::from("k0")).await.expect("get").bytes().await.expect("bytes");
+    assert_eq!(&got[..], b"edited", "first_write_wins keeps the edit");
+    rep.shutdown(Duration::from_millis(200)).await.expect("shutdown");
+}
+
+/// Replay is a repair: it writes this log's versions over whatever is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_overwrites_hand_edits() {
+    let rig = rig("first_write_wins").await;
+    let first = put(&rig, "k", "v1").await;
+    hand_edit(&rig, "r1", "k", "edited").await;
+    rig.rep
+        .replay("r1", walship::replicator::ReplayFrom::Seq(first), true)
+        .await
+        .expect("replay");
+    settle(&rig).await;
+    assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some("v1"));
+    assert_eq!(counts(&rig), (0, 0));
+}
