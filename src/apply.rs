@@ -692,29 +692,46 @@ impl Engine {
             }
             Keep::Primary => {
                 let entry = crate::log::entry_at(self.log.storage().as_ref(), rec.seq)?;
-                let logged = entry.as_ref().map(|e| {
-                    (
-                        (e.op == Op::Put).then(|| e.value.clone()),
-                        self.ours(e),
-                    )
-                });
+                let logged = entry
+                    .as_ref()
+                    .map(|e| ((e.op == Op::Put).then(|| e.value.clone()), self.ours(e)));
                 let (bytes, stamp) = if self.on_primary(&t) {
                     logged.ok_or_else(|| Error::Conflict(format!(
                         "the log no longer holds seq {} of key {:?}; run `walship resync {}` to copy the acting primary instead",
                         rec.seq, rec.key, rec.target
                     )))?
                 } else {
-                    let (mine, ours) = logged.unwrap_or((
-                        None,
-                        Stamp {
-                            tag: Tag {
-                                ts_ms: 0,
-                                origin: String::new(),
+                    // Exactly what the acting primary holds, once it has
+                    // this log's entries of the key.
+                    let p = self.acting_primary().clone();
+                    if p.cursor() < rec.seq {
+                        return Err(Error::Conflict(format!(
+                            "the acting primary {} has not applied seq {} of key {:?} yet; resolve again once it has (walship cursors)",
+                            p.name(),
+                            rec.seq,
+                            rec.key
+                        )));
+                    }
+                    match self.fetch(&p, &path, true).await? {
+                        Some(pv) => {
+                            let seq = if pv.tag.origin == self.origin {
+                                pv.seq.unwrap_or(0)
+                            } else {
+                                0
+                            };
+                            (pv.bytes, Stamp { tag: pv.tag, seq })
+                        }
+                        None => (
+                            None,
+                            Stamp {
+                                tag: Tag {
+                                    ts_ms: 0,
+                                    origin: String::new(),
+                                },
+                                seq: 0,
                             },
-                            seq: 0,
-                        },
-                    ));
-                    self.primary_version(&rec.key, mine, ours).await?
+                        ),
+                    }
                 };
                 over.resolving = false;
                 match bytes {

@@ -12,10 +12,13 @@
 //!   greater origin id).
 //! - `first_write_wins`: the smaller tag. A hand edit made before the entry
 //!   that meets it is the version already there, and stays.
-//! - `primary_wins`: on a replica, the replica's version never wins; the
-//!   replica gets the acting primary's version (or this entry, when the
-//!   primary still holds something older). On the acting primary itself
-//!   there is no other primary to defer to, so the greater tag wins.
+//! - `primary_wins`: a version on a replica that no walship sidecar wrote
+//!   (a hand edit) never wins: the replica gets the acting primary's version
+//!   (or this entry, when the primary still holds something older). On the
+//!   acting primary, and between versions that sidecars wrote, the greater
+//!   tag wins: the primary decides so, and deciding alike on the replicas
+//!   is what makes them end with the primary's version whichever sidecar
+//!   gets where first.
 //! - `merge`: a [`Merge`] combines both (JSON deep merge in the sidecar);
 //!   bytes it cannot merge go to `manual`.
 //! - `manual`: a durable [`ConflictRecord`]; the target keeps its version
@@ -81,14 +84,16 @@ pub fn decide(strategy: ConflictResolution, ours: &Tag, theirs: &Tag, on_primary
                 Verdict::Ours
             }
         }
-        ConflictResolution::PrimaryWins if on_primary => {
+        ConflictResolution::PrimaryWins if !on_primary && theirs.origin.is_empty() => {
+            Verdict::Primary
+        }
+        ConflictResolution::PrimaryWins => {
             if newer_is_ours {
                 Verdict::Ours
             } else {
                 Verdict::Theirs
             }
         }
-        ConflictResolution::PrimaryWins => Verdict::Primary,
         ConflictResolution::Merge => Verdict::Merge,
         ConflictResolution::Manual => Verdict::Manual,
     }
@@ -274,9 +279,15 @@ mod tests {
         let ours = tag(100, "a");
         let newer = tag(200, "");
         let pw = ConflictResolution::PrimaryWins;
+        // A hand edit on a replica never wins there...
         assert_eq!(decide(pw, &ours, &newer, false), Verdict::Primary);
+        // ...on the primary the newer version does,
         assert_eq!(decide(pw, &ours, &newer, true), Verdict::Theirs);
         assert_eq!(decide(pw, &newer, &ours, true), Verdict::Ours);
+        // and versions from sidecars are ordered alike everywhere.
+        let other = tag(200, "b");
+        assert_eq!(decide(pw, &ours, &other, false), Verdict::Theirs);
+        assert_eq!(decide(pw, &other, &ours, false), Verdict::Ours);
         assert_eq!(
             decide(ConflictResolution::Merge, &ours, &newer, true),
             Verdict::Merge
