@@ -342,7 +342,13 @@ impl Engine {
         self.conflict(t, e, cur, before).await
     }
 
-    async fn remove(&self, t: &TargetHandle, key: &str, path: &Path, resolving: bool) -> Result<()> {
+    async fn remove(
+        &self,
+        t: &TargetHandle,
+        key: &str,
+        path: &Path,
+        resolving: bool,
+    ) -> Result<()> {
         match t.store.delete(path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(Error::target(t.name(), e)),
@@ -607,11 +613,7 @@ impl Engine {
         let _g = self.queue.lock().await;
         let storage = self.log.storage();
         let id = match storage.meta(NEXT_ID_META)? {
-            Some(b) => b
-                .as_slice()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .unwrap_or(1),
+            Some(b) => b.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(1),
             None => 1,
         };
         let rec = ConflictRecord {
@@ -681,7 +683,8 @@ impl Engine {
                 "key {:?} on target {} changed since conflict {id} was recorded (it is now {}); the record shows the new version: look again with `walship conflicts` and resolve",
                 rec.key,
                 rec.target,
-                now.map(|e| format!("e-tag {e}")).unwrap_or_else(|| "absent".into())
+                now.map(|e| format!("e-tag {e}"))
+                    .unwrap_or_else(|| "absent".into())
             )));
         }
         let cur = cur.expect("checked above");
@@ -774,7 +777,12 @@ impl Engine {
     /// Copies `path` from `source` to `t` unconditionally (resync), with its
     /// metadata, and records it as known. A version without an origin came
     /// from this sidecar's log through the primary: it is recorded as ours.
-    pub(crate) async fn copy(&self, source: &TargetHandle, t: &TargetHandle, path: &Path) -> Result<()> {
+    pub(crate) async fn copy(
+        &self,
+        source: &TargetHandle,
+        t: &TargetHandle,
+        path: &Path,
+    ) -> Result<()> {
         let Some(v) = self.fetch(source, path, true).await? else {
             // Deleted since the listing: the log ships the delete.
             return Ok(());
@@ -816,7 +824,10 @@ impl Engine {
                     (META_SEQ, stamp.seq.to_string()),
                 ] {
                     if !value.is_empty() {
-                        attributes.insert(Attribute::Metadata(name.into()), AttributeValue::from(value));
+                        attributes.insert(
+                            Attribute::Metadata(name.into()),
+                            AttributeValue::from(value),
+                        );
                     }
                 }
             }

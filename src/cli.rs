@@ -728,7 +728,10 @@ async fn conflicts(cli: &Cli, action: Option<&ConflictsAction>) -> Result<(), Fa
         }
         Some(ConflictsAction::Resolve { id, keep }) => {
             let resp = c
-                .req(reqwest::Method::POST, &format!("/v1/conflicts/{id}/resolve"))
+                .req(
+                    reqwest::Method::POST,
+                    &format!("/v1/conflicts/{id}/resolve"),
+                )
                 .json(&serde_json::json!({ "keep": keep }))
                 .send()
                 .await

@@ -102,7 +102,12 @@ pub fn decide(strategy: ConflictResolution, ours: &Tag, theirs: &Tag, on_primary
 /// Whether this log's next entry may replace a version a target is known to
 /// hold from another origin, found in an earlier conflict and kept.
 /// (`merge` and `manual` settled it already; a later write is a new intent.)
-pub fn may_replace(strategy: ConflictResolution, ours: &Tag, theirs: &Tag, on_primary: bool) -> bool {
+pub fn may_replace(
+    strategy: ConflictResolution,
+    ours: &Tag,
+    theirs: &Tag,
+    on_primary: bool,
+) -> bool {
     match strategy {
         ConflictResolution::LastWriteWins | ConflictResolution::FirstWriteWins => {
             decide(strategy, ours, theirs, on_primary) == Verdict::Ours
@@ -309,14 +314,21 @@ mod tests {
         let fww = ConflictResolution::FirstWriteWins;
         assert!(may_replace(fww, &older, &theirs, false));
         assert!(!may_replace(fww, &newer, &theirs, false));
-        assert!(may_replace(ConflictResolution::Manual, &older, &theirs, false));
+        assert!(may_replace(
+            ConflictResolution::Manual,
+            &older,
+            &theirs,
+            false
+        ));
     }
 
     #[test]
     fn json_deep_merge_takes_both_sides_and_the_newer_leaf() {
         let older = br#"{"a":1,"shared":{"x":1,"y":1},"list":[1]}"#;
         let newer = br#"{"b":2,"shared":{"y":2,"z":2},"list":[2]}"#;
-        let merged = JsonMerge.merge("k", newer, older).expect("both are objects");
+        let merged = JsonMerge
+            .merge("k", newer, older)
+            .expect("both are objects");
         let v: serde_json::Value = serde_json::from_slice(&merged).unwrap();
         assert_eq!(
             v,

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use bytes::Bytes;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
@@ -18,6 +17,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -444,7 +444,11 @@ async fn conflict_action(
         (Some(k), None) | (None, Some(k)) => k,
         (Some(a), Some(b)) if a == b => a,
         (Some(_), Some(_)) => return Err(bad("keep given twice, differently")),
-        (None, None) => return Err(bad("say which version to keep: ?keep=primary or ?keep=replica")),
+        (None, None) => {
+            return Err(bad(
+                "say which version to keep: ?keep=primary or ?keep=replica",
+            ));
+        }
     };
     let keep: Keep = keep.parse().map_err(bad)?;
     let rec = app.rep.resolve_conflict(id, keep).await?;

@@ -5,7 +5,7 @@
 //! (replay and resync move it explicitly), and `offset` is the log offset
 //! just after `cursor`, so lag bytes are `head offset - offset`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use object_store::ObjectStore;

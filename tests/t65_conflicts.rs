@@ -76,8 +76,16 @@ async fn a_hand_edit_then_a_write_ends_as_each_strategy_says() {
         hand_edit(&rig, "r1", "k", "edited").await;
         put(&rig, "k", "v2").await;
         settle(&rig).await;
-        assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some(expect), "{strategy}");
-        assert_eq!(value(&rig, "p", "k").await.as_deref(), Some("v2"), "{strategy}");
+        assert_eq!(
+            value(&rig, "r1", "k").await.as_deref(),
+            Some(expect),
+            "{strategy}"
+        );
+        assert_eq!(
+            value(&rig, "p", "k").await.as_deref(),
+            Some("v2"),
+            "{strategy}"
+        );
         assert_eq!(counts(&rig), (1, 1), "{strategy}: one conflict, resolved");
         // Settled: the next write meets no new conflict.
         put(&rig, "k", "v3").await;
@@ -118,7 +126,11 @@ async fn an_edit_newer_than_the_entry_wins_only_under_last_write_wins() {
         hand_edit(&rig, "r1", "k", "edited").await;
         rig.rep.resume("r1").await.expect("resume");
         settle(&rig).await;
-        assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some(expect), "{strategy}");
+        assert_eq!(
+            value(&rig, "r1", "k").await.as_deref(),
+            Some(expect),
+            "{strategy}"
+        );
         assert_eq!(counts(&rig), (1, 1), "{strategy}");
     }
 }
@@ -146,7 +158,10 @@ async fn merge_combines_json_and_sends_other_bytes_to_the_manual_queue() {
     assert_eq!(value(&rig, "r1", "bin").await.as_deref(), Some("not json"));
     let open = rig.rep.conflicts().expect("list");
     assert_eq!(open.len(), 1, "{open:?}");
-    assert_eq!((open[0].key.as_str(), open[0].target.as_str()), ("bin", "r1"));
+    assert_eq!(
+        (open[0].key.as_str(), open[0].target.as_str()),
+        ("bin", "r1")
+    );
     assert_eq!(counts(&rig), (2, 1));
 }
 
@@ -161,7 +176,10 @@ async fn manual_keeps_the_replica_records_it_and_resolve_clears_it() {
     let open = rig.rep.conflicts().expect("list");
     assert_eq!(open.len(), 1);
     let rec = &open[0];
-    assert_eq!((rec.key.as_str(), rec.target.as_str(), rec.seq), ("k", "r1", seq2));
+    assert_eq!(
+        (rec.key.as_str(), rec.target.as_str(), rec.seq),
+        ("k", "r1", seq2)
+    );
     assert_eq!(rec.replica.size, 6);
     assert_eq!(rec.primary.size, 2);
     assert!(rec.replica.etag.is_some());
@@ -176,8 +194,33 @@ async fn manual_keeps_the_replica_records_it_and_resolve_clears_it() {
     settle(&rig).await;
     assert_eq!(value(&rig, "r1", "other").await.as_deref(), Some("x"));
 
-    // It survives a restart.
-    let rig = rig.restart().await;
+    // It survives a restart, and is listed offline meanwhile.
+    rig.rep
+        .shutdown(Duration::from_millis(200))
+        .await
+        .expect("shutdown");
+    let Rig {
+        dir,
+        cfg,
+        rep,
+        stores,
+        ..
+    } = rig;
+    drop(rep);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_walship"))
+        .args(["conflicts", "--json", "--addr", "127.0.0.1:9", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run walship");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(listed["conflicts"][0]["key"], "k");
+    assert_eq!(listed["conflicts"][0]["seq"], seq3);
+    let rig = Rig::open(dir, cfg, stores).await;
     let open = rig.rep.conflicts().expect("list");
     assert_eq!(open.len(), 1);
     let id = open[0].id;
@@ -196,7 +239,11 @@ async fn manual_keeps_the_replica_records_it_and_resolve_clears_it() {
     put(&rig, "k", "v4").await;
     settle(&rig).await;
     assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some("v4"));
-    assert_eq!(rig.rep.metrics().conflicts_detected.get(), 0, "none since the restart");
+    assert_eq!(
+        rig.rep.metrics().conflicts_detected.get(),
+        0,
+        "none since the restart"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,7 +264,11 @@ async fn resolve_catches_a_second_edit_instead_of_overwriting_it() {
     assert!(err.to_string().contains("changed since"), "{err}");
     assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some("second edit"));
     let rec = &rig.rep.conflicts().expect("list")[0];
-    assert_eq!(rec.replica.size, "second edit".len() as u64, "the record shows the new version");
+    assert_eq!(
+        rec.replica.size,
+        "second edit".len() as u64,
+        "the record shows the new version"
+    );
     // Now that it has been looked at: keep the replica's version.
     rig.rep
         .resolve_conflict(id, Keep::Replica)
@@ -247,7 +298,10 @@ async fn counters_equal_the_conflicts_made() {
     settle(&rig).await;
     assert_eq!(counts(&rig), (7, 7));
     for i in 0..10 {
-        assert_eq!(value(&rig, "r1", &format!("k{i}")).await.as_deref(), Some("v2"));
+        assert_eq!(
+            value(&rig, "r1", &format!("k{i}")).await.as_deref(),
+            Some("v2")
+        );
     }
     // A target that keeps failing does not count a conflict per retry.
     hand_edit(&rig, "r1", "k0", "edited again").await;
@@ -262,19 +316,32 @@ async fn counters_equal_the_conflicts_made() {
     assert_eq!(value(&rig, "r1", "k0").await.as_deref(), Some("v3"));
     assert_eq!(counts(&rig), (8, 8));
     let text = rig.rep.metrics_text();
-    assert!(text.contains("walship_conflicts_detected_total 8"), "{text}");
-    assert!(text.contains("walship_conflicts_resolved_total 8"), "{text}");
+    assert!(
+        text.contains("walship_conflicts_detected_total 8"),
+        "{text}"
+    );
+    assert!(
+        text.contains("walship_conflicts_resolved_total 8"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_meets_a_hand_edit_like_a_put() {
-    for (strategy, expect) in [("last_write_wins", None), ("first_write_wins", Some("edited"))] {
+    for (strategy, expect) in [
+        ("last_write_wins", None),
+        ("first_write_wins", Some("edited")),
+    ] {
         let rig = rig(strategy).await;
         put(&rig, "k", "v1").await;
         hand_edit(&rig, "r1", "k", "edited").await;
         rig.rep.delete(&key("k"), None).await.expect("delete");
         settle(&rig).await;
-        assert_eq!(value(&rig, "r1", "k").await.as_deref(), expect, "{strategy}");
+        assert_eq!(
+            value(&rig, "r1", "k").await.as_deref(),
+            expect,
+            "{strategy}"
+        );
         assert_eq!(value(&rig, "p", "k").await, None);
         assert_eq!(counts(&rig), (1, 1), "{strategy}");
     }
@@ -285,7 +352,15 @@ async fn a_delete_meets_a_hand_edit_like_a_put() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_answer_is_not_a_conflict_with_or_without_metadata() {
     // Memory store: metadata says whose version it is.
-    let rig = Rig::with(1, "async", 1, 2.0, "", "conflict_resolution = \"first_write_wins\"").await;
+    let rig = Rig::with(
+        1,
+        "async",
+        1,
+        2.0,
+        "",
+        "conflict_resolution = \"first_write_wins\"",
+    )
+    .await;
     rig.fault("r1").set(Fault::LoseAcks);
     for i in 0..20 {
         put(&rig, &format!("k{}", i % 5), &format!("v{i}")).await;
@@ -319,27 +394,43 @@ async fn a_lost_answer_is_not_a_conflict_with_or_without_metadata() {
     let (faulty, faults) = FaultyStore::wrap(local.clone());
     let mut stores: HashMap<String, Arc<dyn ObjectStore>> = HashMap::new();
     stores.insert("r1".into(), faulty);
-    let rep = Replicator::open_with_stores(cfg, stores).await.expect("open");
+    let rep = Replicator::open_with_stores(cfg, stores)
+        .await
+        .expect("open");
     faults.set(Fault::LoseAcks);
     let mut last = HashMap::new();
     for i in 0..20 {
         let k = format!("k{}", i % 5);
         let v = format!("v{i}");
-        rep.put(&key(&k), Bytes::from(v.clone()), None).await.expect("put");
+        rep.put(&key(&k), Bytes::from(v.clone()), None)
+            .await
+            .expect("put");
         last.insert(k, v);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     faults.heal();
     let head = rep.log().head();
     for _ in 0..500 {
-        if rep.cursors().expect("cursors").targets.iter().all(|t| t.cursor == head) {
+        if rep
+            .cursors()
+            .expect("cursors")
+            .targets
+            .iter()
+            .all(|t| t.cursor == head)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(faults.failed_writes() > 0);
     for (k, v) in &last {
-        let got = local.get(&Path::from(k.as_str())).await.expect("get").bytes().await.expect("bytes");
+        let got = local
+            .get(&Path::from(k.as_str()))
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes");
         assert_eq!(&got[..], v.as_bytes(), "{k}");
     }
     assert_eq!(rep.metrics().conflicts_detected.get(), 0);
@@ -350,7 +441,9 @@ async fn a_lost_answer_is_not_a_conflict_with_or_without_metadata() {
         .await
         .expect("edit");
     tokio::time::sleep(Duration::from_millis(5)).await;
-    rep.put(&key("k0"), Bytes::from("newer"), None).await.expect("put");
+    rep.put(&key("k0"), Bytes::from("newer"), None)
+        .await
+        .expect("put");
     for _ in 0..500 {
         if rep.metrics().conflicts_resolved.get() == 1 {
             break;
@@ -358,9 +451,17 @@ async fn a_lost_answer_is_not_a_conflict_with_or_without_metadata() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(rep.metrics().conflicts_detected.get(), 1);
-    let got = local.get(&Path::from("k0")).await.expect("get").bytes().await.expect("bytes");
+    let got = local
+        .get(&Path::from("k0"))
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes");
     assert_eq!(&got[..], b"edited", "first_write_wins keeps the edit");
-    rep.shutdown(Duration::from_millis(200)).await.expect("shutdown");
+    rep.shutdown(Duration::from_millis(200))
+        .await
+        .expect("shutdown");
 }
 
 /// Replay is a repair: it writes this log's versions over whatever is there.
@@ -376,4 +477,109 @@ async fn replay_overwrites_hand_edits() {
     settle(&rig).await;
     assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some("v1"));
     assert_eq!(counts(&rig), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conflict_queue_over_http() {
+    let rig = rig("manual").await;
+    let base = rig.serve_http(None).await;
+    let c = reqwest::Client::new();
+    put(&rig, "k", "v1").await;
+    hand_edit(&rig, "r1", "k", "edited").await;
+    put(&rig, "k", "v2").await;
+    settle(&rig).await;
+
+    let list: serde_json::Value = c
+        .get(format!("{base}/v1/conflicts"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let open = list["conflicts"].as_array().expect("array");
+    assert_eq!(open.len(), 1, "{list}");
+    assert_eq!(open[0]["key"], "k");
+    assert_eq!(open[0]["target"], "r1");
+    assert_eq!(open[0]["replica"]["size"], 6);
+    let id = open[0]["id"].as_u64().expect("id");
+
+    // Bad requests name the problem and change nothing.
+    for (url, body, status, says) in [
+        (format!("{base}/v1/conflicts/{id}/resolve"), "", 400, "keep"),
+        (
+            format!("{base}/v1/conflicts/{id}/resolve?keep=both"),
+            "",
+            400,
+            "primary",
+        ),
+        (
+            format!("{base}/v1/conflicts/x/resolve?keep=primary"),
+            "",
+            400,
+            "not a number",
+        ),
+        (
+            format!("{base}/v1/conflicts/{id}/resolve"),
+            "{\"keep\":",
+            400,
+            "body",
+        ),
+        (
+            format!("{base}/v1/conflicts/{id}/resolve?keep=primary"),
+            "{\"keep\":\"replica\"}",
+            400,
+            "twice",
+        ),
+        (
+            format!("{base}/v1/conflicts/{id}/ignore?keep=primary"),
+            "",
+            404,
+            "resolve",
+        ),
+        (
+            format!("{base}/v1/conflicts/{}/resolve?keep=primary", id + 7),
+            "",
+            404,
+            "no open conflict",
+        ),
+    ] {
+        let r = c.post(&url).body(body).send().await.expect("post");
+        assert_eq!(r.status().as_u16(), status, "{url}");
+        let err: serde_json::Value = r.json().await.expect("json error");
+        let msg = err["error"].as_str().expect("error");
+        assert!(msg.contains(says), "{url}: {msg}");
+    }
+    assert_eq!(rig.rep.conflicts().expect("list").len(), 1);
+    assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some("edited"));
+
+    let r = c
+        .post(format!("{base}/v1/conflicts/{id}/resolve"))
+        .json(&serde_json::json!({"keep": "primary"}))
+        .send()
+        .await
+        .expect("post");
+    assert!(r.status().is_success());
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["kept"], "primary");
+    assert_eq!(v["resolved"]["id"], id);
+    assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some("v2"));
+    let status: serde_json::Value = c
+        .get(format!("{base}/v1/status"))
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(status["open_conflicts"], 0);
+    assert_eq!(status["metrics"]["conflicts_detected"], 1);
+    assert_eq!(status["metrics"]["conflicts_resolved"], 1);
+    // Resolved once: a second resolve finds nothing.
+    let r = c
+        .post(format!("{base}/v1/conflicts/{id}/resolve?keep=primary"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 404);
 }

@@ -61,6 +61,21 @@ async fn read(store: &dyn ObjectStore, key: &str) -> Option<String> {
     }
 }
 
+fn cli(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(sidecar::bin())
+        .args(args)
+        .output()
+        .expect("run walship");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 async fn get_json(url: String) -> serde_json::Value {
     reqwest::get(url)
         .await
@@ -188,7 +203,11 @@ async fn two_sidecars_writing_the_same_keys_agree_under_every_strategy() {
                         .send()
                         .await
                         .expect("put");
-                    assert!(r.status().is_success(), "{}", r.text().await.unwrap_or_default());
+                    assert!(
+                        r.status().is_success(),
+                        "{}",
+                        r.text().await.unwrap_or_default()
+                    );
                     written.insert(key, v);
                 }
                 written
@@ -226,6 +245,48 @@ async fn two_sidecars_writing_the_same_keys_agree_under_every_strategy() {
             // Conflicts on the primary first, so that the replicas copy the
             // primary's settled version.
             open.sort_by_key(|(_, c)| c["target"] != "primary");
+            // The first one through the CLI.
+            let (n0, c0) = open.remove(0);
+            let addr = sides[n0].base.trim_start_matches("http://").to_string();
+            let id0 = c0["id"].as_u64().expect("id").to_string();
+            let (code, out) = cli(&["conflicts", "--addr", &addr]);
+            assert_eq!(code, 0, "{out}");
+            assert!(
+                out.contains("REPLICA") && out.contains(c0["key"].as_str().expect("key")),
+                "{out}"
+            );
+            let (code, out) = cli(&[
+                "conflicts",
+                "resolve",
+                &id0,
+                "--keep",
+                "sideways",
+                "--addr",
+                &addr,
+            ]);
+            assert_eq!(code, 2, "{out}");
+            let (code, out) = cli(&[
+                "conflicts",
+                "resolve",
+                &id0,
+                "--keep",
+                "primary",
+                "--addr",
+                &addr,
+            ]);
+            assert_eq!(code, 0, "{out}");
+            assert!(out.contains("resolved"), "{out}");
+            let (code, out) = cli(&["conflicts", "list", "--json", "--addr", &addr]);
+            assert_eq!(code, 0, "{out}");
+            let listed: serde_json::Value = serde_json::from_str(&out).expect("json");
+            assert!(
+                listed["conflicts"]
+                    .as_array()
+                    .expect("conflicts")
+                    .iter()
+                    .all(|c| c["id"] != c0["id"]),
+                "{out}"
+            );
             for (n, c) in &open {
                 resolve(&sides[*n], c["id"].as_u64().expect("id")).await;
             }
@@ -235,7 +296,11 @@ async fn two_sidecars_writing_the_same_keys_agree_under_every_strategy() {
         }
         let (_, ra) = counters(&sides[0]).await;
         let (_, rb) = counters(&sides[1]).await;
-        assert_eq!(ra + rb, 2 * KEYS as u64, "{strategy}: every conflict resolved");
+        assert_eq!(
+            ra + rb,
+            2 * KEYS as u64,
+            "{strategy}: every conflict resolved"
+        );
 
         let p = bucket(&moto, &format!("shared-p{i}"));
         let r = bucket(&moto, &format!("shared-r{i}"));

@@ -101,6 +101,7 @@ async fn kill_minus_nine_at_random_moments_loses_no_acknowledged_write() {
             );
         }
     }
+    assert_no_conflicts(&sc).await;
     let st = sc.term();
     assert!(st.success(), "SIGTERM exit: {st:?}");
 }
@@ -188,5 +189,21 @@ async fn aborts_inside_append_flush_cursor_persist_and_shipping_lose_nothing() {
             assert_eq!(&got, value, "seed {seed}: {key} on {target}");
         }
     }
+    assert_no_conflicts(&sc).await;
     assert!(sc.term().success());
+}
+
+/// Re-shipping after a crash meets this sidecar's own versions: never a
+/// conflict.
+async fn assert_no_conflicts(sc: &Sidecar) {
+    let text = reqwest::get(format!("{}/metrics", sc.base))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.contains("walship_conflicts_detected_total 0"),
+        "re-shipping after a crash counted conflicts:\n{text}"
+    );
 }

@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::Engine;
 use crate::codec::Op;
-use crate::conflict::{ConflictRecord, JsonMerge, Keep, Merge};
 use crate::config::{Config, Mode, ReadPreference};
+use crate::conflict::{ConflictRecord, JsonMerge, Keep, Merge};
 use crate::error::{Error, Result};
 use crate::failover::{self, Decision, FailoverView};
 use crate::health::{self, HealthInputs};
