@@ -191,14 +191,7 @@ impl Engine {
     // ---- side tables ----
 
     pub(crate) fn known(&self, target: &str, key: &str) -> Result<Option<Known>> {
-        match self
-            .log
-            .storage()
-            .side(Side::Versions, &versions_key(target, key))?
-        {
-            Some(b) => decode_json("a known version", &b).map(Some),
-            None => Ok(None),
-        }
+        known_in(self.log.storage().as_ref(), target, key)
     }
 
     pub(crate) fn set_known(&self, target: &str, key: &str, k: Option<&Known>) -> Result<()> {
@@ -880,6 +873,18 @@ async fn fetch(
         has_origin: origin.is_some(),
         bytes,
     }))
+}
+
+/// The version walship knows `target` holds for `key`.
+pub(crate) fn known_in(
+    storage: &dyn crate::storage::LogStorage,
+    target: &str,
+    key: &str,
+) -> Result<Option<Known>> {
+    match storage.side(Side::Versions, &versions_key(target, key))? {
+        Some(b) => decode_json("a known version", &b).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Every open manual conflict in a log's side table, oldest first.

@@ -132,6 +132,25 @@ async fn an_edit_newer_than_the_entry_wins_only_under_last_write_wins() {
             "{strategy}"
         );
         assert_eq!(counts(&rig), (1, 1), "{strategy}");
+        // verify names a version kept on purpose, and does not fail for it.
+        let report = rig.rep.verify(Some("r1")).await.expect("verify");
+        let diffs = &report.targets[0].differences;
+        if expect == "edited" {
+            assert_eq!(diffs.len(), 1, "{diffs:?}");
+            assert_eq!(diffs[0].problem, "conflict");
+            assert!(
+                diffs[0].detail.contains("outside walship"),
+                "{}",
+                diffs[0].detail
+            );
+        } else {
+            assert!(diffs.is_empty(), "{diffs:?}");
+        }
+        assert!(report.ok, "{report:?}");
+        // A hand edit nobody resolved is still a failure.
+        hand_edit(&rig, "r1", "k", "edited again").await;
+        let report = rig.rep.verify(Some("r1")).await.expect("verify");
+        assert!(!report.ok, "{report:?}");
     }
 }
 

@@ -79,7 +79,8 @@ pub struct Difference {
     pub key: String,
     /// Its latest seq in the log.
     pub seq: u64,
-    /// `missing`, `different size`, `different content`, `deleted but present`, `unreadable`.
+    /// `missing`, `different size`, `different content`, `deleted but present`, `unreadable`,
+    /// or `conflict` (the target keeps another version on purpose; not a failure).
     pub problem: String,
     /// Detail.
     pub detail: String,
@@ -178,6 +179,10 @@ pub async fn verify(
         }
         true
     })?;
+    let origin = storage
+        .meta("origin")?
+        .map(|o| String::from_utf8_lossy(&o).into_owned())
+        .unwrap_or_default();
     let total = keys.len() as u64 * targets.len() as u64;
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut reports = Vec::new();
@@ -194,13 +199,21 @@ pub async fn verify(
                 let store = t.store.clone();
                 let storage = storage.clone();
                 let cursor = t.cursor;
+                let origin = origin.clone();
                 let done = done.clone();
                 let progress = progress.clone();
                 async move {
                     let d = if info.seq > cursor {
                         None
                     } else {
-                        compare(storage.as_ref(), store.as_ref(), &key, &info).await
+                        compare(
+                            storage.as_ref(),
+                            store.as_ref(),
+                            (&t.name, &origin),
+                            &key,
+                            &info,
+                        )
+                        .await
                     };
                     progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
                     d
@@ -221,7 +234,10 @@ pub async fn verify(
         }
         reports.push(report);
     }
-    let ok = corrupt.is_empty() && reports.iter().all(|r| r.differences.is_empty());
+    let ok = corrupt.is_empty()
+        && reports
+            .iter()
+            .all(|r| r.differences.iter().all(|d| d.problem == CONFLICT_KEPT));
     Ok(VerifyReport {
         entries_checked: checked,
         corrupt,
@@ -233,6 +249,7 @@ pub async fn verify(
 async fn compare(
     storage: &dyn LogStorage,
     store: &dyn ObjectStore,
+    (target, origin): (&str, &str),
     key: &str,
     info: &KeyInfo,
 ) -> Option<Difference> {
@@ -245,13 +262,60 @@ async fn compare(
         })
     };
     let path = object_path(key);
-    let got = match store.get(&path).await {
-        Ok(r) => match r.bytes().await {
-            Ok(b) => Some(b),
-            Err(e) => return diff("unreadable", e.to_string()),
-        },
-        Err(object_store::Error::NotFound { .. }) => None,
+    let (got, etag) = match store.get(&path).await {
+        Ok(r) => {
+            let etag = r.meta.e_tag.clone();
+            match r.bytes().await {
+                Ok(b) => (Some(b), etag),
+                Err(e) => return diff("unreadable", e.to_string()),
+            }
+        }
+        Err(object_store::Error::NotFound { .. }) => (None, None),
         Err(e) => return diff("unreadable", e.to_string()),
+    };
+    let mut found = content_difference(storage, info, got)?;
+    found.key = key.to_string();
+    // A version kept by conflict resolution is a difference on purpose.
+    if let Some(k) = crate::apply::known_in(storage, target, key)
+        .ok()
+        .flatten()
+        .filter(|k| k.tag.origin != origin && k.etag.is_some() && k.etag == etag)
+    {
+        let why = match k.conflict {
+            Some(id) => format!(
+                "open conflict {id}: `walship conflicts resolve {id} --keep primary|replica`"
+            ),
+            None => "kept by conflict_resolution".to_string(),
+        };
+        let who = if k.tag.origin.is_empty() {
+            "written outside walship".to_string()
+        } else {
+            format!("written by sidecar {}", k.tag.origin)
+        };
+        return diff(
+            CONFLICT_KEPT,
+            format!("{}; the target holds a version {who} ({why})", found.detail),
+        );
+    }
+    Some(found)
+}
+
+/// The `problem` of a difference that conflict resolution chose (not a
+/// failure of verify).
+pub(crate) const CONFLICT_KEPT: &str = "conflict";
+
+fn content_difference(
+    storage: &dyn LogStorage,
+    info: &KeyInfo,
+    got: Option<bytes::Bytes>,
+) -> Option<Difference> {
+    let diff = |problem: &str, detail: String| {
+        Some(Difference {
+            key: String::new(),
+            seq: info.seq,
+            problem: problem.to_string(),
+            detail,
+        })
     };
     match (info.op, got) {
         (Op::Delete, None) => None,
