@@ -93,7 +93,11 @@ pub struct Log {
     /// Bytes of stored records from the first kept entry through the head,
     /// as of open, plus every byte committed since ("log offset" of head).
     /// Positions are compared as offsets: lag bytes = offset(head) - offset(cursor).
-    truncated_bytes: AtomicU64,
+    /// The offset just before the first kept entry.
+    first_offset: AtomicU64,
+    /// Offsets were measured afresh on open: persisted cursor offsets do
+    /// not apply.
+    rebased: bool,
 }
 
 /// Counts a writer inside `append` (also across cancellation).
@@ -161,15 +165,11 @@ impl Log {
             last_ts = e?.ts_ms;
         }
         rebuild_key_index(storage.as_ref(), head)?;
-        let mut kept = 0u64;
-        storage.scan(first, head, &mut |_, rec| {
-            kept += rec.len() as u64;
-            true
-        })?;
+        let (head_abs, first_abs, rebased) = open_offsets(storage.as_ref(), first, head)?;
         let (tx, rx) = mpsc::channel::<Request>(MAX_GROUP * 4);
         let head_tx = Arc::new(watch::channel(head).0);
         let stats = Arc::new(CommitStats::default());
-        stats.head_offset.store(kept, Ordering::Release);
+        stats.head_offset.store(head_abs, Ordering::Release);
         let indexed = Arc::new(watch::channel(head).0);
         let (index_tx, index_rx) = std::sync::mpsc::channel();
         let pending_index = Arc::new(Mutex::new(PendingIndex::default()));
@@ -204,7 +204,8 @@ impl Log {
             indexed,
             pending_index,
             stats,
-            truncated_bytes: AtomicU64::new(0),
+            first_offset: AtomicU64::new(first_abs),
+            rebased,
         }))
     }
 
@@ -385,10 +386,16 @@ impl Log {
         }
     }
 
+    /// Whether persisted cursor offsets are valid for this log (see
+    /// `open_offsets`).
+    pub fn offsets_persisted(&self) -> bool {
+        !self.rebased
+    }
+
     /// Bytes of the entries still kept.
     pub fn retained_bytes(&self) -> u64 {
         self.head_offset()
-            .saturating_sub(self.truncated_bytes.load(Ordering::Acquire))
+            .saturating_sub(self.first_offset.load(Ordering::Acquire))
     }
 
     /// The newest entry of a key.
@@ -454,11 +461,87 @@ impl Log {
             bytes += rec.len() as u64;
             true
         })?;
+        // The new first offset is recorded before the entries go, so a
+        // crash in between is seen (and measured) on open.
+        let first_offset = self.first_offset.load(Ordering::Acquire) + bytes;
+        self.storage
+            .set_meta(FIRST_OFFSET_META, &pair(seq, first_offset))?;
         let n = self.storage.truncate_below(seq)?;
-        self.truncated_bytes.fetch_add(bytes, Ordering::AcqRel);
+        self.first_offset.store(first_offset, Ordering::Release);
         self.first.store(seq, Ordering::Release);
         Ok(n)
     }
+}
+
+/// Meta: (head seq, offset just after it), written with every group commit.
+const HEAD_OFFSET_META: &str = "head_offset";
+/// Meta: (first kept seq, offset just before it), written before truncating.
+const FIRST_OFFSET_META: &str = "first_offset";
+
+fn pair(a: u64, b: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&a.to_be_bytes());
+    out[8..].copy_from_slice(&b.to_be_bytes());
+    out
+}
+
+fn unpair(b: &[u8]) -> Option<(u64, u64)> {
+    let a = u64::from_be_bytes(b.get(..8)?.try_into().ok()?);
+    let c = u64::from_be_bytes(b.get(8..16)?.try_into().ok()?);
+    Some((a, c))
+}
+
+fn stored_bytes(storage: &dyn LogStorage, from: u64, to: u64) -> Result<u64> {
+    let mut n = 0u64;
+    if from <= to {
+        storage.scan(from, to, &mut |_, rec| {
+            n += rec.len() as u64;
+            true
+        })?;
+    }
+    Ok(n)
+}
+
+/// The offsets of the head and of the first kept entry, from what the
+/// committer and truncation recorded, scanning only what they had not yet
+/// recorded when the process stopped. A log without them (older versions)
+/// is measured once, with offsets counted from its first kept entry.
+///
+/// Offsets are bytes of stored records since the log was created: they do
+/// not change when the log is truncated or reopened, so a persisted cursor
+/// offset stays valid (lag bytes = head offset - cursor offset).
+fn open_offsets(storage: &dyn LogStorage, first: u64, head: u64) -> Result<(u64, u64, bool)> {
+    let head_rec = storage.meta(HEAD_OFFSET_META)?.as_deref().and_then(unpair);
+    let first_rec = storage.meta(FIRST_OFFSET_META)?.as_deref().and_then(unpair);
+    let measured = match head_rec {
+        Some((hs, ha)) if hs <= head => {
+            let head_abs = ha + stored_bytes(storage, hs + 1, head)?;
+            let first_abs = match first_rec {
+                Some((fs, fa)) if fs == first => Some(fa),
+                // A truncation recorded but not done (or not finished).
+                Some((fs, fa)) if fs > first => {
+                    Some(fa.saturating_sub(stored_bytes(storage, first, fs - 1)?))
+                }
+                None if first <= 1 => Some(0),
+                _ => None,
+            };
+            first_abs.map(|f| (head_abs, f))
+        }
+        _ => None,
+    };
+    let rebased = measured.is_none();
+    let (head_abs, first_abs) = match measured {
+        Some(m) => m,
+        None => {
+            if head > 0 {
+                tracing::info!("measuring the log once to record its offsets");
+            }
+            (stored_bytes(storage, first, head)?, 0)
+        }
+    };
+    storage.set_meta(HEAD_OFFSET_META, &pair(head, head_abs))?;
+    storage.set_meta(FIRST_OFFSET_META, &pair(first, first_abs))?;
+    Ok((head_abs, first_abs, rebased))
 }
 
 /// One line of `walship log`.
@@ -687,10 +770,20 @@ impl Committer {
                 })
                 .collect();
             let flush_started = std::time::Instant::now();
-            let result = self.storage.append(&pending).and_then(|()| {
-                crate::crash::point("append");
-                self.storage.sync()
-            });
+            let group_bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
+            let head_offset = self.stats.head_offset.load(Ordering::Acquire) + group_bytes;
+            let last_seq = first_seq + records.len() as u64 - 1;
+            let result = self
+                .storage
+                .append(&pending)
+                .and_then(|()| {
+                    self.storage
+                        .set_meta(HEAD_OFFSET_META, &pair(last_seq, head_offset))
+                })
+                .and_then(|()| {
+                    crate::crash::point("append");
+                    self.storage.sync()
+                });
             if result.is_ok() {
                 crate::crash::point("flush");
             }
@@ -707,10 +800,7 @@ impl Committer {
                 Ok(()) => {
                     self.next_seq += group.len() as u64;
                     self.last_ts = ts;
-                    let group_bytes: usize = records.iter().map(Vec::len).sum();
-                    self.stats
-                        .head_offset
-                        .fetch_add(group_bytes as u64, Ordering::AcqRel);
+                    self.stats.head_offset.store(head_offset, Ordering::Release);
                     self.head.send_replace(self.next_seq - 1);
                     self.stats
                         .entries

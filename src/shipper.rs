@@ -133,8 +133,8 @@ impl Shipper {
 
     fn persist(&self) {
         crate::crash::point("cursor");
-        let c = self.target.cursor();
-        if let Err(e) = self.log.storage().set_cursor(self.target.name(), c) {
+        let (c, offset) = self.target.position();
+        if let Err(e) = self.log.storage().set_cursor(self.target.name(), c, offset) {
             tracing::warn!(target = %self.target.name(), error = %e, "could not persist cursor; it will be persisted later");
         }
     }

@@ -13,7 +13,8 @@
 //! Layout (one sled database in `data_dir/log`):
 //! - tree `log`:     seq (u64 big-endian, so byte order is seq order) → record
 //! - tree `keys`:    key → [`KeyInfo`] of its newest entry, plus a watermark
-//! - tree `cursors`: target name → u64 big-endian
+//! - tree `cursors`: target name → cursor seq, then the log offset after it
+//!   (u64 big-endian each; older data dirs hold the seq alone)
 //! - tree `meta`:    small named values (target list, states)
 //! - tree `versions`: target NUL key → the version walship knows a target
 //!   holds (see `conflict`)
@@ -96,8 +97,11 @@ pub trait LogStorage: Send + Sync + 'static {
     fn truncate_below(&self, seq: u64) -> Result<u64>;
     /// A target's persisted cursor.
     fn cursor(&self, target: &str) -> Result<Option<u64>>;
-    /// Persists a target's cursor (durable with the next `sync`).
-    fn set_cursor(&self, target: &str, seq: u64) -> Result<()>;
+    /// Persists a target's cursor and the log offset just after it
+    /// (durable with the next `sync`).
+    fn set_cursor(&self, target: &str, seq: u64, offset: u64) -> Result<()>;
+    /// The log offset persisted with a target's cursor, if any.
+    fn cursor_offset(&self, target: &str) -> Result<Option<u64>>;
     /// Every persisted cursor.
     fn cursors(&self) -> Result<Vec<(String, u64)>>;
     /// The newest entry of a key.
@@ -348,21 +352,32 @@ impl LogStorage for SledStorage {
             .cursors
             .get(target)
             .map_err(self.err("reading a cursor"))?;
-        Ok(v.and_then(|v| seq_of(&v)))
+        Ok(v.and_then(|v| v.get(..8).and_then(seq_of)))
     }
 
-    fn set_cursor(&self, target: &str, seq: u64) -> Result<()> {
+    fn set_cursor(&self, target: &str, seq: u64, offset: u64) -> Result<()> {
+        let mut v = [0u8; 16];
+        v[..8].copy_from_slice(&seq.to_be_bytes());
+        v[8..].copy_from_slice(&offset.to_be_bytes());
         self.cursors
-            .insert(target, &seq.to_be_bytes())
+            .insert(target, &v)
             .map_err(self.err("persisting a cursor"))?;
         Ok(())
+    }
+
+    fn cursor_offset(&self, target: &str) -> Result<Option<u64>> {
+        let v = self
+            .cursors
+            .get(target)
+            .map_err(self.err("reading a cursor"))?;
+        Ok(v.and_then(|v| v.get(8..16).and_then(seq_of)))
     }
 
     fn cursors(&self) -> Result<Vec<(String, u64)>> {
         let mut out = Vec::new();
         for item in self.cursors.iter() {
             let (k, v) = item.map_err(self.err("reading cursors"))?;
-            if let (Ok(name), Some(seq)) = (std::str::from_utf8(&k), seq_of(&v)) {
+            if let (Ok(name), Some(seq)) = (std::str::from_utf8(&k), v.get(..8).and_then(seq_of)) {
                 out.push((name.to_string(), seq));
             }
         }
@@ -485,7 +500,7 @@ mod tests {
             .expect("append");
             s.index(&[("a", info(1)), ("b", info(2)), ("a", info(3))], 3)
                 .expect("index");
-            s.set_cursor("t", 2).expect("cursor");
+            s.set_cursor("t", 2, 77).expect("cursor");
             s.sync().expect("sync");
             assert_eq!(s.bounds().expect("bounds"), Some((1, 3)));
             assert_eq!(s.key_info("a").expect("ki").map(|i| i.seq), Some(3));
@@ -503,6 +518,8 @@ mod tests {
         let s = SledStorage::open(dir.path(), 8 << 20).expect("reopen");
         assert_eq!(s.bounds().expect("bounds"), Some((3, 3)));
         assert_eq!(s.cursor("t").expect("cursor"), Some(2));
+        assert_eq!(s.cursor_offset("t").expect("offset"), Some(77));
+        assert_eq!(s.cursors().expect("cursors"), vec![("t".to_string(), 2)]);
         let keys = s.keys_with_prefix("", 10).expect("keys");
         assert_eq!(
             keys.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),

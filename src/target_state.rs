@@ -151,6 +151,12 @@ impl TargetHandle {
         true
     }
 
+    /// The cursor and the offset just after it, read together.
+    pub(crate) fn position(&self) -> (u64, u64) {
+        let _e = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
+        (self.cursor(), self.offset())
+    }
+
     /// Moves the cursor by hand (replay, end of resync).
     pub(crate) fn reset(&self, cursor: u64, offset: u64) {
         let mut e = self.epoch.lock().unwrap_or_else(|p| p.into_inner());

@@ -542,7 +542,7 @@ impl Replicator {
         let _guard = self.control.lock().await;
         let offset = self.log.offset_of(start)?;
         t.reset(start, offset);
-        self.log.storage().set_cursor(t.name(), start)?;
+        self.log.storage().set_cursor(t.name(), start, offset)?;
         self.log
             .storage()
             .set_meta(&state_meta(t.name()), b"active")?;
@@ -648,7 +648,7 @@ impl Replicator {
             t.force_until.fetch_max(head, Ordering::AcqRel);
             let offset = self.log.offset_of(seq - 1)?;
             t.reset(seq - 1, offset);
-            self.log.storage().set_cursor(name, seq - 1)?;
+            self.log.storage().set_cursor(name, seq - 1, offset)?;
             if t.state() == TargetState::Failed {
                 self.log.storage().set_meta(&state_meta(name), b"active")?;
                 t.state_tx.send_replace(TargetState::Active);

@@ -172,9 +172,27 @@ impl Replicator {
                 state,
             )));
         }
-        let cursors: Vec<u64> = targets.iter().map(|t| t.cursor()).collect();
-        for (t, offset) in targets.iter().zip(log.offsets_of(&cursors)?) {
-            t.offset.store(offset, std::sync::atomic::Ordering::Release);
+        // Each cursor's offset was persisted with it; older data dirs (or a
+        // log whose offsets were measured afresh) place them in one scan.
+        let mut unplaced = Vec::new();
+        for t in &targets {
+            let persisted = storage
+                .cursor_offset(t.name())?
+                .filter(|_| {
+                    log.offsets_persisted()
+                        && t.cursor() == storage.cursor(t.name()).ok().flatten().unwrap_or(0)
+                })
+                .filter(|o| *o <= log.head_offset());
+            match persisted {
+                Some(o) => t.offset.store(o, std::sync::atomic::Ordering::Release),
+                None => unplaced.push(t.clone()),
+            }
+        }
+        if !unplaced.is_empty() {
+            let cursors: Vec<u64> = unplaced.iter().map(|t| t.cursor()).collect();
+            for (t, offset) in unplaced.iter().zip(log.offsets_of(&cursors)?) {
+                t.offset.store(offset, std::sync::atomic::Ordering::Release);
+            }
         }
         let meta = serde_json::to_vec(&records)
             .map_err(|e| Error::io("encoding the target list", std::io::Error::other(e)))?;
@@ -822,7 +840,8 @@ impl Replicator {
             let _ = h.await;
         }
         for t in &self.targets {
-            self.log.storage().set_cursor(t.name(), t.cursor())?;
+            let (cursor, offset) = t.position();
+            self.log.storage().set_cursor(t.name(), cursor, offset)?;
         }
         self.log.storage().sync()
     }
