@@ -83,6 +83,7 @@ impl Found {
             seq,
             resolving: false,
             conflict: None,
+            in_sled: false,
         }
     }
 
@@ -120,6 +121,40 @@ pub(crate) struct Engine {
     pub(crate) acting: Arc<AtomicUsize>,
     /// Serialises conflict-record changes (ids, resolve).
     queue: tokio::sync::Mutex<()>,
+    /// Per target (by index): recently known versions.
+    cache: Vec<std::sync::Mutex<KnownCache>>,
+}
+
+/// Most keys whose known version is cached per target.
+const CACHE_KEYS: usize = 16 * 1024;
+
+/// A bounded map key → known version (`None`: known to be unknown). When
+/// full, a quarter of it is dropped: what is dropped is found again in sled
+/// or on the target.
+#[derive(Default)]
+pub(crate) struct KnownCache {
+    map: std::collections::HashMap<String, Option<Known>>,
+}
+
+impl KnownCache {
+    fn get(&self, key: &str) -> Option<&Option<Known>> {
+        self.map.get(key)
+    }
+
+    fn insert(&mut self, key: &str, k: Option<Known>) {
+        if self.map.len() >= CACHE_KEYS && !self.map.contains_key(key) {
+            let drop: Vec<String> = self.map.keys().take(CACHE_KEYS / 4).cloned().collect();
+            for d in drop {
+                self.map.remove(&d);
+            }
+        }
+        match self.map.get_mut(key) {
+            Some(slot) => *slot = k,
+            None => {
+                self.map.insert(key.to_string(), k);
+            }
+        }
+    }
 }
 
 fn versions_key(target: &str, key: &str) -> Vec<u8> {
@@ -158,7 +193,12 @@ impl Engine {
         targets: Vec<Arc<TargetHandle>>,
         acting: Arc<AtomicUsize>,
     ) -> Engine {
+        let cache = targets
+            .iter()
+            .map(|_| std::sync::Mutex::new(KnownCache::default()))
+            .collect();
         Engine {
+            cache,
             origin,
             strategy,
             merge,
@@ -190,15 +230,67 @@ impl Engine {
 
     // ---- side tables ----
 
-    pub(crate) fn known(&self, target: &str, key: &str) -> Result<Option<Known>> {
-        known_in(self.log.storage().as_ref(), target, key)
+    /// The version `t` is known to hold for `key`: the cache, else sled.
+    pub(crate) fn known(&self, t: &TargetHandle, key: &str) -> Result<Option<Known>> {
+        if let Some(k) = self.cache(t).get(key) {
+            return Ok(k.clone());
+        }
+        let k = known_in(self.log.storage().as_ref(), t.name(), key)?.map(|mut k| {
+            k.in_sled = true;
+            k
+        });
+        self.cache(t).insert(key, k.clone());
+        Ok(k)
     }
 
-    pub(crate) fn set_known(&self, target: &str, key: &str, k: Option<&Known>) -> Result<()> {
-        let bytes = k.map(|k| encode_json("a known version", k)).transpose()?;
-        self.log
-            .storage()
-            .set_side(Side::Versions, &versions_key(target, key), bytes.as_deref())
+    /// Records what `t` holds for `key`. Kept in sled when a restart needs
+    /// it to decide right: another origin's version, a conflict under way,
+    /// or a store without metadata (where a version cannot say it is ours).
+    /// This sidecar's own versions on stores with metadata live in a
+    /// bounded cache only: after a restart or an eviction the next write
+    /// finds them by their `walshiporigin` (one HEAD more).
+    pub(crate) fn set_known(&self, t: &TargetHandle, key: &str, k: Option<&Known>) -> Result<()> {
+        let storage = self.log.storage();
+        let sled_key = versions_key(t.name(), key);
+        let persist = k.is_some_and(|k| {
+            k.tag.origin != self.origin
+                || k.resolving
+                || k.conflict.is_some()
+                || t.caps().contains(Caps::NO_ATTRS)
+        });
+        let in_sled_before = match self.cache(t).get(key) {
+            Some(prev) => prev.as_ref().is_some_and(|p| p.in_sled),
+            // Not cached: only sled can say.
+            None => storage.side(Side::Versions, &sled_key)?.is_some(),
+        };
+        let cached = match k {
+            Some(k) if persist => {
+                storage.set_side(
+                    Side::Versions,
+                    &sled_key,
+                    Some(&encode_json("a known version", k)?),
+                )?;
+                Some(Known {
+                    in_sled: true,
+                    ..k.clone()
+                })
+            }
+            other => {
+                if in_sled_before {
+                    storage.set_side(Side::Versions, &sled_key, None)?;
+                }
+                other.map(|k| Known {
+                    in_sled: false,
+                    ..k.clone()
+                })
+            }
+        };
+        self.cache(t).insert(key, cached);
+        Ok(())
+    }
+
+    fn cache(&self, t: &TargetHandle) -> std::sync::MutexGuard<'_, KnownCache> {
+        self.cache[t.idx].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn record(&self, id: u64) -> Result<Option<ConflictRecord>> {
@@ -229,7 +321,7 @@ impl Engine {
     /// Applies `e` to `t`. An error means "not applied yet": the shipper
     /// retries.
     pub(crate) async fn apply(&self, t: &TargetHandle, e: &Entry) -> Result<()> {
-        let known = self.known(t.name(), &e.key)?;
+        let known = self.known(t, &e.key)?;
         if e.seq <= t.force_until.load(Ordering::Acquire) {
             return self.force(t, e, known).await;
         }
@@ -286,7 +378,13 @@ impl Engine {
             {
                 return self.wrote(t, &e.key, known.as_ref(), r, stamp);
             }
-            let Some(cur) = self.fetch(t, &path, true).await? else {
+            // Metadata says whose it is; only without it are the bytes read.
+            let cur = match self.fetch(t, &path, false).await? {
+                Some(head) if head.has_origin => Some(head),
+                Some(_) => self.fetch(t, &path, true).await?,
+                None => None,
+            };
+            let Some(cur) = cur else {
                 known = None;
                 continue;
             };
@@ -297,7 +395,7 @@ impl Engine {
                     // Already there (a re-ship): record it, nothing to write.
                     mine.tag.ts_ms = e.ts_ms;
                     mine.seq = e.seq;
-                    self.set_known(t.name(), &e.key, Some(&mine))?;
+                    self.set_known(t, &e.key, Some(&mine))?;
                     return Ok(());
                 }
                 known = Some(mine);
@@ -313,7 +411,7 @@ impl Engine {
         let path = object_path(&e.key);
         let resolving = known.as_ref().is_some_and(|k| k.resolving);
         let Some(head) = self.fetch(t, &path, false).await? else {
-            self.set_known(t.name(), &e.key, None)?;
+            self.set_known(t, &e.key, None)?;
             if resolving {
                 self.metrics.conflicts_resolved.inc();
             }
@@ -325,7 +423,12 @@ impl Engine {
         if expected || (head.has_origin && head.tag.origin == self.origin) {
             return self.remove(t, &e.key, &path, resolving).await;
         }
-        let Some(cur) = self.fetch(t, &path, true).await? else {
+        let cur = if head.has_origin {
+            Some(head)
+        } else {
+            self.fetch(t, &path, true).await?
+        };
+        let Some(cur) = cur else {
             return self.remove(t, &e.key, &path, resolving).await;
         };
         if self.is_ours(t, &cur, e)? {
@@ -346,7 +449,7 @@ impl Engine {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(Error::target(t.name(), e)),
         }
-        self.set_known(t.name(), key, None)?;
+        self.set_known(t, key, None)?;
         if resolving {
             self.metrics.conflicts_resolved.inc();
         }
@@ -373,8 +476,9 @@ impl Engine {
             seq,
             resolving: false,
             conflict: None,
+            in_sled: false,
         };
-        self.set_known(t.name(), key, Some(&k))?;
+        self.set_known(t, key, Some(&k))?;
         if before.is_some_and(|b| b.resolving) {
             self.metrics.conflicts_resolved.inc();
         }
@@ -384,7 +488,7 @@ impl Engine {
     /// A kept foreign version's decision is carried out: count it.
     fn settled(&self, t: &TargetHandle, key: &str, mut k: Known) -> Result<()> {
         k.resolving = false;
-        self.set_known(t.name(), key, Some(&k))?;
+        self.set_known(t, key, Some(&k))?;
         self.metrics.conflicts_resolved.inc();
         Ok(())
     }
@@ -513,7 +617,7 @@ impl Engine {
         tracing::info!(target = %t.name(), key = %e.key, seq = e.seq, theirs_origin = %cur.tag.origin, theirs_ts_ms = cur.tag.ts_ms, ?verdict, "conflict");
         let mut theirs = cur.known(0);
         theirs.resolving = true;
-        self.set_known(t.name(), &e.key, Some(&theirs))?;
+        self.set_known(t, &e.key, Some(&theirs))?;
         let value = (e.op == Op::Put).then(|| e.value.clone());
         match verdict {
             Verdict::Theirs => self.settled(t, &e.key, theirs),
@@ -523,6 +627,20 @@ impl Engine {
                 self.install(t, &e.key, &path, bytes, stamp, &theirs).await
             }
             Verdict::Merge => {
+                let mut cur = cur;
+                if cur.bytes.is_none() && value.is_some() {
+                    match self.fetch(t, &path, true).await? {
+                        // Read again: the conditional write below is on
+                        // this version.
+                        Some(again) => {
+                            theirs.etag = again.etag.clone();
+                            theirs.version = again.version.clone();
+                            self.set_known(t, &e.key, Some(&theirs))?;
+                            cur = again;
+                        }
+                        None => return Err(self.changed_too_often(t, &e.key)),
+                    }
+                }
                 let merged = match (&value, &cur.bytes) {
                     (Some(mine), Some(other)) => {
                         let (newer, older) = if ours.tag > cur.tag {
@@ -628,7 +746,7 @@ impl Engine {
         self.set_record(id, Some(&rec))?;
         theirs.resolving = false;
         theirs.conflict = Some(id);
-        self.set_known(t.name(), &e.key, Some(&theirs))?;
+        self.set_known(t, &e.key, Some(&theirs))?;
         storage.sync()?;
         tracing::warn!(target = %t.name(), key = %e.key, id, "conflict waits for `walship conflicts resolve {id} --keep primary|replica`");
         Ok(())
@@ -684,7 +802,7 @@ impl Engine {
         let mut over = cur.known(0);
         match keep {
             Keep::Replica => {
-                self.set_known(t.name(), &rec.key, Some(&over))?;
+                self.set_known(&t, &rec.key, Some(&over))?;
             }
             Keep::Primary => {
                 let entry = crate::log::entry_at(self.log.storage().as_ref(), rec.seq)?;
@@ -757,9 +875,9 @@ impl Engine {
         for rec in self.list()? {
             if rec.target == t.name() {
                 self.set_record(rec.id, None)?;
-                if let Some(mut k) = self.known(t.name(), &rec.key)? {
+                if let Some(mut k) = self.known(t, &rec.key)? {
                     k.conflict = None;
-                    self.set_known(t.name(), &rec.key, Some(&k))?;
+                    self.set_known(t, &rec.key, Some(&k))?;
                 }
                 self.metrics.conflicts_resolved.inc();
             }

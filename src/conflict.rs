@@ -179,6 +179,9 @@ pub struct Known {
     /// An open manual conflict holds the key on this target.
     #[serde(default)]
     pub conflict: Option<u64>,
+    /// Whether sled holds this record (not stored).
+    #[serde(skip)]
+    pub in_sled: bool,
 }
 
 /// One side of a recorded conflict.

@@ -319,8 +319,8 @@ async fn lag_bytes_and_retained_bytes_are_exact_across_restarts_and_truncation()
         let report = rig.rep.cursors().expect("cursors");
         let storage = rig.rep.log().storage().clone();
         for t in &report.targets {
-            let scanned = walship::log::lag_of(storage.as_ref(), t.cursor, report.head)
-                .expect("lag by scan");
+            let scanned =
+                walship::log::lag_of(storage.as_ref(), t.cursor, report.head).expect("lag by scan");
             assert_eq!(t.lag_bytes, scanned.bytes, "round {round}: {}", t.name);
             assert_eq!(t.lag_entries, scanned.entries, "round {round}: {}", t.name);
         }

@@ -535,7 +535,7 @@ impl Replicator {
             }
         }
         for extra in dst_objects.keys().filter(|p| !keep.contains(*p)) {
-            self.engine.set_known(t.name(), extra.as_ref(), None)?;
+            self.engine.set_known(&t, extra.as_ref(), None)?;
         }
         self.engine.resynced(&t)?;
         // Hand over to the cursor at `start`.
