@@ -1,7 +1,7 @@
 //! A large backlog: fill a log with N entries (default 1M, 256 B) while every
-//! replica is down, then measure the reopen time of the replicator (log open,
-//! key index, resuming every cursor) and the process's peak RSS, next to the
-//! RSS of the process before opening. Then catch-up after an outage, with
+//! replica is down, then measure, in a fresh process, the reopen time of the
+//! replicator (log open, key index, resuming every cursor) and that
+//! process's peak RSS while it ships the backlog to the primary. Then catch-up after an outage, with
 //! 10% distinct keys against all-distinct keys (what coalescing saves).
 //!
 //! `cargo bench --bench backlog`; WALSHIP_BENCH_SCALE scales N.
@@ -104,18 +104,15 @@ async fn catch_up(n: usize, distinct: usize) -> Duration {
     took
 }
 
-fn main() {
+/// The reopen phase, in a fresh process (so its peak RSS is the sidecar's
+/// alone, not the filling's): open the replicator on the filled log with
+/// both replicas hung, ship the backlog to the primary, report.
+fn reopen_child(data: &std::path::Path, n: usize) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let n = ((1_000_000.0 * scale()) as usize).max(1000);
     rt.block_on(async {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let data = tmp.path().join("data");
-        let t = Instant::now();
-        fill(&data, n, n).await;
-        println!("filled {n} entries in {:.1}s", t.elapsed().as_secs_f64());
         let before = rss_kib("VmRSS:");
         let mut stores: HashMap<String, Arc<dyn ObjectStore>> = HashMap::new();
         for name in ["r1", "r2"] {
@@ -129,7 +126,7 @@ fn main() {
         f.set(Fault::DropWrites);
         stores.insert("p".into(), p);
         let t = Instant::now();
-        let rep = Replicator::open_with_stores(config(&data), stores)
+        let rep = Replicator::open_with_stores(config(data), stores)
             .await
             .expect("open");
         let reopen = t.elapsed();
@@ -147,7 +144,7 @@ fn main() {
             reopen.as_secs_f64()
         );
         println!(
-            "peak RSS {} MiB (before open {} MiB); replicas {} entries / {} MiB behind",
+            "peak RSS of the sidecar process {} MiB (at start {} MiB); replicas {} entries / {} MiB behind",
             rss_kib("VmHWM:") / 1024,
             before / 1024,
             c.targets[1].lag_entries,
@@ -155,6 +152,29 @@ fn main() {
         );
         rep.shutdown(Duration::ZERO).await.expect("shutdown");
     });
+}
+
+fn main() {
+    let n = ((1_000_000.0 * scale()) as usize).max(1000);
+    if let Ok(data) = std::env::var("WALSHIP_BACKLOG_CHILD") {
+        reopen_child(std::path::Path::new(&data), n);
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let t = Instant::now();
+    rt.block_on(fill(&data, n, n));
+    println!("filled {n} entries in {:.1}s", t.elapsed().as_secs_f64());
+    let status = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .env("WALSHIP_BACKLOG_CHILD", &data)
+        .status()
+        .expect("run the reopen phase");
+    assert!(status.success(), "reopen phase: {status:?}");
+    drop(tmp);
     let m = ((100_000.0 * scale()) as usize).max(1000);
     let coalesced = rt.block_on(catch_up(m, m / 10));
     let distinct = rt.block_on(catch_up(m, m));

@@ -68,6 +68,37 @@ pub struct ReadBatch {
     pub error: Option<Error>,
 }
 
+/// A stretch of the log planned for shipping: for every entry, the index
+/// of the last entry of its key in the stretch (the only one applied), its
+/// stored size and timestamp. Small stretches carry their entries too.
+#[derive(Debug, Default)]
+pub struct Window {
+    /// Seq of the first entry.
+    pub base: u64,
+    /// Per entry: index (from `base`) of the last entry of the same key.
+    pub owner: Vec<u32>,
+    /// Per entry: stored size.
+    pub sizes: Vec<u32>,
+    /// Per entry: append time, unix ms.
+    pub ts_ms: Vec<u64>,
+    /// The entries themselves, when the stretch was small enough to keep.
+    pub entries: Option<Vec<Entry>>,
+    /// Set when an entry could not be read: the stretch ends before it.
+    pub error: Option<Error>,
+}
+
+impl Window {
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.owner.len()
+    }
+
+    /// Whether it holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.owner.is_empty()
+    }
+}
+
 /// Lag of a position behind the head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Lag {
@@ -299,6 +330,96 @@ impl Log {
         out
     }
 
+    /// Plans up to `max_entries` entries from `from` (never past the
+    /// durable head): which entry of each key is the last one. Entries are
+    /// kept in the window when there are at most `keep_entries` of them and
+    /// `keep_bytes` bytes; otherwise only what the plan needs is (bounded
+    /// by `max_entries`, whatever the values weigh).
+    pub fn plan(
+        &self,
+        from: u64,
+        max_entries: usize,
+        keep_entries: usize,
+        keep_bytes: usize,
+    ) -> Window {
+        let head = self.head();
+        let mut w = Window {
+            base: from,
+            ..Window::default()
+        };
+        if from > head {
+            return w;
+        }
+        if from < self.first() {
+            w.error = Some(Error::Corrupt {
+                seq: from,
+                reason: format!(
+                    "the entry was truncated from the log (oldest kept is {}); the target needs a resync",
+                    self.first()
+                ),
+            });
+            return w;
+        }
+        let to = head.min(from.saturating_add(max_entries as u64).saturating_sub(1));
+        let mut last: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+        let mut keys: Vec<u32> = Vec::new();
+        let mut kept: Vec<Entry> = Vec::new();
+        let mut keeping = true;
+        let mut bytes = 0usize;
+        let mut expect = from;
+        let res = self.storage.scan(from, to, &mut |seq, rec| {
+            if seq != expect {
+                w.error = Some(Error::Corrupt {
+                    seq: expect,
+                    reason: "the entry is missing from the log".into(),
+                });
+                return false;
+            }
+            match codec::decode(seq, rec) {
+                Ok(e) => {
+                    let i = w.sizes.len() as u32;
+                    w.sizes.push(rec.len() as u32);
+                    w.ts_ms.push(e.ts_ms);
+                    // Key ids: the index of the key's first entry.
+                    let id = *last.entry(e.key.clone()).or_insert(i);
+                    keys.push(id);
+                    bytes += rec.len();
+                    keeping = keeping && w.sizes.len() <= keep_entries && bytes <= keep_bytes;
+                    if keeping {
+                        kept.push(e);
+                    } else {
+                        kept = Vec::new();
+                    }
+                    expect += 1;
+                    true
+                }
+                Err(e) => {
+                    w.error = Some(e);
+                    false
+                }
+            }
+        });
+        if let Err(e) = res {
+            w.error = Some(e);
+        } else if w.error.is_none() && w.sizes.is_empty() {
+            w.error = Some(Error::Corrupt {
+                seq: from,
+                reason: "the entry is missing from the log".into(),
+            });
+        }
+        drop(last);
+        // owner[i] = the last index with the same key id.
+        let mut last_of_id: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+        for (i, id) in keys.iter().enumerate() {
+            last_of_id.insert(*id, i as u32);
+        }
+        w.owner = keys.iter().map(|id| last_of_id[id]).collect();
+        if keeping {
+            w.entries = Some(kept);
+        }
+        w
+    }
+
     /// Lag of `cursor` behind the head, measured on the log (scans the
     /// unapplied entries; see [`Log::lag_at`] for the O(1) form).
     pub fn lag(&self, cursor: u64) -> Result<Lag> {
@@ -326,10 +447,25 @@ impl Log {
         Ok(head_offset.saturating_sub(after))
     }
 
-    /// [`Log::offset_of`] for many cursors in one scan of the log.
+    /// [`Log::offset_of`] for many cursors in one scan of the log (none for
+    /// cursors at the head or just below the first kept entry).
     pub fn offsets_of(&self, cursors: &[u64]) -> Result<Vec<u64>> {
         let head = self.head();
         let head_offset = self.head_offset();
+        let edge = self.first().saturating_sub(1);
+        if cursors.iter().all(|c| *c >= head || *c == edge) {
+            let first_offset = self.first_offset.load(Ordering::Acquire);
+            return Ok(cursors
+                .iter()
+                .map(|c| {
+                    if *c >= head {
+                        head_offset
+                    } else {
+                        first_offset
+                    }
+                })
+                .collect());
+        }
         let Some(lo) = cursors.iter().copied().min() else {
             return Ok(Vec::new());
         };

@@ -1,11 +1,12 @@
 //! One shipper per target: from its cursor to the head, in order, forever.
 //!
-//! Protocol, per batch read from the log (crc-checked, never past the
-//! durable head):
+//! Protocol, per window planned from the log (crc-checked, never past the
+//! durable head, at most `MAX_WINDOW` entries):
 //!
-//! 1. Coalesce: for each key only its last entry in the batch is applied,
+//! 1. Coalesce: for each key only its last entry in the window is applied,
 //!    so two versions of one key are never in flight together and the
-//!    target can only end on the newest (guarantee 5).
+//!    target can only end on the newest (guarantee 5). A target catching up
+//!    on a long backlog thus ships each key about once per window.
 //! 2. Apply the remaining puts and deletes with up to `window` requests in
 //!    flight. A request is bounded by `sync_timeout_seconds`; a failure is
 //!    retried with exponential backoff from `retry_delay_seconds`, capped;
@@ -13,7 +14,7 @@
 //!    and retrying goes on. No entry is ever skipped.
 //! 3. The cursor advances only over a contiguous prefix whose entries are
 //!    applied (an entry counts as applied when the last entry of its key in
-//!    the batch is). It is published at once (writers waiting on it wake)
+//!    the window is). It is published at once (writers waiting on it wake)
 //!    and persisted now and then: a persisted cursor may be behind, never
 //!    ahead, and re-shipping after a crash is harmless (applying is
 //!    idempotent).
@@ -22,7 +23,6 @@
 //! it continues from there. A corrupt entry stops shipping just before it:
 //! the state becomes `failed` and the error names its seq (guarantee 7).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -33,12 +33,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::Engine;
 use crate::codec::Entry;
-use crate::log::{Log, now_ms};
+use crate::log::{Log, Window, now_ms};
 use crate::metrics::Metrics;
 use crate::status::TargetState;
 use crate::target_state::TargetHandle;
 
-/// Most entries read from the log per batch.
+/// Most entries planned at once: versions of a key superseded within this
+/// stretch are not shipped (catch-up coalescing). Bounded memory: a few
+/// integers per entry plus the distinct keys while planning.
+const MAX_WINDOW: usize = 256 * 1024;
+/// Most entries read from the log (and held) at once.
 const MAX_BATCH: usize = 4096;
 /// Most bytes read from the log per batch (at least one entry).
 const MAX_BATCH_BYTES: usize = 32 << 20;
@@ -99,29 +103,26 @@ impl Shipper {
                 continue;
             }
             let log = self.log.clone();
-            let read = tokio::task::spawn_blocking(move || {
-                log.read(cursor + 1, MAX_BATCH, MAX_BATCH_BYTES)
+            let plan = tokio::task::spawn_blocking(move || {
+                log.plan(cursor + 1, MAX_WINDOW, MAX_BATCH, MAX_BATCH_BYTES)
             })
             .await;
-            let batch = match read {
-                Ok(b) => b,
+            let mut window = match plan {
+                Ok(w) => w,
                 Err(e) => {
                     tracing::error!(target = %name, error = %e, "log reader task failed; retrying");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
-            if !batch.entries.is_empty() {
-                match self
-                    .ship(&batch.entries, &batch.sizes, &mut last_persist)
-                    .await
-                {
+            if !window.is_empty() {
+                match self.ship(&mut window, &mut last_persist).await {
                     Ok(()) => {}
                     Err(Stop::Inactive) => continue,
                     Err(Stop::Cancelled) => break,
                 }
             }
-            if let Some(err) = batch.error {
+            if let Some(err) = window.error {
                 let msg = err.to_string();
                 tracing::error!(target = %name, error = %msg, "shipping stopped");
                 self.target.set_failed(msg);
@@ -139,25 +140,19 @@ impl Shipper {
         }
     }
 
-    async fn ship(
-        &self,
-        entries: &[Entry],
-        sizes: &[u32],
-        last_persist: &mut Instant,
-    ) -> Result<(), Stop> {
-        let base = entries[0].seq;
+    /// Ships one planned window: only the last entry of each key in it is
+    /// applied; the cursor passes an entry once that last entry is.
+    async fn ship(&self, w: &mut Window, last_persist: &mut Instant) -> Result<(), Stop> {
+        let base = w.base;
         let base_offset = self.target.offset();
         let epoch = self.target.epoch();
         if self.target.cursor() + 1 != base {
             return Err(Stop::Inactive);
         }
-        let mut last: HashMap<&str, usize> = HashMap::with_capacity(entries.len());
-        for (i, e) in entries.iter().enumerate() {
-            last.insert(e.key.as_str(), i);
-        }
-        let owner: Vec<usize> = entries.iter().map(|e| last[e.key.as_str()]).collect();
-        let ops = (0..entries.len()).filter(|&i| owner[i] == i);
-        let mut done = vec![false; entries.len()];
+        let n = w.len();
+        let owner = std::mem::take(&mut w.owner);
+        let ops = self.ops(base, n, &owner, w.entries.take());
+        let mut done = vec![false; n];
         let mut prefix = 0usize;
         let mut prefix_bytes = 0u64;
         let label = Metrics::target(self.target.name());
@@ -167,10 +162,12 @@ impl Shipper {
             .replication_seconds
             .get_or_create(&label)
             .clone();
-        let mut applied = futures::stream::iter(
-            ops.map(|i| async move { self.apply_with_retry(&entries[i]).await.map(|()| i) }),
-        )
-        .buffer_unordered(self.window.max(1));
+        let mut applied = ops
+            .map(|item| async move {
+                let (i, e) = item?;
+                self.apply_with_retry(&e).await.map(|()| i)
+            })
+            .buffer_unordered(self.window.max(1));
         while let Some(result) = applied.next().await {
             done[result?] = true;
             // Take every completion that is already there before publishing.
@@ -179,9 +176,9 @@ impl Shipper {
             }
             let before = prefix;
             let now = now_ms();
-            while prefix < entries.len() && done[owner[prefix]] {
-                prefix_bytes += u64::from(sizes[prefix]);
-                let age_ms = now.saturating_sub(entries[prefix].ts_ms);
+            while prefix < n && done[owner[prefix] as usize] {
+                prefix_bytes += u64::from(w.sizes[prefix]);
+                let age_ms = now.saturating_sub(w.ts_ms[prefix]);
                 histogram.observe(age_ms as f64 / 1000.0);
                 self.target
                     .counters
@@ -190,9 +187,9 @@ impl Shipper {
                 prefix += 1;
             }
             if prefix > before {
-                let n = (prefix - before) as u64;
-                success.inc_by(n);
-                self.target.counters.applied.fetch_add(n, Ordering::Relaxed);
+                let k = (prefix - before) as u64;
+                success.inc_by(k);
+                self.target.counters.applied.fetch_add(k, Ordering::Relaxed);
                 if !self
                     .target
                     .publish(epoch, base + prefix as u64 - 1, base_offset + prefix_bytes)
@@ -210,6 +207,67 @@ impl Shipper {
         self.persist();
         *last_persist = Instant::now();
         Ok(())
+    }
+
+    /// The entries of a window to apply (each key's last), in seq order:
+    /// the kept entries, or read from the log a chunk at a time.
+    fn ops<'a>(
+        &'a self,
+        base: u64,
+        n: usize,
+        owner: &'a [u32],
+        kept: Option<Vec<Entry>>,
+    ) -> futures::stream::BoxStream<'a, Result<(usize, Entry), Stop>> {
+        let wanted = move |i: usize| owner[i] as usize == i;
+        if let Some(entries) = kept {
+            return futures::stream::iter(
+                entries
+                    .into_iter()
+                    .enumerate()
+                    .filter(move |(i, _)| wanted(*i))
+                    .map(Ok),
+            )
+            .boxed();
+        }
+        futures::stream::unfold(0usize, move |next| async move {
+            if next >= n {
+                return None;
+            }
+            let log = self.log.clone();
+            let from = base + next as u64;
+            let want = (n - next).min(MAX_BATCH);
+            let read =
+                tokio::task::spawn_blocking(move || log.read(from, want, MAX_BATCH_BYTES)).await;
+            match read {
+                Ok(batch) if !batch.entries.is_empty() => {
+                    let got = batch.entries.len().min(n - next);
+                    let items: Vec<Result<(usize, Entry), Stop>> = batch
+                        .entries
+                        .into_iter()
+                        .take(got)
+                        .enumerate()
+                        .map(|(j, e)| (next + j, e))
+                        .filter(|(i, _)| wanted(*i))
+                        .map(Ok)
+                        .collect();
+                    Some((futures::stream::iter(items), next + got))
+                }
+                Ok(batch) => {
+                    let why = batch
+                        .error
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "nothing read".into());
+                    tracing::warn!(target = %self.target.name(), seq = from, error = %why, "reading a planned stretch failed; planning again");
+                    Some((futures::stream::iter(vec![Err(Stop::Inactive)]), n))
+                }
+                Err(e) => {
+                    tracing::warn!(target = %self.target.name(), error = %e, "log reader task failed; planning again");
+                    Some((futures::stream::iter(vec![Err(Stop::Inactive)]), n))
+                }
+            }
+        })
+        .flatten()
+        .boxed()
     }
 
     async fn apply_with_retry(&self, e: &Entry) -> Result<(), Stop> {

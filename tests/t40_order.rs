@@ -66,3 +66,48 @@ async fn many_versions_of_few_keys_under_concurrency_and_delays_end_on_the_newes
         }
     }
 }
+
+/// A target catching up on a backlog ships each key's newest version, not
+/// every version: coalescing spans the whole backlog (up to 256k entries),
+/// not one read batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_ships_each_key_once_across_a_long_backlog() {
+    let rig = Rig::new(1, "async", 1, 2.0).await;
+    rig.rep.pause("r1").await.expect("pause");
+    let keys = 50;
+    let versions = 200; // 10,000 entries: more than two read batches
+    // One writer per key, all at once.
+    let mut tasks = Vec::new();
+    for k in 0..keys {
+        let rep = rig.rep.clone();
+        tasks.push(tokio::spawn(async move {
+            for v in 0..versions {
+                rep.put(&key(&format!("k{k}")), Bytes::from(format!("v{v}")), None)
+                    .await
+                    .expect("put");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let last: HashMap<String, String> = (0..keys)
+        .map(|k| (format!("k{k}"), format!("v{}", versions - 1)))
+        .collect();
+    let before = rig.fault("r1").puts();
+    rig.rep.resume("r1").await.expect("resume");
+    rig.wait_caught_up(Duration::from_secs(30)).await;
+    let shipped = rig.fault("r1").puts() - before;
+    assert!(
+        shipped <= 2 * keys as u64,
+        "{shipped} puts for {keys} keys and {} entries",
+        keys * versions
+    );
+    for (k, v) in &last {
+        assert_eq!(
+            rig.object("r1", k).await.as_deref(),
+            Some(v.as_bytes()),
+            "{k}"
+        );
+    }
+}
