@@ -4,50 +4,19 @@
 //! `cargo bench --bench append` prints a table. WALSHIP_BENCH_SCALE (default
 //! 1.0) scales the entry counts.
 
-use std::fs::File;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use bytes::Bytes;
+use common::{raw_sled, scale};
 use walship::codec::Op;
 use walship::key::Key;
 use walship::log::{Log, Write};
 use walship::storage::SledStorage;
 
 const VALUE: usize = 256;
-
-fn scale() -> f64 {
-    std::env::var("WALSHIP_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0)
-}
-
-/// Raw sled: `n` inserts of 256 B, one flush + fdatasync per `batch`.
-fn raw_sled(n: usize, batch: usize) -> Duration {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = sled::Config::new()
-        .path(dir.path())
-        .cache_capacity(64 << 20)
-        .open()
-        .expect("sled");
-    let tree = db.open_tree("log").expect("tree");
-    let data = File::open(dir.path().join("db")).expect("db file");
-    let value = vec![7u8; VALUE + 24];
-    let t = Instant::now();
-    let mut seq = 0u64;
-    while (seq as usize) < n {
-        let mut b = sled::Batch::default();
-        for _ in 0..batch {
-            seq += 1;
-            b.insert(&seq.to_be_bytes(), value.as_slice());
-        }
-        tree.apply_batch(b).expect("batch");
-        db.flush().expect("flush");
-        data.sync_data().expect("fdatasync");
-    }
-    t.elapsed()
-}
 
 /// walship: `writers` tasks appending `n` entries in total.
 fn walship_log(rt: &tokio::runtime::Runtime, n: usize, writers: usize) -> Duration {
@@ -106,7 +75,7 @@ fn main() {
         let mut raw = Vec::new();
         for _ in 0..3 {
             ours.push(n as f64 / walship_log(&rt, n, writers).as_secs_f64());
-            raw.push(n as f64 / raw_sled(n, writers).as_secs_f64());
+            raw.push(n as f64 / raw_sled(n, VALUE, writers).as_secs_f64());
         }
         ours.sort_by(f64::total_cmp);
         raw.sort_by(f64::total_cmp);

@@ -10,7 +10,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use bytes::Bytes;
+use common::scale;
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
 use walship::codec::Op;
@@ -19,13 +22,6 @@ use walship::key::Key;
 use walship::log::{Log, Write};
 use walship::storage::SledStorage;
 use walship::{Config, Replicator};
-
-fn scale() -> f64 {
-    std::env::var("WALSHIP_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0)
-}
 
 fn rss_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")

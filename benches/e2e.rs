@@ -9,11 +9,13 @@
 //! `cargo bench --bench e2e -- --writers 64 --size 256 --mode async --targets 3 --entries 20000`
 //! (those are the defaults). `WALSHIP_BENCH_SCALE` scales `--entries`.
 
-use std::fs::File;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use bytes::Bytes;
+use common::raw_sled;
 use futures::StreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -64,11 +66,7 @@ fn args() -> Args {
         }
         i += 2;
     }
-    let scale: f64 = std::env::var("WALSHIP_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    a.entries = ((a.entries as f64 * scale) as usize).max(a.writers);
+    a.entries = ((a.entries as f64 * common::scale()) as usize).max(a.writers);
     a
 }
 
@@ -185,43 +183,29 @@ async fn walship_run(a: &Args) -> Run {
     }
 }
 
-/// Raw sled: `n` inserts of `size` B, one flush + fdatasync per `batch`.
-fn raw_sled(n: usize, size: usize, batch: usize) -> Duration {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = sled::Config::new()
-        .path(dir.path())
-        .cache_capacity(64 << 20)
-        .open()
-        .expect("sled");
-    let tree = db.open_tree("log").expect("tree");
-    let data = File::open(dir.path().join("db")).expect("db file");
-    let value = vec![7u8; size + 24];
+/// Raw object_store: `n` puts of `size` B to each of `dirs` local
+/// directories (fsync on), `IN_FLIGHT` at a time per directory.
+async fn raw_puts(n: usize, size: usize, dirs: usize) -> Duration {
+    let tmp = tempfile::tempdir().expect("tempdir");
     let t = Instant::now();
-    let mut seq = 0u64;
-    while (seq as usize) < n {
-        let mut b = sled::Batch::default();
-        for _ in 0..batch.max(1) {
-            seq += 1;
-            b.insert(&seq.to_be_bytes(), value.as_slice());
+    let jobs = (0..dirs).map(|d| {
+        let dir = tmp.path().join(format!("d{d}"));
+        async move {
+            std::fs::create_dir_all(&dir).expect("dir");
+            raw_puts_one(n, size, &dir).await
         }
-        tree.apply_batch(b).expect("batch");
-        db.flush().expect("flush");
-        data.sync_data().expect("fdatasync");
-    }
+    });
+    futures::future::join_all(jobs).await;
     t.elapsed()
 }
 
-/// Raw object_store: `n` puts of `size` B to one local directory (fsync
-/// on), `IN_FLIGHT` at a time.
-async fn raw_puts(n: usize, size: usize) -> Duration {
-    let tmp = tempfile::tempdir().expect("tempdir");
+async fn raw_puts_one(n: usize, size: usize, dir: &std::path::Path) {
     let store: Arc<dyn ObjectStore> = Arc::new(
-        LocalFileSystem::new_with_prefix(tmp.path())
+        LocalFileSystem::new_with_prefix(dir)
             .expect("fs")
             .with_fsync(true),
     );
     let value = Bytes::from(vec![7u8; size]);
-    let t = Instant::now();
     futures::stream::iter(0..n)
         .map(|i| {
             let store = store.clone();
@@ -236,7 +220,6 @@ async fn raw_puts(n: usize, size: usize) -> Duration {
         .buffer_unordered(IN_FLIGHT)
         .for_each(|_| async {})
         .await;
-    t.elapsed()
 }
 
 fn main() {
@@ -248,7 +231,8 @@ fn main() {
     let run = rt.block_on(walship_run(&a));
     let n = a.entries;
     let sled_t = raw_sled(n, a.size, run.group.round() as usize);
-    let puts_t = rt.block_on(raw_puts(n, a.size));
+    let puts_t = rt.block_on(raw_puts(n, a.size, 1));
+    let puts_all_t = rt.block_on(raw_puts(n, a.size, a.targets));
     let per_s = |d: Duration| n as f64 / d.as_secs_f64();
     println!(
         "end to end: {} writers, {} B, mode {}, {} local-dir targets (fsync), {} entries",
@@ -279,5 +263,11 @@ fn main() {
         "  raw puts, one dir, {IN_FLIGHT} in flight: {:>8.0}/s   walship applied per target/raw {:.2}",
         per_s(puts_t),
         per_s(run.all_applied) / per_s(puts_t)
+    );
+    println!(
+        "  raw puts, {} dirs at once, {IN_FLIGHT} in flight each: {:>8.0}/s per dir   walship/raw {:.2}",
+        a.targets,
+        per_s(puts_all_t),
+        per_s(run.all_applied) / per_s(puts_all_t)
     );
 }

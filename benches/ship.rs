@@ -8,7 +8,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use bytes::Bytes;
+use common::scale;
 use futures::StreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -21,13 +24,6 @@ use walship::{Config, Replicator};
 
 const VALUE: usize = 256;
 const WINDOW: usize = 32;
-
-fn scale() -> f64 {
-    std::env::var("WALSHIP_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0)
-}
 
 #[derive(Clone, Copy)]
 enum Kind {

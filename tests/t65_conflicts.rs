@@ -214,18 +214,7 @@ async fn manual_keeps_the_replica_records_it_and_resolve_clears_it() {
     assert_eq!(value(&rig, "r1", "other").await.as_deref(), Some("x"));
 
     // It survives a restart, and is listed offline meanwhile.
-    rig.rep
-        .shutdown(Duration::from_millis(200))
-        .await
-        .expect("shutdown");
-    let Rig {
-        dir,
-        cfg,
-        rep,
-        stores,
-        ..
-    } = rig;
-    drop(rep);
+    let (dir, cfg, stores) = rig.stop().await;
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_walship"))
         .args(["conflicts", "--json", "--addr", "127.0.0.1:9", "--data-dir"])
         .arg(dir.path())

@@ -126,6 +126,13 @@ impl Rig {
 
     /// Shuts down and reopens on the same data dir and stores.
     pub async fn restart(self) -> Rig {
+        let (dir, cfg, stores) = self.stop().await;
+        Rig::open(dir, cfg, stores).await
+    }
+
+    /// Shuts down and lets go of the log (so another process may open the
+    /// data dir); returns what `Rig::open` needs to start again.
+    pub async fn stop(self) -> (tempfile::TempDir, Config, HashMap<String, Arc<InMemory>>) {
         self.rep
             .shutdown(Duration::from_millis(200))
             .await
@@ -138,7 +145,7 @@ impl Rig {
             ..
         } = self;
         drop(rep);
-        Rig::open(dir, cfg, stores).await
+        (dir, cfg, stores)
     }
 
     /// Stops, changes the stored bytes of entry `seq` in the sled database
