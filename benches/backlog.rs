@@ -104,6 +104,8 @@ async fn catch_up(n: usize, distinct: usize) -> Duration {
 /// alone, not the filling's): open the replicator on the filled log with
 /// both replicas hung, ship the backlog to the primary, report.
 fn reopen_child(data: &std::path::Path, n: usize) {
+    // As the `walship` binary does.
+    walship::tune_allocator();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -165,6 +167,18 @@ fn main() {
     let t = Instant::now();
     rt.block_on(fill(&data, n, n));
     println!("filled {n} entries in {:.1}s", t.elapsed().as_secs_f64());
+    // WALSHIP_BACKLOG_FILL_ONLY=DIR: keep a copy of the filled log there
+    // (to run the reopen phase again with WALSHIP_BACKLOG_CHILD=DIR).
+    if let Ok(keep) = std::env::var("WALSHIP_BACKLOG_FILL_ONLY") {
+        let status = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(&data)
+            .arg(&keep)
+            .status()
+            .expect("cp");
+        assert!(status.success());
+        return;
+    }
     let status = std::process::Command::new(std::env::current_exe().expect("exe"))
         .env("WALSHIP_BACKLOG_CHILD", &data)
         .status()

@@ -115,8 +115,35 @@ pub fn stored_crc(record: &[u8]) -> Option<u32> {
     })
 }
 
+/// A decoded, crc-checked entry borrowing the record's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryRef<'a> {
+    /// Position in the log.
+    pub seq: u64,
+    /// Unix milliseconds when it was appended.
+    pub ts_ms: u64,
+    /// Put or delete.
+    pub op: Op,
+    /// The object key.
+    pub key: &'a str,
+    /// The value (empty for a delete).
+    pub value: &'a [u8],
+}
+
 /// Decodes and checks a record stored under `seq`.
 pub fn decode(seq: u64, record: &[u8]) -> Result<Entry> {
+    let e = decode_ref(seq, record)?;
+    Ok(Entry {
+        seq,
+        ts_ms: e.ts_ms,
+        op: e.op,
+        key: e.key.to_string(),
+        value: Bytes::copy_from_slice(e.value),
+    })
+}
+
+/// Like [`decode`], without copying the key or the value.
+pub fn decode_ref(seq: u64, record: &[u8]) -> Result<EntryRef<'_>> {
     let corrupt = |reason: String| Error::Corrupt { seq, reason };
     let Some(stored) = stored_crc(record) else {
         return Err(corrupt(format!(
@@ -153,12 +180,12 @@ pub fn decode(seq: u64, record: &[u8]) -> Result<Entry> {
         )));
     }
     let op = Op::from_byte(wire.op).ok_or_else(|| corrupt(format!("unknown op {}", wire.op)))?;
-    Ok(Entry {
+    Ok(EntryRef {
         seq,
         ts_ms: wire.ts_ms,
         op,
-        key: wire.key.to_string(),
-        value: Bytes::copy_from_slice(wire.value),
+        key: wire.key,
+        value: wire.value,
     })
 }
 

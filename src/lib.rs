@@ -36,3 +36,17 @@ pub mod model;
 pub mod reads;
 pub mod server;
 mod target_state;
+
+/// Caps glibc malloc at two arenas. With one arena per thread, memory freed
+/// by the shippers' and log readers' threads stays mapped and the resident
+/// size of a sidecar catching up on a long backlog grows by a third or more
+/// (measured in `benches/backlog.rs`). The `walship` binary calls this
+/// first thing; a library user may too. A no-op off glibc.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}

@@ -361,7 +361,13 @@ impl Log {
             return w;
         }
         let to = head.min(from.saturating_add(max_entries as u64).saturating_sub(1));
-        let mut last: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+        // Distinct keys without an allocation each: their bytes in one
+        // arena, a table of their indices, compared by bytes on a hash hit.
+        use std::hash::BuildHasher as _;
+        let hasher = std::hash::RandomState::new();
+        let mut arena: Vec<u8> = Vec::new();
+        let mut spans: Vec<(u32, u32)> = Vec::new();
+        let mut table: hashbrown::HashTable<u32> = hashbrown::HashTable::new();
         let mut keys: Vec<u32> = Vec::new();
         let mut kept: Vec<Entry> = Vec::new();
         let mut keeping = true;
@@ -375,19 +381,41 @@ impl Log {
                 });
                 return false;
             }
-            match codec::decode(seq, rec) {
+            match codec::decode_ref(seq, rec) {
                 Ok(e) => {
-                    let i = w.sizes.len() as u32;
                     w.sizes.push(rec.len() as u32);
                     w.ts_ms.push(e.ts_ms);
-                    // Key ids: the index of the key's first entry.
-                    let id = *last.entry(e.key.clone()).or_insert(i);
+                    let k = e.key.as_bytes();
+                    let span = |s: &u32| {
+                        let (at, len) = spans[*s as usize];
+                        &arena[at as usize..(at + len) as usize]
+                    };
+                    let h = hasher.hash_one(k);
+                    let id = match table.find(h, |s| span(s) == k) {
+                        Some(s) => *s,
+                        None => {
+                            let s = spans.len() as u32;
+                            spans.push((arena.len() as u32, k.len() as u32));
+                            arena.extend_from_slice(k);
+                            table.insert_unique(h, s, |s| {
+                                let (at, len) = spans[*s as usize];
+                                hasher.hash_one(&arena[at as usize..(at + len) as usize])
+                            });
+                            s
+                        }
+                    };
                     keys.push(id);
                     bytes += rec.len();
                     keeping = keeping && w.sizes.len() <= keep_entries && bytes <= keep_bytes;
                     if keeping {
-                        kept.push(e);
-                    } else {
+                        kept.push(Entry {
+                            seq,
+                            ts_ms: e.ts_ms,
+                            op: e.op,
+                            key: e.key.to_string(),
+                            value: bytes::Bytes::copy_from_slice(e.value),
+                        });
+                    } else if !kept.is_empty() {
                         kept = Vec::new();
                     }
                     expect += 1;
@@ -407,13 +435,13 @@ impl Log {
                 reason: "the entry is missing from the log".into(),
             });
         }
-        drop(last);
-        // owner[i] = the last index with the same key id.
-        let mut last_of_id: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+        drop(table);
+        // owner[i] = the last index with the same key.
+        let mut last_of = vec![0u32; spans.len()];
         for (i, id) in keys.iter().enumerate() {
-            last_of_id.insert(*id, i as u32);
+            last_of[*id as usize] = i as u32;
         }
-        w.owner = keys.iter().map(|id| last_of_id[id]).collect();
+        w.owner = keys.iter().map(|id| last_of[*id as usize]).collect();
         if keeping {
             w.entries = Some(kept);
         }

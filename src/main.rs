@@ -3,6 +3,7 @@
 use clap::Parser;
 
 fn main() {
+    walship::tune_allocator();
     let cli = walship::cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -41,7 +41,7 @@ use crate::target_state::TargetHandle;
 /// Most entries planned at once: versions of a key superseded within this
 /// stretch are not shipped (catch-up coalescing). Bounded memory: a few
 /// integers per entry plus the distinct keys while planning.
-const MAX_WINDOW: usize = 256 * 1024;
+const MAX_WINDOW: usize = 128 * 1024;
 /// Most entries read from the log (and held) at once.
 const MAX_BATCH: usize = 4096;
 /// Most bytes read from the log per batch (at least one entry).
