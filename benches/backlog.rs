@@ -162,28 +162,32 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    // WALSHIP_BACKLOG_ONLY=catch-up skips the million-entry part.
+    let only_catch_up = std::env::var("WALSHIP_BACKLOG_ONLY").as_deref() == Ok("catch-up");
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
     let t = Instant::now();
-    rt.block_on(fill(&data, n, n));
-    println!("filled {n} entries in {:.1}s", t.elapsed().as_secs_f64());
-    // WALSHIP_BACKLOG_FILL_ONLY=DIR: keep a copy of the filled log there
-    // (to run the reopen phase again with WALSHIP_BACKLOG_CHILD=DIR).
-    if let Ok(keep) = std::env::var("WALSHIP_BACKLOG_FILL_ONLY") {
-        let status = std::process::Command::new("cp")
-            .arg("-r")
-            .arg(&data)
-            .arg(&keep)
+    if !only_catch_up {
+        rt.block_on(fill(&data, n, n));
+        println!("filled {n} entries in {:.1}s", t.elapsed().as_secs_f64());
+        // WALSHIP_BACKLOG_FILL_ONLY=DIR: keep a copy of the filled log there
+        // (to run the reopen phase again with WALSHIP_BACKLOG_CHILD=DIR).
+        if let Ok(keep) = std::env::var("WALSHIP_BACKLOG_FILL_ONLY") {
+            let status = std::process::Command::new("cp")
+                .arg("-r")
+                .arg(&data)
+                .arg(&keep)
+                .status()
+                .expect("cp");
+            assert!(status.success());
+            return;
+        }
+        let status = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .env("WALSHIP_BACKLOG_CHILD", &data)
             .status()
-            .expect("cp");
-        assert!(status.success());
-        return;
+            .expect("run the reopen phase");
+        assert!(status.success(), "reopen phase: {status:?}");
     }
-    let status = std::process::Command::new(std::env::current_exe().expect("exe"))
-        .env("WALSHIP_BACKLOG_CHILD", &data)
-        .status()
-        .expect("run the reopen phase");
-    assert!(status.success(), "reopen phase: {status:?}");
     drop(tmp);
     let m = ((100_000.0 * scale()) as usize).max(1000);
     let coalesced = rt.block_on(catch_up(m, m / 10));
