@@ -254,7 +254,7 @@ fn main() {
         run.all_applied.as_secs_f64()
     );
     println!(
-        "  raw sled, {:.0} per flush: {:>10.0}/s   walship writes/raw {:.2}",
+        "  raw sled, {:.0} per flush: {:>10.0}/s   walship writes/raw {:.2} (every write also waits for the acting primary; `--bench append` compares the log alone)",
         run.group.round(),
         per_s(sled_t),
         per_s(run.took) / per_s(sled_t)
