@@ -300,6 +300,15 @@ async fn check(resp: reqwest::Response) -> Result<reqwest::Response, Failure> {
     Err(fail(code, format!("{status}: {msg}")))
 }
 
+/// Tells standard error that the command reads the data dir itself.
+fn say_offline(e: &Endpoints, verb: &str, extra: &str) {
+    eprintln!(
+        "no sidecar answered at {}; {verb} {} directly (offline, read-only{extra})",
+        e.addr,
+        e.data_dir.display()
+    );
+}
+
 fn unreachable(addr: &str, e: reqwest::Error) -> Failure {
     fail(
         1,
@@ -467,11 +476,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                     .await
                     .map_err(|err| fail(1, format!("reading the answer: {err}")))?,
                 Err(err) if err.is_connect() => {
-                    eprintln!(
-                        "no sidecar answered at {}; reading {} directly (offline, read-only)",
-                        e.addr,
-                        e.data_dir.display()
-                    );
+                    say_offline(&e, "reading", "");
                     let storage = open_offline(&e.data_dir)?;
                     let first = crate::storage::LogStorage::bounds(&storage)?
                         .map(|(f, _)| f)
@@ -648,11 +653,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                     out?
                 }
                 Err(err) if err.is_connect() => {
-                    eprintln!(
-                        "no sidecar answered at {}; verifying {} directly (offline, read-only)",
-                        e.addr,
-                        e.data_dir.display()
-                    );
+                    say_offline(&e, "verifying", "");
                     offline_verify(&e, target.as_deref()).await?
                 }
                 Err(err) => return Err(unreachable(&e.addr, err)),
@@ -705,11 +706,7 @@ async fn conflicts(cli: &Cli, action: Option<&ConflictsAction>) -> Result<(), Fa
                             .map_err(|err| fail(1, format!("reading the answer: {err}")))?
                     }
                     Err(err) if err.is_connect() => {
-                        eprintln!(
-                            "no sidecar answered at {}; reading {} directly (offline, read-only)",
-                            e.addr,
-                            e.data_dir.display()
-                        );
+                        say_offline(&e, "reading", "");
                         let storage = open_offline(&e.data_dir)?;
                         crate::apply::list_conflicts(&storage)?
                     }
@@ -896,11 +893,7 @@ async fn cursors_report(e: &Endpoints) -> Result<CursorsReport, Failure> {
                 .map_err(|err| fail(1, format!("reading the answer: {err}")))
         }
         Err(err) if err.is_connect() => {
-            eprintln!(
-                "no sidecar answered at {}; reading {} directly (offline, read-only)",
-                e.addr,
-                e.data_dir.display()
-            );
+            say_offline(e, "reading", "");
             offline_cursors(&e.data_dir)
         }
         Err(err) => Err(unreachable(&e.addr, err)),
@@ -919,11 +912,7 @@ async fn status_report(e: &Endpoints) -> Result<StatusReport, Failure> {
                 .map_err(|err| fail(1, format!("reading the answer: {err}")))
         }
         Err(err) if err.is_connect() => {
-            eprintln!(
-                "no sidecar answered at {}; reading {} directly (offline, read-only: no live health or metrics)",
-                e.addr,
-                e.data_dir.display()
-            );
+            say_offline(e, "reading", ": no live health or metrics");
             let cursors = offline_cursors(&e.data_dir)?;
             Ok(StatusReport::offline(cursors, e.mode.clone()))
         }
