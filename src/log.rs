@@ -1124,6 +1124,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_plan_names_each_entrys_last_version_and_stops_at_damage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Arc::new(SledStorage::open(dir.path(), 8 << 20).expect("open"));
+        let log = Log::open(storage.clone()).expect("log");
+        for k in ["a", "b", "a", "c", "b", "d"] {
+            log.append(put(k, k)).await.expect("append");
+        }
+        let w = log.plan(1, 5, 100, usize::MAX);
+        assert_eq!(w.base, 1);
+        // The stretch is seq 1..=5: d (seq 6) is outside it.
+        assert_eq!(w.owner, vec![2, 4, 2, 3, 4]);
+        assert_eq!(w.sizes.len(), 5);
+        let kept = w.entries.expect("small enough to keep");
+        assert_eq!(
+            kept.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
+        // Too many to keep: the plan alone.
+        let w = log.plan(2, 100, 2, usize::MAX);
+        assert_eq!(w.owner, vec![3, 1, 2, 3, 4]);
+        assert!(w.entries.is_none());
+        assert!(w.error.is_none());
+        // A damaged entry ends the stretch just before it, and is named.
+        let mut rec = Vec::new();
+        storage
+            .scan(4, 4, &mut |_, r| {
+                rec = r.to_vec();
+                false
+            })
+            .expect("scan");
+        let n = rec.len();
+        rec[n - 6] ^= 0x40;
+        storage
+            .append(&[PendingRecord {
+                seq: 4,
+                record: &rec,
+            }])
+            .expect("overwrite");
+        let w = log.plan(1, 100, 100, usize::MAX);
+        assert_eq!(w.owner, vec![2, 1, 2]);
+        assert!(
+            matches!(w.error, Some(Error::Corrupt { seq: 4, .. })),
+            "{:?}",
+            w.error
+        );
+    }
+
+    #[tokio::test]
     async fn truncation_keeps_the_head_so_seqs_continue() {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = Arc::new(SledStorage::open(dir.path(), 8 << 20).expect("open"));
