@@ -309,6 +309,15 @@ fn say_offline(e: &Endpoints, verb: &str, extra: &str) {
     );
 }
 
+/// A successful answer's JSON body (see `check` for the others).
+async fn answer<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Result<T, Failure> {
+    check(resp)
+        .await?
+        .json()
+        .await
+        .map_err(|err| fail(1, format!("reading the answer: {err}")))
+}
+
 fn unreachable(addr: &str, e: reqwest::Error) -> Failure {
     fail(
         1,
@@ -390,11 +399,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let r = c
                 .req(reqwest::Method::GET, "/v1/objects")
                 .query(&[("prefix", prefix.clone().unwrap_or_default())]);
-            let resp = check(r.send().await.map_err(|err| unreachable(&e.addr, err))?).await?;
-            let v: serde_json::Value = resp
-                .json()
-                .await
-                .map_err(|err| fail(1, format!("reading the answer: {err}")))?;
+            let v: serde_json::Value =
+                answer(r.send().await.map_err(|err| unreachable(&e.addr, err))?).await?;
             if cli.json {
                 println!("{v}");
             } else {
@@ -439,17 +445,13 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 "/v1/targets/{}/{action}",
                 url::form_urlencoded::byte_serialize(target.as_bytes()).collect::<String>()
             );
-            let resp = check(
+            let v: serde_json::Value = answer(
                 c.req(reqwest::Method::POST, &path)
                     .send()
                     .await
                     .map_err(|err| unreachable(&e.addr, err))?,
             )
             .await?;
-            let v: serde_json::Value = resp
-                .json()
-                .await
-                .map_err(|err| fail(1, format!("reading the answer: {err}")))?;
             if cli.json {
                 println!("{v}");
             } else {
@@ -470,11 +472,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 .send()
                 .await
             {
-                Ok(resp) => check(resp)
-                    .await?
-                    .json()
-                    .await
-                    .map_err(|err| fail(1, format!("reading the answer: {err}")))?,
+                Ok(resp) => answer(resp).await?,
                 Err(err) if err.is_connect() => {
                     say_offline(&e, "reading", "");
                     let storage = open_offline(&e.data_dir)?;
@@ -541,7 +539,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 (None, None) => return Err(fail(2, "replay needs --from SEQ or --since TIME")),
             }
             let path = format!("/v1/targets/{}/replay", enc(target));
-            let resp = check(
+            let plan: ReplayPlan = answer(
                 c.req(reqwest::Method::POST, &path)
                     .query(&q)
                     .send()
@@ -549,10 +547,6 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                     .map_err(|err| unreachable(&e.addr, err))?,
             )
             .await?;
-            let plan: ReplayPlan = resp
-                .json()
-                .await
-                .map_err(|err| fail(1, format!("reading the answer: {err}")))?;
             if cli.json {
                 println!(
                     "{}",
@@ -596,17 +590,13 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let e = endpoints(&cli)?;
             let c = Client::new(&e);
             let path = format!("/v1/targets/{}/resync", enc(target));
-            let resp = check(
+            let v: serde_json::Value = answer(
                 c.req(reqwest::Method::POST, &path)
                     .send()
                     .await
                     .map_err(|err| unreachable(&e.addr, err))?,
             )
             .await?;
-            let v: serde_json::Value = resp
-                .json()
-                .await
-                .map_err(|err| fail(1, format!("reading the answer: {err}")))?;
             if !cli.json {
                 println!(
                     "resyncing {target} from the acting primary; it ships from seq {} afterwards",
@@ -644,11 +634,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                     let spinner = indicatif::ProgressBar::new_spinner()
                         .with_message("verifying (the sidecar compares every key)");
                     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-                    let out = check(resp)
-                        .await?
-                        .json()
-                        .await
-                        .map_err(|err| fail(1, format!("reading the answer: {err}")));
+                    let out = answer(resp).await;
                     spinner.finish_and_clear();
                     out?
                 }
@@ -697,11 +683,7 @@ async fn conflicts(cli: &Cli, action: Option<&ConflictsAction>) -> Result<(), Fa
             let list: Vec<ConflictRecord> =
                 match c.req(reqwest::Method::GET, "/v1/conflicts").send().await {
                     Ok(resp) => {
-                        let v: serde_json::Value = check(resp)
-                            .await?
-                            .json()
-                            .await
-                            .map_err(|err| fail(1, format!("reading the answer: {err}")))?;
+                        let v: serde_json::Value = answer(resp).await?;
                         serde_json::from_value(v["conflicts"].clone())
                             .map_err(|err| fail(1, format!("reading the answer: {err}")))?
                     }
@@ -733,11 +715,7 @@ async fn conflicts(cli: &Cli, action: Option<&ConflictsAction>) -> Result<(), Fa
                 .send()
                 .await
                 .map_err(|err| unreachable(&e.addr, err))?;
-            let v: serde_json::Value = check(resp)
-                .await?
-                .json()
-                .await
-                .map_err(|err| fail(1, format!("reading the answer: {err}")))?;
+            let v: serde_json::Value = answer(resp).await?;
             if cli.json {
                 println!("{v}");
             } else {
@@ -799,11 +777,8 @@ async fn write(
     if let Some(m) = mode {
         r = r.query(&[("mode", m)]);
     }
-    let resp = check(r.send().await.map_err(|err| unreachable(&e.addr, err))?).await?;
-    let v: serde_json::Value = resp
-        .json()
-        .await
-        .map_err(|err| fail(1, format!("reading the answer: {err}")))?;
+    let v: serde_json::Value =
+        answer(r.send().await.map_err(|err| unreachable(&e.addr, err))?).await?;
     if cli.json {
         println!("{v}");
     }
@@ -886,12 +861,7 @@ fn check_config(file: &Path) -> Result<(), Failure> {
 async fn cursors_report(e: &Endpoints) -> Result<CursorsReport, Failure> {
     let c = Client::new(e);
     match c.req(reqwest::Method::GET, "/v1/cursors").send().await {
-        Ok(resp) => {
-            let resp = check(resp).await?;
-            resp.json()
-                .await
-                .map_err(|err| fail(1, format!("reading the answer: {err}")))
-        }
+        Ok(resp) => answer(resp).await,
         Err(err) if err.is_connect() => {
             say_offline(e, "reading", "");
             offline_cursors(&e.data_dir)
@@ -905,12 +875,7 @@ async fn cursors_report(e: &Endpoints) -> Result<CursorsReport, Failure> {
 async fn status_report(e: &Endpoints) -> Result<StatusReport, Failure> {
     let c = Client::new(e);
     match c.req(reqwest::Method::GET, "/v1/status").send().await {
-        Ok(resp) => {
-            let resp = check(resp).await?;
-            resp.json()
-                .await
-                .map_err(|err| fail(1, format!("reading the answer: {err}")))
-        }
+        Ok(resp) => answer(resp).await,
         Err(err) if err.is_connect() => {
             say_offline(e, "reading", ": no live health or metrics");
             let cursors = offline_cursors(&e.data_dir)?;
@@ -987,17 +952,13 @@ async fn wait_for_target(
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     loop {
-        let resp = check(
+        let report: CursorsReport = answer(
             c.req(reqwest::Method::GET, "/v1/cursors")
                 .send()
                 .await
                 .map_err(|err| unreachable(&e.addr, err))?,
         )
         .await?;
-        let report: CursorsReport = resp
-            .json()
-            .await
-            .map_err(|err| fail(1, format!("reading the answer: {err}")))?;
         let row = report
             .targets
             .iter()
