@@ -258,9 +258,13 @@ impl Engine {
                 || k.conflict.is_some()
                 || t.caps().contains(Caps::NO_ATTRS)
         });
-        let in_sled_before = match self.cache(t).get(key) {
-            Some(prev) => prev.as_ref().is_some_and(|p| p.in_sled),
-            // Not cached: only sled can say.
+        let cached_before = self
+            .cache(t)
+            .get(key)
+            .map(|prev| prev.as_ref().is_some_and(|p| p.in_sled));
+        let in_sled_before = match cached_before {
+            Some(b) => b,
+            // Not cached: only sled can say (read without the cache's lock).
             None => storage.side(Side::Versions, &sled_key)?.is_some(),
         };
         let cached = match k {
@@ -287,6 +291,14 @@ impl Engine {
         };
         self.cache(t).insert(key, cached);
         Ok(())
+    }
+
+    /// Makes conflict records durable, off the async threads (fdatasync).
+    async fn sync(&self) -> Result<()> {
+        let storage = self.log.storage().clone();
+        tokio::task::spawn_blocking(move || storage.sync())
+            .await
+            .map_err(|e| Error::io("syncing conflict records", std::io::Error::other(e)))?
     }
 
     fn cache(&self, t: &TargetHandle) -> std::sync::MutexGuard<'_, KnownCache> {
@@ -747,7 +759,7 @@ impl Engine {
         theirs.resolving = false;
         theirs.conflict = Some(id);
         self.set_known(t, &e.key, Some(&theirs))?;
-        storage.sync()?;
+        self.sync().await?;
         tracing::warn!(target = %t.name(), key = %e.key, id, "conflict waits for `walship conflicts resolve {id} --keep primary|replica`");
         Ok(())
     }
@@ -789,7 +801,7 @@ impl Engine {
                 rec.replica.size = 0;
             }
             self.set_record(id, Some(&rec))?;
-            self.log.storage().sync()?;
+            self.sync().await?;
             return Err(Error::Conflict(format!(
                 "key {:?} on target {} changed since conflict {id} was recorded (it is now {}); the record shows the new version: look again with `walship conflicts` and resolve",
                 rec.key,
@@ -863,7 +875,7 @@ impl Engine {
             }
         }
         self.set_record(id, None)?;
-        self.log.storage().sync()?;
+        self.sync().await?;
         self.metrics.conflicts_resolved.inc();
         tracing::info!(target = %rec.target, key = %rec.key, id, ?keep, "conflict resolved");
         Ok(rec)
