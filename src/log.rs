@@ -1123,6 +1123,72 @@ mod tests {
         );
     }
 
+    /// Offsets are recorded by the committer and by truncation; a data dir
+    /// without them (older versions), or one that stopped between writing
+    /// entries and recording, is measured right on open.
+    #[test]
+    fn offsets_are_right_after_open_whatever_was_recorded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Arc::new(SledStorage::open(dir.path(), 8 << 20).expect("open"));
+        let records: Vec<Vec<u8>> = (1..=6u64)
+            .map(|seq| {
+                codec::encode(
+                    seq,
+                    seq,
+                    Op::Put,
+                    &format!("k{seq}"),
+                    &vec![b'x'; seq as usize * 10],
+                )
+            })
+            .collect();
+        let pending: Vec<PendingRecord<'_>> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| PendingRecord {
+                seq: i as u64 + 1,
+                record: r,
+            })
+            .collect();
+        // As an older version left it: entries, no offsets.
+        storage.append(&pending).expect("append");
+        let size = |from: usize, to: usize| -> u64 {
+            records[from - 1..to].iter().map(|r| r.len() as u64).sum()
+        };
+        let log = Log::open(storage.clone()).expect("log");
+        assert!(!log.offsets_persisted());
+        assert_eq!(log.head_offset(), size(1, 6));
+        assert_eq!(log.retained_bytes(), size(1, 6));
+        assert_eq!(log.offset_of(2).expect("offset"), size(1, 2));
+        drop(log);
+        // Recorded now: the next open trusts it.
+        let log = Log::open(storage.clone()).expect("log");
+        assert!(log.offsets_persisted());
+        assert_eq!(log.head_offset(), size(1, 6));
+        drop(log);
+        // Stopped after writing seqs 5 and 6 but before recording them.
+        storage
+            .set_meta(HEAD_OFFSET_META, &pair(4, size(1, 4)))
+            .expect("meta");
+        // And after recording a truncation below 3 but before doing it.
+        storage
+            .set_meta(FIRST_OFFSET_META, &pair(3, size(1, 2)))
+            .expect("meta");
+        let log = Log::open(storage.clone()).expect("log");
+        assert!(log.offsets_persisted());
+        assert_eq!(log.head_offset(), size(1, 6));
+        assert_eq!(
+            log.retained_bytes(),
+            size(1, 6),
+            "seqs 1 and 2 are still kept"
+        );
+        assert_eq!(log.truncate_below(3).expect("truncate"), 2);
+        assert_eq!(log.retained_bytes(), size(3, 6));
+        drop(log);
+        let log = Log::open(storage).expect("log");
+        assert_eq!(log.retained_bytes(), size(3, 6));
+        assert_eq!(log.head_offset(), size(1, 6));
+    }
+
     #[tokio::test]
     async fn a_plan_names_each_entrys_last_version_and_stops_at_damage() {
         let dir = tempfile::tempdir().expect("tempdir");

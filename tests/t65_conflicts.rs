@@ -591,3 +591,75 @@ async fn the_conflict_queue_over_http() {
         .expect("post");
     assert_eq!(r.status().as_u16(), 404);
 }
+
+/// `--keep primary` on a replica copies the acting primary's version: it
+/// refuses (and changes nothing) while the primary lacks the entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_primary_waits_for_the_primary_to_have_the_entry() {
+    let rig = Rig::with(1, "async", 1, 0.5, "", "conflict_resolution = \"manual\"").await;
+    put(&rig, "k", "v1").await;
+    settle(&rig).await;
+    hand_edit(&rig, "r1", "k", "edited").await;
+    rig.fault("p").set(Fault::Hang);
+    // The primary hangs: the write is durable, not acknowledged in time.
+    let err = rig
+        .rep
+        .put(&key("k"), Bytes::from("v2"), None)
+        .await
+        .expect_err("the primary hangs");
+    assert!(matches!(err, Error::QuorumTimeout { .. }), "{err}");
+    let mut open = Vec::new();
+    for _ in 0..250 {
+        open = rig.rep.conflicts().expect("list");
+        if !open.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(open.len(), 1, "r1 met the edit");
+    let id = open[0].id;
+    let err = rig
+        .rep
+        .resolve_conflict(id, Keep::Primary)
+        .await
+        .expect_err("the primary has not applied it");
+    assert!(err.to_string().contains("has not applied"), "{err}");
+    assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some("edited"));
+    assert_eq!(rig.rep.conflicts().expect("list").len(), 1);
+    rig.fault("p").heal();
+    settle(&rig).await;
+    rig.rep
+        .resolve_conflict(id, Keep::Primary)
+        .await
+        .expect("resolve");
+    assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some("v2"));
+    assert_eq!(counts(&rig), (1, 1));
+}
+
+/// A resync copies the acting primary over the target: its open conflicts
+/// are settled, and counted resolved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_settles_the_targets_open_conflicts() {
+    let rig = rig("manual").await;
+    put(&rig, "k", "v1").await;
+    hand_edit(&rig, "r1", "k", "edited").await;
+    put(&rig, "k", "v2").await;
+    settle(&rig).await;
+    assert_eq!(rig.rep.conflicts().expect("list").len(), 1);
+    rig.rep.start_resync("r1").await.expect("resync");
+    for _ in 0..250 {
+        if rig.rep.conflicts().expect("list").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    settle(&rig).await;
+    assert!(rig.rep.conflicts().expect("list").is_empty());
+    assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some("v2"));
+    assert_eq!(counts(&rig), (1, 1));
+    // Settled: the next write goes straight through.
+    put(&rig, "k", "v3").await;
+    settle(&rig).await;
+    assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some("v3"));
+    assert_eq!(counts(&rig), (1, 1));
+}
