@@ -285,14 +285,8 @@ impl Log {
         if from > head {
             return out;
         }
-        if from < self.first() {
-            out.error = Some(Error::Corrupt {
-                seq: from,
-                reason: format!(
-                    "the entry was truncated from the log (oldest kept is {}); the target needs a resync",
-                    self.first()
-                ),
-            });
+        if let Some(e) = self.truncated(from) {
+            out.error = Some(e);
             return out;
         }
         let mut expect = from;
@@ -330,6 +324,18 @@ impl Log {
         out
     }
 
+    /// The error for reading from `from` when it is below the oldest kept
+    /// entry.
+    fn truncated(&self, from: u64) -> Option<Error> {
+        (from < self.first()).then(|| Error::Corrupt {
+            seq: from,
+            reason: format!(
+                "the entry was truncated from the log (oldest kept is {}); the target needs a resync",
+                self.first()
+            ),
+        })
+    }
+
     /// Plans up to `max_entries` entries from `from` (never past the
     /// durable head): which entry of each key is the last one. Entries are
     /// kept in the window when there are at most `keep_entries` of them and
@@ -350,14 +356,8 @@ impl Log {
         if from > head {
             return w;
         }
-        if from < self.first() {
-            w.error = Some(Error::Corrupt {
-                seq: from,
-                reason: format!(
-                    "the entry was truncated from the log (oldest kept is {}); the target needs a resync",
-                    self.first()
-                ),
-            });
+        if let Some(e) = self.truncated(from) {
+            w.error = Some(e);
             return w;
         }
         let to = head.min(from.saturating_add(max_entries as u64).saturating_sub(1));
