@@ -10,6 +10,7 @@ mod apply;
 pub mod codec;
 pub mod conflict;
 pub mod error;
+pub mod frame;
 pub mod key;
 pub mod log;
 pub mod storage;

@@ -11,7 +11,8 @@
 //! blob file sled wrote for a large value (sled does not sync those).
 //!
 //! Layout (one sled database in `data_dir/log`):
-//! - tree `log`:     seq (u64 big-endian, so byte order is seq order) → record
+//! - tree `log`:     seq (u64 big-endian, so byte order is seq order) of a
+//!   frame's first record → the frame (consecutive records, see `frame`)
 //! - tree `keys`:    key → [`KeyInfo`] of its newest entry, plus a watermark
 //! - tree `cursors`: target name → cursor seq, then the log offset after it
 //!   (u64 big-endian each; older data dirs hold the seq alone)
@@ -27,6 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::codec::Op;
 use crate::error::{Error, Result};
+use crate::frame::{self, FrameBuilder};
 
 /// A record ready to be appended.
 #[derive(Debug)]
@@ -258,11 +260,15 @@ impl SledStorage {
 
 impl LogStorage for SledStorage {
     fn append(&self, batch: &[PendingRecord<'_>]) -> Result<()> {
+        let mut frames = FrameBuilder::default();
+        for r in batch {
+            frames.push(r.seq, r.record);
+        }
         let mut log_batch = sled::Batch::default();
         let mut large = false;
-        for r in batch {
-            large |= r.record.len() >= BLOB_CANDIDATE_BYTES;
-            log_batch.insert(&r.seq.to_be_bytes(), r.record);
+        for (first, frame) in frames.finish() {
+            large |= frame.len() >= BLOB_CANDIDATE_BYTES;
+            log_batch.insert(&first.to_be_bytes(), frame);
         }
         self.log
             .apply_batch(log_batch)
@@ -305,14 +311,43 @@ impl LogStorage for SledStorage {
         if from > to {
             return Ok(());
         }
-        for item in self.log.range(from.to_be_bytes()..=to.to_be_bytes()) {
+        // The frame holding `from` starts at or before it.
+        let start = match self
+            .log
+            .range(..=from.to_be_bytes())
+            .next_back()
+            .transpose()
+            .map_err(self.err("reading the log"))?
+        {
+            Some((k, _)) => frame_seq(&k, from)?,
+            None => from,
+        };
+        let mut expect = start;
+        for item in self.log.range(start.to_be_bytes()..=to.to_be_bytes()) {
             let (k, v) = item.map_err(self.err("reading the log"))?;
-            let seq = seq_of(&k).ok_or_else(|| Error::Corrupt {
-                seq: from,
-                reason: format!("a log key of {} bytes is not a seq", k.len()),
-            })?;
-            if !f(seq, &v) {
-                break;
+            let first = frame_seq(&k, from)?;
+            if first < expect {
+                return Err(Error::Corrupt {
+                    seq: first,
+                    reason: format!(
+                        "a frame starting at seq {first} overlaps the frame before it (which ends at {})",
+                        expect - 1
+                    ),
+                });
+            }
+            for (i, rec) in frame::records(&v).enumerate() {
+                let seq = first + i as u64;
+                let rec = rec.map_err(|e| Error::Corrupt {
+                    seq: first + e.index,
+                    reason: e.reason,
+                })?;
+                expect = seq + 1;
+                if seq < from {
+                    continue;
+                }
+                if seq > to || !f(seq, rec) {
+                    return Ok(());
+                }
             }
         }
         Ok(())
@@ -321,10 +356,15 @@ impl LogStorage for SledStorage {
     fn bounds(&self) -> Result<Option<(u64, u64)>> {
         let first = self.log.first().map_err(self.err("reading the log"))?;
         let last = self.log.last().map_err(self.err("reading the log"))?;
-        Ok(match (first, last) {
-            (Some((a, _)), Some((b, _))) => seq_of(&a).zip(seq_of(&b)),
-            _ => None,
-        })
+        let (Some((a, _)), Some((b, last))) = (first, last) else {
+            return Ok(None);
+        };
+        let (first, last_frame) = (frame_seq(&a, 0)?, frame_seq(&b, 0)?);
+        let n = frame::count(&last).map_err(|e| Error::Corrupt {
+            seq: last_frame + e.index,
+            reason: e.reason,
+        })?;
+        Ok(Some((first, last_frame + n - 1)))
     }
 
     fn truncate_below(&self, seq: u64) -> Result<u64> {
@@ -332,10 +372,46 @@ impl LogStorage for SledStorage {
         loop {
             let mut batch = sled::Batch::default();
             let mut n = 0;
-            for item in self.log.range(..seq.to_be_bytes()).take(1024) {
-                let (k, _) = item.map_err(self.err("truncating the log"))?;
-                batch.remove(k);
-                n += 1;
+            let mut frames = self.log.range(..=seq.to_be_bytes()).peekable();
+            while let Some(item) = frames.next() {
+                let (k, v) = item.map_err(self.err("truncating the log"))?;
+                let first = frame_seq(&k, seq)?;
+                let next = match frames.peek() {
+                    Some(Ok((nk, _))) => Some(frame_seq(nk, seq)?),
+                    Some(Err(e)) => {
+                        return Err(Error::storage("truncating the log", &self.path, e.clone()));
+                    }
+                    None => None,
+                };
+                if let Some(next) = next {
+                    // Every record of this frame is below `seq`.
+                    batch.remove(k);
+                    removed += next - first;
+                    n += 1;
+                    if n >= 1024 {
+                        break;
+                    }
+                } else if first < seq {
+                    // The frame holding `seq`: keep its records from `seq`
+                    // on, as a frame under `seq` (the head entry stays).
+                    let recs = frame::records(&v)
+                        .collect::<std::result::Result<Vec<_>, _>>()
+                        .map_err(|e| Error::Corrupt {
+                            seq: first + e.index,
+                            reason: e.reason,
+                        })?;
+                    let cut = ((seq - first) as usize).min(recs.len().saturating_sub(1));
+                    if cut > 0 {
+                        batch.remove(k);
+                        let at = first + cut as u64;
+                        batch.insert(
+                            &at.to_be_bytes(),
+                            frame::frame_of(recs[cut..].iter().copied()),
+                        );
+                        removed += cut as u64;
+                        n += 1;
+                    }
+                }
             }
             if n == 0 {
                 return Ok(removed);
@@ -343,7 +419,6 @@ impl LogStorage for SledStorage {
             self.log
                 .apply_batch(batch)
                 .map_err(self.err("truncating the log"))?;
-            removed += n;
         }
     }
 
@@ -466,6 +541,14 @@ impl SledStorage {
     }
 }
 
+/// The seq a log key stands for, or a corrupt error (reported at `near`).
+fn frame_seq(k: &[u8], near: u64) -> Result<u64> {
+    seq_of(k).ok_or_else(|| Error::Corrupt {
+        seq: near,
+        reason: format!("a log key of {} bytes is not a seq", k.len()),
+    })
+}
+
 fn seq_of(b: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(b.try_into().ok()?))
 }
@@ -525,6 +608,95 @@ mod tests {
             keys.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
             vec!["a", "b"]
         );
+    }
+
+    fn seqs(s: &SledStorage, from: u64, to: u64) -> Result<Vec<u64>> {
+        let mut seen = vec![];
+        s.scan(from, to, &mut |seq, r| {
+            assert_eq!(r, record_for(seq), "record {seq}");
+            seen.push(seq);
+            true
+        })?;
+        Ok(seen)
+    }
+
+    fn record_for(seq: u64) -> Vec<u8> {
+        let mut r = vec![1u8; 300];
+        r[..8].copy_from_slice(&seq.to_be_bytes());
+        r[0] = 1;
+        r
+    }
+
+    /// Records share frames; any stretch reads back exactly, truncation
+    /// inside a frame keeps the rest of it, older lone records still read,
+    /// and damaged framing is named.
+    #[test]
+    fn frames_read_from_any_seq_and_truncate_inside_a_frame() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let recs: Vec<Vec<u8>> = (0..=104).map(record_for).collect();
+        {
+            let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
+            let batch: Vec<PendingRecord<'_>> = (1..=100)
+                .map(|seq| rec(seq, &recs[seq as usize], "k"))
+                .collect();
+            s.append(&batch).expect("append");
+            s.append(&[rec(101, &recs[101], "k"), rec(102, &recs[102], "k")])
+                .expect("append");
+            s.sync().expect("sync");
+            // A hundred records in a handful of frames.
+            assert!(s.log.len() < 10, "{} frames", s.log.len());
+            assert_eq!(s.bounds().expect("bounds"), Some((1, 102)));
+            for from in [1, 2, 26, 27, 28, 55, 100, 101, 102] {
+                for to in [from, from + 1, 60, 102, 500] {
+                    let want: Vec<u64> = (from..=to.min(102)).collect();
+                    assert_eq!(seqs(&s, from, to).expect("scan"), want, "{from}..={to}");
+                }
+            }
+            assert_eq!(s.truncate_below(50).expect("truncate"), 49);
+            assert_eq!(s.bounds().expect("bounds"), Some((50, 102)));
+            assert_eq!(
+                seqs(&s, 1, 102).expect("scan"),
+                (50..=102).collect::<Vec<_>>()
+            );
+            // Truncation never removes the head entry.
+            assert_eq!(s.truncate_below(500).expect("truncate"), 52);
+            assert_eq!(s.bounds().expect("bounds"), Some((102, 102)));
+            // A lone record, as written before frames, follows on.
+            s.log
+                .insert(103u64.to_be_bytes(), recs[103].as_slice())
+                .expect("insert");
+            s.sync().expect("sync");
+        }
+        let s = SledStorage::open(dir.path(), 8 << 20).expect("reopen");
+        assert_eq!(s.bounds().expect("bounds"), Some((102, 103)));
+        assert_eq!(seqs(&s, 100, 200).expect("scan"), vec![102, 103]);
+        // A frame whose second length runs past its end.
+        let mut bad = frame::frame_of([recs[104].as_slice(), recs[104].as_slice()]);
+        bad.truncate(bad.len() - 10);
+        s.log.insert(104u64.to_be_bytes(), bad).expect("insert");
+        match seqs(&s, 103, 200) {
+            Err(Error::Corrupt { seq: 105, reason }) => {
+                assert!(reason.contains("does not fit"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(s.bounds(), Err(Error::Corrupt { seq: 105, .. })));
+        // A frame that starts inside the one before it.
+        let s2dir = tempfile::tempdir().expect("tempdir");
+        let s2 = SledStorage::open(s2dir.path(), 8 << 20).expect("open");
+        s2.append(&[
+            rec(1, &recs[1], "k"),
+            rec(2, &recs[2], "k"),
+            rec(3, &recs[3], "k"),
+        ])
+        .expect("append");
+        s2.append(&[rec(2, &recs[2], "k")]).expect("append");
+        match seqs(&s2, 1, 3) {
+            Err(Error::Corrupt { seq: 2, reason }) => {
+                assert!(reason.contains("overlaps"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -163,13 +163,19 @@ impl Rig {
         {
             let db = sled::open(dir.path().join("log")).expect("sled");
             let log = db.open_tree("log").expect("tree");
-            let mut v = log
-                .get(seq.to_be_bytes())
-                .expect("get")
-                .expect("entry")
-                .to_vec();
-            edit(&mut v);
-            log.insert(seq.to_be_bytes(), v).expect("insert");
+            // The frame holding `seq` starts at or before it.
+            let (k, frame) = log
+                .range(..=seq.to_be_bytes())
+                .next_back()
+                .expect("a frame")
+                .expect("read");
+            let first = u64::from_be_bytes(k.as_ref().try_into().expect("seq key"));
+            let mut records: Vec<Vec<u8>> = walship::frame::records(&frame)
+                .map(|r| r.expect("record").to_vec())
+                .collect();
+            edit(&mut records[(seq - first) as usize]);
+            let frame = walship::frame::frame_of(records.iter().map(|r| r.as_slice()));
+            log.insert(k, frame).expect("insert");
             db.flush().expect("flush");
         }
         Rig::open(dir, cfg, stores).await
