@@ -12,6 +12,7 @@ pub mod conflict;
 pub mod error;
 pub mod frame;
 pub mod key;
+mod keyindex;
 pub mod log;
 pub mod storage;
 

@@ -13,7 +13,8 @@
 //! Layout (one sled database in `data_dir/log`):
 //! - tree `log`:     seq (u64 big-endian, so byte order is seq order) of a
 //!   frame's first record → the frame (consecutive records, see `frame`)
-//! - tree `keys`:    key → [`KeyInfo`] of its newest entry, plus a watermark
+//! - tree `keys`:    key → [`KeyInfo`] of its newest entry, as sorted runs
+//!   with a watermark (see `keyindex`)
 //! - tree `cursors`: target name → cursor seq, then the log offset after it
 //!   (u64 big-endian each; older data dirs hold the seq alone)
 //! - tree `meta`:    small named values (target list, states)
@@ -29,6 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::codec::Op;
 use crate::error::{Error, Result};
 use crate::frame::{self, FrameBuilder};
+use crate::keyindex::KeyIndex;
 
 /// A record ready to be appended.
 #[derive(Debug)]
@@ -51,7 +53,7 @@ pub struct KeyInfo {
 }
 
 impl KeyInfo {
-    fn to_bytes(self) -> [u8; 17] {
+    pub(crate) fn to_bytes(self) -> [u8; 17] {
         let mut b = [0u8; 17];
         b[..8].copy_from_slice(&self.seq.to_be_bytes());
         b[8] = match self.op {
@@ -62,7 +64,7 @@ impl KeyInfo {
         b
     }
 
-    fn from_bytes(b: &[u8]) -> Option<KeyInfo> {
+    pub(crate) fn from_bytes(b: &[u8]) -> Option<KeyInfo> {
         if b.len() != 17 {
             return None;
         }
@@ -134,9 +136,6 @@ pub enum Side {
     Conflicts,
 }
 
-/// Watermark key in the `keys` tree. Starts with NUL, which no valid key can.
-const WATERMARK: &[u8] = b"\0watermark";
-
 /// Records at least this long may land in sled blob files, which need their
 /// own fsync.
 const BLOB_CANDIDATE_BYTES: usize = 16 * 1024;
@@ -146,7 +145,7 @@ pub struct SledStorage {
     path: PathBuf,
     db: sled::Db,
     log: sled::Tree,
-    keys: sled::Tree,
+    keys: KeyIndex,
     cursors: sled::Tree,
     meta: sled::Tree,
     versions: sled::Tree,
@@ -184,7 +183,7 @@ impl SledStorage {
                 .map_err(|e| Error::storage("opening a tree", &path, e))
         };
         let log = tree("log")?;
-        let keys = tree("keys")?;
+        let keys = KeyIndex::open(tree("keys")?, &path)?;
         let cursors = tree("cursors")?;
         let meta = tree("meta")?;
         let versions = tree("versions")?;
@@ -280,14 +279,7 @@ impl LogStorage for SledStorage {
     }
 
     fn index(&self, keys: &[(&str, KeyInfo)], watermark: u64) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for (k, info) in keys {
-            batch.insert(k.as_bytes(), &info.to_bytes());
-        }
-        batch.insert(WATERMARK, &watermark.to_be_bytes());
-        self.keys
-            .apply_batch(batch)
-            .map_err(self.err("updating the key index"))
+        self.keys.add(keys, watermark)
     }
 
     fn sync(&self) -> Result<()> {
@@ -460,36 +452,15 @@ impl LogStorage for SledStorage {
     }
 
     fn key_info(&self, key: &str) -> Result<Option<KeyInfo>> {
-        let v = self
-            .keys
-            .get(key)
-            .map_err(self.err("reading the key index"))?;
-        Ok(v.and_then(|v| KeyInfo::from_bytes(&v)))
+        self.keys.get(key)
     }
 
     fn keys_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<(String, KeyInfo)>> {
-        let mut out = Vec::new();
-        for item in self.keys.scan_prefix(prefix) {
-            let (k, v) = item.map_err(self.err("listing the key index"))?;
-            if k.first() == Some(&0) {
-                continue;
-            }
-            if let (Ok(key), Some(info)) = (std::str::from_utf8(&k), KeyInfo::from_bytes(&v)) {
-                out.push((key.to_string(), info));
-                if out.len() >= limit {
-                    break;
-                }
-            }
-        }
-        Ok(out)
+        self.keys.with_prefix(prefix, limit)
     }
 
     fn key_index_watermark(&self) -> Result<u64> {
-        let v = self
-            .keys
-            .get(WATERMARK)
-            .map_err(self.err("reading the key index"))?;
-        Ok(v.and_then(|v| seq_of(&v)).unwrap_or(0))
+        Ok(self.keys.watermark())
     }
 
     fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {

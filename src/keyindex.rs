@@ -1,0 +1,710 @@
+//! The key index (key → where its newest entry is) as sorted runs in one
+//! sled tree: a small log-structured merge tree.
+//!
+//! One sled insert per distinct key cost as much as the log itself and
+//! halved group commit under many writers. Here every checkpoint of the
+//! indexer writes its keys as one new sorted *run*, cut into blocks of up
+//! to [`BLOCK_BYTES`] (one sled insert per block, like the log's frames),
+//! and runs are merged in the background so that each is at least
+//! [`FANOUT`] times larger than the next newer one: a key is rewritten
+//! about log4(keys) times, in sequential blocks, and a lookup reads one
+//! block per run (a handful).
+//!
+//! Layout of the `keys` tree:
+//! - `\0runs` → the manifest: watermark (highest seq the runs cover), the
+//!   next run id, and the runs, oldest first (id, number of keys);
+//! - `\x01` + run id (u64 BE) + first key of the block → block: entries
+//!   `u16 LE key length, key, KeyInfo (17 bytes)` in key order.
+//!
+//! Invariants: only runs named in the manifest are read; the manifest and
+//! the runs it names change in one sled batch (atomic), so a crash leaves
+//! either the old runs or the new ones, and never a run half written (those
+//! have ids ≥ the manifest's next id and are removed on open). When a key
+//! is in several runs its newest entry (highest seq) wins. Readers hold the
+//! manifest lock while they read blocks, so a merge cannot remove a block
+//! under them. Data dirs from before runs (one sled entry per key and a
+//! `\0watermark`) are turned into a run on open.
+
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use crate::error::{Error, Result};
+use crate::storage::KeyInfo;
+
+/// A block closes once it holds this many bytes.
+pub(crate) const BLOCK_BYTES: usize = 8 * 1024;
+/// Runs are merged until each is at least this many times the next newer.
+pub(crate) const FANOUT: u64 = 4;
+
+const MANIFEST: &[u8] = b"\0runs";
+const LEGACY_WATERMARK: &[u8] = b"\0watermark";
+const RUN: u8 = 0x01;
+/// Blocks written per sled batch while a run is built.
+const BLOCKS_PER_BATCH: usize = 256;
+const INFO: usize = 17;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    id: u64,
+    len: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Manifest {
+    watermark: u64,
+    next_id: u64,
+    /// Oldest first.
+    runs: Vec<Run>,
+}
+
+impl Manifest {
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(16 + self.runs.len() * 16);
+        b.extend_from_slice(&self.watermark.to_be_bytes());
+        b.extend_from_slice(&self.next_id.to_be_bytes());
+        for r in &self.runs {
+            b.extend_from_slice(&r.id.to_be_bytes());
+            b.extend_from_slice(&r.len.to_be_bytes());
+        }
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<Manifest> {
+        if b.len() < 16 || b.len() % 16 != 0 {
+            return None;
+        }
+        let u = |at: usize| u64::from_be_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]));
+        let runs = (16..b.len())
+            .step_by(16)
+            .map(|at| Run {
+                id: u(at),
+                len: u(at + 8),
+            })
+            .collect();
+        Some(Manifest {
+            watermark: u(0),
+            next_id: u(8),
+            runs,
+        })
+    }
+}
+
+fn run_prefix(id: u64) -> [u8; 9] {
+    let mut p = [0u8; 9];
+    p[0] = RUN;
+    p[1..].copy_from_slice(&id.to_be_bytes());
+    p
+}
+
+fn block_key(id: u64, first: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + first.len());
+    k.extend_from_slice(&run_prefix(id));
+    k.extend_from_slice(first);
+    k
+}
+
+/// The key index. See the module doc.
+pub(crate) struct KeyIndex {
+    tree: sled::Tree,
+    path: PathBuf,
+    manifest: RwLock<Manifest>,
+}
+
+impl KeyIndex {
+    /// Opens the index in `tree` (`path` names the database in errors):
+    /// turns an older per-key index into a run and removes half-written
+    /// runs.
+    pub(crate) fn open(tree: sled::Tree, path: &Path) -> Result<KeyIndex> {
+        let me = KeyIndex {
+            tree,
+            path: path.to_path_buf(),
+            manifest: RwLock::new(Manifest::default()),
+        };
+        let manifest = match me.tree.get(MANIFEST).map_err(me.err())? {
+            Some(b) => Manifest::decode(&b).ok_or_else(|| me.damaged("the manifest".into()))?,
+            None => me.migrate()?,
+        };
+        // Per-key entries from before runs, now in a run.
+        me.remove_range(&[RUN + 1], None)?;
+        // Runs never named in a manifest: written by a checkpoint or merge
+        // that did not finish.
+        me.remove_range(&run_prefix(manifest.next_id), Some(&[RUN + 1]))?;
+        *me.manifest.write().unwrap_or_else(|e| e.into_inner()) = manifest;
+        Ok(me)
+    }
+
+    fn err(&self) -> impl Fn(sled::Error) -> Error + '_ {
+        move |e| Error::storage("using the key index", &self.path, e)
+    }
+
+    fn damaged(&self, what: String) -> Error {
+        Error::Corrupt {
+            seq: 0,
+            reason: format!(
+                "{what} of the key index in {} does not decode; the data dir is damaged",
+                self.path.display()
+            ),
+        }
+    }
+
+    fn manifest(&self) -> std::sync::RwLockReadGuard<'_, Manifest> {
+        self.manifest.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The highest seq the index covers.
+    pub(crate) fn watermark(&self) -> u64 {
+        self.manifest().watermark
+    }
+
+    /// Turns a per-key index (before runs) into the first run.
+    fn migrate(&self) -> Result<Manifest> {
+        let watermark = self
+            .tree
+            .get(LEGACY_WATERMARK)
+            .map_err(self.err())?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
+        // Blocks of a migration that did not finish.
+        self.remove_range(&[RUN], Some(&[RUN + 1]))?;
+        let mut writer = RunWriter::new(1);
+        for item in self.tree.range([RUN + 1]..) {
+            let (k, v) = item.map_err(self.err())?;
+            let info = KeyInfo::from_bytes(&v).ok_or_else(|| {
+                self.damaged(format!("the entry of {:?}", String::from_utf8_lossy(&k)))
+            })?;
+            writer.push(&self.tree, &k, info).map_err(self.err())?;
+        }
+        let run = writer.finish(&self.tree).map_err(self.err())?;
+        let manifest = Manifest {
+            watermark,
+            next_id: 2,
+            runs: run.into_iter().collect(),
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(MANIFEST, manifest.encode());
+        batch.remove(LEGACY_WATERMARK);
+        self.tree.apply_batch(batch).map_err(self.err())?;
+        Ok(manifest)
+    }
+
+    /// Removes the entries from `from` up to `to` (or the end).
+    fn remove_range(&self, from: &[u8], to: Option<&[u8]>) -> Result<()> {
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut n = 0;
+            let range = match to {
+                Some(to) => self.tree.range(from..to),
+                None => self.tree.range(from..),
+            };
+            for item in range.take(4096) {
+                let (k, _) = item.map_err(self.err())?;
+                batch.remove(k);
+                n += 1;
+            }
+            if n == 0 {
+                return Ok(());
+            }
+            self.tree.apply_batch(batch).map_err(self.err())?;
+        }
+    }
+
+    /// Adds `keys` (any order; for a key given twice the higher seq wins)
+    /// as a new run covering the log up to `watermark`, then merges runs
+    /// while the newest are too small next to the older ones.
+    pub(crate) fn add(&self, keys: &[(&str, KeyInfo)], watermark: u64) -> Result<()> {
+        let mut sorted: Vec<(&str, KeyInfo)> = keys.to_vec();
+        sorted.sort_by(|a, b| a.0.cmp(b.0).then(b.1.seq.cmp(&a.1.seq)));
+        sorted.dedup_by(|later, earlier| later.0 == earlier.0);
+        let id = self.manifest().next_id;
+        let mut writer = RunWriter::new(id);
+        for (k, info) in &sorted {
+            writer
+                .push(&self.tree, k.as_bytes(), *info)
+                .map_err(self.err())?;
+        }
+        let run = writer.finish(&self.tree).map_err(self.err())?;
+        self.commit(|m| {
+            m.next_id = id + 1;
+            m.watermark = m.watermark.max(watermark);
+            m.runs.extend(run);
+            Vec::new()
+        })?;
+        self.compact()
+    }
+
+    /// Applies `change` to the manifest and writes it, removing the blocks
+    /// of the runs `change` returns, in one batch.
+    fn commit(&self, change: impl FnOnce(&mut Manifest) -> Vec<Run>) -> Result<()> {
+        let mut guard = self.manifest.write().unwrap_or_else(|e| e.into_inner());
+        let mut next = guard.clone();
+        let gone = change(&mut next);
+        let mut batch = sled::Batch::default();
+        batch.insert(MANIFEST, next.encode());
+        for run in gone {
+            for item in self.tree.range(run_prefix(run.id)..run_prefix(run.id + 1)) {
+                let (k, _) = item.map_err(self.err())?;
+                batch.remove(k);
+            }
+        }
+        self.tree.apply_batch(batch).map_err(self.err())?;
+        *guard = next;
+        Ok(())
+    }
+
+    /// Merges the newest runs while the one before them is at most
+    /// [`FANOUT`] times their size.
+    fn compact(&self) -> Result<()> {
+        let (runs, id) = {
+            let m = self.manifest();
+            let mut i = m.runs.len();
+            let mut total = 0u64;
+            while i > 0 {
+                let r = m.runs[i - 1];
+                if i < m.runs.len() && r.len > FANOUT * total {
+                    break;
+                }
+                total += r.len;
+                i -= 1;
+            }
+            if m.runs.len() - i < 2 {
+                return Ok(());
+            }
+            (m.runs[i..].to_vec(), m.next_id)
+        };
+        // Runs are only removed by this thread (the indexer), so reading
+        // them without the lock is safe; newer runs may be added meanwhile.
+        let mut writer = RunWriter::new(id);
+        {
+            let mut iters: Vec<RunIter<'_>> = runs
+                .iter()
+                .map(|r| self.iter_run(r.id, b""))
+                .collect::<Result<_>>()?;
+            let mut heads: Vec<Option<(Vec<u8>, KeyInfo)>> = iters
+                .iter_mut()
+                .map(|it| it.next().transpose())
+                .collect::<Result<_>>()?;
+            loop {
+                let Some(min) = heads.iter().flatten().map(|(k, _)| k).min().cloned() else {
+                    break;
+                };
+                let mut best: Option<KeyInfo> = None;
+                for (i, h) in heads.iter_mut().enumerate() {
+                    if h.as_ref().is_some_and(|(k, _)| *k == min) {
+                        let (_, info) = h.take().unwrap_or_else(|| unreachable!());
+                        if best.is_none_or(|b| info.seq > b.seq) {
+                            best = Some(info);
+                        }
+                        *h = iters[i].next().transpose()?;
+                    }
+                }
+                if let Some(info) = best {
+                    writer.push(&self.tree, &min, info).map_err(self.err())?;
+                }
+            }
+        }
+        let merged = writer.finish(&self.tree).map_err(self.err())?;
+        let ids: Vec<u64> = runs.iter().map(|r| r.id).collect();
+        self.commit(|m| {
+            m.next_id = m.next_id.max(id + 1);
+            let at = m
+                .runs
+                .iter()
+                .position(|r| ids.contains(&r.id))
+                .unwrap_or(m.runs.len());
+            m.runs.retain(|r| !ids.contains(&r.id));
+            if let Some(merged) = merged {
+                m.runs.insert(at, merged);
+            }
+            runs
+        })
+    }
+
+    /// Entries of run `id` from the block holding `from` on, in key order.
+    fn iter_run(&self, id: u64, from: &[u8]) -> Result<RunIter<'_>> {
+        let start = match self
+            .tree
+            .range(run_prefix(id).to_vec()..=block_key(id, from))
+            .next_back()
+            .transpose()
+            .map_err(self.err())?
+        {
+            Some((k, _)) => k.to_vec(),
+            None => run_prefix(id).to_vec(),
+        };
+        Ok(RunIter {
+            index: self,
+            blocks: self.tree.range(start..run_prefix(id + 1).to_vec()),
+            block: sled::IVec::default(),
+            at: 0,
+        })
+    }
+
+    /// Where the newest entry of `key` is, if the runs hold it.
+    pub(crate) fn get(&self, key: &str) -> Result<Option<KeyInfo>> {
+        let m = self.manifest();
+        for run in m.runs.iter().rev() {
+            let mut it = self.iter_run(run.id, key.as_bytes())?;
+            // The block holding `key` is the first one read.
+            while let Some(item) = it.next_in_block() {
+                let (k, info) = item?;
+                match k.as_slice().cmp(key.as_bytes()) {
+                    std::cmp::Ordering::Less => continue,
+                    std::cmp::Ordering::Equal => return Ok(Some(info)),
+                    std::cmp::Ordering::Greater => break,
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Keys starting with `prefix` with their newest entry, in key order,
+    /// at most `limit`.
+    pub(crate) fn with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<(String, KeyInfo)>> {
+        let m = self.manifest();
+        let mut merged: std::collections::BTreeMap<Vec<u8>, KeyInfo> = Default::default();
+        for run in m.runs.iter() {
+            // The first `limit` keys of the result are among the first
+            // `limit` of every run.
+            let mut taken = 0;
+            for item in self.iter_run(run.id, prefix.as_bytes())? {
+                let (k, info) = item?;
+                if !k.starts_with(prefix.as_bytes()) {
+                    if k.as_slice() > prefix.as_bytes() {
+                        break;
+                    }
+                    continue;
+                }
+                let e = merged.entry(k).or_insert(info);
+                if info.seq > e.seq {
+                    *e = info;
+                }
+                taken += 1;
+                if taken >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .take(limit)
+            .filter_map(|(k, info)| String::from_utf8(k).ok().map(|k| (k, info)))
+            .collect())
+    }
+}
+
+/// Builds one run, a block at a time.
+struct RunWriter {
+    id: u64,
+    batch: sled::Batch,
+    batched: usize,
+    block: Vec<u8>,
+    first: Vec<u8>,
+    len: u64,
+}
+
+impl RunWriter {
+    fn new(id: u64) -> RunWriter {
+        RunWriter {
+            id,
+            batch: sled::Batch::default(),
+            batched: 0,
+            block: Vec::new(),
+            first: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Adds the next key (in key order).
+    fn push(&mut self, tree: &sled::Tree, key: &[u8], info: KeyInfo) -> sled::Result<()> {
+        if !self.block.is_empty() && self.block.len() + 2 + key.len() + INFO > BLOCK_BYTES {
+            self.close_block(tree)?;
+        }
+        if self.block.is_empty() {
+            self.first = key.to_vec();
+        }
+        self.block
+            .extend_from_slice(&(key.len() as u16).to_le_bytes());
+        self.block.extend_from_slice(key);
+        self.block.extend_from_slice(&info.to_bytes());
+        self.len += 1;
+        Ok(())
+    }
+
+    fn close_block(&mut self, tree: &sled::Tree) -> sled::Result<()> {
+        let block = std::mem::take(&mut self.block);
+        self.batch.insert(block_key(self.id, &self.first), block);
+        self.batched += 1;
+        if self.batched >= BLOCKS_PER_BATCH {
+            tree.apply_batch(std::mem::take(&mut self.batch))?;
+            self.batched = 0;
+        }
+        Ok(())
+    }
+
+    /// Writes what is left; the run, or `None` when it holds no key.
+    fn finish(mut self, tree: &sled::Tree) -> sled::Result<Option<Run>> {
+        if !self.block.is_empty() {
+            self.close_block(tree)?;
+        }
+        tree.apply_batch(std::mem::take(&mut self.batch))?;
+        Ok((self.len > 0).then_some(Run {
+            id: self.id,
+            len: self.len,
+        }))
+    }
+}
+
+/// Entries of one run in key order.
+struct RunIter<'a> {
+    index: &'a KeyIndex,
+    blocks: sled::Iter,
+    block: sled::IVec,
+    at: usize,
+}
+
+impl RunIter<'_> {
+    /// The next entry of the current block (reading the first block if
+    /// none was read yet); `None` at the end of a block.
+    fn next_in_block(&mut self) -> Option<Result<(Vec<u8>, KeyInfo)>> {
+        if self.at == 0 && self.block.is_empty() {
+            match self.blocks.next()? {
+                Ok((_, b)) => self.block = b,
+                Err(e) => return Some(Err(self.index.err()(e))),
+            }
+        }
+        let b = &self.block[self.at..];
+        if b.is_empty() {
+            return None;
+        }
+        let entry = b.get(..2).and_then(|l| {
+            let len = u16::from_le_bytes([l[0], l[1]]) as usize;
+            let key = b.get(2..2 + len)?;
+            let info = KeyInfo::from_bytes(b.get(2 + len..2 + len + INFO)?)?;
+            Some((key.to_vec(), info, 2 + len + INFO))
+        });
+        match entry {
+            Some((k, info, n)) => {
+                self.at += n;
+                Some(Ok((k, info)))
+            }
+            None => {
+                let at = self.at;
+                self.at = self.block.len();
+                Some(Err(self.index.damaged(format!("a block (at byte {at})"))))
+            }
+        }
+    }
+}
+
+impl Iterator for RunIter<'_> {
+    type Item = Result<(Vec<u8>, KeyInfo)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(item) = self.next_in_block() {
+                return Some(item);
+            }
+            // End of this block: on to the next one.
+            match self.blocks.next()? {
+                Ok((_, b)) => {
+                    self.block = b;
+                    self.at = 0;
+                }
+                Err(e) => return Some(Err(self.index.err()(e))),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Op;
+    use std::collections::BTreeMap;
+
+    fn open(dir: &Path) -> (sled::Db, KeyIndex) {
+        // sled's flusher thread may hold the lock of a just-closed db a
+        // moment longer.
+        let mut tries = 0;
+        let db = loop {
+            match sled::open(dir) {
+                Ok(db) => break db,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => panic!("sled: {e}"),
+            }
+        };
+        let idx = KeyIndex::open(db.open_tree("keys").expect("tree"), dir).expect("index");
+        (db, idx)
+    }
+
+    fn info(seq: u64) -> KeyInfo {
+        KeyInfo {
+            seq,
+            op: if seq % 5 == 0 { Op::Delete } else { Op::Put },
+            size: seq * 3,
+        }
+    }
+
+    /// Deterministic pseudo-random numbers (xorshift).
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    fn check(idx: &KeyIndex, model: &BTreeMap<String, KeyInfo>, rng: &mut Rng) {
+        for _ in 0..200 {
+            let k = format!("k/{}/{}", rng.below(7), rng.below(3000));
+            assert_eq!(idx.get(&k).expect("get"), model.get(&k).copied(), "{k}");
+        }
+        for prefix in ["", "k/", "k/3/", "k/3/1", "k/6/29", "x"] {
+            for limit in [1, 7, 100, usize::MAX] {
+                let want: Vec<(String, KeyInfo)> = model
+                    .range(prefix.to_string()..)
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .take(limit)
+                    .map(|(k, i)| (k.clone(), *i))
+                    .collect();
+                assert_eq!(
+                    idx.with_prefix(prefix, limit).expect("list"),
+                    want,
+                    "{prefix:?} {limit}"
+                );
+            }
+        }
+    }
+
+    /// The runs answer like one map of key → newest entry, through merges
+    /// and reopening; runs stay few.
+    #[test]
+    fn runs_answer_like_one_map() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut model: BTreeMap<String, KeyInfo> = BTreeMap::new();
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut seq = 0u64;
+        for round in 0..15 {
+            let (db, idx) = open(dir.path());
+            assert_eq!(idx.watermark(), seq);
+            check(&idx, &model, &mut rng);
+            for _ in 0..5 {
+                // Checkpoints of very different sizes, keys repeated
+                // within one and across them.
+                let n = [1, 3, 40, 700, 2500][rng.below(5) as usize];
+                let mut batch = Vec::new();
+                for _ in 0..n {
+                    seq += 1;
+                    let k = format!("k/{}/{}", rng.below(7), rng.below(3000));
+                    batch.push((k, info(seq)));
+                }
+                let refs: Vec<(&str, KeyInfo)> =
+                    batch.iter().map(|(k, i)| (k.as_str(), *i)).collect();
+                idx.add(&refs, seq).expect("add");
+                for (k, i) in batch {
+                    model.insert(k, i);
+                }
+                let runs = idx.manifest().runs.clone();
+                assert!(runs.len() <= 8, "round {round}: {runs:?}");
+                assert!(
+                    runs.windows(2).all(|w| w[0].id < w[1].id),
+                    "runs out of order: {runs:?}"
+                );
+            }
+            check(&idx, &model, &mut rng);
+            db.flush().expect("flush");
+        }
+        let (_db, idx) = open(dir.path());
+        let m = idx.manifest().clone();
+        // Only the runs in the manifest are in the tree.
+        let ids: std::collections::BTreeSet<u64> = idx
+            .tree
+            .range([RUN]..[RUN + 1])
+            .map(|i| u64::from_be_bytes(i.expect("item").0[1..9].try_into().expect("id")))
+            .collect();
+        assert_eq!(ids, m.runs.iter().map(|r| r.id).collect());
+        assert_eq!(
+            m.runs.iter().map(|r| r.len).sum::<u64>() >= model.len() as u64,
+            true
+        );
+    }
+
+    /// An index from before runs (one sled entry per key) becomes a run on
+    /// open, with its watermark; a half-written run is dropped.
+    #[test]
+    fn an_older_index_and_half_written_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (db, idx) = open(dir.path());
+            drop(idx);
+            // Remove what a fresh open wrote, leaving an index as older
+            // versions wrote it.
+            let t = db.open_tree("keys").expect("tree");
+            t.clear().expect("clear");
+            for i in 0..1000u64 {
+                t.insert(format!("old/{i:04}"), &info(i + 1).to_bytes())
+                    .expect("insert");
+            }
+            t.insert(LEGACY_WATERMARK, &1000u64.to_be_bytes())
+                .expect("wm");
+            db.flush().expect("flush");
+        }
+        {
+            let (db, idx) = open(dir.path());
+            assert_eq!(idx.watermark(), 1000);
+            assert_eq!(idx.get("old/0042").expect("get"), Some(info(43)));
+            assert_eq!(
+                idx.with_prefix("old/", usize::MAX).expect("list").len(),
+                1000
+            );
+            assert_eq!(
+                idx.tree.range([RUN + 1]..).count(),
+                0,
+                "per-key entries removed"
+            );
+            assert!(idx.tree.get(LEGACY_WATERMARK).expect("get").is_none());
+            // A run written but never named in the manifest (a crash
+            // before the checkpoint finished).
+            let next = idx.manifest().next_id;
+            let mut w = RunWriter::new(next);
+            w.push(&idx.tree, b"old/0042", info(5000)).expect("push");
+            w.finish(&idx.tree).expect("finish");
+            db.flush().expect("flush");
+        }
+        let (_db, idx) = open(dir.path());
+        assert_eq!(idx.get("old/0042").expect("get"), Some(info(43)));
+        let orphans = run_prefix(idx.manifest().next_id).to_vec();
+        assert_eq!(idx.tree.range(orphans..vec![RUN + 1]).count(), 0);
+    }
+
+    #[test]
+    fn a_damaged_block_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_db, idx) = open(dir.path());
+        idx.add(&[("a", info(1)), ("b", info(2))], 2).expect("add");
+        let (k, mut v) = idx
+            .tree
+            .range([RUN]..[RUN + 1])
+            .next()
+            .expect("block")
+            .expect("read");
+        let mut bad = v.to_vec();
+        bad.truncate(bad.len() - 3);
+        v = bad.into();
+        idx.tree.insert(k, v).expect("insert");
+        match idx.get("b") {
+            Err(Error::Corrupt { reason, .. }) => {
+                assert!(reason.contains("key index"), "{reason}");
+                assert!(reason.contains("damaged"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(idx.with_prefix("", 10).is_err());
+    }
+}
