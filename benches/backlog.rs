@@ -62,8 +62,12 @@ async fn fill(data: &std::path::Path, n: usize, distinct: usize) {
 }
 
 fn config(data: &std::path::Path) -> Config {
+    // WALSHIP_BACKLOG_CACHE=BYTES sets log_cache_bytes (default: walship's).
+    let cache = std::env::var("WALSHIP_BACKLOG_CACHE")
+        .map(|b| format!("log_cache_bytes = {b}\n"))
+        .unwrap_or_default();
     Config::from_toml(&format!(
-        "data_dir = {:?}\n[replication]\nenable_failover = false\n[primary]\nname = \"p\"\nurl = \"memory://\"\n[[targets]]\nname = \"r1\"\nurl = \"memory://\"\n[[targets]]\nname = \"r2\"\nurl = \"memory://\"\n",
+        "data_dir = {:?}\n{cache}[replication]\nenable_failover = false\n[primary]\nname = \"p\"\nurl = \"memory://\"\n[[targets]]\nname = \"r1\"\nurl = \"memory://\"\n[[targets]]\nname = \"r2\"\nurl = \"memory://\"\n",
         data.display().to_string()
     ))
     .expect("config")

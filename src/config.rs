@@ -206,7 +206,7 @@ fn default_grace() -> f64 {
     30.0
 }
 fn default_cache() -> u64 {
-    64 * 1024 * 1024
+    32 * 1024 * 1024
 }
 
 /// The whole config file.
@@ -234,8 +234,10 @@ pub struct Config {
     /// On SIGTERM, how long shipping may drain. Default: 30. Minimum: 0.
     #[serde(default = "default_grace")]
     pub shutdown_grace_seconds: f64,
-    /// sled's page cache. Default: 64 MiB (sled's own 1 GiB default lets
-    /// the process grow to hundreds of MiB on a large log).
+    /// sled's page cache. Default: 32 MiB (sled's own 1 GiB default lets
+    /// the process grow to hundreds of MiB on a large log; the resident
+    /// size of a sidecar shipping a million-entry backlog is about 140 MiB
+    /// at 32 MiB, measured in `benches/backlog.rs`).
     #[serde(default = "default_cache")]
     pub log_cache_bytes: u64,
     /// The `[replication]` table.
@@ -521,7 +523,7 @@ max_object_bytes = 16777216      # larger bodies get 413
 retention_seconds = 86400        # entries are kept at least this long
 max_log_bytes = 10737418240      # past this, the target holding truncation back is resynced
 shutdown_grace_seconds = 30      # on SIGTERM: stop taking writes, drain shipping this long, persist cursors
-log_cache_bytes = 67108864       # sled's page cache
+log_cache_bytes = 33554432       # sled's page cache
 
 [replication]
 mode = "async"                   # sync | semi_sync | async: how many replicas a write waits for

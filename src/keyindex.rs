@@ -192,12 +192,7 @@ impl KeyIndex {
         loop {
             let mut batch = sled::Batch::default();
             let mut n = 0;
-            let range = match to {
-                Some(to) => self.tree.range(from..to),
-                None => self.tree.range(from..),
-            };
-            for item in range.take(4096) {
-                let (k, _) = item.map_err(self.err())?;
+            for k in self.keys_in(from, to, 4096)? {
                 batch.remove(k);
                 n += 1;
             }
@@ -206,6 +201,28 @@ impl KeyIndex {
             }
             self.tree.apply_batch(batch).map_err(self.err())?;
         }
+    }
+
+    /// Up to `max` keys of the tree from `from` (included) up to `to` (or
+    /// the end), read one lookup at a time (see [`KeyIndex::next_block`]).
+    fn keys_in(&self, from: &[u8], to: Option<&[u8]>, max: usize) -> Result<Vec<sled::IVec>> {
+        let mut out = Vec::new();
+        let mut next = self
+            .tree
+            .get(from)
+            .map_err(self.err())?
+            .map(|_| sled::IVec::from(from));
+        if next.is_none() {
+            next = self.tree.get_gt(from).map_err(self.err())?.map(|(k, _)| k);
+        }
+        while let Some(k) = next.take() {
+            if to.is_some_and(|to| k.as_ref() >= to) || out.len() >= max {
+                break;
+            }
+            next = self.tree.get_gt(&k).map_err(self.err())?.map(|(k, _)| k);
+            out.push(k);
+        }
+        Ok(out)
     }
 
     /// Adds `keys` (any order; for a key given twice the higher seq wins)
@@ -241,8 +258,11 @@ impl KeyIndex {
         let mut batch = sled::Batch::default();
         batch.insert(MANIFEST, next.encode());
         for run in gone {
-            for item in self.tree.range(run_prefix(run.id)..run_prefix(run.id + 1)) {
-                let (k, _) = item.map_err(self.err())?;
+            for k in self.keys_in(
+                &run_prefix(run.id),
+                Some(&run_prefix(run.id + 1)),
+                usize::MAX,
+            )? {
                 batch.remove(k);
             }
         }
@@ -318,22 +338,38 @@ impl KeyIndex {
 
     /// Entries of run `id` from the block holding `from` on, in key order.
     fn iter_run(&self, id: u64, from: &[u8]) -> Result<RunIter<'_>> {
-        let start = match self
+        let first = match self
             .tree
-            .range(run_prefix(id).to_vec()..=block_key(id, from))
-            .next_back()
-            .transpose()
+            .get_lt(
+                block_key(id, from)
+                    .iter()
+                    .copied()
+                    .chain([0])
+                    .collect::<Vec<u8>>(),
+            )
             .map_err(self.err())?
         {
-            Some((k, _)) => k.to_vec(),
-            None => run_prefix(id).to_vec(),
+            Some((k, v)) if k.starts_with(&run_prefix(id)) => Some((k, v)),
+            _ => self.next_block(id, &run_prefix(id))?,
         };
         Ok(RunIter {
             index: self,
-            blocks: self.tree.range(start..run_prefix(id + 1).to_vec()),
+            id,
+            next: first,
             block: sled::IVec::default(),
             at: 0,
         })
+    }
+
+    /// The block of run `id` after key `after`. One lookup per block, not
+    /// a sled iterator: pages a long iteration pulls in stay in memory
+    /// (see `storage`).
+    fn next_block(&self, id: u64, after: &[u8]) -> Result<Option<(sled::IVec, sled::IVec)>> {
+        Ok(self
+            .tree
+            .get_gt(after)
+            .map_err(self.err())?
+            .filter(|(k, _)| k.starts_with(&run_prefix(id))))
     }
 
     /// Where the newest entry of `key` is, if the runs hold it.
@@ -454,19 +490,33 @@ impl RunWriter {
 /// Entries of one run in key order.
 struct RunIter<'a> {
     index: &'a KeyIndex,
-    blocks: sled::Iter,
+    id: u64,
+    /// The block to read once the current one is done.
+    next: Option<(sled::IVec, sled::IVec)>,
     block: sled::IVec,
     at: usize,
 }
 
 impl RunIter<'_> {
+    /// Moves to the next block; false at the end of the run.
+    fn advance(&mut self) -> Result<bool> {
+        let Some((k, b)) = self.next.take() else {
+            return Ok(false);
+        };
+        self.next = self.index.next_block(self.id, &k)?;
+        self.block = b;
+        self.at = 0;
+        Ok(true)
+    }
+
     /// The next entry of the current block (reading the first block if
     /// none was read yet); `None` at the end of a block.
     fn next_in_block(&mut self) -> Option<Result<(Vec<u8>, KeyInfo)>> {
         if self.at == 0 && self.block.is_empty() {
-            match self.blocks.next()? {
-                Ok((_, b)) => self.block = b,
-                Err(e) => return Some(Err(self.index.err()(e))),
+            match self.advance() {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => return Some(Err(e)),
             }
         }
         let b = &self.block[self.at..];
@@ -502,12 +552,10 @@ impl Iterator for RunIter<'_> {
                 return Some(item);
             }
             // End of this block: on to the next one.
-            match self.blocks.next()? {
-                Ok((_, b)) => {
-                    self.block = b;
-                    self.at = 0;
-                }
-                Err(e) => return Some(Err(self.index.err()(e))),
+            match self.advance() {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => return Some(Err(e)),
             }
         }
     }

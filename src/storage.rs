@@ -303,21 +303,27 @@ impl LogStorage for SledStorage {
         if from > to {
             return Ok(());
         }
-        // The frame holding `from` starts at or before it.
-        let start = match self
-            .log
-            .range(..=from.to_be_bytes())
-            .next_back()
-            .transpose()
-            .map_err(self.err("reading the log"))?
-        {
-            Some((k, _)) => frame_seq(&k, from)?,
-            None => from,
+        // The frame holding `from` starts at or before it. Frames are read
+        // one lookup at a time, not with a sled iterator: pages a long
+        // iteration pulls in stay in memory whatever the cache capacity
+        // (sled 0.34, spacejam/sled#1036), so a target catching up on a
+        // large backlog would hold the whole log in memory.
+        let read = |r: sled::Result<Option<(sled::IVec, sled::IVec)>>| {
+            r.map_err(self.err("reading the log"))
         };
-        let mut expect = start;
-        for item in self.log.range(start.to_be_bytes()..=to.to_be_bytes()) {
-            let (k, v) = item.map_err(self.err("reading the log"))?;
+        let mut next = match read(self.log.get_lt(from.saturating_add(1).to_be_bytes()))? {
+            Some(kv) => Some(kv),
+            None => read(self.log.get_gt(from.to_be_bytes()))?,
+        };
+        let mut expect = 0;
+        while let Some((k, v)) = next.take() {
             let first = frame_seq(&k, from)?;
+            if first > to {
+                break;
+            }
+            if expect == 0 {
+                expect = first;
+            }
             if first < expect {
                 return Err(Error::Corrupt {
                     seq: first,
@@ -341,6 +347,7 @@ impl LogStorage for SledStorage {
                     return Ok(());
                 }
             }
+            next = read(self.log.get_gt(&k))?;
         }
         Ok(())
     }
@@ -364,15 +371,19 @@ impl LogStorage for SledStorage {
         loop {
             let mut batch = sled::Batch::default();
             let mut n = 0;
-            let mut frames = self.log.range(..=seq.to_be_bytes()).peekable();
-            while let Some(item) = frames.next() {
-                let (k, v) = item.map_err(self.err("truncating the log"))?;
+            // One lookup per frame, not a sled iterator (see `scan`).
+            let read = |r: sled::Result<Option<(sled::IVec, sled::IVec)>>| {
+                r.map_err(self.err("truncating the log"))
+            };
+            let below = |kv: Option<(sled::IVec, sled::IVec)>| {
+                kv.filter(|(k, _)| seq_of(k).is_none_or(|s| s <= seq))
+            };
+            let mut frame = below(read(self.log.first())?);
+            while let Some((k, v)) = frame.take() {
                 let first = frame_seq(&k, seq)?;
-                let next = match frames.peek() {
-                    Some(Ok((nk, _))) => Some(frame_seq(nk, seq)?),
-                    Some(Err(e)) => {
-                        return Err(Error::storage("truncating the log", &self.path, e.clone()));
-                    }
+                frame = below(read(self.log.get_gt(&k))?);
+                let next = match &frame {
+                    Some((nk, _)) => Some(frame_seq(nk, seq)?),
                     None => None,
                 };
                 if let Some(next) = next {
