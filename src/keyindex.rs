@@ -734,6 +734,45 @@ mod tests {
         assert_eq!(idx.tree.range(orphans..vec![RUN + 1]).count(), 0);
     }
 
+    /// Block and manifest bytes are the on-disk format: pinned.
+    #[test]
+    fn golden_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_db, idx) = open(dir.path());
+        let put = KeyInfo {
+            seq: 7,
+            op: Op::Put,
+            size: 3,
+        };
+        let del = KeyInfo {
+            seq: 9,
+            op: Op::Delete,
+            size: 0,
+        };
+        idx.add(&[("b", del), ("a", put)], 9).expect("add");
+        let blocks: Vec<(Vec<u8>, Vec<u8>)> = idx
+            .tree
+            .range([RUN]..[RUN + 1])
+            .map(|i| i.expect("item"))
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        #[rustfmt::skip]
+        let block = vec![
+            1, 0, b'a', 0, 0, 0, 0, 0, 0, 0, 7, 1, 0, 0, 0, 0, 0, 0, 0, 3,
+            1, 0, b'b', 0, 0, 0, 0, 0, 0, 0, 9, 2, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        // Run 2 (run 1 is what an older index becomes on a first open).
+        assert_eq!(blocks, vec![(vec![1, 0, 0, 0, 0, 0, 0, 0, 2, b'a'], block)]);
+        let manifest = idx.tree.get(MANIFEST).expect("get").expect("manifest");
+        #[rustfmt::skip]
+        let want: Vec<u8> = vec![
+            0, 0, 0, 0, 0, 0, 0, 9, // watermark
+            0, 0, 0, 0, 0, 0, 0, 3, // next run id
+            0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 2, // run 2: 2 keys
+        ];
+        assert_eq!(manifest.to_vec(), want);
+    }
+
     #[test]
     fn a_damaged_block_is_named() {
         let dir = tempfile::tempdir().expect("tempdir");
