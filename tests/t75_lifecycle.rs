@@ -312,7 +312,12 @@ async fn lag_bytes_and_retained_bytes_are_exact_across_restarts_and_truncation()
             // while so truncation moves the first kept entry.
             tokio::time::sleep(Duration::from_millis(300)).await;
             rig.rep.resume("r2").await.expect("resume");
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // Until truncation has moved the first kept entry (polled: a
+            // loaded machine may take a while).
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while rig.rep.log().first() <= 1 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             rig.rep.pause("r2").await.expect("pause");
         }
         rig = rig.restart().await;
