@@ -5,7 +5,7 @@
 //! halved group commit under many writers. Here every checkpoint of the
 //! indexer writes its keys as one new sorted *run*, cut into blocks of up
 //! to [`BLOCK_BYTES`] (one sled insert per block, like the log's frames),
-//! and runs are merged in the background so that each is at least
+//! and a thread of its own merges runs so that each is at least
 //! [`FANOUT`] times larger than the next newer one: a key is rewritten
 //! about log4(keys) times, in sequential blocks, and a lookup reads one
 //! block per run (a handful).
@@ -16,13 +16,14 @@
 //! - `\x01` + run id (u64 BE) + first key of the block → block: entries
 //!   `u16 LE key length, key, KeyInfo (17 bytes)` in key order.
 //!
-//! Invariants: only runs named in the manifest are read; the manifest and
-//! the runs it names change in one sled batch (atomic), so a crash leaves
-//! either the old runs or the new ones, and never a run half written (those
-//! have ids ≥ the manifest's next id and are removed on open). When a key
-//! is in several runs its newest entry (highest seq) wins. Readers hold the
-//! manifest lock while they read blocks, so a merge cannot remove a block
-//! under them. Data dirs from before runs (one sled entry per key and a
+//! Invariants: only runs named in the manifest are read. A run's blocks are
+//! written first; then one sled batch (atomic) names it in the manifest and
+//! removes the blocks of the runs it replaces, so a crash leaves either the
+//! old runs or the new ones, never a run half written (unnamed blocks are
+//! removed on open). When a key is in several runs its newest entry
+//! (highest seq) wins. Readers hold the manifest lock while they read
+//! blocks, so a merge cannot remove a block under them. Data dirs from
+//! before runs (one sled entry per key and a
 //! `\0watermark`) are turned into a run on open.
 
 use std::path::{Path, PathBuf};
