@@ -400,7 +400,7 @@ impl Engine {
                 known = None;
                 continue;
             };
-            if self.is_ours(t, &cur, e)? {
+            if self.is_ours(t, &cur, e).await? {
                 let mut mine = cur.known(cur.seq.unwrap_or(0));
                 mine.tag.origin = self.origin.clone();
                 if cur.seq == Some(e.seq) || cur.bytes.as_ref() == Some(&e.value) {
@@ -443,7 +443,7 @@ impl Engine {
         let Some(cur) = cur else {
             return self.remove(t, &e.key, &path, resolving).await;
         };
-        if self.is_ours(t, &cur, e)? {
+        if self.is_ours(t, &cur, e).await? {
             return self.remove(t, &e.key, &path, resolving).await;
         }
         let before = known.and_then(|k| k.etag);
@@ -580,7 +580,7 @@ impl Engine {
     }
 
     /// Whether `cur` is a version this sidecar wrote (see the module doc).
-    fn is_ours(&self, t: &TargetHandle, cur: &Found, e: &Entry) -> Result<bool> {
+    async fn is_ours(&self, t: &TargetHandle, cur: &Found, e: &Entry) -> Result<bool> {
         if cur.has_origin {
             return Ok(cur.tag.origin == self.origin);
         }
@@ -598,18 +598,29 @@ impl Engine {
         if from >= e.seq {
             return Ok(false);
         }
-        let crc = crc32fast::hash(bytes);
-        let mut found = false;
-        self.log.storage().scan(from, e.seq - 1, &mut |seq, rec| {
-            if let Ok(entry) = crate::codec::decode(seq, rec) {
-                found = entry.key == e.key
-                    && entry.op == Op::Put
-                    && entry.value.len() == bytes.len()
-                    && crc32fast::hash(&entry.value) == crc;
-            }
-            !found
-        })?;
-        Ok(found)
+        // Up to a million entries: on a blocking thread, not an async one.
+        let (crc, len) = (crc32fast::hash(bytes), bytes.len());
+        let (storage, key, to) = (self.log.storage().clone(), e.key.clone(), e.seq - 1);
+        tokio::task::spawn_blocking(move || {
+            let mut found = false;
+            storage.scan(from, to, &mut |seq, rec| {
+                if let Ok(entry) = crate::codec::decode_ref(seq, rec) {
+                    found = entry.key == key.as_str()
+                        && entry.op == Op::Put
+                        && entry.value.len() == len
+                        && crc32fast::hash(entry.value) == crc;
+                }
+                !found
+            })?;
+            Ok(found)
+        })
+        .await
+        .map_err(|e| {
+            Error::io(
+                "looking for this sidecar's own version in the log",
+                std::io::Error::other(e),
+            )
+        })?
     }
 
     // ---- conflicts ----

@@ -473,6 +473,72 @@ async fn a_lost_answer_is_not_a_conflict_with_or_without_metadata() {
 }
 
 /// Replay is a repair: it writes this log's versions over whatever is there.
+/// On a store without metadata, an older version of this sidecar's own
+/// (written, answer lost, never recorded; the key's next entry is what
+/// ships next) is recognised by its bytes in the log, not taken for a hand
+/// edit: under first_write_wins a hand edit would be kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_version_of_ours_left_by_a_lost_answer_is_not_a_conflict() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica_dir = dir.path().join("replica");
+    std::fs::create_dir_all(&replica_dir).expect("mkdir");
+    let text = format!(
+        "data_dir = {:?}\n[replication]\nmode = \"async\"\nconflict_resolution = \"first_write_wins\"\n\
+         [primary]\nname = \"p\"\nurl = \"memory://\"\nretry_delay_seconds = 0.02\n\
+         [[targets]]\nname = \"r1\"\nurl = \"file://{}\"\nretry_delay_seconds = 0.02\n",
+        dir.path().join("data").display().to_string(),
+        replica_dir.display()
+    );
+    let cfg = Config::from_toml(&text).expect("config");
+    let local: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(&replica_dir).expect("local"));
+    let (faulty, faults) = FaultyStore::wrap(local.clone());
+    let mut stores: HashMap<String, Arc<dyn ObjectStore>> = HashMap::new();
+    stores.insert("r1".into(), faulty);
+    let rep = Replicator::open_with_stores(cfg, stores)
+        .await
+        .expect("open");
+    // v1 lands on r1, its answer is lost: walship never records it.
+    faults.set(Fault::LoseAcks);
+    rep.put(&key("k"), Bytes::from("v1"), None)
+        .await
+        .expect("put");
+    for _ in 0..500 {
+        if faults.failed_writes() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(faults.failed_writes() > 0, "v1's answer was lost");
+    // Stop shipping to r1, write v2, heal: on resume the stretch holds v1
+    // and v2, and only v2 (the key's newest) is written over v1.
+    rep.pause("r1").await.expect("pause");
+    rep.put(&key("k"), Bytes::from("v2"), None)
+        .await
+        .expect("put");
+    faults.heal();
+    rep.resume("r1").await.expect("resume");
+    let head = rep.log().head();
+    for _ in 0..500 {
+        if rep.cursors().expect("cursors").targets[1].cursor == head {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let got = local
+        .get(&Path::from("k"))
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert_eq!(&got[..], b"v2");
+    assert_eq!(rep.metrics().conflicts_detected.get(), 0);
+    rep.shutdown(Duration::from_millis(200))
+        .await
+        .expect("shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_overwrites_hand_edits() {
     let rig = rig("first_write_wins").await;
