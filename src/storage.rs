@@ -136,6 +136,9 @@ pub enum Side {
     Conflicts,
 }
 
+/// Tries (100 ms apart) to take sled's file lock before giving up.
+const LOCK_WAIT_TRIES: u32 = 30;
+
 /// Records at least this long may land in sled blob files, which need their
 /// own fsync.
 const BLOB_CANDIDATE_BYTES: usize = 16 * 1024;
@@ -162,22 +165,37 @@ impl SledStorage {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating data directory {}", dir.display()), e))?;
         let path = dir.join("log");
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(cache_bytes)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
-                    Error::io(
-                        format!(
-                            "opening the log in {}: it is in use by another walship process (only one may open a data_dir; talk to it with --addr)",
-                            path.display()
-                        ),
-                        io,
-                    )
+        let locked = |e: &sled::Error| matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock"));
+        // sled releases its file lock from a background thread a moment
+        // after the last handle goes, so a reopen in the same process (a
+        // restart of the library) may find it still held: wait for it a
+        // little before calling it another process's.
+        let mut waited = 0;
+        let db = loop {
+            match sled::Config::new()
+                .path(&path)
+                .cache_capacity(cache_bytes)
+                .open()
+            {
+                Err(e) if locked(&e) && waited < LOCK_WAIT_TRIES => {
+                    waited += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
                 }
-                other => Error::storage("opening the log", &path, other),
-            })?;
+                other => break other,
+            }
+        }
+        .map_err(|e| match e {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+                Error::io(
+                    format!(
+                        "opening the log in {}: it is in use by another walship process (only one may open a data_dir; talk to it with --addr)",
+                        path.display()
+                    ),
+                    io,
+                )
+            }
+            other => Error::storage("opening the log", &path, other),
+        })?;
         let tree = |name: &str| {
             db.open_tree(name)
                 .map_err(|e| Error::storage("opening a tree", &path, e))
