@@ -8,6 +8,9 @@
 //!
 //! `cargo bench --bench e2e -- --writers 64 --size 256 --mode async --targets 3 --entries 20000`
 //! (those are the defaults). `WALSHIP_BENCH_SCALE` scales `--entries`.
+//! `WALSHIP_E2E_TARGETS_DIR=/dev/shm` puts the target directories (walship's
+//! and the raw baselines') there, to see walship's cost apart from the
+//! disk; the log stays in the default temp dir.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -86,8 +89,17 @@ struct Run {
     group: f64,
 }
 
+/// Where target directories go (see the module doc).
+fn targets_root() -> tempfile::TempDir {
+    match std::env::var("WALSHIP_E2E_TARGETS_DIR") {
+        Ok(dir) => tempfile::tempdir_in(dir).expect("tempdir in WALSHIP_E2E_TARGETS_DIR"),
+        Err(_) => tempfile::tempdir().expect("tempdir"),
+    }
+}
+
 async fn walship_run(a: &Args) -> Run {
     let tmp = tempfile::tempdir().expect("tempdir");
+    let targets = targets_root();
     let mut cfg = format!(
         "data_dir = {:?}\n[replication]\nmode = \"{}\"\nmin_sync_replicas = 1\n",
         tmp.path().join("data").display().to_string(),
@@ -95,7 +107,7 @@ async fn walship_run(a: &Args) -> Run {
     );
     for t in 0..a.targets {
         let table = if t == 0 { "[primary]" } else { "[[targets]]" };
-        let url = walship::config::file_url(&tmp.path().join(format!("t{t}")));
+        let url = walship::config::file_url(&targets.path().join(format!("t{t}")));
         cfg.push_str(&format!(
             "{table}\nname = \"t{t}\"\nurl = \"{url}\"\nsync_timeout_seconds = 30\n"
         ));
@@ -186,7 +198,7 @@ async fn walship_run(a: &Args) -> Run {
 /// Raw object_store: `n` puts of `size` B to each of `dirs` local
 /// directories (fsync on), `IN_FLIGHT` at a time per directory.
 async fn raw_puts(n: usize, size: usize, dirs: usize) -> Duration {
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = targets_root();
     let t = Instant::now();
     let jobs = (0..dirs).map(|d| {
         let dir = tmp.path().join(format!("d{d}"));
