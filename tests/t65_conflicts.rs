@@ -64,6 +64,38 @@ async fn settle(rig: &Rig) {
 }
 
 /// The replica is edited by hand, then the key is written: per strategy.
+/// A sidecar under first_write_wins with a memory primary and replica
+/// `r1` on a local directory (no metadata, no conditional update) behind a
+/// fault-injecting wrapper: (its temp dir, the replicator, the directory's
+/// store unwrapped, the faults of r1).
+async fn local_dir_replica() -> (
+    tempfile::TempDir,
+    Arc<Replicator>,
+    Arc<dyn ObjectStore>,
+    walship::faults::Faults,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica_dir = dir.path().join("replica");
+    std::fs::create_dir_all(&replica_dir).expect("mkdir");
+    let text = format!(
+        "data_dir = {:?}\n[replication]\nmode = \"async\"\nconflict_resolution = \"first_write_wins\"\n\
+         [primary]\nname = \"p\"\nurl = \"memory://\"\nretry_delay_seconds = 0.02\n\
+         [[targets]]\nname = \"r1\"\nurl = \"file://{}\"\nretry_delay_seconds = 0.02\n",
+        dir.path().join("data").display().to_string(),
+        replica_dir.display()
+    );
+    let cfg = Config::from_toml(&text).expect("config");
+    let local: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(&replica_dir).expect("local"));
+    let (faulty, faults) = FaultyStore::wrap(local.clone());
+    let mut stores: HashMap<String, Arc<dyn ObjectStore>> = HashMap::new();
+    stores.insert("r1".into(), faulty);
+    let rep = Replicator::open_with_stores(cfg, stores)
+        .await
+        .expect("open");
+    (dir, rep, local, faults)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_edit_then_a_write_ends_as_each_strategy_says() {
     for (strategy, expect) in [
@@ -386,25 +418,7 @@ async fn a_lost_answer_is_not_a_conflict_with_or_without_metadata() {
     assert_eq!(counts(&rig), (0, 0));
 
     // Local directory: no metadata, no conditional update; compared by HEAD.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let replica_dir = dir.path().join("replica");
-    std::fs::create_dir_all(&replica_dir).expect("mkdir");
-    let text = format!(
-        "data_dir = {:?}\n[replication]\nmode = \"async\"\nconflict_resolution = \"first_write_wins\"\n\
-         [primary]\nname = \"p\"\nurl = \"memory://\"\nretry_delay_seconds = 0.02\n\
-         [[targets]]\nname = \"r1\"\nurl = \"file://{}\"\nretry_delay_seconds = 0.02\n",
-        dir.path().join("data").display().to_string(),
-        replica_dir.display()
-    );
-    let cfg = Config::from_toml(&text).expect("config");
-    let local: Arc<dyn ObjectStore> =
-        Arc::new(LocalFileSystem::new_with_prefix(&replica_dir).expect("local"));
-    let (faulty, faults) = FaultyStore::wrap(local.clone());
-    let mut stores: HashMap<String, Arc<dyn ObjectStore>> = HashMap::new();
-    stores.insert("r1".into(), faulty);
-    let rep = Replicator::open_with_stores(cfg, stores)
-        .await
-        .expect("open");
+    let (_dir, rep, local, faults) = local_dir_replica().await;
     faults.set(Fault::LoseAcks);
     let mut last = HashMap::new();
     for i in 0..20 {
@@ -479,25 +493,7 @@ async fn a_lost_answer_is_not_a_conflict_with_or_without_metadata() {
 /// edit: under first_write_wins a hand edit would be kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_version_of_ours_left_by_a_lost_answer_is_not_a_conflict() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let replica_dir = dir.path().join("replica");
-    std::fs::create_dir_all(&replica_dir).expect("mkdir");
-    let text = format!(
-        "data_dir = {:?}\n[replication]\nmode = \"async\"\nconflict_resolution = \"first_write_wins\"\n\
-         [primary]\nname = \"p\"\nurl = \"memory://\"\nretry_delay_seconds = 0.02\n\
-         [[targets]]\nname = \"r1\"\nurl = \"file://{}\"\nretry_delay_seconds = 0.02\n",
-        dir.path().join("data").display().to_string(),
-        replica_dir.display()
-    );
-    let cfg = Config::from_toml(&text).expect("config");
-    let local: Arc<dyn ObjectStore> =
-        Arc::new(LocalFileSystem::new_with_prefix(&replica_dir).expect("local"));
-    let (faulty, faults) = FaultyStore::wrap(local.clone());
-    let mut stores: HashMap<String, Arc<dyn ObjectStore>> = HashMap::new();
-    stores.insert("r1".into(), faulty);
-    let rep = Replicator::open_with_stores(cfg, stores)
-        .await
-        .expect("open");
+    let (_dir, rep, local, faults) = local_dir_replica().await;
     // v1 lands on r1, its answer is lost: walship never records it.
     faults.set(Fault::LoseAcks);
     rep.put(&key("k"), Bytes::from("v1"), None)
