@@ -251,7 +251,7 @@ impl Inner {
         Error::Corrupt {
             seq: 0,
             reason: format!(
-                "{what} of the key index in {} does not decode; the data dir is damaged",
+                "{what} of the key index in {} does not decode; the data dir is damaged: stop walship and restore it from a backup",
                 self.path.display()
             ),
         }

@@ -699,6 +699,28 @@ mod tests {
         }
     }
 
+    /// A data dir held open is refused with an error naming it (after the
+    /// wait for a lock sled is about to release); one released during the
+    /// wait opens.
+    #[test]
+    fn a_data_dir_in_use_is_refused_and_one_released_meanwhile_opens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = SledStorage::open(dir.path(), 8 << 20).expect("open");
+        match SledStorage::open(dir.path(), 8 << 20) {
+            Err(e) => assert!(
+                e.to_string().contains("in use by another walship process"),
+                "{e}"
+            ),
+            Ok(_) => panic!("opened a data dir another handle holds"),
+        }
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(held);
+        });
+        SledStorage::open(dir.path(), 8 << 20).expect("opens once released");
+        release.join().expect("release");
+    }
+
     #[test]
     fn large_records_sync_their_blobs() {
         let dir = tempfile::tempdir().expect("tempdir");
