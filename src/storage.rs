@@ -136,6 +136,11 @@ pub enum Side {
     Conflicts,
 }
 
+/// Whether sled could not take its file lock (another handle holds it).
+fn is_lock_error(io: &std::io::Error) -> bool {
+    io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock")
+}
+
 /// Tries (100 ms apart) to take sled's file lock before giving up.
 const LOCK_WAIT_TRIES: u32 = 30;
 
@@ -165,7 +170,7 @@ impl SledStorage {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating data directory {}", dir.display()), e))?;
         let path = dir.join("log");
-        let locked = |e: &sled::Error| matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock"));
+        let locked = |e: &sled::Error| matches!(e, sled::Error::Io(io) if is_lock_error(io));
         // sled releases its file lock from a background thread a moment
         // after the last handle goes, so a reopen in the same process (a
         // restart of the library) may find it still held: wait for it a
@@ -185,7 +190,7 @@ impl SledStorage {
             }
         }
         .map_err(|e| match e {
-            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+            sled::Error::Io(io) if is_lock_error(&io) => {
                 Error::io(
                     format!(
                         "opening the log in {}: it is in use by another walship process (only one may open a data_dir; talk to it with --addr)",
