@@ -4,9 +4,12 @@
 //! (ack → every target applied) percentiles, next to baselines measured in
 //! the same run: raw sled (insert + flush + fdatasync) at the group size
 //! walship reached, and raw object_store puts to one local directory with
-//! the same number in flight.
+//! the same number in flight (and to as many directories as targets at
+//! once: the same disk work). Each of `--rounds` rounds runs walship and
+//! both raw baselines in a rotating order; the last line gives the median
+//! ratios. No phase's files are removed before the end (see `main`).
 //!
-//! `cargo bench --bench e2e -- --writers 64 --size 256 --mode async --targets 3 --entries 20000`
+//! `cargo bench --bench e2e -- --writers 64 --size 256 --mode async --targets 3 --entries 20000 --rounds 3`
 //! (those are the defaults). `WALSHIP_BENCH_SCALE` scales `--entries`.
 //! `WALSHIP_E2E_TARGETS_DIR=/dev/shm` puts the target directories (walship's
 //! and the raw baselines') there, to see walship's cost apart from the
@@ -34,6 +37,7 @@ struct Args {
     mode: String,
     targets: usize,
     entries: usize,
+    rounds: usize,
 }
 
 fn args() -> Args {
@@ -43,6 +47,7 @@ fn args() -> Args {
         mode: "async".into(),
         targets: 3,
         entries: 20_000,
+        rounds: 3,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -57,6 +62,7 @@ fn args() -> Args {
             "--size" => a.size = num(),
             "--targets" => a.targets = num().max(1),
             "--entries" => a.entries = num(),
+            "--rounds" => a.rounds = num().max(1),
             "--mode" => a.mode = val.clone(),
             // cargo bench passes --bench; anything else is a mistake.
             "--bench" => {
@@ -64,7 +70,7 @@ fn args() -> Args {
                 continue;
             }
             other => panic!(
-                "unknown argument {other:?}; use --writers N --size BYTES --mode sync|semi_sync|async --targets N --entries N"
+                "unknown argument {other:?}; use --writers N --size BYTES --mode sync|semi_sync|async --targets N --entries N --rounds N"
             ),
         }
         i += 2;
@@ -97,9 +103,12 @@ fn targets_root() -> tempfile::TempDir {
     }
 }
 
-async fn walship_run(a: &Args) -> Run {
+async fn walship_run(a: &Args, root: &std::path::Path) -> Run {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let targets = targets_root();
+    // Kept: see `main`.
+    let targets = tempfile::tempdir_in(root)
+        .expect("tempdir for targets")
+        .keep();
     let mut cfg = format!(
         "data_dir = {:?}\n[replication]\nmode = \"{}\"\nmin_sync_replicas = 1\n",
         tmp.path().join("data").display().to_string(),
@@ -107,7 +116,7 @@ async fn walship_run(a: &Args) -> Run {
     );
     for t in 0..a.targets {
         let table = if t == 0 { "[primary]" } else { "[[targets]]" };
-        let url = walship::config::file_url(&targets.path().join(format!("t{t}")));
+        let url = walship::config::file_url(&targets.join(format!("t{t}")));
         cfg.push_str(&format!(
             "{table}\nname = \"t{t}\"\nurl = \"{url}\"\nsync_timeout_seconds = 30\n"
         ));
@@ -197,11 +206,13 @@ async fn walship_run(a: &Args) -> Run {
 
 /// Raw object_store: `n` puts of `size` B to each of `dirs` local
 /// directories (fsync on), `IN_FLIGHT` at a time per directory.
-async fn raw_puts(n: usize, size: usize, dirs: usize) -> Duration {
-    let tmp = targets_root();
+async fn raw_puts(n: usize, size: usize, dirs: usize, root: &std::path::Path) -> Duration {
+    let tmp = tempfile::tempdir_in(root).expect("tempdir for raw puts");
+    // Kept: see `main`.
+    let tmp = tmp.keep();
     let t = Instant::now();
     let jobs = (0..dirs).map(|d| {
-        let dir = tmp.path().join(format!("d{d}"));
+        let dir = tmp.join(format!("d{d}"));
         async move {
             std::fs::create_dir_all(&dir).expect("dir");
             raw_puts_one(n, size, &dir).await
@@ -234,37 +245,70 @@ async fn raw_puts_one(n: usize, size: usize, dir: &std::path::Path) {
         .await;
 }
 
+/// The middle value (the lower of the two middles for an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[(v.len() - 1) / 2]
+}
+
 fn main() {
     let a = args();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let run = rt.block_on(walship_run(&a));
     let n = a.entries;
-    let sled_t = raw_sled(n, a.size, run.group.round() as usize);
-    let puts_t = rt.block_on(raw_puts(n, a.size, 1));
-    let puts_all_t = rt.block_on(raw_puts(n, a.size, a.targets));
     let per_s = |d: Duration| n as f64 / d.as_secs_f64();
+    // Every phase's files stay until the end: ext4 without a journal (these
+    // machines) scans past recently deleted inodes when it allocates one, so
+    // a phase that ran right after another's files were removed paid for it.
+    let root = targets_root();
     println!(
-        "end to end: {} writers, {} B, mode {}, {} local-dir targets (fsync), {} entries",
-        a.writers, a.size, a.mode, a.targets, n
+        "end to end: {} writers, {} B, mode {}, {} local-dir targets (fsync), {} entries, {} rounds",
+        a.writers, a.size, a.mode, a.targets, n, a.rounds
     );
-    println!(
-        "  writes/s {:>10.0}   ack ms p50 {:.2} p99 {:.2} p999 {:.2}   group {:.1} entries/flush",
-        per_s(run.took),
-        pct(&run.acks, 0.5),
-        pct(&run.acks, 0.99),
-        pct(&run.acks, 0.999),
-        run.group
-    );
-    println!(
-        "  lag ack→all applied ms p50 {:.1} p99 {:.1} p999 {:.1}   all applied after {:.2}s",
-        pct(&run.lags, 0.5),
-        pct(&run.lags, 0.99),
-        pct(&run.lags, 0.999),
-        run.all_applied.as_secs_f64()
-    );
+    // The phases of a round run in a rotating order, so that neither side
+    // always runs first (or last) on a machine whose load drifts.
+    let (mut one, mut all) = (Vec::new(), Vec::new());
+    let mut last = None;
+    for r in 0..a.rounds {
+        let (mut run, mut puts_t, mut puts_all_t) = (None, Duration::ZERO, Duration::ZERO);
+        for phase in 0..3 {
+            match (phase + r) % 3 {
+                0 => run = Some(rt.block_on(walship_run(&a, root.path()))),
+                1 => puts_t = rt.block_on(raw_puts(n, a.size, 1, root.path())),
+                _ => puts_all_t = rt.block_on(raw_puts(n, a.size, a.targets, root.path())),
+            }
+        }
+        let run = run.expect("the walship phase ran");
+        let applied = per_s(run.all_applied);
+        one.push(applied / per_s(puts_t));
+        all.push(applied / per_s(puts_all_t));
+        println!(
+            "round {}: walship {:>6.0} writes/s, every target applied {:>6.0}/s (ack ms p50 {:.2} p99 {:.2} p999 {:.2}; lag ack→all applied ms p50 {:.1} p99 {:.1} p999 {:.1}; group {:.1} entries/flush)",
+            r + 1,
+            per_s(run.took),
+            applied,
+            pct(&run.acks, 0.5),
+            pct(&run.acks, 0.99),
+            pct(&run.acks, 0.999),
+            pct(&run.lags, 0.5),
+            pct(&run.lags, 0.99),
+            pct(&run.lags, 0.999),
+            run.group
+        );
+        println!(
+            "         raw puts {IN_FLIGHT} in flight: one dir {:>6.0}/s (walship/raw {:.2}), {} dirs at once {:>6.0}/s per dir (walship/raw {:.2})",
+            per_s(puts_t),
+            one[r],
+            a.targets,
+            per_s(puts_all_t),
+            all[r]
+        );
+        last = Some(run);
+    }
+    let run = last.expect("at least one round");
+    let sled_t = raw_sled(n, a.size, run.group.round() as usize);
     println!(
         "  raw sled, {:.0} per flush: {:>10.0}/s   walship writes/raw {:.2} (every write also waits for the acting primary; `--bench append` compares the log alone)",
         run.group.round(),
@@ -272,14 +316,9 @@ fn main() {
         per_s(run.took) / per_s(sled_t)
     );
     println!(
-        "  raw puts, one dir, {IN_FLIGHT} in flight: {:>8.0}/s   walship applied per target/raw {:.2}",
-        per_s(puts_t),
-        per_s(run.all_applied) / per_s(puts_t)
-    );
-    println!(
-        "  raw puts, {} dirs at once, {IN_FLIGHT} in flight each: {:>8.0}/s per dir   walship/raw {:.2}",
+        "  median walship applied per target / raw puts: one dir {:.2}, {} dirs at once {:.2}",
+        median(one),
         a.targets,
-        per_s(puts_all_t),
-        per_s(run.all_applied) / per_s(puts_all_t)
+        median(all)
     );
 }
