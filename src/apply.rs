@@ -166,9 +166,10 @@ fn versions_key(target: &str, key: &str) -> Vec<u8> {
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
-        seq: 0,
-        reason: format!("{what} in the data dir does not decode ({e}); the data dir is damaged"),
+    serde_json::from_slice(bytes).map_err(|e| {
+        Error::Damaged(format!(
+            "{what} in the data dir does not decode ({e}); the data dir is damaged: stop walship and restore it from a backup"
+        ))
     })
 }
 
@@ -333,10 +334,20 @@ impl Engine {
     /// Applies `e` to `t`. An error means "not applied yet": the shipper
     /// retries.
     pub(crate) async fn apply(&self, t: &TargetHandle, e: &Entry) -> Result<()> {
-        let known = self.known(t, &e.key)?;
+        let known = self.known(t, &e.key);
         if e.seq <= t.force_until.load(Ordering::Acquire) {
+            // Replay writes over whatever is there, so a damaged record of
+            // the key's version is no obstacle: the write records it anew.
+            let known = match known {
+                Err(Error::Damaged(reason)) => {
+                    tracing::warn!(target = %t.name(), key = %e.key, %reason, "replay writes over a damaged version record");
+                    None
+                }
+                other => other?,
+            };
             return self.force(t, e, known).await;
         }
+        let known = known?;
         if let Some(k) = &known {
             if let Some(id) = k.conflict {
                 return self.hold(id, e).await;
@@ -1023,7 +1034,14 @@ pub(crate) fn known_in(
     key: &str,
 ) -> Result<Option<Known>> {
     match storage.side(Side::Versions, &versions_key(target, key))? {
-        Some(b) => decode_json("a known version", &b).map(Some),
+        Some(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+            Error::Damaged(format!(
+                "the version of key {key:?} walship recorded for target {target} does not decode ({e}); \
+                 the data dir is damaged there: `walship replay {target} --from SEQ --execute` \
+                 (SEQ at or below the key's next entry) writes the log's versions over the target \
+                 and records them anew, or restore the data dir from a backup"
+            ))
+        }),
         None => Ok(None),
     }
 }

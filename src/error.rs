@@ -24,6 +24,12 @@ pub enum Error {
         reason: String,
     },
 
+    /// Something walship keeps next to the log (the key index, a record
+    /// of what a target holds, a conflict record) does not decode. The
+    /// message names it and says what to do.
+    #[error("{0}")]
+    Damaged(String),
+
     /// The log storage (sled) failed.
     #[error(
         "log storage failed while {op} in {path}: {source}. Check the disk, free space and permissions of data_dir"

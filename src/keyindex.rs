@@ -248,13 +248,10 @@ impl Inner {
     }
 
     fn damaged(&self, what: String) -> Error {
-        Error::Corrupt {
-            seq: 0,
-            reason: format!(
-                "{what} of the key index in {} does not decode; the data dir is damaged: stop walship and restore it from a backup",
-                self.path.display()
-            ),
-        }
+        Error::Damaged(format!(
+            "{what} of the key index in {} does not decode; the data dir is damaged: stop walship and restore it from a backup",
+            self.path.display()
+        ))
     }
 
     fn manifest(&self) -> std::sync::RwLockReadGuard<'_, Manifest> {
@@ -915,7 +912,7 @@ mod tests {
         v = bad.into();
         idx.tree.insert(k, v).expect("insert");
         match idx.get("b") {
-            Err(Error::Corrupt { reason, .. }) => {
+            Err(Error::Damaged(reason)) => {
                 assert!(reason.contains("key index"), "{reason}");
                 assert!(reason.contains("damaged"), "{reason}");
             }

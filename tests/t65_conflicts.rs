@@ -64,10 +64,25 @@ async fn settle(rig: &Rig) {
 }
 
 /// The replica is edited by hand, then the key is written: per strategy.
-/// A sidecar under first_write_wins with a memory primary and replica
-/// `r1` on a local directory (no metadata, no conditional update) behind a
-/// fault-injecting wrapper: (its temp dir, the replicator, the directory's
-/// store unwrapped, the faults of r1).
+/// The config of a sidecar under first_write_wins with its data in
+/// `dir/data`, a memory primary and replica `r1` in `dir/replica` (created).
+fn local_dir_config(dir: &std::path::Path) -> Config {
+    let replica_dir = dir.join("replica");
+    std::fs::create_dir_all(&replica_dir).expect("mkdir");
+    let text = format!(
+        "data_dir = {:?}\n[replication]\nmode = \"async\"\nconflict_resolution = \"first_write_wins\"\n\
+         [primary]\nname = \"p\"\nurl = \"memory://\"\nretry_delay_seconds = 0.02\n\
+         [[targets]]\nname = \"r1\"\nurl = \"file://{}\"\nretry_delay_seconds = 0.02\n",
+        dir.join("data").display().to_string(),
+        replica_dir.display()
+    );
+    Config::from_toml(&text).expect("config")
+}
+
+/// A sidecar of [`local_dir_config`] whose replica `r1` (a local directory:
+/// no metadata, no conditional update) is behind a fault-injecting wrapper:
+/// (its temp dir, the replicator, the directory's store unwrapped, the
+/// faults of r1).
 async fn local_dir_replica() -> (
     tempfile::TempDir,
     Arc<Replicator>,
@@ -75,16 +90,8 @@ async fn local_dir_replica() -> (
     walship::faults::Faults,
 ) {
     let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = local_dir_config(dir.path());
     let replica_dir = dir.path().join("replica");
-    std::fs::create_dir_all(&replica_dir).expect("mkdir");
-    let text = format!(
-        "data_dir = {:?}\n[replication]\nmode = \"async\"\nconflict_resolution = \"first_write_wins\"\n\
-         [primary]\nname = \"p\"\nurl = \"memory://\"\nretry_delay_seconds = 0.02\n\
-         [[targets]]\nname = \"r1\"\nurl = \"file://{}\"\nretry_delay_seconds = 0.02\n",
-        dir.path().join("data").display().to_string(),
-        replica_dir.display()
-    );
-    let cfg = Config::from_toml(&text).expect("config");
     let local: Arc<dyn ObjectStore> =
         Arc::new(LocalFileSystem::new_with_prefix(&replica_dir).expect("local"));
     let (faulty, faults) = FaultyStore::wrap(local.clone());
@@ -724,4 +731,83 @@ async fn a_resync_settles_the_targets_open_conflicts() {
     settle(&rig).await;
     assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some("v3"));
     assert_eq!(counts(&rig), (1, 1));
+}
+
+/// Until `cond` holds of r1's cursors row (5 s at most); whether it did.
+async fn until_r1(rep: &Replicator, cond: impl Fn(&walship::status::TargetRow) -> bool) -> bool {
+    for _ in 0..500 {
+        if cond(&rep.cursors().expect("cursors").targets[1]) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// A damaged record of what a target holds (bad bytes in the data dir)
+/// stops shipping to that target with an error naming the key, the target
+/// and the way out, and writes nothing there; `replay` writes the log's
+/// version over the target and records it anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_version_record_stops_its_target_until_a_replay() {
+    use walship::storage::{LogStorage, Side, SledStorage};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = local_dir_config(dir.path());
+    let file = |k: &str| std::fs::read(dir.path().join("replica").join(k)).expect("read");
+    let rep = Replicator::open(cfg.clone()).await.expect("open");
+    rep.put(&key("k"), Bytes::from("v1"), None)
+        .await
+        .expect("put");
+    assert!(until_r1(&rep, |r| r.cursor == 1).await, "v1 reached r1");
+    rep.shutdown(Duration::from_millis(200))
+        .await
+        .expect("shutdown");
+    drop(rep);
+    {
+        let s = SledStorage::open(&dir.path().join("data"), 8 << 20).expect("storage");
+        assert!(
+            s.side(Side::Versions, b"r1\0k").expect("side").is_some(),
+            "a local directory's versions are recorded"
+        );
+        s.set_side(Side::Versions, b"r1\0k", Some(b"{not json"))
+            .expect("damage");
+        s.sync().expect("sync");
+    }
+    let rep = Replicator::open(cfg).await.expect("reopen");
+    let v2 = rep
+        .put(&key("k"), Bytes::from("v2"), None)
+        .await
+        .expect("put")
+        .seq;
+    assert!(
+        until_r1(&rep, |r| r.error.is_some()).await,
+        "r1 reports the damage"
+    );
+    let row = rep.cursors().expect("cursors").targets[1].clone();
+    let err = row.error.expect("error");
+    for needed in ["\"k\"", "r1", "does not decode", "walship replay r1"] {
+        assert!(err.contains(needed), "{needed:?} missing from {err}");
+    }
+    assert_eq!(row.cursor, 1, "the cursor waits before the entry");
+    assert_eq!(file("k"), b"v1", "nothing written over the target");
+    rep.replay("r1", walship::replicator::ReplayFrom::Seq(v2), true)
+        .await
+        .expect("replay");
+    assert!(until_r1(&rep, |r| r.cursor == v2).await, "r1 caught up");
+    assert_eq!(file("k"), b"v2");
+    // The record is whole again: the next write ships as usual.
+    let v3 = rep
+        .put(&key("k"), Bytes::from("v3"), None)
+        .await
+        .expect("put")
+        .seq;
+    assert!(
+        until_r1(&rep, |r| r.cursor == v3 && r.error.is_none()).await,
+        "v3 reached r1"
+    );
+    assert_eq!(file("k"), b"v3");
+    assert_eq!(rep.metrics().conflicts_detected.get(), 0);
+    rep.shutdown(Duration::from_millis(200))
+        .await
+        .expect("shutdown");
 }
