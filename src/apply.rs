@@ -1037,9 +1037,9 @@ pub(crate) fn known_in(
         Some(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
             Error::Damaged(format!(
                 "the version of key {key:?} walship recorded for target {target} does not decode ({e}); \
-                 the data dir is damaged there: `walship replay {target} --from SEQ --execute` \
-                 (SEQ at or below the key's next entry) writes the log's versions over the target \
-                 and records them anew, or restore the data dir from a backup"
+                 the data dir is damaged there: `walship replay {target} --from SEQ --execute`, \
+                 SEQ the entry shipping stopped at (or earlier), writes the log's versions over \
+                 the target and records them anew; or restore the data dir from a backup"
             ))
         }),
         None => Ok(None),
