@@ -63,7 +63,6 @@ async fn settle(rig: &Rig) {
     rig.wait_caught_up(Duration::from_secs(10)).await;
 }
 
-/// The replica is edited by hand, then the key is written: per strategy.
 /// The config of a sidecar under first_write_wins with its data in
 /// `dir/data`, a memory primary and replica `r1` in `dir/replica` (created).
 fn local_dir_config(dir: &std::path::Path) -> Config {
@@ -103,6 +102,30 @@ async fn local_dir_replica() -> (
     (dir, rep, local, faults)
 }
 
+/// Until `cond` holds of r1's cursors row (5 s at most); whether it did.
+async fn until_r1(rep: &Replicator, cond: impl Fn(&walship::status::TargetRow) -> bool) -> bool {
+    for _ in 0..500 {
+        if cond(&rep.cursors().expect("cursors").targets[1]) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// The bytes of `k` in a local directory's store.
+async fn local_bytes(local: &Arc<dyn ObjectStore>, k: &str) -> Vec<u8> {
+    local
+        .get(&Path::from(k))
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes")
+        .to_vec()
+}
+
+/// The replica is edited by hand, then the key is written: per strategy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_edit_then_a_write_ends_as_each_strategy_says() {
     for (strategy, expect) in [
@@ -453,14 +476,7 @@ async fn a_lost_answer_is_not_a_conflict_with_or_without_metadata() {
     }
     assert!(faults.failed_writes() > 0);
     for (k, v) in &last {
-        let got = local
-            .get(&Path::from(k.as_str()))
-            .await
-            .expect("get")
-            .bytes()
-            .await
-            .expect("bytes");
-        assert_eq!(&got[..], v.as_bytes(), "{k}");
+        assert_eq!(local_bytes(&local, k).await, v.as_bytes(), "{k}");
     }
     assert_eq!(rep.metrics().conflicts_detected.get(), 0);
 
@@ -480,20 +496,16 @@ async fn a_lost_answer_is_not_a_conflict_with_or_without_metadata() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(rep.metrics().conflicts_detected.get(), 1);
-    let got = local
-        .get(&Path::from("k0"))
-        .await
-        .expect("get")
-        .bytes()
-        .await
-        .expect("bytes");
-    assert_eq!(&got[..], b"edited", "first_write_wins keeps the edit");
+    assert_eq!(
+        local_bytes(&local, "k0").await,
+        b"edited",
+        "first_write_wins keeps the edit"
+    );
     rep.shutdown(Duration::from_millis(200))
         .await
         .expect("shutdown");
 }
 
-/// Replay is a repair: it writes this log's versions over whatever is there.
 /// On a store without metadata, an older version of this sidecar's own
 /// (written, answer lost, never recorded; the key's next entry is what
 /// ships next) is recognised by its bytes in the log, not taken for a hand
@@ -522,26 +534,15 @@ async fn an_older_version_of_ours_left_by_a_lost_answer_is_not_a_conflict() {
     faults.heal();
     rep.resume("r1").await.expect("resume");
     let head = rep.log().head();
-    for _ in 0..500 {
-        if rep.cursors().expect("cursors").targets[1].cursor == head {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let got = local
-        .get(&Path::from("k"))
-        .await
-        .expect("get")
-        .bytes()
-        .await
-        .expect("bytes");
-    assert_eq!(&got[..], b"v2");
+    assert!(until_r1(&rep, |r| r.cursor == head).await, "r1 caught up");
+    assert_eq!(local_bytes(&local, "k").await, b"v2");
     assert_eq!(rep.metrics().conflicts_detected.get(), 0);
     rep.shutdown(Duration::from_millis(200))
         .await
         .expect("shutdown");
 }
 
+/// Replay is a repair: it writes this log's versions over whatever is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_overwrites_hand_edits() {
     let rig = rig("first_write_wins").await;
@@ -731,17 +732,6 @@ async fn a_resync_settles_the_targets_open_conflicts() {
     settle(&rig).await;
     assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some("v3"));
     assert_eq!(counts(&rig), (1, 1));
-}
-
-/// Until `cond` holds of r1's cursors row (5 s at most); whether it did.
-async fn until_r1(rep: &Replicator, cond: impl Fn(&walship::status::TargetRow) -> bool) -> bool {
-    for _ in 0..500 {
-        if cond(&rep.cursors().expect("cursors").targets[1]) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
 }
 
 /// A damaged record of what a target holds (bad bytes in the data dir)
