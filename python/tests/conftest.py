@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -122,7 +123,8 @@ class Sidecar:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     break
-                if _http_ok(f"http://{self.addr}/healthz"):
+                # Any answer: a sidecar with a token may want it on /healthz too.
+                if _http_ok(f"http://{self.addr}/healthz", any_answer=True):
                     return self
                 time.sleep(0.05)
             if self.proc.poll() is None:
@@ -154,10 +156,13 @@ class Sidecar:
             p.wait(timeout=10)
 
 
-def _http_ok(url: str) -> bool:
+def _http_ok(url: str, any_answer: bool = False) -> bool:
+    """Whether ``url`` answers 200 (with ``any_answer``: answers at all)."""
     try:
         with urllib.request.urlopen(url, timeout=1) as r:
             return r.status == 200
+    except urllib.error.HTTPError:
+        return any_answer
     except Exception:  # noqa: BLE001
         return False
 
