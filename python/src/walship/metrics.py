@@ -115,9 +115,11 @@ class ReplicationMetrics:
         """Average replication time in ms, over every entry applied to a replica."""
         if self.writes_replicated == 0:
             return 0.0
-        if self.total_replication_time_ms == 0.0 and self._server_average_ms:
-            # No counts to weigh the sidecar's per-replica means with.
-            means = list(self._server_average_ms.values())
+        if not self._replica_success_count and self._server_average_ms:
+            # No counts to weigh the sidecar's per-replica means with: their mean.
+            means = [
+                v for k, v in self._server_average_ms.items() if k in self._server_success_rate
+            ] or list(self._server_average_ms.values())
             return sum(means) / len(means)
         return self.total_replication_time_ms / self.writes_replicated
 
