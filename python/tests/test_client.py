@@ -257,3 +257,15 @@ def test_quorum_timeout_when_a_replica_cannot_take_the_write(serve, tmp_path):
         (tmp_path / "r2.away").rename(r2)
         wait_until(lambda: cursor_of(c, "r2") >= err.seq + 1, 60, "r2 to catch up")
         assert (r2 / "q" / "1").read_bytes() == b"1"
+
+
+def test_a_connection_the_sidecar_closed_while_idle_is_reopened(serve, tmp_path):
+    cfg, primary = three_dirs(tmp_path)
+    cfg.request_header_timeout_seconds = 0.3  # idle keep-alive connections are cut off
+    s = serve(cfg, primary)
+    with s.client() as c:
+        for i in range(3):
+            c.put(f"idle/{i}", b"v")
+            time.sleep(0.8)
+            assert c.get(f"idle/{i}").data == b"v"
+        assert len(c._all) == 1
