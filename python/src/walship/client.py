@@ -23,7 +23,7 @@ import os
 import socket
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, List, Optional, Union
 from urllib.parse import quote, urlencode, urlsplit
 
 from .config import ReadPreference, ReplicationMode
@@ -426,11 +426,11 @@ class Client:
                 "?after=); upgrade walship"
             )
 
-    def list(self, prefix: str = "", *, page_size: int = 1000) -> list[KeyInfo]:
+    def list(self, prefix: str = "", *, page_size: int = 1000) -> List[KeyInfo]:
         """Every key under ``prefix`` (all pages), in key order."""
         return list(self.iter_list(prefix, page_size=page_size))
 
-    def keys(self, prefix: str = "") -> list[str]:
+    def keys(self, prefix: str = "") -> List[str]:
         """The keys under ``prefix`` (all pages), in key order."""
         return [k.key for k in self.iter_list(prefix)]
 
@@ -468,7 +468,7 @@ class Client:
         """Checks every entry's crc and compares targets with the log."""
         return self._call("GET", "/v1/verify", _query(target=target)).json()
 
-    def conflicts(self) -> list[dict[str, Any]]:
+    def conflicts(self) -> List[dict[str, Any]]:
         """The manual conflict queue."""
         return self._call("GET", "/v1/conflicts").json().get("conflicts", [])
 

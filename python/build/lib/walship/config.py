@@ -547,7 +547,7 @@ def _flag(fld: str, v: Any, p: list[str]) -> None:
 
 
 def _enum(fld: str, v: Any, enum: type[Enum], p: list[str]) -> None:
-    values = [m.value for m in enum]  # type: ignore[attr-defined]
+    values = [m.value for m in enum]
     if isinstance(v, enum) or (isinstance(v, str) and v in values):
         return
     p.append(f"{fld}: unknown value {v!r}; use {', '.join(values)}")
