@@ -205,6 +205,12 @@ fn default_max_log_bytes() -> u64 {
 fn default_grace() -> f64 {
     30.0
 }
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_header_timeout() -> f64 {
+    10.0
+}
 fn default_cache() -> u64 {
     32 * 1024 * 1024
 }
@@ -240,6 +246,18 @@ pub struct Config {
     /// at 32 MiB, measured in `benches/backlog.rs`).
     #[serde(default = "default_cache")]
     pub log_cache_bytes: u64,
+    /// A `listen` outside loopback without `auth_token_file` is refused
+    /// unless this is true. Default: false.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+    /// HTTP connections served at once; more wait in the accept queue.
+    /// Default: 1024. Minimum: 1.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A client that has not sent its request headers, or stalls its body,
+    /// this long is cut off. Default: 10. Between 1 ms and 1 year.
+    #[serde(default = "default_header_timeout")]
+    pub request_header_timeout_seconds: f64,
     /// The `[replication]` table.
     #[serde(default)]
     pub replication: ReplicationConfig,
@@ -319,10 +337,83 @@ impl TargetUrl {
 
 impl Config {
     /// Reads, parses and validates a config file.
+    ///
+    /// This is the sidecar's view of a file (`serve` and `check-config`):
+    /// relative paths are taken from the file's directory, the environment
+    /// (`WALSHIP_LISTEN`, `WALSHIP_DATA_DIR`, `WALSHIP_AUTH_TOKEN_FILE`)
+    /// wins over the file, and on top of [`Config::problems`] it refuses
+    /// what only hurts a sidecar: a `memory://` primary (it forgets every
+    /// acknowledged write at restart) and an `auth_token_file` that does
+    /// not exist.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::io(format!("reading config {}", path.display()), e))?;
-        Config::from_toml(&text)
+        let mut cfg: Config = toml::from_str(&text).map_err(|e| Error::Config {
+            problems: vec![describe_toml_error(&text, &e)],
+        })?;
+        cfg.apply_env(|name| std::env::var(name).ok());
+        let base = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        cfg.resolve_relative(base);
+        let mut problems = cfg.problems();
+        problems.extend(cfg.sidecar_problems());
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(Error::Config { problems })
+        }
+    }
+
+    /// The environment's values win over the file's (SPEC: Config file).
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+        if let Some(v) = var("WALSHIP_LISTEN").filter(|v| !v.is_empty()) {
+            self.listen = v;
+        }
+        if let Some(v) = var("WALSHIP_DATA_DIR").filter(|v| !v.is_empty()) {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = var("WALSHIP_AUTH_TOKEN_FILE").filter(|v| !v.is_empty()) {
+            self.auth_token_file = Some(PathBuf::from(v));
+        }
+    }
+
+    /// Makes `data_dir` and `auth_token_file` absolute, taking relative
+    /// ones from `base` (the config file's directory).
+    pub fn resolve_relative(&mut self, base: &Path) {
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+        if self.data_dir.is_relative() {
+            self.data_dir = base.join(&self.data_dir);
+        }
+        if let Some(t) = &self.auth_token_file
+            && t.is_relative()
+        {
+            self.auth_token_file = Some(base.join(t));
+        }
+    }
+
+    /// What a sidecar refuses on top of [`Config::problems`] (the library
+    /// may run a `memory://` primary in tests and trials).
+    pub fn sidecar_problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if matches!(TargetUrl::parse(&self.primary.url), Ok(TargetUrl::Memory)) {
+            p.push(
+                "primary.url: a memory:// primary forgets every acknowledged write when the \
+                 sidecar restarts; use a file://, s3://, gs:// or az:// store"
+                    .into(),
+            );
+        }
+        if let Some(t) = &self.auth_token_file
+            && !t.is_file()
+        {
+            p.push(format!(
+                "auth_token_file: {} does not exist (or is not a file); create it with the token, \
+                 or remove auth_token_file",
+                t.display()
+            ));
+        }
+        p
     }
 
     /// Parses and validates config text.
@@ -353,29 +444,43 @@ impl Config {
         if self.max_log_bytes == 0 {
             p.push("max_log_bytes: must be at least 1".into());
         }
-        if !(self.retention_seconds >= 0.0 && self.retention_seconds.is_finite()) {
-            p.push(format!(
-                "retention_seconds: must be 0 or more, got {}",
-                self.retention_seconds
-            ));
+        duration("retention_seconds", self.retention_seconds, true, &mut p);
+        duration(
+            "shutdown_grace_seconds",
+            self.shutdown_grace_seconds,
+            true,
+            &mut p,
+        );
+        duration(
+            "request_header_timeout_seconds",
+            self.request_header_timeout_seconds,
+            false,
+            &mut p,
+        );
+        if self.max_connections == 0 {
+            p.push("max_connections: must be at least 1".into());
         }
-        if !(self.shutdown_grace_seconds >= 0.0 && self.shutdown_grace_seconds.is_finite()) {
+        if let Ok(addr) = self.listen.parse::<SocketAddr>()
+            && !addr.ip().is_loopback()
+            && self.auth_token_file.is_none()
+            && !self.allow_unauthenticated
+        {
             p.push(format!(
-                "shutdown_grace_seconds: must be 0 or more, got {}",
-                self.shutdown_grace_seconds
+                "listen: {addr} is reachable from other hosts but no auth_token_file is set; \
+                 set auth_token_file, listen on 127.0.0.1, or set allow_unauthenticated = true"
             ));
         }
         let r = &self.replication;
-        if !(r.health_check_interval_seconds > 0.0 && r.health_check_interval_seconds.is_finite()) {
+        duration(
+            "replication.health_check_interval_seconds",
+            r.health_check_interval_seconds,
+            false,
+            &mut p,
+        );
+        if !(r.max_replication_lag_ms >= 1.0 && r.max_replication_lag_ms <= YEAR_SECONDS * 1000.0) {
             p.push(format!(
-                "replication.health_check_interval_seconds: must be more than 0, got {}",
-                r.health_check_interval_seconds
-            ));
-        }
-        if !(r.max_replication_lag_ms > 0.0 && r.max_replication_lag_ms.is_finite()) {
-            p.push(format!(
-                "replication.max_replication_lag_ms: must be more than 0, got {}",
-                r.max_replication_lag_ms
+                "replication.max_replication_lag_ms: must be between 1 ms and 1 year, got {}",
+                show(r.max_replication_lag_ms)
             ));
         }
         if r.min_sync_replicas == 0 {
@@ -391,8 +496,20 @@ impl Config {
             ));
         }
         let mut seen: BTreeMap<&str, String> = BTreeMap::new();
+        let mut urls: BTreeMap<String, String> = BTreeMap::new();
         for (field, t) in self.all_targets() {
             target_problems(&field, t, &mut p);
+            let url = t.url.trim_end_matches('/').to_string();
+            if url != "memory:" {
+                if let Some(first) = urls.get(&url) {
+                    p.push(format!(
+                        "{field}.url: {:?} is also the url of {first}; two targets must be two stores",
+                        t.url
+                    ));
+                } else {
+                    urls.insert(url, field.clone());
+                }
+            }
             if let Some(first) = seen.get(t.name.as_str()) {
                 p.push(format!(
                     "{field}.name: duplicate target name {:?} (also used by {first})",
@@ -442,6 +559,9 @@ impl Config {
             max_log_bytes: default_max_log_bytes(),
             shutdown_grace_seconds: default_grace(),
             log_cache_bytes: default_cache(),
+            allow_unauthenticated: false,
+            max_connections: default_max_connections(),
+            request_header_timeout_seconds: default_header_timeout(),
             replication: ReplicationConfig::default(),
             primary: dir("primary"),
             targets: vec![dir("replica-1"), r2],
@@ -456,6 +576,32 @@ pub fn file_url(path: &Path) -> String {
         .unwrap_or_else(|()| format!("file://{}", path.display()))
 }
 
+/// One year, the longest duration a config may give.
+const YEAR_SECONDS: f64 = 365.0 * 86400.0;
+
+/// A duration in seconds must be between 1 ms and 1 year (`zero_ok`: or
+/// exactly 0, meaning "none"); NaN and infinities are refused.
+fn duration(field: &str, v: f64, zero_ok: bool, p: &mut Vec<String>) {
+    if (zero_ok && v == 0.0) || (0.001..=YEAR_SECONDS).contains(&v) {
+        return;
+    }
+    let range = if zero_ok {
+        "0 or between 0.001 (1 ms) and 31536000 (1 year)"
+    } else {
+        "between 0.001 (1 ms) and 31536000 (1 year)"
+    };
+    p.push(format!("{field}: must be {range} seconds, got {}", show(v)));
+}
+
+/// A number as a user wrote it: `1e308`, not 309 digits.
+fn show(v: f64) -> String {
+    if v.is_finite() && v != 0.0 && !(1e-6..1e9).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        v.to_string()
+    }
+}
+
 fn target_problems(field: &str, t: &TargetConfig, p: &mut Vec<String>) {
     if t.name.is_empty()
         || !t
@@ -468,18 +614,18 @@ fn target_problems(field: &str, t: &TargetConfig, p: &mut Vec<String>) {
             t.name
         ));
     }
-    if !(t.sync_timeout_seconds > 0.0 && t.sync_timeout_seconds.is_finite()) {
-        p.push(format!(
-            "{field}.sync_timeout_seconds: must be more than 0, got {}",
-            t.sync_timeout_seconds
-        ));
-    }
-    if !(t.retry_delay_seconds >= 0.0 && t.retry_delay_seconds.is_finite()) {
-        p.push(format!(
-            "{field}.retry_delay_seconds: must be 0 or more, got {}",
-            t.retry_delay_seconds
-        ));
-    }
+    duration(
+        &format!("{field}.sync_timeout_seconds"),
+        t.sync_timeout_seconds,
+        false,
+        p,
+    );
+    duration(
+        &format!("{field}.retry_delay_seconds"),
+        t.retry_delay_seconds,
+        true,
+        p,
+    );
     if t.max_retry_attempts == 0 {
         p.push(format!("{field}.max_retry_attempts: must be at least 1"));
     }
@@ -524,6 +670,10 @@ retention_seconds = 86400        # entries are kept at least this long
 max_log_bytes = 10737418240      # past this, the target holding truncation back is resynced
 shutdown_grace_seconds = 30      # on SIGTERM: stop taking writes, drain shipping this long, persist cursors
 log_cache_bytes = 33554432       # sled's page cache
+# allow_unauthenticated = false  # a listen outside loopback without auth_token_file is refused unless true
+max_connections = 1024           # HTTP connections at once; more wait in the accept queue
+request_header_timeout_seconds = 10  # a client that has not sent its headers (or stalls its body) this long is cut off
+# Durations are between 0.001 (1 ms) and 31536000 (1 year); retention, grace and retry delay may be 0.
 
 [replication]
 mode = "async"                   # sync | semi_sync | async: how many replicas a write waits for
@@ -633,5 +783,160 @@ mod tests {
                 .unwrap_err()
                 .contains("file:///")
         );
+    }
+
+    fn problems_of(extra_top: &str, target_extra: &str) -> Vec<String> {
+        let text = format!(
+            "{extra_top}\n[primary]\nname = \"p\"\nurl = \"file:///tmp/walship-p\"\n\
+             [[targets]]\nname = \"r1\"\nurl = \"file:///tmp/walship-r1\"\n{target_extra}\n"
+        );
+        match Config::from_toml(&text) {
+            Ok(_) => Vec::new(),
+            Err(Error::Config { problems }) => problems,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn durations_outside_one_ms_to_one_year_are_refused_naming_the_field() {
+        for (top, target, field) in [
+            (
+                "",
+                "sync_timeout_seconds = 1e308",
+                "targets[0].sync_timeout_seconds",
+            ),
+            (
+                "",
+                "sync_timeout_seconds = 1e-300",
+                "targets[0].sync_timeout_seconds",
+            ),
+            (
+                "",
+                "sync_timeout_seconds = nan",
+                "targets[0].sync_timeout_seconds",
+            ),
+            (
+                "",
+                "sync_timeout_seconds = inf",
+                "targets[0].sync_timeout_seconds",
+            ),
+            (
+                "",
+                "retry_delay_seconds = 1e-300",
+                "targets[0].retry_delay_seconds",
+            ),
+            (
+                "shutdown_grace_seconds = 1e20",
+                "",
+                "shutdown_grace_seconds",
+            ),
+            ("retention_seconds = -1", "", "retention_seconds"),
+            (
+                "request_header_timeout_seconds = 0",
+                "",
+                "request_header_timeout_seconds",
+            ),
+            (
+                "[replication]\nhealth_check_interval_seconds = 1e300",
+                "",
+                "replication.health_check_interval_seconds",
+            ),
+            (
+                "[replication]\nmax_replication_lag_ms = 0.0001",
+                "",
+                "replication.max_replication_lag_ms",
+            ),
+        ] {
+            let p = problems_of(top, target);
+            assert_eq!(p.len(), 1, "{top} {target}: {p:?}");
+            assert!(p[0].starts_with(&format!("{field}: ")), "{p:?}");
+        }
+        // The edges are fine, and 0 where it means "none".
+        assert_eq!(
+            problems_of("", "sync_timeout_seconds = 0.001"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            problems_of("", "sync_timeout_seconds = 31536000"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            problems_of(
+                "retention_seconds = 0\nshutdown_grace_seconds = 0",
+                "retry_delay_seconds = 0"
+            ),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn an_open_listen_needs_a_token_or_allow_unauthenticated() {
+        let p = problems_of("listen = \"0.0.0.0:7600\"", "");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("listen: ") && p[0].contains("auth_token_file"),
+            "{p:?}"
+        );
+        assert!(
+            problems_of(
+                "listen = \"0.0.0.0:7600\"\nallow_unauthenticated = true",
+                ""
+            )
+            .is_empty()
+        );
+        assert!(problems_of("listen = \"[::1]:7600\"", "").is_empty());
+    }
+
+    #[test]
+    fn two_targets_on_one_store_are_refused() {
+        let text = "[primary]\nname = \"p\"\nurl = \"s3://b/x\"\n\
+                    [[targets]]\nname = \"r1\"\nurl = \"s3://b/x/\"\n";
+        let Err(Error::Config { problems }) = Config::from_toml(text) else {
+            panic!("accepted two targets on one store");
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("targets[0].url: ") && problems[0].contains("primary"));
+    }
+
+    #[test]
+    fn load_takes_paths_from_the_files_directory_and_refuses_what_hurts_a_sidecar() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("w.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"data\"\nauth_token_file = \"token\"\n\
+             [primary]\nname = \"p\"\nurl = \"memory://\"\n\
+             [[targets]]\nname = \"r1\"\nurl = \"file:///tmp/walship-r1\"\n",
+        )
+        .expect("write");
+        let Err(Error::Config { problems }) = Config::load(&file) else {
+            panic!("a memory primary and a missing token file were accepted");
+        };
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("primary.url: "), "{problems:?}");
+        assert!(
+            problems[1].starts_with("auth_token_file: ")
+                && problems[1].contains(&dir.path().join("token").display().to_string()),
+            "{problems:?}"
+        );
+        std::fs::write(dir.path().join("token"), "t\n").expect("write");
+        let text = std::fs::read_to_string(&file).expect("read");
+        std::fs::write(&file, text.replace("memory://", "file:///tmp/walship-p")).expect("write");
+        let c = Config::load(&file).expect("valid");
+        assert_eq!(c.data_dir, dir.path().join("data"));
+        assert_eq!(c.auth_token_file, Some(dir.path().join("token")));
+    }
+
+    #[test]
+    fn the_environment_wins_over_the_file() {
+        let mut c = Config::from_toml(GOOD).expect("valid");
+        c.apply_env(|name| match name {
+            "WALSHIP_LISTEN" => Some("127.0.0.1:9999".into()),
+            "WALSHIP_DATA_DIR" => Some("/tmp/elsewhere".into()),
+            _ => None,
+        });
+        assert_eq!(c.listen, "127.0.0.1:9999");
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/elsewhere"));
+        assert_eq!(c.auth_token_file, None);
     }
 }

@@ -573,14 +573,14 @@ pub async fn serve(cfg: Config) -> Result<()> {
         .map_err(|e| Error::io("reading the listen address", e))?;
     tracing::info!(addr = %local, "walship serving");
     let stop = tokio_util::sync::CancellationToken::new();
+    let limits = Limits {
+        max_connections: rep.config().max_connections,
+        header_timeout: Duration::from_secs_f64(rep.config().request_header_timeout_seconds),
+    };
     let server = {
         let stop = stop.clone();
         let app = router(rep.clone(), token);
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        })
+        tokio::spawn(serve_connections(listener, app, limits, stop))
     };
     wait_for_signal().await;
     tracing::info!(
@@ -595,6 +595,70 @@ pub async fn serve(cfg: Config) -> Result<()> {
         Err(e) => tracing::error!(error = %e, "shutdown could not persist everything"),
     }
     result
+}
+
+/// What one client may hold of the server.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_connections: usize,
+    header_timeout: Duration,
+}
+
+/// Accepts connections while fewer than `max_connections` are open (the
+/// rest wait in the kernel's accept queue), cuts off a client that has not
+/// sent its headers within `header_timeout` or stalls its body that long,
+/// and on `stop` lets open requests finish.
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        limits.header_timeout,
+    ));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    loop {
+        let slot = tokio::select! {
+            _ = stop.cancelled() => break,
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
+        let (sock, _) = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, then go on.
+                    tracing::warn!(error = %e, "accepting a connection failed; retrying in 100 ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = sock.set_nodelay(true);
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(sock), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 async fn wait_for_signal() {
