@@ -134,6 +134,14 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<ConflictsAction>,
     },
+    /// After `serve` refused a log that got shorter: record the lost seqs, move the head past them (offline).
+    Repair {
+        /// Accept that the missing entries are gone: record the range, move
+        /// the head past it, and have every target that lacked them resynced
+        /// from the acting primary when the sidecar starts.
+        #[arg(long)]
+        accept_loss: bool,
+    },
     /// The log's entries: seq, time, op, key, size, crc ok.
     Log {
         /// First seq (default: the oldest kept).
@@ -622,6 +630,10 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Repair { accept_loss } => {
+            let e = endpoints(&cli)?;
+            repair(&e, *accept_loss, cli.json)
+        }
         Command::Verify { target } => {
             let e = endpoints(&cli)?;
             let c = Client::new(&e);
@@ -1020,6 +1032,69 @@ pub fn verify_text(r: &VerifyReport) -> String {
     }
     out.push_str(if r.ok { "ok\n" } else { "PROBLEMS FOUND\n" });
     out
+}
+
+/// `walship repair [--accept-loss]`, offline (sled's lock refuses it while
+/// a sidecar has the data dir open).
+fn repair(e: &Endpoints, accept_loss: bool, json: bool) -> Result<(), Failure> {
+    let storage = open_offline(&e.data_dir)?;
+    let primary = match &e.cfg {
+        Some(c) => Some(c.primary.name.clone()),
+        None => crate::status::offline_primary(&storage)?,
+    };
+    let log_head = crate::storage::LogStorage::bounds(&storage)?
+        .map(|(_, h)| h)
+        .unwrap_or(0);
+    let mark = crate::storage::LogStorage::head_mark(&storage);
+    if !accept_loss {
+        let what = match mark {
+            Ok(Some(m)) if m.acked > log_head => format!(
+                "the log ends at seq {log_head} but seqs up to {} were acknowledged: {}..={} are lost",
+                m.acked,
+                log_head + 1,
+                m.acked
+            ),
+            Err(err) => err.to_string(),
+            Ok(_) => format!("the log is whole (head {log_head}); nothing to repair"),
+        };
+        return Err(fail(
+            2,
+            format!("{what}. Nothing was changed; pass --accept-loss to record the loss and go on"),
+        ));
+    }
+    match crate::log::repair(&storage, primary.as_deref())? {
+        None => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "repaired": false, "head": log_head })
+                );
+            } else {
+                println!("the log is whole (head {log_head}); nothing to repair");
+            }
+        }
+        Some(r) => {
+            if json {
+                println!("{}", serde_json::json!({ "repaired": true, "lost": r }));
+            } else if r.lost_from > r.lost_to {
+                println!(
+                    "the head record was missing or damaged; it now says the log's head, {}",
+                    r.head
+                );
+            } else {
+                println!(
+                    "recorded seqs {}..={} as lost; the head is {} and the next write gets seq {}. \
+                     Every target that had not applied them is resynced from the acting primary \
+                     when walship serve starts",
+                    r.lost_from,
+                    r.lost_to,
+                    r.head,
+                    r.head + 1
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn open_offline(data_dir: &Path) -> Result<crate::storage::SledStorage, Failure> {

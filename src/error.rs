@@ -30,6 +30,36 @@ pub enum Error {
     #[error("{0}")]
     Damaged(String),
 
+    /// The log opened shorter than its head record says it reached: sled's
+    /// recovery stopped at a damaged page, or its file was cut or removed.
+    #[error(
+        "the log in {} ends at seq {log_head}, but its head record says seqs up to {acked} were acknowledged: \
+         seqs {}..={acked} are missing or damaged (sled treats a damaged page as the end of its log). \
+         Nothing was changed and walship will not reuse those seqs. Restore data_dir from a backup, or run \
+         `walship repair --accept-loss --data-dir {}` to record the loss, move the head past {acked} \
+         and resync every target that had not applied them from the acting primary",
+        .dir.display(), .log_head + 1, .dir.display()
+    )]
+    LogShorter {
+        /// The data directory.
+        dir: PathBuf,
+        /// Where the log that opened ends.
+        log_head: u64,
+        /// The head record's acknowledged seq.
+        acked: u64,
+    },
+
+    /// The head record file is damaged in both of its slots.
+    #[error(
+        "the head record {} is damaged, so the log's length cannot be checked. If the log is intact \
+         (`walship log`, `walship verify`), run `walship repair --accept-loss` to record its head anew",
+        .path.display()
+    )]
+    HeadRecordDamaged {
+        /// The file.
+        path: PathBuf,
+    },
+
     /// The log storage (sled) failed.
     #[error(
         "log storage failed while {op} in {path}: {source}. Check the disk, free space and permissions of data_dir"

@@ -11,6 +11,7 @@ pub mod codec;
 pub mod conflict;
 pub mod error;
 pub mod frame;
+pub mod headfile;
 pub mod key;
 mod keyindex;
 pub mod log;

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::codec::{self, Entry, Op};
 use crate::error::{Error, Result};
+use crate::headfile::HeadMark;
 use crate::key::Key;
 use crate::storage::{KeyInfo, LogStorage, PendingRecord};
 
@@ -184,8 +185,14 @@ impl Drop for Log {
 impl Log {
     /// Opens the log on `storage`: finds the head, brings the key index up to
     /// it, and starts the committer thread.
+    ///
+    /// A log that ends below its head record's acknowledged seq is refused
+    /// ([`Error::LogShorter`]), and so is a head record that is damaged or
+    /// gone while the log says it kept one: nothing is changed, and
+    /// `walship repair --accept-loss` is the way on (see [`repair`]).
     pub fn open(storage: Arc<dyn LogStorage>) -> Result<Arc<Log>> {
         let (first, head) = storage.bounds()?.unwrap_or((1, 0));
+        check_head(storage.as_ref(), head)?;
         let mut last_ts = 0;
         let mut head_entry = None;
         storage.scan(head, head, &mut |seq, rec| {
@@ -637,6 +644,140 @@ impl Log {
     }
 }
 
+/// Meta: set once the head record outside the engine exists, so a head
+/// file that disappears is noticed rather than made anew.
+const HEAD_RECORDED_META: &str = "head_recorded";
+
+/// Guarantee 8 at open: the log reaches the head record's acknowledged seq.
+/// Then the record is made to say exactly this head (durably), so a group
+/// lost before anyone was told (in `(acked, committing]`) is forgotten.
+fn check_head(storage: &dyn LogStorage, head: u64) -> Result<()> {
+    let recorded = storage.meta(HEAD_RECORDED_META)?.is_some();
+    match storage.head_mark()? {
+        Some(m) if head < m.acked => {
+            return Err(Error::LogShorter {
+                dir: storage.dir(),
+                log_head: head,
+                acked: m.acked,
+            });
+        }
+        Some(_) => {}
+        None if recorded => {
+            return Err(Error::HeadRecordDamaged {
+                path: storage.dir().join("head"),
+            });
+        }
+        None => {}
+    }
+    storage.set_head_mark(HeadMark {
+        acked: head,
+        committing: head,
+    })?;
+    if !recorded {
+        storage.set_meta(HEAD_RECORDED_META, b"1")?;
+        storage.sync()?;
+    }
+    Ok(())
+}
+
+/// What `walship repair --accept-loss` did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Repair {
+    /// The first seq that was lost (`lost_from > lost_to`: nothing was).
+    pub lost_from: u64,
+    /// The last seq that was lost: the head record's acknowledged seq.
+    pub lost_to: u64,
+    /// The head after repair; the next write gets `head + 1`.
+    pub head: u64,
+    /// When the loss was recorded, unix ms.
+    pub at_ms: u64,
+}
+
+/// Meta: every loss accepted by repair, a JSON list of [`Repair`].
+pub const LOST_META: &str = "lost_ranges";
+/// Meta: the head of a log that repair emptied (no entry holds it).
+pub const HEAD_FLOOR_META: &str = "head_floor";
+
+/// `walship repair --accept-loss` on a log `Log::open` refused: records the
+/// lost range, empties the log with its head moved to the record's
+/// acknowledged seq (so no seq is used twice), and rewrites the head record.
+/// Every target whose cursor is below that head then needs entries the log
+/// no longer has, so the replicator resyncs it from the acting primary when
+/// it opens (the primary's cursor is moved to the head: it acknowledged
+/// every write, and is what the others are copied from). Returns `None`
+/// when the log was whole (nothing changed).
+pub fn repair(storage: &dyn LogStorage, primary: Option<&str>) -> Result<Option<Repair>> {
+    let (_, log_head) = storage.bounds()?.unwrap_or((1, 0));
+    let mark = match storage.head_mark() {
+        Ok(m) => m,
+        Err(Error::HeadRecordDamaged { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    let recorded = storage.meta(HEAD_RECORDED_META)?.is_some();
+    let acked = mark.map(|m| m.acked).unwrap_or(0);
+    if acked <= log_head {
+        if mark.is_none() && recorded {
+            // The record itself was lost: adopt the log's head.
+            storage.set_head_mark(HeadMark {
+                acked: log_head,
+                committing: log_head,
+            })?;
+            return Ok(Some(Repair {
+                lost_from: log_head + 1,
+                lost_to: log_head,
+                head: log_head,
+                at_ms: now_ms(),
+            }));
+        }
+        return Ok(None);
+    }
+    let rep = Repair {
+        lost_from: log_head + 1,
+        lost_to: acked,
+        head: acked,
+        at_ms: now_ms(),
+    };
+    let mut lost: Vec<Repair> = storage
+        .meta(LOST_META)?
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    lost.push(rep.clone());
+    let lost = serde_json::to_vec(&lost)
+        .map_err(|e| Error::io("encoding the lost ranges", std::io::Error::other(e)))?;
+    storage.set_meta(LOST_META, &lost)?;
+    storage.set_meta(HEAD_FLOOR_META, &acked.to_be_bytes())?;
+    storage.set_meta(HEAD_RECORDED_META, b"1")?;
+    // Offsets restart from the empty log.
+    storage.set_meta(HEAD_OFFSET_META, &pair(acked, 0))?;
+    storage.set_meta(FIRST_OFFSET_META, &pair(acked + 1, 0))?;
+    if let Some(p) = primary
+        && storage.cursor(p)?.unwrap_or(0) < acked
+    {
+        storage.set_cursor(p, acked, 0)?;
+    }
+    for (name, cursor) in storage.cursors()? {
+        if cursor >= acked && Some(name.as_str()) != primary {
+            // It holds everything: its offset restarts with the log's.
+            storage.set_cursor(&name, cursor, 0)?;
+        }
+    }
+    storage.clear_log()?;
+    storage.sync()?;
+    storage.set_head_mark(HeadMark {
+        acked,
+        committing: acked,
+    })?;
+    Ok(Some(rep))
+}
+
+/// The losses repair accepted, oldest first.
+pub fn lost_ranges(storage: &dyn LogStorage) -> Result<Vec<Repair>> {
+    Ok(storage
+        .meta(LOST_META)?
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default())
+}
+
 /// Meta: (head seq, offset just after it), written with every group commit.
 const HEAD_OFFSET_META: &str = "head_offset";
 /// Meta: (first kept seq, offset just before it), written before truncating.
@@ -946,8 +1087,9 @@ impl Committer {
                 })
                 .and_then(|()| {
                     crate::crash::point("append");
-                    self.storage.sync()
-                });
+                    self.storage.sync_group(first_seq - 1, last_seq)
+                })
+                .and_then(|()| self.storage.mark_acked(last_seq));
             if result.is_ok() {
                 crate::crash::point("flush");
             }

@@ -101,6 +101,18 @@ pub(crate) struct TargetRecord {
 
 pub(crate) const TARGETS_META: &str = "targets";
 
+/// The configured primary's name as the data directory last recorded it.
+pub fn offline_primary(storage: &dyn LogStorage) -> Result<Option<String>> {
+    let records: Vec<TargetRecord> = storage
+        .meta(TARGETS_META)?
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    Ok(records
+        .into_iter()
+        .find(|r| r.role == Role::Primary)
+        .map(|r| r.name))
+}
+
 /// The cursors report read straight from a data directory's storage.
 pub fn offline_report(storage: &dyn LogStorage) -> Result<CursorsReport> {
     let head = storage.bounds()?.map(|(_, h)| h).unwrap_or(0);

@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::codec::Op;
 use crate::error::{Error, Result};
 use crate::frame::{self, FrameBuilder};
+use crate::headfile::{HeadFile, HeadMark};
 use crate::keyindex::KeyIndex;
 
 /// A record ready to be appended.
@@ -97,8 +98,12 @@ pub trait LogStorage: Send + Sync + 'static {
     fn scan(&self, from: u64, to: u64, f: &mut dyn FnMut(u64, &[u8]) -> bool) -> Result<()>;
     /// Lowest and highest stored seq.
     fn bounds(&self) -> Result<Option<(u64, u64)>>;
-    /// Removes records with seq below `seq`; returns how many.
+    /// Removes records with seq below `seq`, never the last one; returns
+    /// how many.
     fn truncate_below(&self, seq: u64) -> Result<u64>;
+    /// Removes every record (repair of a log that lost entries; see
+    /// `log::repair`).
+    fn clear_log(&self) -> Result<()>;
     /// A target's persisted cursor.
     fn cursor(&self, target: &str) -> Result<Option<u64>>;
     /// Persists a target's cursor and the log offset just after it
@@ -125,6 +130,36 @@ pub trait LogStorage: Send + Sync + 'static {
     fn set_side(&self, table: Side, key: &[u8], value: Option<&[u8]>) -> Result<()>;
     /// Every entry of a side table whose key starts with `prefix`, in order.
     fn side_scan(&self, table: Side, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+
+    /// A group commit's sync: like [`LogStorage::sync`], and the head
+    /// record outside the engine says `acked` (every seq acknowledged so
+    /// far) and `committing` (this group's last seq), durably, by the time
+    /// it returns (see `headfile`). Default: a plain sync (no head record).
+    fn sync_group(&self, acked: u64, committing: u64) -> Result<()> {
+        let _ = (acked, committing);
+        self.sync()
+    }
+    /// After a group's sync, before its writers are answered: the head
+    /// record says `acked` (no sync of its own; the next group's makes it
+    /// durable). Default: nothing.
+    fn mark_acked(&self, acked: u64) -> Result<()> {
+        let _ = acked;
+        Ok(())
+    }
+    /// The head record as found when the storage opened, `Ok(None)` when
+    /// there is none yet. Default: none.
+    fn head_mark(&self) -> Result<Option<HeadMark>> {
+        Ok(None)
+    }
+    /// Writes the head record durably (on open, and by repair).
+    fn set_head_mark(&self, mark: HeadMark) -> Result<()> {
+        let _ = mark;
+        Ok(())
+    }
+    /// The data directory, for messages.
+    fn dir(&self) -> PathBuf {
+        PathBuf::new()
+    }
 }
 
 /// The side tables next to the log.
@@ -159,6 +194,7 @@ pub struct SledStorage {
     versions: sled::Tree,
     conflicts: sled::Tree,
     data_file: File,
+    head: HeadFile,
     blobs_pending: AtomicBool,
     blobs_synced: Mutex<u64>,
 }
@@ -213,6 +249,7 @@ impl SledStorage {
         let conflicts = tree("conflicts")?;
         let data_file = File::open(path.join("db"))
             .map_err(|e| Error::io(format!("opening sled's data file in {}", path.display()), e))?;
+        let head = HeadFile::open(dir)?;
         // Make the directory entries of a new database durable once.
         for d in [dir, path.as_path()] {
             if let Ok(f) = File::open(d) {
@@ -229,6 +266,7 @@ impl SledStorage {
             versions,
             conflicts,
             data_file,
+            head,
             blobs_pending: AtomicBool::new(false),
             blobs_synced: Mutex::new(0),
         })
@@ -379,7 +417,11 @@ impl LogStorage for SledStorage {
         let first = self.log.first().map_err(self.err("reading the log"))?;
         let last = self.log.last().map_err(self.err("reading the log"))?;
         let (Some((a, _)), Some((b, last))) = (first, last) else {
-            return Ok(None);
+            // A log emptied by repair keeps its head (no seq is used twice).
+            return Ok(self
+                .meta(crate::log::HEAD_FLOOR_META)?
+                .and_then(|b| Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?)))
+                .map(|h| (h + 1, h)));
         };
         let (first, last_frame) = (frame_seq(&a, 0)?, frame_seq(&b, 0)?);
         let n = frame::count(&last).map_err(|e| Error::Corrupt {
@@ -387,6 +429,10 @@ impl LogStorage for SledStorage {
             reason: e.reason,
         })?;
         Ok(Some((first, last_frame + n - 1)))
+    }
+
+    fn clear_log(&self) -> Result<()> {
+        self.log.clear().map_err(self.err("clearing the log"))
     }
 
     fn truncate_below(&self, seq: u64) -> Result<u64> {
@@ -534,6 +580,36 @@ impl LogStorage for SledStorage {
                     .map_err(self.err("scanning a side table"))
             })
             .collect()
+    }
+
+    fn sync_group(&self, acked: u64, committing: u64) -> Result<()> {
+        self.head.write(HeadMark { acked, committing })?;
+        let head_sync = self.head.start_sync();
+        let synced = self.sync();
+        let head_synced = self.head.finish_sync(head_sync);
+        synced.and(head_synced)
+    }
+
+    fn mark_acked(&self, acked: u64) -> Result<()> {
+        self.head.write(HeadMark {
+            acked,
+            committing: acked,
+        })
+    }
+
+    fn head_mark(&self) -> Result<Option<HeadMark>> {
+        self.head.found()
+    }
+
+    fn set_head_mark(&self, mark: HeadMark) -> Result<()> {
+        self.head.write_durable(mark)
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
     }
 }
 

@@ -21,7 +21,7 @@ fn run(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
     )
 }
 
-const BASE: &str = "[primary]\nname = \"p\"\nurl = \"memory://\"\n";
+const BASE: &str = "[primary]\nname = \"p\"\nurl = \"file:///tmp/walship-check-p\"\n";
 
 #[test]
 fn check_config_names_each_problem_and_exits_2() {
@@ -46,10 +46,43 @@ fn check_config_names_each_problem_and_exits_2() {
                 "[replication]\nhealth_check_interval_seconds = 0\n{BASE}[[targets]]\nname = \"r\"\nurl = \"memory://\"\nsync_timeout_seconds = -1\nretry_delay_seconds = -2\n"
             ),
             &[
-                "replication.health_check_interval_seconds: must be more than 0",
-                "targets[0].sync_timeout_seconds: must be more than 0",
-                "targets[0].retry_delay_seconds: must be 0 or more",
+                "replication.health_check_interval_seconds: must be between 0.001 (1 ms) and 31536000 (1 year) seconds, got 0",
+                "targets[0].sync_timeout_seconds: must be between 0.001 (1 ms) and 31536000 (1 year) seconds, got -1",
+                "targets[0].retry_delay_seconds: must be 0 or between",
             ],
+        ),
+        (
+            "durations a serve would choke on",
+            format!(
+                "shutdown_grace_seconds = 1e20\n{BASE}[[targets]]\nname = \"r\"\nurl = \"memory://\"\nsync_timeout_seconds = 1e308\n\
+                 [[targets]]\nname = \"r2\"\nurl = \"memory://\"\nsync_timeout_seconds = 1e-300\nretry_delay_seconds = nan\n"
+            ),
+            &[
+                "shutdown_grace_seconds: must be 0 or between 0.001 (1 ms) and 31536000 (1 year) seconds, got 1e20",
+                "targets[0].sync_timeout_seconds: must be between 0.001 (1 ms) and 31536000 (1 year) seconds, got 1e308",
+                "targets[1].sync_timeout_seconds: must be between 0.001 (1 ms) and 31536000 (1 year) seconds, got 1e-300",
+                "targets[1].retry_delay_seconds: must be 0 or between 0.001 (1 ms) and 31536000 (1 year) seconds, got NaN",
+            ],
+        ),
+        (
+            "memory primary",
+            "[primary]\nname = \"p\"\nurl = \"memory://\"\n[[targets]]\nname = \"r\"\nurl = \"memory://\"\n".to_string(),
+            &["primary.url: a memory:// primary forgets every acknowledged write"],
+        ),
+        (
+            "two targets on one store",
+            format!("{BASE}[[targets]]\nname = \"r\"\nurl = \"file:///tmp/walship-check-p/\"\n"),
+            &["targets[0].url: \"file:///tmp/walship-check-p/\" is also the url of primary"],
+        ),
+        (
+            "open listen without a token",
+            format!("listen = \"0.0.0.0:7600\"\n{BASE}[[targets]]\nname = \"r\"\nurl = \"memory://\"\n"),
+            &["listen: 0.0.0.0:7600 is reachable from other hosts but no auth_token_file is set"],
+        ),
+        (
+            "missing token file, taken from the config's directory",
+            format!("auth_token_file = \"no-such-token\"\n{BASE}[[targets]]\nname = \"r\"\nurl = \"memory://\"\n"),
+            &["auth_token_file: ", "/no-such-token does not exist"],
         ),
         (
             "unknown key",
@@ -91,7 +124,7 @@ fn check_config_names_each_problem_and_exits_2() {
         for want in *wants {
             assert!(err.contains(want), "{what}: wanted {want:?} in:\n{err}");
         }
-        if *what == "timeouts" {
+        if what.contains("durations") || *what == "timeouts" {
             assert!(
                 err.lines().count() >= wants.len(),
                 "{what}: one line per problem:\n{err}"
@@ -322,4 +355,150 @@ async fn verify_replay_and_log_from_the_command_line() {
         out.contains("docs/0.txt") && err.contains("offline"),
         "{out}{err}"
     );
+}
+
+/// Writes `n` puts `doc/{i}` with a value that names its seq, in async mode.
+async fn put_numbered(base: &str, n: usize) {
+    let c = reqwest::Client::new();
+    for i in 1..=n {
+        let r = c
+            .put(format!("{base}/v1/objects/doc/{i}?mode=async"))
+            .body(format!("entry-{i:06}-of-the-log"))
+            .send()
+            .await
+            .expect("put");
+        assert!(r.status().is_success(), "put {i}: {}", r.status());
+    }
+}
+
+/// `serve` in the foreground: exit code and standard error. One that is
+/// still running after 20 s (it started when it should have refused) is
+/// killed and reported as -1.
+fn serve_once(cfg: &std::path::Path) -> (i32, String) {
+    let err_path = cfg.with_extension("serve-once.log");
+    let err = std::fs::File::create(&err_path).expect("log file");
+    let mut child = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(cfg)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(err)
+        .spawn()
+        .expect("run walship serve");
+    let mut code = -1;
+    for _ in 0..400 {
+        if let Some(st) = child.try_wait().expect("wait") {
+            code = st.code().unwrap_or(-1);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if code == -1 {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    (code, std::fs::read_to_string(&err_path).unwrap_or_default())
+}
+
+/// Guarantee 8: a log that reopens shorter than what was acknowledged is
+/// refused with the first missing seq; `repair --accept-loss` records the
+/// loss, the next seq is past the old head, and every target converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_got_shorter_is_refused_and_repair_moves_on_without_reusing_seqs() {
+    for damage in [
+        "flip a byte in entry 150",
+        "truncate the db file",
+        "delete the db file",
+    ] {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path();
+        let port = free_port();
+        let cfg = dir.join("walship.toml");
+        std::fs::write(&cfg, dir_config(dir, port, "async")).expect("config");
+        let sc = Sidecar::start(&cfg, port).await;
+        put_numbered(&sc.base, 300).await;
+        sc.wait_caught_up(std::time::Duration::from_secs(30)).await;
+        assert!(sc.term().success());
+
+        let db = dir.join("data/log/db");
+        let mut bytes = std::fs::read(&db).expect("read db");
+        match damage {
+            "flip a byte in entry 150" => {
+                let needle = b"entry-000150-of-the-log";
+                let at = bytes
+                    .windows(needle.len())
+                    .position(|w| w == needle)
+                    .expect("entry 150 is in sled's file");
+                bytes[at + 3] ^= 0x20;
+                std::fs::write(&db, &bytes).expect("write db");
+            }
+            "truncate the db file" => {
+                std::fs::write(&db, &bytes[..bytes.len() / 2]).expect("write db");
+            }
+            _ => std::fs::remove_file(&db).expect("remove db"),
+        }
+
+        let (code, err) = serve_once(&cfg);
+        assert_eq!(code, 1, "{damage}: serve must refuse a shorter log:\n{err}");
+        let missing: u64 = err
+            .split("seqs ")
+            .find_map(|s| s.split_once("..=300 are missing").map(|(n, _)| n))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{damage}: no missing range named:\n{err}"));
+        let expected = match damage {
+            "flip a byte in entry 150" => 1..=150,
+            "truncate the db file" => 2..=299,
+            _ => 1..=1,
+        };
+        assert!(
+            expected.contains(&missing),
+            "{damage}: first missing seq {missing}:\n{err}"
+        );
+        assert!(err.contains("walship repair --accept-loss"), "{err}");
+        // Refusing changed nothing: it refuses again, the same way.
+        let (code, again) = serve_once(&cfg);
+        assert_eq!(code, 1);
+        assert!(again.contains(&format!("seqs {missing}..=300")), "{again}");
+
+        let cfg_s = cfg.to_str().expect("utf8");
+        let (code, _, err) = run(&["repair", "--config", cfg_s], dir);
+        assert_eq!(
+            code, 2,
+            "repair without --accept-loss changes nothing: {err}"
+        );
+        assert!(err.contains("--accept-loss"), "{err}");
+        let (code, out, err) = run(&["repair", "--accept-loss", "--config", cfg_s], dir);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains(&format!("recorded seqs {missing}..=300 as lost"))
+                && out.contains("next write gets seq 301"),
+            "{out}"
+        );
+
+        let sc = Sidecar::start(&cfg, port).await;
+        let c = reqwest::Client::new();
+        let v: serde_json::Value = c
+            .put(format!("{}/v1/objects/after-repair?mode=sync", sc.base))
+            .body("new")
+            .send()
+            .await
+            .expect("put")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(v["seq"], 301, "{damage}: seqs are never reused: {v}");
+        sc.wait_caught_up(std::time::Duration::from_secs(60)).await;
+        // Every target holds what the primary holds (the replicas were
+        // resynced from it), the new write included.
+        let read = |t: &str, k: &str| std::fs::read(dir.join("targets").join(t).join(k)).ok();
+        for t in ["replica-1", "replica-2"] {
+            for i in [1, 149, 150, 300] {
+                let k = format!("doc/{i}");
+                assert_eq!(read(t, &k), read("primary", &k), "{damage}: {t} {k}");
+                assert!(read(t, &k).is_some(), "{damage}: {t} lacks {k}");
+            }
+            assert_eq!(read(t, "after-repair").as_deref(), Some(&b"new"[..]));
+        }
+        assert!(sc.term().success());
+    }
 }

@@ -75,8 +75,10 @@ impl Sidecar {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let log = std::fs::read_to_string(cfg.with_extension("log")).unwrap_or_default();
+        let tail = &log[log.len().saturating_sub(3000)..];
         panic!(
-            "walship did not start; see {}",
+            "walship did not start; {} ends:\n{tail}",
             cfg.with_extension("log").display()
         );
     }
