@@ -56,6 +56,45 @@ async fn sync_waits_for_every_replica_and_times_out_with_seq_and_acks() {
     assert_eq!(rig.object("r2", "a").await.as_deref(), Some(&b"2"[..]));
 }
 
+/// Guarantee 3: each target has its own deadline. With the primary and
+/// one replica at 30 s and a hung replica at 0.5 s, a sync write answers
+/// once the hung one's deadline passes, not after the others' 30 s.
+#[tokio::test]
+async fn a_sync_write_answers_at_the_hung_replicas_own_deadline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = common::config_text(dir.path(), 2, "sync", 1, 30.0).replacen(
+        "name = \"r1\"\nurl = \"memory://\"\nsync_timeout_seconds = 30\n",
+        "name = \"r1\"\nurl = \"memory://\"\nsync_timeout_seconds = 0.5\n",
+        1,
+    );
+    assert!(text.contains("sync_timeout_seconds = 0.5"), "{text}");
+    let cfg = walship::Config::from_toml(&text).expect("config");
+    let rig = Rig::open(dir, cfg, std::collections::HashMap::new()).await;
+    rig.fault("r1").set(Fault::Hang);
+    for round in 0..3 {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            rig.rep
+                .put(&key("k"), Bytes::from(format!("v{round}")), None),
+        )
+        .await
+        .expect("answered at r1's own 0.5 s deadline, not the others' 30 s");
+        match answer {
+            Err(Error::QuorumTimeout {
+                seq,
+                acked,
+                required,
+                acked_by,
+            }) => {
+                assert_eq!(seq, round + 1);
+                assert_eq!((acked, required), (2, 3));
+                assert!(!acked_by.contains(&"r1".to_string()), "{acked_by:?}");
+            }
+            other => panic!("expected a quorum timeout, got {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn semi_sync_returns_after_exactly_min_sync_replicas() {
     let rig = Rig::new(3, "semi_sync", 2, 1.0).await;

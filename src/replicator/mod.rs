@@ -361,14 +361,16 @@ impl Replicator {
         result
     }
 
-    /// Waits until `seq` is acknowledged under `mode`, or times out.
+    /// Waits until `seq` is acknowledged under `mode`, or until the required
+    /// count can no longer be reached before the targets' own deadlines
+    /// (guarantee 3; see `quorum`).
     pub async fn wait_for(&self, seq: u64, mode: Mode) -> Result<WriteAck> {
-        let timeout = self.write_timeout(mode);
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadlines = self.deadlines();
         let mut rx = self.progress.subscribe();
         loop {
             rx.borrow_and_update();
-            let verdict = self.evaluate(seq, mode);
+            let now = tokio::time::Instant::now();
+            let verdict = self.evaluate(seq, mode, &deadlines, now);
             if verdict.done {
                 return Ok(WriteAck {
                     seq,
@@ -376,25 +378,50 @@ impl Replicator {
                     mode: mode.as_str(),
                 });
             }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => {
-                    let v = self.evaluate(seq, mode);
-                    if v.done {
-                        continue;
-                    }
-                    return Err(Error::QuorumTimeout {
-                        seq,
-                        acked: v.acked,
-                        required: v.required,
-                        acked_by: v.acked_by,
-                    });
+            if verdict.failed {
+                return Err(Error::QuorumTimeout {
+                    seq,
+                    acked: verdict.acked,
+                    required: verdict.required,
+                    acked_by: verdict.acked_by,
+                });
+            }
+            // Look again on progress, or when the next deadline passes.
+            let next = deadlines.iter().copied().filter(|d| *d > now).min();
+            match next {
+                Some(at) => {
+                    let _ = tokio::time::timeout_at(at, rx.changed()).await;
+                }
+                None => {
+                    let _ = rx.changed().await;
                 }
             }
         }
     }
 
-    fn evaluate(&self, seq: u64, mode: Mode) -> quorum::Verdict {
+    /// Per target, the deadline of a write starting now: its
+    /// `sync_timeout_seconds` from now, or now when it is already unhealthy.
+    fn deadlines(&self) -> Vec<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        self.targets
+            .iter()
+            .map(|t| {
+                if self.health_of(t) == Health::Unhealthy {
+                    now
+                } else {
+                    now + Duration::from_secs_f64(t.cfg.sync_timeout_seconds)
+                }
+            })
+            .collect()
+    }
+
+    fn evaluate(
+        &self,
+        seq: u64,
+        mode: Mode,
+        deadlines: &[tokio::time::Instant],
+        now: tokio::time::Instant,
+    ) -> quorum::Verdict {
         let acting = self.acting.load(Ordering::Acquire);
         let snapshot: Vec<(TargetState, u64)> = self
             .targets
@@ -405,27 +432,16 @@ impl Replicator {
             .targets
             .iter()
             .zip(&snapshot)
-            .map(|(t, (state, cursor))| TargetView {
+            .zip(deadlines)
+            .map(|((t, (state, cursor)), deadline)| TargetView {
                 name: t.name(),
                 acting_primary: t.idx == acting,
                 waited_for: !matches!(state, TargetState::Paused | TargetState::Removed),
                 cursor: *cursor,
+                live: now < *deadline,
             })
             .collect();
         quorum::evaluate(mode, self.cfg.replication.min_sync_replicas, seq, &views)
-    }
-
-    /// A write waits at most the largest `sync_timeout_seconds` of the
-    /// targets it may wait for.
-    fn write_timeout(&self, mode: Mode) -> Duration {
-        let acting = self.acting.load(Ordering::Acquire);
-        let secs = self
-            .targets
-            .iter()
-            .filter(|t| t.idx == acting || mode != Mode::Async)
-            .map(|t| t.cfg.sync_timeout_seconds)
-            .fold(0.0, f64::max);
-        Duration::from_secs_f64(secs)
     }
 
     // ---- reads ----
@@ -541,21 +557,37 @@ impl Replicator {
         .await
     }
 
-    /// Live keys (latest entry a put) starting with `prefix`, from the log's
-    /// key index, at most `limit`.
-    pub async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<(String, KeyInfo)>> {
+    /// Live keys (latest entry a put) starting with `prefix` and after
+    /// `after` ("" for none), from the log's key index, in key order, at
+    /// most `limit`.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, KeyInfo)>> {
         let mut out = Vec::new();
+        let mut after = after.to_string();
         // The index holds deletes too; page past them.
-        let all = self.log.keys_with_prefix(prefix, usize::MAX).await?;
-        for (k, info) in all {
-            if info.op == Op::Put {
-                out.push((k, info));
-                if out.len() >= limit {
-                    break;
+        let batch = limit.saturating_mul(2).clamp(256, 65_536);
+        loop {
+            let page = self.log.keys_with_prefix(prefix, &after, batch).await?;
+            let full = page.len() >= batch;
+            if let Some((last, _)) = page.last() {
+                after = last.clone();
+            }
+            for (k, info) in page {
+                if info.op == Op::Put {
+                    out.push((k, info));
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
                 }
             }
+            if !full {
+                return Ok(out);
+            }
         }
-        Ok(out)
     }
 
     // ---- state changes ----
