@@ -82,10 +82,16 @@ pub enum Command {
         #[arg(long)]
         mode: Option<String>,
     },
-    /// List keys with their latest seq.
+    /// List keys with their latest seq, in key order: every key (page by page) unless --limit.
     List {
         /// Key prefix.
         prefix: Option<String>,
+        /// Start after this key.
+        #[arg(long)]
+        after: Option<String>,
+        /// At most this many keys (default: all).
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// Per target: role, region, health, state, cursor, head and lag.
     Cursors,
@@ -401,19 +407,45 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(|err| fail(1, format!("writing to standard output: {err}")))?;
             Ok(())
         }
-        Command::List { prefix } => {
+        Command::List {
+            prefix,
+            after,
+            limit,
+        } => {
             let e = endpoints(&cli)?;
             let c = Client::new(&e);
-            let r = c
-                .req(reqwest::Method::GET, "/v1/objects")
-                .query(&[("prefix", prefix.clone().unwrap_or_default())]);
-            let v: serde_json::Value =
-                answer(r.send().await.map_err(|err| unreachable(&e.addr, err))?).await?;
+            let mut keys: Vec<serde_json::Value> = Vec::new();
+            let mut after = after.clone().unwrap_or_default();
+            let mut more = false;
+            loop {
+                let want = limit.map_or(1000, |l| l.saturating_sub(keys.len()).clamp(1, 1000));
+                let r = c.req(reqwest::Method::GET, "/v1/objects").query(&[
+                    ("prefix", prefix.clone().unwrap_or_default()),
+                    ("after", after.clone()),
+                    ("limit", want.to_string()),
+                ]);
+                let v: serde_json::Value =
+                    answer(r.send().await.map_err(|err| unreachable(&e.addr, err))?).await?;
+                keys.extend(v["keys"].as_array().into_iter().flatten().cloned());
+                let next = v["next_after"].as_str().map(str::to_string);
+                match next {
+                    Some(n) if limit.is_none_or(|l| keys.len() < l) => after = n,
+                    Some(_) => {
+                        more = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
             if cli.json {
-                println!("{v}");
+                let mut out = serde_json::json!({ "keys": keys, "truncated": more });
+                if more && let Some(last) = keys.last().and_then(|k| k["key"].as_str()) {
+                    out["next_after"] = serde_json::json!(last);
+                }
+                println!("{out}");
             } else {
                 println!("{:<8} {:>10}  KEY", "SEQ", "SIZE");
-                for k in v["keys"].as_array().into_iter().flatten() {
+                for k in &keys {
                     let n = |f: &str| k[f].as_u64().unwrap_or(0);
                     println!(
                         "{:<8} {:>10}  {}",
@@ -422,8 +454,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                         k["key"].as_str().unwrap_or("")
                     );
                 }
-                if v["truncated"].as_bool() == Some(true) {
-                    println!("(more keys; narrow the prefix)");
+                if more && let Some(last) = keys.last().and_then(|k| k["key"].as_str()) {
+                    println!("(more keys: --after {last})");
                 }
             }
             Ok(())

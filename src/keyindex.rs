@@ -198,10 +198,15 @@ impl KeyIndex {
         self.inner.get(key)
     }
 
-    /// Keys starting with `prefix` with their newest entry, in key order,
-    /// at most `limit`.
-    pub(crate) fn with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<(String, KeyInfo)>> {
-        self.inner.with_prefix(prefix, limit)
+    /// Keys starting with `prefix` and greater than `after` ("" for none)
+    /// with their newest entry, in key order, at most `limit`.
+    pub(crate) fn with_prefix(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, KeyInfo)>> {
+        self.inner.with_prefix(prefix, after, limit)
     }
 }
 
@@ -493,15 +498,24 @@ impl Inner {
         Ok(None)
     }
 
-    fn with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<(String, KeyInfo)>> {
+    fn with_prefix(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, KeyInfo)>> {
         let m = self.manifest();
         let mut merged: std::collections::BTreeMap<Vec<u8>, KeyInfo> = Default::default();
+        let start = if after > prefix { after } else { prefix };
         for run in m.runs.iter() {
             // The first `limit` keys of the result are among the first
             // `limit` of every run.
             let mut taken = 0;
-            for item in self.iter_run(run.id, prefix.as_bytes())? {
+            for item in self.iter_run(run.id, start.as_bytes())? {
                 let (k, info) = item?;
+                if !after.is_empty() && k.as_slice() <= after.as_bytes() {
+                    continue;
+                }
                 if !k.starts_with(prefix.as_bytes()) {
                     if k.as_slice() > prefix.as_bytes() {
                         break;
@@ -740,7 +754,7 @@ mod tests {
                     .map(|(k, i)| (k.clone(), *i))
                     .collect();
                 assert_eq!(
-                    idx.with_prefix(prefix, limit).expect("list"),
+                    idx.with_prefix(prefix, "", limit).expect("list"),
                     want,
                     "{prefix:?} {limit}"
                 );
@@ -825,7 +839,7 @@ mod tests {
             assert_eq!(idx.watermark(), 1000);
             assert_eq!(idx.get("old/0042").expect("get"), Some(info(43)));
             assert_eq!(
-                idx.with_prefix("old/", usize::MAX).expect("list").len(),
+                idx.with_prefix("old/", "", usize::MAX).expect("list").len(),
                 1000
             );
             assert_eq!(
@@ -918,6 +932,6 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(idx.with_prefix("", 10).is_err());
+        assert!(idx.with_prefix("", "", 10).is_err());
     }
 }

@@ -585,22 +585,25 @@ impl Log {
         self.pending_index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Keys starting with `prefix` with their newest entry, in key order,
-    /// deletes included, at most `limit`.
+    /// Keys starting with `prefix` and greater than `after` ("" for none)
+    /// with their newest entry, in key order, deletes included, at most
+    /// `limit`.
     pub async fn keys_with_prefix(
         &self,
         prefix: &str,
+        after: &str,
         limit: usize,
     ) -> Result<Vec<(String, KeyInfo)>> {
         self.wait_indexed().await;
         let mut merged: std::collections::BTreeMap<String, KeyInfo> = self
             .storage
-            .keys_with_prefix(prefix, limit)?
+            .keys_with_prefix(prefix, after, limit)?
             .into_iter()
             .collect();
         let saved_all = merged.len() < limit;
         for (k, info) in self.pending_index().keys.iter() {
             if k.starts_with(prefix)
+                && (after.is_empty() || k.as_str() > after)
                 && (saved_all || merged.last_key_value().is_some_and(|(last, _)| k < last))
             {
                 merged.insert(k.clone(), *info);
@@ -1417,7 +1420,7 @@ mod tests {
             log.append(del).await.expect("append");
             let a = log.key_info("a/1").await.expect("info").expect("present");
             assert_eq!((a.seq, a.size, a.op), (3, 3, Op::Put));
-            let keys = log.keys_with_prefix("a/", 10).await.expect("keys");
+            let keys = log.keys_with_prefix("a/", "", 10).await.expect("keys");
             assert_eq!(
                 keys.iter()
                     .map(|(k, i)| (k.as_str(), i.seq))

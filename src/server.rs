@@ -101,6 +101,7 @@ struct ReadQuery {
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     prefix: Option<String>,
+    after: Option<String>,
     limit: Option<usize>,
 }
 
@@ -229,14 +230,24 @@ async fn list_objects(
         return Err(bad("limit must be between 1 and 100000"));
     }
     let prefix = q.prefix.unwrap_or_default();
-    let mut keys = app.rep.list(&prefix, limit + 1).await?;
+    let after = q.after.unwrap_or_default();
+    let mut keys = app.rep.list(&prefix, &after, limit + 1).await?;
     let truncated = keys.len() > limit;
     keys.truncate(limit);
+    let next_after = if truncated {
+        keys.last().map(|(k, _)| k.clone())
+    } else {
+        None
+    };
     let keys: Vec<_> = keys
         .into_iter()
         .map(|(k, i)| json!({ "key": k, "seq": i.seq, "size": i.size }))
         .collect();
-    Ok(axum::Json(json!({ "keys": keys, "truncated": truncated })).into_response())
+    let mut body = json!({ "keys": keys, "truncated": truncated });
+    if let Some(n) = next_after {
+        body["next_after"] = json!(n);
+    }
+    Ok(axum::Json(body).into_response())
 }
 
 async fn cursors(State(app): State<App>) -> Result<Response, ApiError> {

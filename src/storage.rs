@@ -115,8 +115,14 @@ pub trait LogStorage: Send + Sync + 'static {
     fn cursors(&self) -> Result<Vec<(String, u64)>>;
     /// The newest entry of a key.
     fn key_info(&self, key: &str) -> Result<Option<KeyInfo>>;
-    /// Keys starting with `prefix`, in key order, at most `limit`.
-    fn keys_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<(String, KeyInfo)>>;
+    /// Keys starting with `prefix` and greater than `after` ("" for none),
+    /// in key order, at most `limit`.
+    fn keys_with_prefix(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, KeyInfo)>>;
     /// The highest seq the key index has absorbed.
     fn key_index_watermark(&self) -> Result<u64>;
     /// A small named value.
@@ -546,8 +552,13 @@ impl LogStorage for SledStorage {
         self.keys.get(key)
     }
 
-    fn keys_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<(String, KeyInfo)>> {
-        self.keys.with_prefix(prefix, limit)
+    fn keys_with_prefix(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, KeyInfo)>> {
+        self.keys.with_prefix(prefix, after, limit)
     }
 
     fn key_index_watermark(&self) -> Result<u64> {
@@ -701,7 +712,7 @@ mod tests {
         assert_eq!(s.cursor("t").expect("cursor"), Some(2));
         assert_eq!(s.cursor_offset("t").expect("offset"), Some(77));
         assert_eq!(s.cursors().expect("cursors"), vec![("t".to_string(), 2)]);
-        let keys = s.keys_with_prefix("", 10).expect("keys");
+        let keys = s.keys_with_prefix("", "", 10).expect("keys");
         assert_eq!(
             keys.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
             vec!["a", "b"]

@@ -139,7 +139,7 @@ pub struct VerifyTarget {
 /// the entries above its watermark (so it is exact even offline).
 pub fn latest_keys(storage: &dyn LogStorage) -> Result<BTreeMap<String, KeyInfo>> {
     let mut keys: BTreeMap<String, KeyInfo> = storage
-        .keys_with_prefix("", usize::MAX)?
+        .keys_with_prefix("", "", usize::MAX)?
         .into_iter()
         .collect();
     let head = storage.bounds()?.map(|(_, h)| h).unwrap_or(0);
