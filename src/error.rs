@@ -100,6 +100,17 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A key some target cannot hold (guarantee 11): nothing was written.
+    #[error("key {key:?} cannot be stored on target {target}: {reason}. Nothing was written")]
+    KeyDoesNotFit {
+        /// The key refused (possibly shortened).
+        key: String,
+        /// The target that cannot hold it.
+        target: String,
+        /// Why, naming the other key when there is one.
+        reason: String,
+    },
+
     /// A value larger than `max_object_bytes`.
     #[error(
         "the value is {size} bytes, over max_object_bytes ({max}); raise max_object_bytes in the config or store a smaller object"

@@ -13,6 +13,7 @@ pub mod error;
 pub mod frame;
 pub mod headfile;
 pub mod key;
+mod keyfit;
 mod keyindex;
 pub mod log;
 pub mod storage;

@@ -53,7 +53,7 @@ fn status_of(e: &Error) -> StatusCode {
             StatusCode::NOT_FOUND
         }
         Error::NoFreshTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        Error::Conflict(_) => StatusCode::CONFLICT,
+        Error::Conflict(_) | Error::KeyDoesNotFit { .. } => StatusCode::CONFLICT,
         Error::Target { .. } => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -94,6 +94,9 @@ pub struct Replicator {
     cancel: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     control: tokio::sync::Mutex<()>,
+    /// The first `file://` target, whose paths limit keys (guarantee 11).
+    file_target: Option<String>,
+    in_flight: crate::keyfit::InFlight,
 }
 
 impl Replicator {
@@ -217,6 +220,15 @@ impl Replicator {
             targets.clone(),
             acting.clone(),
         ));
+        let file_target = cfg
+            .all_targets()
+            .find(|(_, t)| {
+                matches!(
+                    crate::config::TargetUrl::parse(&t.url),
+                    Ok(crate::config::TargetUrl::File(_))
+                )
+            })
+            .map(|(_, t)| t.name.clone());
         let r = Arc::new(Replicator {
             cfg,
             log,
@@ -229,6 +241,8 @@ impl Replicator {
             cancel: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
             control: tokio::sync::Mutex::new(()),
+            file_target,
+            in_flight: Default::default(),
         });
         let mut tasks = Vec::new();
         for t in &r.targets {
@@ -322,7 +336,51 @@ impl Replicator {
                 max: self.cfg.max_object_bytes as usize,
             });
         }
+        let _registered = self.check_fits(key).await?;
         self.write(Op::Put, key, value, mode).await
+    }
+
+    /// Guarantee 11: with a `file://` target, a key that is a directory of
+    /// a live key, lies under one, or has a segment over 255 bytes is
+    /// refused before it is appended (see `keyfit`). The returned guard
+    /// keeps the key registered as in flight until the write is answered.
+    async fn check_fits(&self, key: &Key) -> Result<Option<crate::keyfit::Registered>> {
+        let Some(target) = &self.file_target else {
+            return Ok(None);
+        };
+        let refuse = |reason: String| Error::KeyDoesNotFit {
+            key: key.as_str().chars().take(120).collect(),
+            target: target.clone(),
+            reason,
+        };
+        if let Some(seg) = crate::keyfit::long_segment(key.as_str()) {
+            return Err(refuse(format!(
+                "its path segment of {} bytes is over the {} a local directory holds; use shorter segments",
+                seg.len(),
+                crate::keyfit::MAX_SEGMENT_BYTES
+            )));
+        }
+        let registered = self.in_flight.register(key.as_str()).map_err(|other| {
+            refuse(format!(
+                "a write of {other:?} is under way, and a local directory cannot hold a key beside its own directory; retry once it is answered"
+            ))
+        })?;
+        for parent in crate::keyfit::parents(key.as_str()) {
+            if let Some(info) = self.log.key_info(parent).await?
+                && info.op == Op::Put
+            {
+                return Err(refuse(format!(
+                    "it lies under the live key {parent:?} (a file there, so it cannot be a directory); delete {parent:?} first or pick another key"
+                )));
+            }
+        }
+        let dir = format!("{}/", key.as_str());
+        if let Some((child, _)) = self.list(&dir, "", 1).await?.into_iter().next() {
+            return Err(refuse(format!(
+                "it is the directory of the live key {child:?} there, so it cannot be a file; delete the keys under {dir:?} first or pick another key"
+            )));
+        }
+        Ok(Some(registered))
     }
 
     /// Deletes `key`, as a log entry like a put.
