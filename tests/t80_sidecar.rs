@@ -629,3 +629,55 @@ fn the_python_package_passes_its_tests_against_this_binary() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Guarantee 10 for memory:// targets: they start empty at every open, so
+/// after a restart their cursor starts over and they hold every key again
+/// (before, the cursor claimed what the new, empty store did not hold).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_target_is_full_again_after_a_restart() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path();
+    let port = free_port();
+    let cfg = dir.join("walship.toml");
+    let text = dir_config(dir, port, "sync");
+    let replica2 = walship::config::file_url(&dir.join("targets").join("replica-2"));
+    std::fs::write(&cfg, text.replace(&replica2, "memory://")).expect("config");
+    let sc = Sidecar::start(&cfg, port).await;
+    put_numbered(&sc.base, 5).await;
+    sc.wait_caught_up(std::time::Duration::from_secs(20)).await;
+    assert!(sc.term().success());
+
+    let sc = Sidecar::start(&cfg, port).await;
+    let v = sc.wait_caught_up(std::time::Duration::from_secs(20)).await;
+    let r2 = v["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .find(|t| t["name"] == "replica-2")
+        .expect("replica-2")
+        .clone();
+    assert_eq!(r2["cursor"], 5, "{v}");
+    // Every key is readable from it: pause the others' reads by asking for
+    // `any` until replica-2 serves one (nearest/any pick at random).
+    let c = reqwest::Client::new();
+    let mut served_by_r2 = 0;
+    for _ in 0..60 {
+        let r = c
+            .get(format!("{}/v1/objects/doc/3?read_preference=any", sc.base))
+            .send()
+            .await
+            .expect("get");
+        let by = r
+            .headers()
+            .get("x-walship-served-by")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        assert_eq!(r.status(), 200, "served by {by}");
+        assert_eq!(r.text().await.expect("body"), "entry-000003-of-the-log");
+        if by == "replica-2" {
+            served_by_r2 += 1;
+        }
+    }
+    assert!(served_by_r2 > 0, "replica-2 never served a read");
+}

@@ -146,11 +146,24 @@ impl Replicator {
                 (_, true) => Role::ReadReplica,
                 (_, false) => Role::Replica,
             };
-            let store = match stores.remove(&t.name) {
-                Some(s) => s,
-                None => crate::target::build_store(t)?,
+            let (store, built_here) = match stores.remove(&t.name) {
+                Some(s) => (s, false),
+                None => (crate::target::build_store(t)?, true),
             };
             let mut cursor = storage.cursor(&t.name)?.unwrap_or(0);
+            // Guarantee 10: a memory:// store walship made starts empty at
+            // every open, so its cursor starts over (from the log, or by a
+            // resync when the log no longer has everything).
+            if built_here
+                && cursor > 0
+                && matches!(
+                    crate::config::TargetUrl::parse(&t.url),
+                    Ok(crate::config::TargetUrl::Memory)
+                )
+            {
+                tracing::info!(target = %t.name, cursor, "memory:// target starts empty: shipping it again from the start of the log");
+                cursor = 0;
+            }
             if cursor > head {
                 tracing::warn!(target = %t.name, cursor, head, "persisted cursor is past the head; using the head");
                 cursor = head;
