@@ -211,3 +211,52 @@ impl Metrics {
         }
     }
 }
+/// The Prometheus text format 0.0.4 of an OpenMetrics exposition, for
+/// scrapers that do not ask for OpenMetrics: counter families are named
+/// with their `_total` suffix (a 0.0.4 parser matches TYPE lines to sample
+/// names), and `# UNIT` and `# EOF` lines go.
+pub fn text_004(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|tag| {
+            let rest = line.strip_prefix(tag)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            (counters.contains(name) && !name.ends_with("_total"))
+                .then(|| format!("{tag}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(l.trim_end()),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_004_names_counters_as_their_samples_and_drops_openmetrics_lines() {
+        let m = Metrics::new();
+        m.writes.inc();
+        let om = m.encode();
+        assert!(om.contains("# TYPE walship_writes counter"), "{om}");
+        let t = text_004(&om);
+        assert!(t.contains("# TYPE walship_writes_total counter\n"), "{t}");
+        assert!(t.contains("# HELP walship_writes_total "), "{t}");
+        assert!(t.contains("\nwalship_writes_total 1\n"), "{t}");
+        assert!(!t.contains("# EOF") && !t.contains("# UNIT"), "{t}");
+        // Gauges keep their names.
+        assert!(t.contains("# TYPE walship_head_seq gauge"), "{t}");
+    }
+}

@@ -258,7 +258,7 @@ async fn status(State(app): State<App>) -> Result<Response, ApiError> {
     Ok(axum::Json(app.rep.status()?).into_response())
 }
 
-async fn metrics(State(app): State<App>) -> Response {
+async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     if !app.rep.config().replication.enable_metrics {
         return (
             StatusCode::NOT_FOUND,
@@ -266,14 +266,33 @@ async fn metrics(State(app): State<App>) -> Response {
         )
             .into_response();
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        app.rep.metrics_text(),
-    )
-        .into_response()
+    // OpenMetrics only for a client that asks for it; Prometheus text
+    // 0.0.4 otherwise (SPEC: HTTP API).
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let text = app.rep.metrics_text();
+    if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            crate::metrics::text_004(&text),
+        )
+            .into_response()
+    }
 }
 
 #[derive(Deserialize)]
@@ -471,6 +490,15 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(app): State<App>) -> Response {
+    if app.rep.draining() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(
+                json!({ "error": "walship is draining before it exits; it takes no writes" }),
+            ),
+        )
+            .into_response();
+    }
     if app.rep.primary_reachable().await {
         (StatusCode::OK, "ready\n").into_response()
     } else {
@@ -491,7 +519,9 @@ async fn fallback() -> Response {
 }
 
 async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
-    if let Some(token) = &app.token {
+    // Probes need no token (Kubernetes sends none); everything else does.
+    let probe = matches!(req.uri().path(), "/healthz" | "/readyz");
+    if let Some(token) = app.token.as_ref().filter(|_| !probe) {
         let ok = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -596,9 +626,15 @@ pub async fn serve(cfg: Config) -> Result<()> {
     wait_for_signal().await;
     tracing::info!(
         grace_seconds = grace.as_secs_f64(),
-        "stopping: no new writes, draining shipping"
+        "stopping: no new writes, draining shipping (a second SIGTERM or SIGINT exits at once)"
     );
-    let result = rep.shutdown(grace).await;
+    let result = tokio::select! {
+        r = rep.shutdown(grace) => r,
+        _ = wait_for_signal() => {
+            tracing::warn!("second signal: exiting now; targets behind catch up from the log after restart");
+            rep.persist_cursors()
+        }
+    };
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     match &result {

@@ -350,6 +350,75 @@ async fn a_token_is_required_when_configured() {
         .await
         .expect("put");
     assert_eq!(r.status(), 200);
+    // Probes need no token (Kubernetes sends none); metrics do.
+    for probe in ["healthz", "readyz"] {
+        let r = c
+            .get(format!("{base}/{probe}"))
+            .send()
+            .await
+            .expect("probe");
+        assert_eq!(r.status(), 200, "{probe}");
+    }
+    let r = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(r.status(), 401);
+}
+
+/// `/metrics` is Prometheus text 0.0.4 unless the scraper asks for
+/// OpenMetrics; in 0.0.4 a counter's TYPE line names its `_total` samples.
+#[tokio::test]
+async fn metrics_answer_in_the_format_the_scraper_asks_for() {
+    let rig = Rig::new(1, "async", 1, 1.0).await;
+    let base = rig.serve_http(None).await;
+    let c = reqwest::Client::new();
+    c.put(format!("{base}/v1/objects/k"))
+        .body("v")
+        .send()
+        .await
+        .expect("put");
+    for accept in [None, Some("text/plain;version=0.0.4;q=1,*/*;q=0.1")] {
+        let mut r = c.get(format!("{base}/metrics"));
+        if let Some(a) = accept {
+            r = r.header("accept", a);
+        }
+        let r = r.send().await.expect("metrics");
+        let ct = r.headers()["content-type"]
+            .to_str()
+            .expect("ct")
+            .to_string();
+        assert!(
+            ct.starts_with("text/plain; version=0.0.4"),
+            "{accept:?}: {ct}"
+        );
+        let text = r.text().await.expect("body");
+        assert!(
+            text.contains("# TYPE walship_writes_total counter\nwalship_writes_total 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"));
+    }
+    let r = c
+        .get(format!("{base}/metrics"))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )
+        .send()
+        .await
+        .expect("metrics");
+    let ct = r.headers()["content-type"]
+        .to_str()
+        .expect("ct")
+        .to_string();
+    assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+    let text = r.text().await.expect("body");
+    assert!(
+        text.contains("# TYPE walship_writes counter") && text.ends_with("# EOF\n"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -681,3 +681,110 @@ async fn a_memory_target_is_full_again_after_a_restart() {
     }
     assert!(served_by_r2 > 0, "replica-2 never served a read");
 }
+
+/// A config whose replica-2 is an S3 store at `endpoint` (nothing useful
+/// answers there), with a long shutdown grace.
+fn config_with_a_bad_replica(dir: &std::path::Path, port: u16, endpoint: &str) -> String {
+    let replica2 = walship::config::file_url(&dir.join("targets").join("replica-2"));
+    dir_config(dir, port, "async")
+        .replace("shutdown_grace_seconds = 5", "shutdown_grace_seconds = 120")
+        .replace(
+            "[replication]\n",
+            "[replication]\nhealth_check_interval_seconds = 0.3\n",
+        )
+        .replace(
+            &format!("url = \"{replica2}\"\nsync_timeout_seconds = 5"),
+            "url = \"s3://bucket/x\"\nsync_timeout_seconds = 30",
+        )
+        + &format!(
+            "[targets.options]\nendpoint = \"{endpoint}\"\nallow_http = \"true\"\n\
+             access_key_id = \"k\"\nsecret_access_key = \"s\"\nregion = \"us-east-1\"\n"
+        )
+}
+
+/// Sends `sig` to the sidecar; returns how long it took to exit, bounded.
+fn signal_and_wait(
+    sc: &mut Sidecar,
+    sig: libc::c_int,
+    within: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(sc.child.id() as libc::pid_t, sig);
+    }
+    let until = std::time::Instant::now() + within;
+    while std::time::Instant::now() < until {
+        if let Some(st) = sc.child.try_wait().expect("wait") {
+            return Some(st);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    None
+}
+
+/// The drain rules: an unreachable target does not hold the exit (the
+/// others caught up, it exits long before the 120 s grace), and a second
+/// SIGTERM exits at once; cursors are persisted either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_without_waiting_for_an_unreachable_target_and_a_second_one_exits_now() {
+    // 1. Connection refused: replica-2 goes unhealthy, the exit is quick.
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path();
+    let port = free_port();
+    let cfg = dir.join("walship.toml");
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    std::fs::write(&cfg, config_with_a_bad_replica(dir, port, &closed)).expect("config");
+    let mut sc = Sidecar::start(&cfg, port).await;
+    put_numbered(&sc.base, 5).await;
+    let st = signal_and_wait(&mut sc, libc::SIGTERM, std::time::Duration::from_secs(20))
+        .expect("exited well before the 120 s grace");
+    assert!(st.success(), "{st:?}");
+    let (code, out, err) = run(
+        &["cursors", "--json", "--config", cfg.to_str().expect("utf8")],
+        dir,
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    for t in v["targets"].as_array().expect("targets") {
+        let want = if t["name"] == "replica-2" { 0 } else { 5 };
+        assert_eq!(t["cursor"], want, "{t}");
+    }
+
+    // 2. An endpoint that takes the connection and never answers: the
+    // drain would wait; a second SIGTERM exits at once.
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path();
+    let port = free_port();
+    let cfg = dir.join("walship.toml");
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", silent.local_addr().expect("addr"));
+    std::fs::write(&cfg, config_with_a_bad_replica(dir, port, &endpoint)).expect("config");
+    let mut sc = Sidecar::start(&cfg, port).await;
+    put_numbered(&sc.base, 5).await;
+    assert!(
+        signal_and_wait(&mut sc, libc::SIGTERM, std::time::Duration::from_secs(2)).is_none(),
+        "the first SIGTERM drains (replica-2 is behind and not yet unhealthy)"
+    );
+    let r = reqwest::get(format!("{}/readyz", sc.base))
+        .await
+        .expect("readyz");
+    assert_eq!(r.status(), 503, "not ready while draining");
+    let st = signal_and_wait(&mut sc, libc::SIGTERM, std::time::Duration::from_secs(5))
+        .expect("a second SIGTERM exits at once");
+    assert!(st.success(), "{st:?}");
+    let (code, out, err) = run(
+        &["cursors", "--json", "--config", cfg.to_str().expect("utf8")],
+        dir,
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let primary = v["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .find(|t| t["name"] == "primary")
+        .expect("primary")
+        .clone();
+    assert_eq!(primary["cursor"], 5, "cursors persisted: {v}");
+    drop(silent);
+}

@@ -916,17 +916,20 @@ impl Replicator {
         let mut rx = self.progress.subscribe();
         loop {
             rx.borrow_and_update();
-            let drained = self
-                .targets
-                .iter()
-                .all(|t| t.cursor() >= head || t.state() != TargetState::Active);
+            // An unreachable (unhealthy) target does not hold the exit: it
+            // catches up from the log after the restart.
+            let drained = self.targets.iter().all(|t| {
+                t.cursor() >= head
+                    || t.state() != TargetState::Active
+                    || self.health_of(t) == Health::Unhealthy
+            });
             if drained {
                 break;
             }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
+            // Health changes without progress: look again every 200 ms.
+            let wake = deadline.min(tokio::time::Instant::now() + Duration::from_millis(200));
+            let _ = tokio::time::timeout_at(wake, rx.changed()).await;
+            if tokio::time::Instant::now() >= deadline {
                 let behind: Vec<String> = self
                     .targets
                     .iter()
@@ -942,6 +945,18 @@ impl Replicator {
         for h in tasks {
             let _ = h.await;
         }
+        self.persist_cursors()
+    }
+
+    /// Whether it has stopped taking writes (shutting down).
+    pub fn draining(&self) -> bool {
+        !self.accepting.load(Ordering::Acquire)
+    }
+
+    /// Persists every cursor as it stands, durably (a second signal during
+    /// the drain exits with this, at once).
+    pub fn persist_cursors(&self) -> Result<()> {
+        self.accepting.store(false, Ordering::Release);
         for t in &self.targets {
             let (cursor, offset) = t.position();
             self.log.storage().set_cursor(t.name(), cursor, offset)?;
