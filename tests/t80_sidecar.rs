@@ -788,3 +788,49 @@ async fn sigterm_drains_without_waiting_for_an_unreachable_target_and_a_second_o
     assert_eq!(primary["cursor"], 5, "cursors persisted: {v}");
     drop(silent);
 }
+
+/// Guarantee 10: a replica directory replaced by an empty one loses its
+/// marker; walship notices at the next probe and refills it from the
+/// acting primary, without a command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_replica_directory_is_refilled_without_a_command() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path();
+    let port = free_port();
+    let cfg = dir.join("walship.toml");
+    let text = dir_config(dir, port, "sync").replace(
+        "[replication]\n",
+        "[replication]\nhealth_check_interval_seconds = 0.3\n",
+    );
+    std::fs::write(&cfg, text).expect("config");
+    let sc = Sidecar::start(&cfg, port).await;
+    put_numbered(&sc.base, 20).await;
+    sc.wait_caught_up(std::time::Duration::from_secs(20)).await;
+    let replica = dir.join("targets/replica-1");
+    assert!(
+        replica.join(".walship/target.json").is_file(),
+        "each target has its marker"
+    );
+    std::fs::remove_dir_all(&replica).expect("wipe");
+    std::fs::create_dir_all(&replica).expect("empty directory");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for i in 1..=20 {
+        let path = replica.join(format!("doc/{i}"));
+        while std::fs::read(&path).ok().as_deref()
+            != Some(format!("entry-{i:06}-of-the-log").as_bytes())
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "doc/{i} never came back"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    assert!(
+        replica.join(".walship/target.json").is_file(),
+        "marked again"
+    );
+    sc.wait_caught_up(std::time::Duration::from_secs(20)).await;
+    let (code, out, err) = run(&["verify", "--config", cfg.to_str().expect("utf8")], dir);
+    assert_eq!(code, 0, "{out}{err}");
+}

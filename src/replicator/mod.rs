@@ -54,6 +54,14 @@ const MAINTENANCE_EVERY: Duration = Duration::from_millis(500);
 const ORIGIN_META: &str = "origin";
 /// The object a health probe asks about (a HEAD; absent is fine).
 const PROBE_KEY: &str = ".walship/health";
+/// Each target's marker (guarantee 10): written once, its absence on a
+/// target that held entries means the target lost what it held.
+const MARKER_KEY: &str = ".walship/target.json";
+/// Meta, per target: walship wrote that target's marker (so a missing one
+/// is a loss, not a target from before markers).
+fn marker_meta(name: &str) -> String {
+    format!("marker/{name}")
+}
 
 /// The answer to an acknowledged write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -711,9 +719,16 @@ impl Replicator {
             if checks && tokio::time::Instant::now() >= next_probe {
                 next_probe = tokio::time::Instant::now() + interval;
                 let probes = r.targets.iter().map(|t| probe(t.clone()));
-                tokio::select! {
-                    _ = futures::future::join_all(probes) => {}
+                let markers = tokio::select! {
+                    m = futures::future::join_all(probes) => m,
                     () = cancel.cancelled() => return,
+                };
+                for (t, marker) in r.targets.clone().iter().zip(markers) {
+                    if marker == Some(false)
+                        && let Err(e) = r.marker_missing(t).await
+                    {
+                        tracing::warn!(target = %t.name(), error = %e, "acting on a missing target marker failed; retrying at the next probe");
+                    }
                 }
             }
             r.consider_failover();
@@ -723,6 +738,74 @@ impl Replicator {
                     tracing::warn!(error = %e, "log maintenance failed; retrying");
                 }
             }
+        }
+    }
+
+    /// Guarantee 10: `t` has no marker. A target walship never marked (new,
+    /// or from before markers) gets one. One that had a marker and holds
+    /// entries (cursor > 0) lost what it held: it is resynced from the
+    /// acting primary (the acting primary itself fails over first; without
+    /// a replica to take its place it gets the kept log again) and only
+    /// then marked, so a crash in between notices the loss again.
+    async fn marker_missing(self: &Arc<Self>, t: &Arc<TargetHandle>) -> Result<()> {
+        let storage = self.log.storage();
+        let marked = storage.meta(&marker_meta(t.name()))?.is_some();
+        if marked && t.cursor() > 0 && t.state() != TargetState::Syncing {
+            tracing::warn!(target = %t.name(), cursor = t.cursor(), "the target's marker {MARKER_KEY} is gone: it lost what it held (wiped, replaced or restored from an old backup); resyncing it from the acting primary");
+            if t.idx == self.acting.load(Ordering::Acquire) && !self.fail_over_from(t.idx) {
+                tracing::error!(target = %t.name(), first = self.log.first(), "the acting primary lost what it held and no replica can take its place: shipping the kept log to it again");
+                self.replay(t.name(), ReplayFrom::Seq(self.log.first()), true)
+                    .await?;
+            } else {
+                self.start_resync(t.name()).await?;
+            }
+        }
+        let body = serde_json::json!({
+            "sidecar_id": self.sidecar_id(),
+            "target": t.name(),
+            "created_ms": crate::log::now_ms(),
+        });
+        let path = object_store::path::Path::from(MARKER_KEY);
+        let timeout = Duration::from_secs_f64(t.cfg.sync_timeout_seconds);
+        tokio::time::timeout(timeout, t.store.put(&path, body.to_string().into()))
+            .await
+            .map_err(|_| {
+                Error::BadRequest(format!("writing {MARKER_KEY} to {}: no answer", t.name()))
+            })?
+            .map_err(|e| Error::target(t.name(), e))?;
+        storage.set_meta(&marker_meta(t.name()), b"1")?;
+        storage.sync()?;
+        Ok(())
+    }
+
+    /// Promotes another target in place of the acting primary `from`, as
+    /// though it were unhealthy; false when failover is off or no replica
+    /// qualifies.
+    fn fail_over_from(&self, from: usize) -> bool {
+        let views: Vec<FailoverView> = self
+            .targets
+            .iter()
+            .map(|t| FailoverView {
+                read_replica: t.cfg.is_read_replica,
+                health: if t.idx == from {
+                    Health::Unhealthy
+                } else {
+                    self.health_of(t)
+                },
+                state: t.state(),
+                priority: t.cfg.priority,
+                cursor: t.cursor(),
+            })
+            .collect();
+        match failover::decide(from, &views, self.cfg.replication.enable_failover) {
+            Decision::Promote(i) if i != from => {
+                self.acting.store(i, Ordering::Release);
+                self.metrics.failovers.inc();
+                tracing::warn!(from = %self.targets[from].name(), to = %self.targets[i].name(), "failover: the acting primary lost what it held");
+                self.progress.send_modify(|p| *p += 1);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -965,19 +1048,25 @@ impl Replicator {
     }
 }
 
-/// One health probe: a HEAD of a marker that need not exist.
-async fn probe(t: Arc<TargetHandle>) {
+/// One health probe: a HEAD of the target's marker. Returns whether the
+/// marker is there (`None` when the target did not answer).
+async fn probe(t: Arc<TargetHandle>) -> Option<bool> {
     let timeout = Duration::from_secs_f64(t.cfg.sync_timeout_seconds);
     let started = Instant::now();
-    let marker = object_store::path::Path::from(PROBE_KEY);
-    let result = match tokio::time::timeout(timeout, t.store.head(&marker)).await {
-        Ok(Ok(_)) | Ok(Err(object_store::Error::NotFound { .. })) => {
-            Ok(started.elapsed().as_secs_f64() * 1000.0)
+    let marker = object_store::path::Path::from(MARKER_KEY);
+    let (result, present) = match tokio::time::timeout(timeout, t.store.head(&marker)).await {
+        Ok(Ok(_)) => (Ok(started.elapsed().as_secs_f64() * 1000.0), Some(true)),
+        Ok(Err(object_store::Error::NotFound { .. })) => {
+            (Ok(started.elapsed().as_secs_f64() * 1000.0), Some(false))
         }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {:.1}s", timeout.as_secs_f64())),
+        Ok(Err(e)) => (Err(e.to_string()), None),
+        Err(_) => (
+            Err(format!("no answer within {:.1}s", timeout.as_secs_f64())),
+            None,
+        ),
     };
     t.record_probe(result);
+    present
 }
 
 impl Drop for Replicator {
