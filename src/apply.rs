@@ -54,6 +54,8 @@ use crate::target_state::{Caps, TargetHandle};
 /// Rounds of "the target changed under us" before giving up for now (the
 /// shipper retries with backoff).
 const MAX_ROUNDS: usize = 8;
+/// Meta name of the seqs of adopted entries (JSON list).
+const ADOPTED_META: &str = "adopted";
 /// Meta name of the next conflict id.
 const NEXT_ID_META: &str = "conflict_next_id";
 /// At most this many log entries are read to recognise a version this
@@ -123,6 +125,14 @@ pub(crate) struct Engine {
     queue: tokio::sync::Mutex<()>,
     /// Per target (by index): recently known versions.
     cache: Vec<std::sync::Mutex<KnownCache>>,
+    /// Per target (by index): keys it holds a version of that is not this
+    /// log's (an open conflict, a foreign version kept). Guarantee 9: such
+    /// a target neither acknowledges writes of the key nor serves it.
+    /// Written only by `set_known`, rebuilt from sled by `load_foreign`.
+    foreign: Vec<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Seqs of entries that adopt a foreign version (see `adopt`), with the
+    /// tag they are written with when it is another sidecar's.
+    adopted: std::sync::Mutex<std::collections::BTreeMap<u64, Option<Tag>>>,
 }
 
 /// Most keys whose known version is cached per target.
@@ -198,8 +208,11 @@ impl Engine {
             .iter()
             .map(|_| std::sync::Mutex::new(KnownCache::default()))
             .collect();
+        let foreign = targets.iter().map(|_| Default::default()).collect();
         Engine {
             cache,
+            foreign,
+            adopted: Default::default(),
             origin,
             strategy,
             merge,
@@ -211,6 +224,51 @@ impl Engine {
         }
     }
 
+    /// Rebuilds the per-target sets of foreign holdings from the versions
+    /// side table (where every such version is kept; see `set_known`).
+    pub(crate) fn load_foreign(&self) -> Result<()> {
+        for t in &self.targets {
+            let mut prefix = t.name().as_bytes().to_vec();
+            prefix.push(0);
+            let rows = self.log.storage().side_scan(Side::Versions, &prefix)?;
+            let mut set = self.foreign_of(t.idx);
+            for (k, v) in rows {
+                let Ok(key) = std::str::from_utf8(&k[prefix.len()..]) else {
+                    continue;
+                };
+                if let Ok(known) = serde_json::from_slice::<Known>(&v)
+                    && self.is_foreign(&known)
+                {
+                    set.insert(key.to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A version that is not this log's and stays (a decision under way
+    /// is not one yet: its entry has not passed the cursor).
+    fn is_foreign(&self, k: &Known) -> bool {
+        k.conflict.is_some()
+            || (k.tag.origin != self.origin
+                && !k.resolving
+                && !(k.seq != 0 && self.is_adopted(k.seq)))
+    }
+
+    fn foreign_of(
+        &self,
+        idx: usize,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.foreign[idx].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether target `idx` holds a version of `key` that is not this
+    /// log's (guarantee 9).
+    pub(crate) fn holds_foreign(&self, idx: usize, key: &str) -> bool {
+        let set = self.foreign_of(idx);
+        !set.is_empty() && set.contains(key)
+    }
+
     fn on_primary(&self, t: &TargetHandle) -> bool {
         t.idx == self.acting.load(Ordering::Acquire)
     }
@@ -219,12 +277,23 @@ impl Engine {
         &self.targets[self.acting.load(Ordering::Acquire)]
     }
 
+    /// What a write of `e` carries: this sidecar's tag, or for an entry
+    /// that adopted another sidecar's version, that version's tag (its
+    /// origin kept, so that sidecar sees its own version, not a conflict).
     fn ours(&self, e: &Entry) -> Stamp {
+        let adopted = {
+            let a = self.adopted.lock().unwrap_or_else(|p| p.into_inner());
+            if a.is_empty() {
+                None
+            } else {
+                a.get(&e.seq).cloned().flatten()
+            }
+        };
         Stamp {
-            tag: Tag {
+            tag: adopted.unwrap_or_else(|| Tag {
                 ts_ms: e.ts_ms,
                 origin: self.origin.clone(),
-            },
+            }),
             seq: e.seq,
         }
     }
@@ -290,6 +359,14 @@ impl Engine {
                 })
             }
         };
+        {
+            let mut foreign = self.foreign_of(t.idx);
+            if cached.as_ref().is_some_and(|k| self.is_foreign(k)) {
+                foreign.insert(key.to_string());
+            } else if !foreign.is_empty() {
+                foreign.remove(key);
+            }
+        }
         self.cache(t).insert(key, cached);
         Ok(())
     }
@@ -355,11 +432,17 @@ impl Engine {
             let ours = self.ours(e);
             if k.tag.origin != self.origin
                 && !conflict::may_replace(self.strategy, &ours.tag, &k.tag, self.on_primary(t))
+                && !self.is_adopted(e.seq)
             {
                 if k.resolving {
                     self.settled(t, &e.key, k.clone())?;
                 }
-                return Ok(());
+                // The kept version wins over this entry too: it is not the
+                // log's newest, so it is adopted again (guarantee 9).
+                self.foreign_of(t.idx).insert(e.key.clone());
+                let path = object_path(&e.key);
+                let tag = (!k.tag.origin.is_empty()).then(|| k.tag.clone());
+                return self.adopt(t, &e.key, &path, None, tag).await;
             }
         }
         match e.op {
@@ -487,7 +570,7 @@ impl Engine {
         r: PutResult,
         stamp: Stamp,
     ) -> Result<()> {
-        let seq = if stamp.tag.origin == self.origin {
+        let seq = if stamp.tag.origin == self.origin || self.is_adopted(stamp.seq) {
             stamp.seq
         } else {
             0
@@ -593,7 +676,9 @@ impl Engine {
     /// Whether `cur` is a version this sidecar wrote (see the module doc).
     async fn is_ours(&self, t: &TargetHandle, cur: &Found, e: &Entry) -> Result<bool> {
         if cur.has_origin {
-            return Ok(cur.tag.origin == self.origin);
+            // An entry adopting another sidecar's version carries its tag:
+            // finding that very version is finding this entry's.
+            return Ok(cur.tag.origin == self.origin || self.ours(e).tag == cur.tag);
         }
         let Some(bytes) = &cur.bytes else {
             return Ok(false);
@@ -654,7 +739,11 @@ impl Engine {
         self.set_known(t, &e.key, Some(&theirs))?;
         let value = (e.op == Op::Put).then(|| e.value.clone());
         match verdict {
-            Verdict::Theirs => self.settled(t, &e.key, theirs),
+            Verdict::Theirs => {
+                self.settled(t, &e.key, theirs)?;
+                let tag = cur.has_origin.then(|| cur.tag.clone());
+                self.adopt(t, &e.key, &path, cur.bytes.clone(), tag).await
+            }
             Verdict::Ours => self.install(t, &e.key, &path, value, ours, &theirs).await,
             Verdict::Primary => {
                 let (bytes, stamp) = self.primary_version(&e.key, value, ours).await?;
@@ -703,6 +792,70 @@ impl Engine {
             }
             Verdict::Manual => self.open_record(t, e, &cur, theirs, before).await,
         }
+    }
+
+    /// Guarantee 9: a foreign version on `t` that the strategy (or a
+    /// resolution) keeps becomes this log's newest entry of `key`, so every
+    /// target converges to it and reads serve it with its seq. `bytes` when
+    /// already read; else they are fetched from `t`.
+    async fn adopt(
+        &self,
+        t: &TargetHandle,
+        key: &str,
+        path: &Path,
+        bytes: Option<Bytes>,
+        tag: Option<Tag>,
+    ) -> Result<()> {
+        let bytes = match bytes {
+            Some(b) => b,
+            None => match self.fetch(t, path, true).await?.and_then(|f| f.bytes) {
+                Some(b) => b,
+                // Gone meanwhile: the next entry of the key meets what is there.
+                None => return Ok(()),
+            },
+        };
+        let k = crate::key::Key::parse(key)?;
+        let appended = self
+            .log
+            .append(crate::log::Write {
+                op: Op::Put,
+                key: k,
+                value: bytes,
+            })
+            .await?;
+        let list: Vec<(u64, Option<Tag>)> = {
+            let mut a = self.adopted.lock().unwrap_or_else(|p| p.into_inner());
+            a.insert(appended.seq, tag);
+            let first = self.log.first();
+            a.retain(|s, _| *s >= first);
+            a.iter().map(|(s, t)| (*s, t.clone())).collect()
+        };
+        self.log
+            .storage()
+            .set_meta(ADOPTED_META, &encode_json("the adopted entries", &list)?)?;
+        self.sync().await?;
+        tracing::info!(target = %t.name(), key, seq = appended.seq, "a version walship did not write wins: adopted as a new log entry, so every target converges to it");
+        Ok(())
+    }
+
+    /// Whether `seq` is an entry made by [`Engine::adopt`]: it replaces the
+    /// foreign version it copies whatever the strategy says (the bytes are
+    /// that version's).
+    fn is_adopted(&self, seq: u64) -> bool {
+        let a = self.adopted.lock().unwrap_or_else(|p| p.into_inner());
+        !a.is_empty() && a.contains_key(&seq)
+    }
+
+    /// Loads the adopted entries recorded in the log's metadata.
+    pub(crate) fn load_adopted(&self) -> Result<()> {
+        if let Some(b) = self.log.storage().meta(ADOPTED_META)? {
+            let list: Vec<(u64, Option<Tag>)> = decode_json("the adopted entries", &b)?;
+            self.adopted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(list);
+        }
+        Ok(())
     }
 
     /// Writes (or, `None`, deletes) the chosen version over `over`.
@@ -837,6 +990,8 @@ impl Engine {
         match keep {
             Keep::Replica => {
                 self.set_known(&t, &rec.key, Some(&over))?;
+                let tag = cur.has_origin.then(|| cur.tag.clone());
+                self.adopt(&t, &rec.key, &path, None, tag).await?;
             }
             Keep::Primary => {
                 let entry = crate::log::entry_at(self.log.storage().as_ref(), rec.seq)?;

@@ -40,12 +40,29 @@ async fn hand_edit(rig: &Rig, target: &str, k: &str, value: &str) {
     tokio::time::sleep(Duration::from_millis(5)).await;
 }
 
+/// Puts `v` (sync), and returns its seq. A target that keeps another
+/// version of `k` does not acknowledge it (guarantee 9), so a 504 naming
+/// the others is an answer too; `put_acked` wants every ack.
 async fn put(rig: &Rig, k: &str, v: &str) -> u64 {
-    rig.rep
+    match rig.rep.put(&key(k), Bytes::from(v.to_string()), None).await {
+        Ok(a) => a.seq,
+        Err(Error::QuorumTimeout { seq, acked_by, .. }) => {
+            assert!(!acked_by.contains(&"r1".to_string()), "{acked_by:?}");
+            seq
+        }
+        Err(e) => panic!("put: {e}"),
+    }
+}
+
+async fn put_acked(rig: &Rig, k: &str, v: &str) -> Vec<String> {
+    let mut by = rig
+        .rep
         .put(&key(k), Bytes::from(v.to_string()), None)
         .await
         .expect("put")
-        .seq
+        .acked_by;
+    by.sort();
+    by
 }
 
 async fn value(rig: &Rig, target: &str, k: &str) -> Option<String> {
@@ -125,7 +142,9 @@ async fn local_bytes(local: &Arc<dyn ObjectStore>, k: &str) -> Vec<u8> {
         .to_vec()
 }
 
-/// The replica is edited by hand, then the key is written: per strategy.
+/// The replica is edited by hand, then the key is written: per strategy,
+/// and every target ends with the winner (guarantee 9: a kept edit is
+/// adopted as a new log entry, and reads serve it with its seq).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_edit_then_a_write_ends_as_each_strategy_says() {
     for (strategy, expect) in [
@@ -136,27 +155,42 @@ async fn a_hand_edit_then_a_write_ends_as_each_strategy_says() {
         let rig = rig(strategy).await;
         put(&rig, "k", "v1").await;
         hand_edit(&rig, "r1", "k", "edited").await;
-        put(&rig, "k", "v2").await;
+        let v2 = put(&rig, "k", "v2").await;
         settle(&rig).await;
-        assert_eq!(
-            value(&rig, "r1", "k").await.as_deref(),
-            Some(expect),
-            "{strategy}"
-        );
-        assert_eq!(
-            value(&rig, "p", "k").await.as_deref(),
-            Some("v2"),
-            "{strategy}"
-        );
+        for t in ["r1", "p"] {
+            assert_eq!(
+                value(&rig, t, "k").await.as_deref(),
+                Some(expect),
+                "{strategy} {t}"
+            );
+        }
         assert_eq!(counts(&rig), (1, 1), "{strategy}: one conflict, resolved");
-        // Settled: the next write meets no new conflict.
-        put(&rig, "k", "v3").await;
+        let read = rig
+            .rep
+            .get(&key("k"), Some(walship::config::ReadPreference::Any))
+            .await
+            .expect("get");
+        assert_eq!(read.found.as_deref(), Some(expect.as_bytes()), "{strategy}");
+        let adopted = strategy == "first_write_wins";
+        assert_eq!(
+            read.seq,
+            Some(if adopted { v2 + 1 } else { v2 }),
+            "{strategy}: its seq"
+        );
+        // Settled: the next write meets no new conflict, and every target
+        // acknowledges it.
+        assert_eq!(
+            put_acked(&rig, "k", "v3").await,
+            vec!["p", "r1"],
+            "{strategy}"
+        );
         settle(&rig).await;
-        let after = value(&rig, "r1", "k").await;
-        match strategy {
-            // The kept edit is older than v3, so it still wins.
-            "first_write_wins" => assert_eq!(after.as_deref(), Some("edited")),
-            _ => assert_eq!(after.as_deref(), Some("v3"), "{strategy}"),
+        for t in ["r1", "p"] {
+            assert_eq!(
+                value(&rig, t, "k").await.as_deref(),
+                Some("v3"),
+                "{strategy} {t}"
+            );
         }
         assert_eq!(counts(&rig), (1, 1), "{strategy}: counted once");
     }
@@ -188,25 +222,19 @@ async fn an_edit_newer_than_the_entry_wins_only_under_last_write_wins() {
         hand_edit(&rig, "r1", "k", "edited").await;
         rig.rep.resume("r1").await.expect("resume");
         settle(&rig).await;
-        assert_eq!(
-            value(&rig, "r1", "k").await.as_deref(),
-            Some(expect),
-            "{strategy}"
-        );
-        assert_eq!(counts(&rig), (1, 1), "{strategy}");
-        // verify names a version kept on purpose, and does not fail for it.
-        let report = rig.rep.verify(Some("r1")).await.expect("verify");
-        let diffs = &report.targets[0].differences;
-        if expect == "edited" {
-            assert_eq!(diffs.len(), 1, "{diffs:?}");
-            assert_eq!(diffs[0].problem, "conflict");
-            assert!(
-                diffs[0].detail.contains("outside walship"),
-                "{}",
-                diffs[0].detail
+        // The winner is on every target (a kept edit is adopted).
+        for t in ["r1", "p"] {
+            assert_eq!(
+                value(&rig, t, "k").await.as_deref(),
+                Some(expect),
+                "{strategy} {t}"
             );
-        } else {
-            assert!(diffs.is_empty(), "{diffs:?}");
+        }
+        assert_eq!(counts(&rig), (1, 1), "{strategy}");
+        // The targets converged, so verify has nothing to say.
+        let report = rig.rep.verify(None).await.expect("verify");
+        for t in &report.targets {
+            assert!(t.differences.is_empty(), "{strategy}: {:?}", t.differences);
         }
         assert!(report.ok, "{report:?}");
         // A hand edit nobody resolved is still a failure.
@@ -405,14 +433,21 @@ async fn a_delete_meets_a_hand_edit_like_a_put() {
         let rig = rig(strategy).await;
         put(&rig, "k", "v1").await;
         hand_edit(&rig, "r1", "k", "edited").await;
-        rig.rep.delete(&key("k"), None).await.expect("delete");
+        match rig.rep.delete(&key("k"), None).await {
+            Ok(_) => assert!(expect.is_none(), "{strategy}"),
+            // The edit wins: r1 does not acknowledge the delete.
+            Err(Error::QuorumTimeout { .. }) => assert!(expect.is_some(), "{strategy}"),
+            Err(e) => panic!("delete: {e}"),
+        }
         settle(&rig).await;
-        assert_eq!(
-            value(&rig, "r1", "k").await.as_deref(),
-            expect,
-            "{strategy}"
-        );
-        assert_eq!(value(&rig, "p", "k").await, None);
+        // The winner is on every target: a kept edit is adopted (guarantee 9).
+        for t in ["r1", "p"] {
+            assert_eq!(
+                value(&rig, t, "k").await.as_deref(),
+                expect,
+                "{strategy} {t}"
+            );
+        }
         assert_eq!(counts(&rig), (1, 1), "{strategy}");
     }
 }
@@ -800,4 +835,42 @@ async fn a_damaged_version_record_stops_its_target_until_a_replay() {
     rep.shutdown(Duration::from_millis(200))
         .await
         .expect("shutdown");
+}
+
+/// Guarantee 9 under `manual`: the target that keeps its hand edit does not
+/// acknowledge the key's writes, and no read ever serves the edit as the
+/// log's version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicted_target_neither_acknowledges_nor_serves_the_key() {
+    let rig = rig("manual").await;
+    put_acked(&rig, "k", "v1").await;
+    hand_edit(&rig, "r1", "k", "edited").await;
+    match rig.rep.put(&key("k"), Bytes::from("v2"), None).await {
+        Err(Error::QuorumTimeout { seq, acked_by, .. }) => {
+            assert_eq!(seq, 2);
+            assert!(!acked_by.contains(&"r1".to_string()), "{acked_by:?}");
+        }
+        other => panic!("r1 holds the edit, yet: {other:?}"),
+    }
+    settle(&rig).await;
+    assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some("edited"));
+    for _ in 0..40 {
+        let read = rig
+            .rep
+            .get(&key("k"), Some(walship::config::ReadPreference::Any))
+            .await
+            .expect("get");
+        assert_eq!(read.served_by, "p", "r1 must not serve k");
+        assert_eq!(read.found.as_deref(), Some(&b"v2"[..]));
+        assert_eq!(read.seq, Some(2));
+    }
+    // Other keys are not held back: r1 acknowledges them.
+    assert_eq!(put_acked(&rig, "other", "x").await, vec!["p", "r1"]);
+    // Once resolved for the primary's version, r1 acknowledges k again.
+    let id = rig.rep.conflicts().expect("list")[0].id;
+    rig.rep
+        .resolve_conflict(id, Keep::Primary)
+        .await
+        .expect("resolve");
+    assert_eq!(put_acked(&rig, "k", "v3").await, vec!["p", "r1"]);
 }

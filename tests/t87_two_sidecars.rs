@@ -100,7 +100,10 @@ async fn last_writes(
     for e in log["entries"].as_array().expect("entries") {
         let key = e["key"].as_str().expect("key").to_string();
         let ts = e["ts_ms"].as_u64().expect("ts_ms");
-        out.insert(key.clone(), (ts, id.clone(), values[&key].clone()));
+        // Each sidecar writes each key once; a later entry of the key is one
+        // adopting the other's version (guarantee 9), not a write of its own.
+        out.entry(key.clone())
+            .or_insert((ts, id.clone(), values[&key].clone()));
     }
     out
 }
@@ -203,8 +206,11 @@ async fn two_sidecars_writing_the_same_keys_agree_under_every_strategy() {
                         .send()
                         .await
                         .expect("put");
+                    // 504: the entry is durable, but a target holding the
+                    // other sidecar's winning (or contested) version does not
+                    // acknowledge it (guarantee 9).
                     assert!(
-                        r.status().is_success(),
+                        r.status().is_success() || r.status() == 504,
                         "{}",
                         r.text().await.unwrap_or_default()
                     );
@@ -230,8 +236,21 @@ async fn two_sidecars_writing_the_same_keys_agree_under_every_strategy() {
         let (da, ra) = counters(&sides[0]).await;
         let (db, rb) = counters(&sides[1]).await;
         // Each key meets the other sidecar's version once per target: the
-        // second sidecar to reach it finds the first one's.
-        assert_eq!(da + db, 2 * KEYS as u64, "{strategy}: detected");
+        // second sidecar to reach it finds the first one's. Where the
+        // sidecar that meets the other's version keeps it, it adopts it
+        // (guarantee 9) with its origin, and where that adopted entry
+        // reaches the other target first, the other sidecar later finds its
+        // own version there: one meeting per key, or two, as arrival goes.
+        // Under manual nothing is kept by itself: two.
+        let detected = da + db;
+        if *strategy != "manual" {
+            assert!(
+                (KEYS as u64..=2 * KEYS as u64).contains(&detected),
+                "{strategy}: detected {detected}"
+            );
+        } else {
+            assert_eq!(detected, 2 * KEYS as u64, "{strategy}: detected");
+        }
 
         if *strategy == "manual" {
             assert_eq!(ra + rb, 0, "manual: nothing resolved by itself");
@@ -296,11 +315,7 @@ async fn two_sidecars_writing_the_same_keys_agree_under_every_strategy() {
         }
         let (_, ra) = counters(&sides[0]).await;
         let (_, rb) = counters(&sides[1]).await;
-        assert_eq!(
-            ra + rb,
-            2 * KEYS as u64,
-            "{strategy}: every conflict resolved"
-        );
+        assert_eq!(ra + rb, detected, "{strategy}: every conflict resolved");
 
         let p = bucket(&moto, &format!("shared-p{i}"));
         let r = bucket(&moto, &format!("shared-r{i}"));

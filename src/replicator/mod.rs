@@ -250,6 +250,8 @@ impl Replicator {
                 )
             })
             .map(|(_, t)| t.name.clone());
+        engine.load_adopted()?;
+        engine.load_foreign()?;
         let r = Arc::new(Replicator {
             cfg,
             log,
@@ -430,7 +432,7 @@ impl Replicator {
             }
         };
         self.metrics.writes.inc();
-        let result = self.wait_for(appended.seq, mode).await;
+        let result = self.wait_for(appended.seq, key.as_str(), mode).await;
         if let Err(e) = &result {
             self.metrics.writes_failed.inc();
             if matches!(e, Error::QuorumTimeout { .. }) {
@@ -443,13 +445,17 @@ impl Replicator {
     /// Waits until `seq` is acknowledged under `mode`, or until the required
     /// count can no longer be reached before the targets' own deadlines
     /// (guarantee 3; see `quorum`).
-    pub async fn wait_for(&self, seq: u64, mode: Mode) -> Result<WriteAck> {
+    ///
+    /// A target holding a version of `key` that is not this log's (an open
+    /// conflict, a foreign version kept) neither acknowledges it nor counts
+    /// as able to (guarantee 9).
+    pub async fn wait_for(&self, seq: u64, key: &str, mode: Mode) -> Result<WriteAck> {
         let deadlines = self.deadlines();
         let mut rx = self.progress.subscribe();
         loop {
             rx.borrow_and_update();
             let now = tokio::time::Instant::now();
-            let verdict = self.evaluate(seq, mode, &deadlines, now);
+            let verdict = self.evaluate(seq, key, mode, &deadlines, now);
             if verdict.done {
                 return Ok(WriteAck {
                     seq,
@@ -497,27 +503,33 @@ impl Replicator {
     fn evaluate(
         &self,
         seq: u64,
+        key: &str,
         mode: Mode,
         deadlines: &[tokio::time::Instant],
         now: tokio::time::Instant,
     ) -> quorum::Verdict {
         let acting = self.acting.load(Ordering::Acquire);
-        let snapshot: Vec<(TargetState, u64)> = self
+        // The cursor first, then the foreign check: a target's apply marks
+        // a key foreign before its cursor passes the entry.
+        let snapshot: Vec<(TargetState, u64, bool)> = self
             .targets
             .iter()
-            .map(|t| (t.state(), t.cursor()))
+            .map(|t| {
+                let cursor = t.cursor();
+                (t.state(), cursor, self.engine.holds_foreign(t.idx, key))
+            })
             .collect();
         let views: Vec<TargetView<'_>> = self
             .targets
             .iter()
             .zip(&snapshot)
             .zip(deadlines)
-            .map(|((t, (state, cursor)), deadline)| TargetView {
+            .map(|((t, (state, cursor, foreign)), deadline)| TargetView {
                 name: t.name(),
                 acting_primary: t.idx == acting,
                 waited_for: !matches!(state, TargetState::Paused | TargetState::Removed),
-                cursor: *cursor,
-                live: now < *deadline,
+                cursor: if *foreign { 0 } else { *cursor },
+                live: now < *deadline && !*foreign,
             })
             .collect();
         quorum::evaluate(mode, self.cfg.replication.min_sync_replicas, seq, &views)
@@ -540,7 +552,7 @@ impl Replicator {
     }
 
     /// Targets in the order a read should try them for a key at `seq`.
-    fn read_order(&self, pref: ReadPreference, seq: u64) -> Vec<usize> {
+    fn read_order(&self, pref: ReadPreference, key: &str, seq: u64) -> Vec<usize> {
         let acting = self.acting.load(Ordering::Acquire);
         let mut c: Vec<ReadCandidate> = self
             .targets
@@ -550,6 +562,7 @@ impl Replicator {
                 read_replica: t.cfg.is_read_replica,
                 eligible: t.state() == TargetState::Active
                     && t.cursor() >= seq
+                    && !self.engine.holds_foreign(t.idx, key)
                     && self.health_of(t) != Health::Unhealthy,
                 rtt_ms: t.observed().rtt.ms(),
             })
@@ -575,7 +588,7 @@ impl Replicator {
         let pref = pref.unwrap_or(self.cfg.replication.read_preference);
         let info = self.log.key_info(key.as_str()).await?;
         let seq = info.map(|i| i.seq);
-        let order = self.read_order(pref, seq.unwrap_or(0));
+        let order = self.read_order(pref, key.as_str(), seq.unwrap_or(0));
         if order.is_empty() {
             return Err(Error::NoFreshTarget {
                 key: key.as_str().to_string(),
