@@ -60,6 +60,15 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// `data_dir` has no space left (or the log is reopening after a failed
+    /// flush): the write was not acknowledged; walship takes writes again by
+    /// itself once space is freed.
+    #[error(
+        "data_dir is full ({0}): the write was not kept (nothing was acknowledged, no seq is used twice). \
+         Free space in data_dir and retry: walship takes writes again by itself, no restart needed"
+    )]
+    DiskFull(String),
+
     /// The log storage (sled) failed.
     #[error(
         "log storage failed while {op} in {path}: {source}. Check the disk, free space and permissions of data_dir"
@@ -76,8 +85,8 @@ pub enum Error {
 
     /// The log stopped accepting writes after a failed durable flush.
     #[error(
-        "the log stopped taking writes after a durable flush failed ({0}); \
-         writes not acknowledged may be lost. Check the disk, then restart walship"
+        "a durable flush of the log failed ({0}); this write was not kept. The log reopens itself \
+         from disk before it takes writes again: check the disk of data_dir, then retry"
     )]
     LogPoisoned(String),
 
@@ -146,7 +155,7 @@ pub enum Error {
     /// A write is durable locally but missed its replication quorum in time.
     #[error(
         "replication timed out: the entry is durable locally at seq {seq}, acknowledged by {acked} of {required} required targets ({}), \
-         and will still be replicated",
+         and will still be replicated (unless a target keeps another version of the key by its conflict strategy: see walship conflicts and the log)",
         if .acked_by.is_empty() { "none".to_string() } else { .acked_by.join(", ") }
     )]
     QuorumTimeout {
@@ -193,6 +202,26 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this is (or was caused by) a full disk: ENOSPC or EDQUOT.
+    pub fn is_disk_full(&self) -> bool {
+        fn full(io: &std::io::Error) -> bool {
+            matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+                || io.kind() == std::io::ErrorKind::StorageFull
+        }
+        match self {
+            Error::DiskFull(_) => true,
+            Error::Io { source, .. } => full(source),
+            Error::Storage { source, .. } => {
+                if let Some(sled::Error::Io(io)) = source.downcast_ref::<sled::Error>() {
+                    full(io)
+                } else {
+                    source.downcast_ref::<std::io::Error>().is_some_and(full)
+                }
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn storage(
         op: &'static str,
         path: &std::path::Path,

@@ -56,6 +56,9 @@ pub struct Appended {
 struct Request {
     write: Write,
     reply: oneshot::Sender<Result<Appended>>,
+    /// Kept until the committer has answered (whether or not anyone still
+    /// waits): see [`Log::append_holding`].
+    _hold: Option<Box<dyn Send>>,
 }
 
 /// Entries read from the log, and the error that stopped the read early.
@@ -249,10 +252,26 @@ impl Log {
 
     /// Appends a write and returns once it is durable.
     pub async fn append(&self, write: Write) -> Result<Appended> {
+        self.append_holding(write, None).await
+    }
+
+    /// Like [`Log::append`]; `hold` is dropped only once the committer has
+    /// answered the write, even when the caller stops waiting (a client
+    /// that went away): what it guards lasts until the entry is in the log
+    /// or refused.
+    pub async fn append_holding(
+        &self,
+        write: Write,
+        hold: Option<Box<dyn Send>>,
+    ) -> Result<Appended> {
         let _active = ActiveWriter::enter(&self.stats.active);
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request { write, reply })
+            .send(Request {
+                write,
+                reply,
+                _hold: hold,
+            })
             .await
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
@@ -1020,12 +1039,64 @@ struct IndexJob {
 }
 
 impl Committer {
+    /// After a failed flush: reopens the storage from disk, removes any
+    /// tail above the published head (its writers were answered with an
+    /// error), and makes that durable.
+    fn recover(&self) -> Result<()> {
+        let published = self.next_seq - 1;
+        self.storage.reopen()?;
+        let trimmed = self.storage.remove_above(published)?;
+        if trimmed > 0 {
+            tracing::warn!(
+                trimmed,
+                head = published,
+                "removed log frames a failed flush left behind"
+            );
+        }
+        self.storage.sync()
+    }
+
     fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
         let mut records: Vec<Vec<u8>> = Vec::with_capacity(MAX_GROUP);
-        let mut poisoned: Option<String> = None;
+        // Set while the log could not reopen after a failed flush: the
+        // error, and whether the disk is full (507 rather than 500).
+        let mut poisoned: Option<(String, bool)> = None;
+        let mut last_reopen_error: Option<String> = None;
         let mut last_flush = std::time::Duration::ZERO;
-        while let Some(first) = rx.blocking_recv() {
+        loop {
+            // While the log cannot reopen, try again every 500 ms without
+            // waiting for a write (readers need it back too).
+            let first = if poisoned.is_some() {
+                match rx.try_recv() {
+                    Ok(r) => r,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        std::thread::sleep(std::time::Duration::from_millis(500));
+                        match self.recover() {
+                            Ok(()) => {
+                                tracing::info!(
+                                    "the log reopened from disk after a failed flush; taking writes again"
+                                );
+                                poisoned = None;
+                            }
+                            Err(e) => {
+                                let e = e.to_string();
+                                if last_reopen_error.as_ref() != Some(&e) {
+                                    tracing::warn!(error = %e, "the log cannot reopen yet; retrying every 500 ms");
+                                    last_reopen_error = Some(e);
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                match rx.blocking_recv() {
+                    Some(r) => r,
+                    None => break,
+                }
+            };
             group.clear();
             let mut bytes = first.write.value.len();
             group.push(first);
@@ -1050,11 +1121,28 @@ impl Committer {
                     }
                 }
             }
-            if let Some(why) = &poisoned {
-                for r in group.drain(..) {
-                    let _ = r.reply.send(Err(Error::LogPoisoned(why.clone())));
+            if let Some((why, full)) = &poisoned {
+                // Take writes again once the log reopens cleanly from disk.
+                match self.recover() {
+                    Ok(()) => {
+                        tracing::info!(
+                            "the log reopened from disk after a failed flush; taking writes again"
+                        );
+                        poisoned = None;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "the log cannot reopen yet");
+                        let full = *full || e.is_disk_full();
+                        for r in group.drain(..) {
+                            let _ = r.reply.send(Err(if full {
+                                Error::DiskFull(why.clone())
+                            } else {
+                                Error::LogPoisoned(why.clone())
+                            }));
+                        }
+                        continue;
+                    }
                 }
-                continue;
             }
             let ts = crate::log::now_ms().max(self.last_ts);
             let first_seq = self.next_seq;
@@ -1116,7 +1204,7 @@ impl Committer {
                         .fetch_add(group.len() as u64, Ordering::Relaxed);
                     self.stats.flushes.fetch_add(1, Ordering::Relaxed);
                     let mut keys = Vec::with_capacity(group.len());
-                    for (i, Request { write, reply }) in group.drain(..).enumerate() {
+                    for (i, Request { write, reply, .. }) in group.drain(..).enumerate() {
                         let seq = first_seq + i as u64;
                         let _ = reply.send(Ok(Appended { seq, ts_ms: ts }));
                         let info = KeyInfo {
@@ -1133,11 +1221,22 @@ impl Committer {
                 }
                 Err(e) => {
                     let why = e.to_string();
-                    tracing::error!(error = %why, "durable append failed; the log takes no more writes until restart");
+                    let full = e.is_disk_full();
+                    tracing::error!(error = %why, disk_full = full, "durable append failed; the log reopens from disk before it takes writes again");
                     for r in group.drain(..) {
-                        let _ = r.reply.send(Err(Error::LogPoisoned(why.clone())));
+                        let _ = r.reply.send(Err(if full {
+                            Error::DiskFull(why.clone())
+                        } else {
+                            Error::LogPoisoned(why.clone())
+                        }));
                     }
-                    poisoned = Some(why);
+                    // What the failed group left in memory (or partly on
+                    // disk) goes: the log is what was made durable and
+                    // answered, and the next group continues its seqs.
+                    if let Err(again) = self.recover() {
+                        tracing::warn!(error = %again, "reopening the log failed; trying again with the next write");
+                        poisoned = Some((why, full));
+                    }
                 }
             }
         }

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::Engine;
 use crate::codec::Entry;
+use crate::error::Error;
 use crate::log::{Log, Window, now_ms};
 use crate::metrics::Metrics;
 use crate::status::TargetState;
@@ -124,9 +125,19 @@ impl Shipper {
             }
             if let Some(err) = window.error {
                 let msg = err.to_string();
-                tracing::error!(target = %name, error = %msg, "shipping stopped");
-                self.target.set_failed(msg);
-                self.persist();
+                if matches!(err, Error::Corrupt { .. } | Error::Damaged(_)) {
+                    tracing::error!(target = %name, error = %msg, "shipping stopped");
+                    self.target.set_failed(msg);
+                    self.persist();
+                } else {
+                    // The log could not be read for now (a full disk, a
+                    // reopen under way): not the target's fault; try again.
+                    tracing::warn!(target = %name, error = %msg, "reading the log failed; retrying in 500 ms");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        () = self.cancel.cancelled() => break,
+                    }
+                }
             }
         }
         self.persist();

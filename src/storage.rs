@@ -24,8 +24,8 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::codec::Op;
 use crate::error::{Error, Result};
@@ -166,6 +166,20 @@ pub trait LogStorage: Send + Sync + 'static {
     fn dir(&self) -> PathBuf {
         PathBuf::new()
     }
+    /// Drops what the engine holds in memory and opens it again from disk
+    /// (after a failed flush: what was not made durable is gone).
+    /// Default: not possible.
+    fn reopen(&self) -> Result<()> {
+        Err(Error::BadRequest(
+            "this log storage cannot reopen itself; restart walship".into(),
+        ))
+    }
+    /// Removes every record above `seq` (a tail a failed flush left
+    /// behind: its writers were answered with an error). Returns how many.
+    fn remove_above(&self, seq: u64) -> Result<u64> {
+        let _ = seq;
+        Ok(0)
+    }
 }
 
 /// The side tables next to the log.
@@ -189,9 +203,9 @@ const LOCK_WAIT_TRIES: u32 = 30;
 /// own fsync.
 const BLOB_CANDIDATE_BYTES: usize = 16 * 1024;
 
-/// [`LogStorage`] on sled 0.34.
-pub struct SledStorage {
-    path: PathBuf,
+/// The sled handles of one open of the database (replaced whole by
+/// [`LogStorage::reopen`]).
+struct Sled {
     db: sled::Db,
     log: sled::Tree,
     keys: KeyIndex,
@@ -200,6 +214,14 @@ pub struct SledStorage {
     versions: sled::Tree,
     conflicts: sled::Tree,
     data_file: File,
+}
+
+/// [`LogStorage`] on sled 0.34.
+pub struct SledStorage {
+    path: PathBuf,
+    cache_bytes: u64,
+    /// `None` only while a reopen has not succeeded yet.
+    sled: std::sync::RwLock<Option<Arc<Sled>>>,
     head: HeadFile,
     /// Off only in `benches/append`, to measure what the head record costs.
     head_record: AtomicBool,
@@ -214,49 +236,7 @@ impl SledStorage {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating data directory {}", dir.display()), e))?;
         let path = dir.join("log");
-        let locked = |e: &sled::Error| matches!(e, sled::Error::Io(io) if is_lock_error(io));
-        // sled releases its file lock from a background thread a moment
-        // after the last handle goes, so a reopen in the same process (a
-        // restart of the library) may find it still held: wait for it a
-        // little before calling it another process's.
-        let mut waited = 0;
-        let db = loop {
-            match sled::Config::new()
-                .path(&path)
-                .cache_capacity(cache_bytes)
-                .open()
-            {
-                Err(e) if locked(&e) && waited < LOCK_WAIT_TRIES => {
-                    waited += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                other => break other,
-            }
-        }
-        .map_err(|e| match e {
-            sled::Error::Io(io) if is_lock_error(&io) => {
-                Error::io(
-                    format!(
-                        "opening the log in {}: it is in use by another walship process (only one may open a data_dir; talk to it with --addr)",
-                        path.display()
-                    ),
-                    io,
-                )
-            }
-            other => Error::storage("opening the log", &path, other),
-        })?;
-        let tree = |name: &str| {
-            db.open_tree(name)
-                .map_err(|e| Error::storage("opening a tree", &path, e))
-        };
-        let log = tree("log")?;
-        let keys = KeyIndex::open(tree("keys")?, &path)?;
-        let cursors = tree("cursors")?;
-        let meta = tree("meta")?;
-        let versions = tree("versions")?;
-        let conflicts = tree("conflicts")?;
-        let data_file = File::open(path.join("db"))
-            .map_err(|e| Error::io(format!("opening sled's data file in {}", path.display()), e))?;
+        let sled = open_sled(&path, cache_bytes)?;
         let head = HeadFile::open(dir)?;
         // Make the directory entries of a new database durable once.
         for d in [dir, path.as_path()] {
@@ -266,19 +246,26 @@ impl SledStorage {
         }
         Ok(SledStorage {
             path,
-            db,
-            log,
-            keys,
-            cursors,
-            meta,
-            versions,
-            conflicts,
-            data_file,
+            cache_bytes,
+            sled: std::sync::RwLock::new(Some(Arc::new(sled))),
             head,
             head_record: AtomicBool::new(true),
             blobs_pending: AtomicBool::new(false),
             blobs_synced: Mutex::new(0),
         })
+    }
+
+    fn s(&self) -> Result<Arc<Sled>> {
+        self.sled
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                Error::DiskFull(format!(
+                    "the log in {} is being reopened after a failed flush",
+                    self.path.display()
+                ))
+            })
     }
 
     /// For `benches/append` only: group commits skip the head record, as
@@ -347,7 +334,8 @@ impl LogStorage for SledStorage {
             large |= frame.len() >= BLOB_CANDIDATE_BYTES;
             log_batch.insert(&first.to_be_bytes(), frame);
         }
-        self.log
+        self.s()?
+            .log
             .apply_batch(log_batch)
             .map_err(self.err("appending to the log"))?;
         if large {
@@ -357,12 +345,12 @@ impl LogStorage for SledStorage {
     }
 
     fn index(&self, keys: &[(&str, KeyInfo)], watermark: u64) -> Result<()> {
-        self.keys.add(keys, watermark)
+        self.s()?.keys.add(keys, watermark)
     }
 
     fn sync(&self) -> Result<()> {
-        self.db.flush().map_err(self.err("flushing the log"))?;
-        self.data_file.sync_data().map_err(|e| {
+        self.s()?.db.flush().map_err(self.err("flushing the log"))?;
+        self.s()?.data_file.sync_data().map_err(|e| {
             Error::io(
                 format!("fdatasync of {}", self.path.join("db").display()),
                 e,
@@ -389,9 +377,9 @@ impl LogStorage for SledStorage {
         let read = |r: sled::Result<Option<(sled::IVec, sled::IVec)>>| {
             r.map_err(self.err("reading the log"))
         };
-        let mut next = match read(self.log.get_lt(from.saturating_add(1).to_be_bytes()))? {
+        let mut next = match read(self.s()?.log.get_lt(from.saturating_add(1).to_be_bytes()))? {
             Some(kv) => Some(kv),
-            None => read(self.log.get_gt(from.to_be_bytes()))?,
+            None => read(self.s()?.log.get_gt(from.to_be_bytes()))?,
         };
         let mut expect = 0;
         while let Some((k, v)) = next.take() {
@@ -425,14 +413,14 @@ impl LogStorage for SledStorage {
                     return Ok(());
                 }
             }
-            next = read(self.log.get_gt(&k))?;
+            next = read(self.s()?.log.get_gt(&k))?;
         }
         Ok(())
     }
 
     fn bounds(&self) -> Result<Option<(u64, u64)>> {
-        let first = self.log.first().map_err(self.err("reading the log"))?;
-        let last = self.log.last().map_err(self.err("reading the log"))?;
+        let first = self.s()?.log.first().map_err(self.err("reading the log"))?;
+        let last = self.s()?.log.last().map_err(self.err("reading the log"))?;
         let (Some((a, _)), Some((b, last))) = (first, last) else {
             // A log emptied by repair keeps its head (no seq is used twice).
             return Ok(self
@@ -449,7 +437,7 @@ impl LogStorage for SledStorage {
     }
 
     fn clear_log(&self) -> Result<()> {
-        self.log.clear().map_err(self.err("clearing the log"))
+        self.s()?.log.clear().map_err(self.err("clearing the log"))
     }
 
     fn truncate_below(&self, seq: u64) -> Result<u64> {
@@ -464,10 +452,10 @@ impl LogStorage for SledStorage {
             let below = |kv: Option<(sled::IVec, sled::IVec)>| {
                 kv.filter(|(k, _)| seq_of(k).is_none_or(|s| s <= seq))
             };
-            let mut frame = below(read(self.log.first())?);
+            let mut frame = below(read(self.s()?.log.first())?);
             while let Some((k, v)) = frame.take() {
                 let first = frame_seq(&k, seq)?;
-                frame = below(read(self.log.get_gt(&k))?);
+                frame = below(read(self.s()?.log.get_gt(&k))?);
                 let next = match &frame {
                     Some((nk, _)) => Some(frame_seq(nk, seq)?),
                     None => None,
@@ -505,7 +493,8 @@ impl LogStorage for SledStorage {
             if n == 0 {
                 return Ok(removed);
             }
-            self.log
+            self.s()?
+                .log
                 .apply_batch(batch)
                 .map_err(self.err("truncating the log"))?;
         }
@@ -513,6 +502,7 @@ impl LogStorage for SledStorage {
 
     fn cursor(&self, target: &str) -> Result<Option<u64>> {
         let v = self
+            .s()?
             .cursors
             .get(target)
             .map_err(self.err("reading a cursor"))?;
@@ -523,7 +513,8 @@ impl LogStorage for SledStorage {
         let mut v = [0u8; 16];
         v[..8].copy_from_slice(&seq.to_be_bytes());
         v[8..].copy_from_slice(&offset.to_be_bytes());
-        self.cursors
+        self.s()?
+            .cursors
             .insert(target, &v)
             .map_err(self.err("persisting a cursor"))?;
         Ok(())
@@ -531,6 +522,7 @@ impl LogStorage for SledStorage {
 
     fn cursor_offset(&self, target: &str) -> Result<Option<u64>> {
         let v = self
+            .s()?
             .cursors
             .get(target)
             .map_err(self.err("reading a cursor"))?;
@@ -539,7 +531,7 @@ impl LogStorage for SledStorage {
 
     fn cursors(&self) -> Result<Vec<(String, u64)>> {
         let mut out = Vec::new();
-        for item in self.cursors.iter() {
+        for item in self.s()?.cursors.iter() {
             let (k, v) = item.map_err(self.err("reading cursors"))?;
             if let (Ok(name), Some(seq)) = (std::str::from_utf8(&k), v.get(..8).and_then(seq_of)) {
                 out.push((name.to_string(), seq));
@@ -549,7 +541,7 @@ impl LogStorage for SledStorage {
     }
 
     fn key_info(&self, key: &str) -> Result<Option<KeyInfo>> {
-        self.keys.get(key)
+        self.s()?.keys.get(key)
     }
 
     fn keys_with_prefix(
@@ -558,20 +550,25 @@ impl LogStorage for SledStorage {
         after: &str,
         limit: usize,
     ) -> Result<Vec<(String, KeyInfo)>> {
-        self.keys.with_prefix(prefix, after, limit)
+        self.s()?.keys.with_prefix(prefix, after, limit)
     }
 
     fn key_index_watermark(&self) -> Result<u64> {
-        Ok(self.keys.watermark())
+        Ok(self.s()?.keys.watermark())
     }
 
     fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let v = self.meta.get(name).map_err(self.err("reading metadata"))?;
+        let v = self
+            .s()?
+            .meta
+            .get(name)
+            .map_err(self.err("reading metadata"))?;
         Ok(v.map(|v| v.to_vec()))
     }
 
     fn set_meta(&self, name: &str, value: &[u8]) -> Result<()> {
-        self.meta
+        self.s()?
+            .meta
             .insert(name, value)
             .map_err(self.err("writing metadata"))?;
         Ok(())
@@ -579,14 +576,14 @@ impl LogStorage for SledStorage {
 
     fn side(&self, table: Side, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let v = self
-            .side_tree(table)
+            .side_tree(table)?
             .get(key)
             .map_err(self.err("reading a side table"))?;
         Ok(v.map(|v| v.to_vec()))
     }
 
     fn set_side(&self, table: Side, key: &[u8], value: Option<&[u8]>) -> Result<()> {
-        let tree = self.side_tree(table);
+        let tree = self.side_tree(table)?;
         match value {
             Some(v) => tree.insert(key, v).map(|_| ()),
             None => tree.remove(key).map(|_| ()),
@@ -595,13 +592,86 @@ impl LogStorage for SledStorage {
     }
 
     fn side_scan(&self, table: Side, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.side_tree(table)
+        self.side_tree(table)?
             .scan_prefix(prefix)
             .map(|r| {
                 r.map(|(k, v)| (k.to_vec(), v.to_vec()))
                     .map_err(self.err("scanning a side table"))
             })
             .collect()
+    }
+
+    fn reopen(&self) -> Result<()> {
+        let mut guard = self.sled.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut old) = guard.take() {
+            // Readers hold a handle for one call at most: let them finish,
+            // so sled's file lock is free for the new open.
+            for _ in 0..100 {
+                match Arc::try_unwrap(old) {
+                    Ok(s) => {
+                        drop(s);
+                        break;
+                    }
+                    Err(shared) => {
+                        old = shared;
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                }
+            }
+        }
+        // (This process owns the data dir: it held sled's lock until now.)
+        // A snapshot sled began on a full disk stays behind half written
+        // (`snap.*.generating`) and makes the next open fail as corrupt;
+        // it is derived data (sled rebuilds it from its log): remove it.
+        if let Ok(dir) = std::fs::read_dir(&self.path) {
+            for f in dir.flatten() {
+                let name = f.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with("snap.") && name.ends_with(".generating") {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+        }
+        *guard = Some(Arc::new(open_sled(&self.path, self.cache_bytes)?));
+        Ok(())
+    }
+
+    fn remove_above(&self, seq: u64) -> Result<u64> {
+        let s = self.s()?;
+        let mut removed = 0;
+        let keys: Vec<sled::IVec> = s
+            .log
+            .range(seq.saturating_add(1).to_be_bytes()..)
+            .keys()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(self.err("reading the log"))?;
+        for k in keys {
+            s.log.remove(&k).map_err(self.err("trimming the log"))?;
+            removed += 1;
+        }
+        // A frame starting at or below `seq` that runs past it keeps only
+        // its records up to `seq`.
+        if let Some((k, v)) = s
+            .log
+            .get_lt(seq.saturating_add(1).to_be_bytes())
+            .map_err(self.err("reading the log"))?
+        {
+            let first = frame_seq(&k, seq)?;
+            let recs = frame::records(&v)
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Error::Corrupt {
+                    seq: first + e.index,
+                    reason: e.reason,
+                })?;
+            let keep = (seq + 1 - first) as usize;
+            if recs.len() > keep {
+                s.log
+                    .insert(&k, frame::frame_of(recs[..keep].iter().copied()))
+                    .map_err(self.err("trimming the log"))?;
+                removed += (recs.len() - keep) as u64;
+            }
+        }
+        Ok(removed)
     }
 
     fn sync_group(&self, acked: u64, committing: u64) -> Result<()> {
@@ -642,12 +712,69 @@ impl LogStorage for SledStorage {
 }
 
 impl SledStorage {
-    fn side_tree(&self, table: Side) -> &sled::Tree {
-        match table {
-            Side::Versions => &self.versions,
-            Side::Conflicts => &self.conflicts,
+    fn side_tree(&self, table: Side) -> Result<sled::Tree> {
+        let s = self.s()?;
+        Ok(match table {
+            Side::Versions => s.versions.clone(),
+            Side::Conflicts => s.conflicts.clone(),
+        })
+    }
+}
+
+/// Opens sled's database at `path` and its trees.
+fn open_sled(path: &Path, cache_bytes: u64) -> Result<Sled> {
+    let path = path.to_path_buf();
+    let locked = |e: &sled::Error| matches!(e, sled::Error::Io(io) if is_lock_error(io));
+    // sled releases its file lock from a background thread a moment
+    // after the last handle goes, so a reopen in the same process (a
+    // restart of the library) may find it still held: wait for it a
+    // little before calling it another process's.
+    let mut waited = 0;
+    let db = loop {
+        match sled::Config::new()
+            .path(&path)
+            .cache_capacity(cache_bytes)
+            .open()
+        {
+            Err(e) if locked(&e) && waited < LOCK_WAIT_TRIES => {
+                waited += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => break other,
         }
     }
+    .map_err(|e| match e {
+        sled::Error::Io(io) if is_lock_error(&io) => Error::io(
+            format!(
+                "opening the log in {}: it is in use by another walship process (only one may open a data_dir; talk to it with --addr)",
+                path.display()
+            ),
+            io,
+        ),
+        other => Error::storage("opening the log", &path, other),
+    })?;
+    let tree = |name: &str| {
+        db.open_tree(name)
+            .map_err(|e| Error::storage("opening a tree", &path, e))
+    };
+    let log = tree("log")?;
+    let keys = KeyIndex::open(tree("keys")?, &path)?;
+    let cursors = tree("cursors")?;
+    let meta = tree("meta")?;
+    let versions = tree("versions")?;
+    let conflicts = tree("conflicts")?;
+    let data_file = File::open(path.join("db"))
+        .map_err(|e| Error::io(format!("opening sled's data file in {}", path.display()), e))?;
+    Ok(Sled {
+        db,
+        log,
+        keys,
+        cursors,
+        meta,
+        versions,
+        conflicts,
+        data_file,
+    })
 }
 
 /// The seq a log key stands for, or a corrupt error (reported at `near`).
@@ -753,7 +880,11 @@ mod tests {
                 .expect("append");
             s.sync().expect("sync");
             // A hundred records in a handful of frames.
-            assert!(s.log.len() < 10, "{} frames", s.log.len());
+            assert!(
+                s.s().expect("sled").log.len() < 10,
+                "{} frames",
+                s.s().expect("sled").log.len()
+            );
             assert_eq!(s.bounds().expect("bounds"), Some((1, 102)));
             for from in [1, 2, 26, 27, 28, 55, 100, 101, 102] {
                 for to in [from, from + 1, 60, 102, 500] {
@@ -771,7 +902,9 @@ mod tests {
             assert_eq!(s.truncate_below(500).expect("truncate"), 52);
             assert_eq!(s.bounds().expect("bounds"), Some((102, 102)));
             // A lone record, as written before frames, follows on.
-            s.log
+            s.s()
+                .expect("sled")
+                .log
                 .insert(103u64.to_be_bytes(), recs[103].as_slice())
                 .expect("insert");
             s.sync().expect("sync");
@@ -782,7 +915,11 @@ mod tests {
         // A frame whose second length runs past its end.
         let mut bad = frame::frame_of([recs[104].as_slice(), recs[104].as_slice()]);
         bad.truncate(bad.len() - 10);
-        s.log.insert(104u64.to_be_bytes(), bad).expect("insert");
+        s.s()
+            .expect("sled")
+            .log
+            .insert(104u64.to_be_bytes(), bad)
+            .expect("insert");
         match seqs(&s, 103, 200) {
             Err(Error::Corrupt { seq: 105, reason }) => {
                 assert!(reason.contains("does not fit"), "{reason}")
@@ -844,5 +981,35 @@ mod tests {
         })
         .expect("scan");
         assert_eq!(got, big.len());
+    }
+
+    #[test]
+    fn a_reopen_drops_what_was_not_synced_and_remove_above_trims_a_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
+        let recs: Vec<Vec<u8>> = (0..=20).map(record_for).collect();
+        let batch: Vec<PendingRecord<'_>> =
+            (1..=10).map(|i| rec(i, &recs[i as usize], "k")).collect();
+        s.append(&batch).expect("append");
+        s.sync().expect("sync");
+        // A group that was appended but whose flush "failed".
+        let tail: Vec<PendingRecord<'_>> =
+            (11..=13).map(|i| rec(i, &recs[i as usize], "k")).collect();
+        s.append(&tail).expect("append");
+        assert_eq!(
+            s.remove_above(10).expect("trim"),
+            1,
+            "one frame for the group"
+        );
+        assert_eq!(s.bounds().expect("bounds"), Some((1, 10)));
+        s.reopen().expect("reopen");
+        assert_eq!(s.bounds().expect("bounds"), Some((1, 10)));
+        assert_eq!(seqs(&s, 1, 20).expect("scan"), (1..=10).collect::<Vec<_>>());
+        // It still takes appends after the reopen.
+        s.append(&[rec(11, &recs[11], "k")]).expect("append");
+        s.sync().expect("sync");
+        drop(s);
+        let s = SledStorage::open(dir.path(), 8 << 20).expect("open again");
+        assert_eq!(s.bounds().expect("bounds"), Some((1, 11)));
     }
 }

@@ -834,3 +834,167 @@ async fn a_replaced_replica_directory_is_refilled_without_a_command() {
     let (code, out, err) = run(&["verify", "--config", cfg.to_str().expect("utf8")], dir);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// A tmpfs of `mib` MiB mounted at `dir` for one test, unmounted on drop;
+/// `None` (a SKIPPED line, or a failure in CI) where mounting is not allowed.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, mib: u32) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let why =
+                "SKIPPED: cannot mount a tmpfs here (needs root); the full-disk test did not run";
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+            println!("{why}");
+            return None;
+        }
+        Some(Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// While `data_dir` is full, writes answer 507 and nothing acknowledged is
+/// lost; once space is freed they are taken again without a restart, seqs
+/// continue without reuse, and after a kill -9 everything acknowledged is
+/// on every target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_data_dir_answers_507_and_resumes_by_itself_once_space_is_freed() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path();
+    let data = dir.join("data");
+    let Some(_tmpfs) = Tmpfs::mount(&data, 8) else {
+        return;
+    };
+    let port = free_port();
+    let cfg = dir.join("walship.toml");
+    std::fs::write(&cfg, dir_config(dir, port, "async")).expect("config");
+    let sc = Sidecar::start(&cfg, port).await;
+    // Leave about 1 MiB free.
+    let free = |p: &std::path::Path| {
+        let c = std::ffi::CString::new(p.to_str().expect("utf8")).expect("cstr");
+        // SAFETY: statvfs on a valid C string into a zeroed struct.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+        st.f_bavail as u64 * st.f_frsize as u64
+    };
+    let filler = data.join("filler");
+    let room = free(&data).saturating_sub(1 << 20);
+    std::fs::write(&filler, vec![0u8; room as usize]).expect("filler");
+
+    let c = reqwest::Client::new();
+    let mut acked: Vec<(String, u64)> = Vec::new();
+    let mut full = None;
+    for i in 0..4000 {
+        let key = format!("fill/{i}");
+        let r = c
+            .put(format!("{}/v1/objects/{key}", sc.base))
+            .body(format!("{i:08}").repeat(512))
+            .send()
+            .await
+            .expect("put");
+        match r.status().as_u16() {
+            200 => {
+                let v: serde_json::Value = r.json().await.expect("json");
+                acked.push((key, v["seq"].as_u64().expect("seq")));
+            }
+            507 => {
+                full = Some(r.text().await.expect("body"));
+                break;
+            }
+            other => panic!("put {key}: {other} {}", r.text().await.unwrap_or_default()),
+        }
+    }
+    let full = full.expect("the data dir filled up and writes answered 507");
+    assert!(
+        full.contains("data_dir is full") && full.contains("Free space"),
+        "{full}"
+    );
+    // Still full: still 507, nothing appended.
+    let r = c
+        .put(format!("{}/v1/objects/while-full", sc.base))
+        .body("x")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 507);
+
+    std::fs::remove_file(&filler).expect("free the space");
+    let mut resumed = None;
+    for _ in 0..100 {
+        let r = c
+            .put(format!("{}/v1/objects/after", sc.base))
+            .body("back")
+            .send()
+            .await
+            .expect("put");
+        if r.status() == 200 {
+            let v: serde_json::Value = r.json().await.expect("json");
+            resumed = v["seq"].as_u64();
+            break;
+        }
+        assert_eq!(r.status(), 507);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let Some(resumed) = resumed else {
+        let log = std::fs::read_to_string(cfg.with_extension("log")).unwrap_or_default();
+        let tail: String = log
+            .lines()
+            .filter(|l| {
+                !l.contains("key index checkpoint")
+                    && !l.contains("log maintenance")
+                    && !l.contains("snapshot file")
+            })
+            .rev()
+            .take(12)
+            .collect::<Vec<_>>()
+            .join("\n");
+        let files: Vec<String> = std::fs::read_dir(data.join("log"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| {
+                        format!(
+                            "{:?} {}",
+                            e.file_name(),
+                            e.metadata().map(|m| m.len()).unwrap_or(0)
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        panic!(
+            "writes did not resume without a restart; data/log holds {files:?}; the sidecar's log ends (newest first):\n{tail}"
+        );
+    };
+    let last = acked.last().map(|(_, s)| *s).unwrap_or(0);
+    assert_eq!(
+        resumed,
+        last + 1,
+        "seqs continue: none skipped, none reused"
+    );
+    acked.push(("after".into(), resumed));
+
+    sc.wait_caught_up(std::time::Duration::from_secs(60)).await;
+    sc.kill9();
+    let sc = Sidecar::start(&cfg, port).await;
+    sc.wait_caught_up(std::time::Duration::from_secs(60)).await;
+    for t in ["primary", "replica-1", "replica-2"] {
+        for (key, _) in &acked {
+            assert!(
+                dir.join("targets").join(t).join(key).is_file(),
+                "{t} lacks acknowledged {key}"
+            );
+        }
+    }
+    assert!(sc.term().success());
+}
