@@ -130,6 +130,8 @@ pub(crate) struct Engine {
     /// a target neither acknowledges writes of the key nor serves it.
     /// Written only by `set_known`, rebuilt from sled by `load_foreign`.
     foreign: Vec<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Largest object the log takes (adoption respects it).
+    pub(crate) max_object_bytes: u64,
     /// Seqs of entries that adopt a foreign version (see `adopt`), with the
     /// tag they are written with when it is another sidecar's.
     adopted: std::sync::Mutex<std::collections::BTreeMap<u64, Option<Tag>>>,
@@ -213,6 +215,7 @@ impl Engine {
             cache,
             foreign,
             adopted: Default::default(),
+            max_object_bytes: u64::MAX,
             origin,
             strategy,
             merge,
@@ -222,6 +225,12 @@ impl Engine {
             acting,
             queue: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The largest object a foreign version may be to be adopted.
+    pub(crate) fn with_max_object_bytes(mut self, max: u64) -> Engine {
+        self.max_object_bytes = max;
+        self
     }
 
     /// Rebuilds the per-target sets of foreign holdings from the versions
@@ -814,6 +823,12 @@ impl Engine {
                 None => return Ok(()),
             },
         };
+        if bytes.len() as u64 > self.max_object_bytes {
+            // Not adopted: the target keeps it and stays out of this key's
+            // acknowledgements and reads (guarantee 9) until resolved.
+            tracing::error!(target = %t.name(), key, size = bytes.len(), max = self.max_object_bytes, "a foreign version that wins is over max_object_bytes and cannot become a log entry; write the key again, or replay the target, to settle it");
+            return Ok(());
+        }
         let k = crate::key::Key::parse(key)?;
         let appended = self
             .log
@@ -826,8 +841,6 @@ impl Engine {
         let list: Vec<(u64, Option<Tag>)> = {
             let mut a = self.adopted.lock().unwrap_or_else(|p| p.into_inner());
             a.insert(appended.seq, tag);
-            let first = self.log.first();
-            a.retain(|s, _| *s >= first);
             a.iter().map(|(s, t)| (*s, t.clone())).collect()
         };
         self.log

@@ -17,9 +17,13 @@ use std::sync::{Arc, Mutex};
 /// Longest path segment a local file system holds.
 pub(crate) const MAX_SEGMENT_BYTES: usize = 255;
 
-/// The first segment of `key` longer than [`MAX_SEGMENT_BYTES`], if any.
-pub(crate) fn long_segment(key: &str) -> Option<&str> {
-    key.split('/').find(|s| s.len() > MAX_SEGMENT_BYTES)
+/// The first segment of `key` whose file name (object_store percent-
+/// encodes some characters, `~` to `%7E`) is longer than
+/// [`MAX_SEGMENT_BYTES`], with that length.
+pub(crate) fn long_segment(key: &str) -> Option<(&str, usize)> {
+    key.split('/')
+        .map(|s| (s, object_store::path::PathPart::from(s).as_ref().len()))
+        .find(|(_, n)| *n > MAX_SEGMENT_BYTES)
 }
 
 /// Whether one key is a directory of the other (`a` and `a/b`).
@@ -89,8 +93,14 @@ mod tests {
     #[test]
     fn a_long_segment_is_found() {
         let long = "x".repeat(256);
-        assert_eq!(long_segment(&format!("ok/{long}/z")), Some(long.as_str()));
+        assert_eq!(
+            long_segment(&format!("ok/{long}/z")),
+            Some((long.as_str(), 256))
+        );
         assert_eq!(long_segment(&format!("ok/{}", "y".repeat(255))), None);
+        // On disk `~` takes three bytes: 250 + 3 * 3 is over.
+        let tilde = format!("{}~~~", "y".repeat(250));
+        assert_eq!(long_segment(&tilde), Some((tilde.as_str(), 259)));
     }
 
     #[test]

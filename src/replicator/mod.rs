@@ -232,15 +232,18 @@ impl Replicator {
         storage.sync()?;
         let acting = Arc::new(AtomicUsize::new(0));
         let metrics = Arc::new(Metrics::new());
-        let engine = Arc::new(Engine::new(
-            origin,
-            cfg.replication.conflict_resolution,
-            merge,
-            log.clone(),
-            metrics.clone(),
-            targets.clone(),
-            acting.clone(),
-        ));
+        let engine = Arc::new(
+            Engine::new(
+                origin,
+                cfg.replication.conflict_resolution,
+                merge,
+                log.clone(),
+                metrics.clone(),
+                targets.clone(),
+                acting.clone(),
+            )
+            .with_max_object_bytes(cfg.max_object_bytes),
+        );
         let file_target = cfg
             .all_targets()
             .find(|(_, t)| {
@@ -294,7 +297,11 @@ impl Replicator {
             let cut_off = t.cursor() + 1 < first && t.idx != 0;
             if interrupted || cut_off {
                 tracing::warn!(target = %t.name(), cursor = t.cursor(), first, "target needs entries the log no longer has (or its resync was interrupted): resyncing");
-                r.start_resync(t.name()).await?;
+                if let Err(e) = r.start_resync(t.name()).await {
+                    // The acting primary is the source of a resync and
+                    // cannot be one: it catches up from the log instead.
+                    tracing::error!(target = %t.name(), error = %e, "cannot resume this target's resync now");
+                }
             }
         }
         tracing::info!(head, targets = r.targets.len(), "replicator open");
@@ -359,8 +366,8 @@ impl Replicator {
                 max: self.cfg.max_object_bytes as usize,
             });
         }
-        let _registered = self.check_fits(key).await?;
-        self.write(Op::Put, key, value, mode).await
+        let registered = self.check_fits(key).await?;
+        self.write(Op::Put, key, value, mode, registered).await
     }
 
     /// Guarantee 11: with a `file://` target, a key that is a directory of
@@ -376,10 +383,9 @@ impl Replicator {
             target: target.clone(),
             reason,
         };
-        if let Some(seg) = crate::keyfit::long_segment(key.as_str()) {
+        if let Some((_, len)) = crate::keyfit::long_segment(key.as_str()) {
             return Err(refuse(format!(
-                "its path segment of {} bytes is over the {} a local directory holds; use shorter segments",
-                seg.len(),
+                "its path segment of {len} bytes (as a file name) is over the {} a local directory holds; use shorter segments",
                 crate::keyfit::MAX_SEGMENT_BYTES
             )));
         }
@@ -408,21 +414,32 @@ impl Replicator {
 
     /// Deletes `key`, as a log entry like a put.
     pub async fn delete(&self, key: &Key, mode: Option<Mode>) -> Result<WriteAck> {
-        self.write(Op::Delete, key, Bytes::new(), mode).await
+        self.write(Op::Delete, key, Bytes::new(), mode, None).await
     }
 
-    async fn write(&self, op: Op, key: &Key, value: Bytes, mode: Option<Mode>) -> Result<WriteAck> {
+    async fn write(
+        &self,
+        op: Op,
+        key: &Key,
+        value: Bytes,
+        mode: Option<Mode>,
+        registered: Option<crate::keyfit::Registered>,
+    ) -> Result<WriteAck> {
         if !self.accepting.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
         let mode = mode.unwrap_or(self.cfg.replication.mode);
+        let hold = registered.map(|r| Box::new(r) as Box<dyn Send>);
         let appended = self
             .log
-            .append(Write {
-                op,
-                key: key.clone(),
-                value,
-            })
+            .append_holding(
+                Write {
+                    op,
+                    key: key.clone(),
+                    value,
+                },
+                hold,
+            )
             .await;
         let appended = match appended {
             Ok(a) => a,
@@ -763,12 +780,23 @@ impl Replicator {
     async fn marker_missing(self: &Arc<Self>, t: &Arc<TargetHandle>) -> Result<()> {
         let storage = self.log.storage();
         let marked = storage.meta(&marker_meta(t.name()))?.is_some();
+        if marked && t.state() == TargetState::Paused {
+            // Left as it is (and unmarked) until it is resumed: a resync
+            // would end the operator's pause.
+            return Ok(());
+        }
         if marked && t.cursor() > 0 && t.state() != TargetState::Syncing {
             tracing::warn!(target = %t.name(), cursor = t.cursor(), "the target's marker {MARKER_KEY} is gone: it lost what it held (wiped, replaced or restored from an old backup); resyncing it from the acting primary");
             if t.idx == self.acting.load(Ordering::Acquire) && !self.fail_over_from(t.idx) {
-                tracing::error!(target = %t.name(), first = self.log.first(), "the acting primary lost what it held and no replica can take its place: shipping the kept log to it again");
-                self.replay(t.name(), ReplayFrom::Seq(self.log.first()), true)
-                    .await?;
+                if self.log.first() > 1 {
+                    // The kept log no longer has everything: shipping it
+                    // again would leave older keys missing. Left unmarked,
+                    // so the next probe tries the failover again.
+                    tracing::error!(target = %t.name(), first = self.log.first(), "the acting primary lost what it held and no replica can take its place yet (none healthy and caught up); failover is tried again at the next probe");
+                    return Ok(());
+                }
+                tracing::error!(target = %t.name(), "the acting primary lost what it held and no replica can take its place: the log has every entry, shipping it to the primary again");
+                self.replay(t.name(), ReplayFrom::Seq(1), true).await?;
             } else {
                 self.start_resync(t.name()).await?;
             }
