@@ -485,8 +485,12 @@ impl Engine {
 
     async fn put(&self, t: &TargetHandle, e: &Entry, mut known: Option<Known>) -> Result<()> {
         let path = object_path(&e.key);
+        // A create refused as "exists" where a HEAD then finds nothing: a
+        // directory stands at the path (a local directory target).
+        let mut exists_yet_absent = 0;
         for _ in 0..MAX_ROUNDS {
             let stamp = self.ours(e);
+            let created = known.is_none();
             if let Put::Written(r) = self
                 .try_put(t, &path, e.value.clone(), known.as_ref(), &stamp)
                 .await?
@@ -500,6 +504,17 @@ impl Engine {
                 None => None,
             };
             let Some(cur) = cur else {
+                if created {
+                    exists_yet_absent += 1;
+                    if exists_yet_absent >= 2 {
+                        return Err(Error::Rejected {
+                            target: t.name().to_string(),
+                            seq: e.seq,
+                            key: e.key.clone(),
+                            reason: "the store says something exists at the key's path but holds no object there (a directory of other keys stands at it)".into(),
+                        });
+                    }
+                }
                 known = None;
                 continue;
             };

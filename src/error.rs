@@ -120,6 +120,24 @@ pub enum Error {
         reason: String,
     },
 
+    /// A target that refuses an entry for good (guarantee 11): a directory
+    /// or a file stands in the way of the key's path, a name too long.
+    #[error(
+        "target {target} rejects seq {seq} (key {key:?}) for good: {reason}. Shipping to {target} stopped \
+         (state failed); the other targets go on. Clear the way on {target} (or write the key again \
+         differently), then `walship resume {target}`; or `walship resync {target}`"
+    )]
+    Rejected {
+        /// The target.
+        target: String,
+        /// The entry's seq.
+        seq: u64,
+        /// Its key.
+        key: String,
+        /// What the store said.
+        reason: String,
+    },
+
     /// A value larger than `max_object_bytes`.
     #[error(
         "the value is {size} bytes, over max_object_bytes ({max}); raise max_object_bytes in the config or store a smaller object"
@@ -202,6 +220,25 @@ pub enum Error {
 }
 
 impl Error {
+    /// When a target's error means it will never take this entry as it is
+    /// (retrying cannot help): what the store said.
+    pub(crate) fn permanent_reason(&self) -> Option<String> {
+        let Error::Target { source, .. } = self else {
+            return None;
+        };
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && let Some(code) = io.raw_os_error()
+                && [libc::EISDIR, libc::ENOTDIR, libc::ENAMETOOLONG].contains(&code)
+            {
+                return Some(io.to_string());
+            }
+            cur = e.source();
+        }
+        None
+    }
+
     /// Whether this is (or was caused by) a full disk: ENOSPC or EDQUOT.
     pub fn is_disk_full(&self) -> bool {
         fn full(io: &std::io::Error) -> bool {

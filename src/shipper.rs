@@ -305,7 +305,38 @@ impl Shipper {
                     self.target.record_success();
                     return Ok(());
                 }
-                Ok(Err(err)) => err.to_string(),
+                Ok(Err(err)) => {
+                    // Guarantee 11: a target that will never take this entry
+                    // goes `failed` naming it; the other targets go on.
+                    // Only for this entry: a local directory target whose
+                    // own directory is gone or replaced is broken as a whole,
+                    // and is retried until it is back.
+                    let root_ok = match crate::config::TargetUrl::parse(&self.target.cfg.url) {
+                        Ok(crate::config::TargetUrl::File(root)) => root.is_dir(),
+                        _ => true,
+                    };
+                    let rejected = match &err {
+                        _ if !root_ok => None,
+                        Error::Rejected { .. } => Some(err.to_string()),
+                        other => other.permanent_reason().map(|reason| {
+                            Error::Rejected {
+                                target: self.target.name().to_string(),
+                                seq: e.seq,
+                                key: e.key.clone(),
+                                reason,
+                            }
+                            .to_string()
+                        }),
+                    };
+                    if let Some(msg) = rejected {
+                        tracing::error!(target = %self.target.name(), seq = e.seq, key = %e.key, error = %msg, "target rejects an entry for good; shipping to it stopped");
+                        self.target.counters.failed.fetch_add(1, Ordering::Relaxed);
+                        self.target.set_failed(msg);
+                        self.persist();
+                        return Err(Stop::Inactive);
+                    }
+                    err.to_string()
+                }
                 Err(_) => format!(
                     "no answer within sync_timeout_seconds ({:.1}s)",
                     cfg.sync_timeout_seconds

@@ -998,3 +998,78 @@ async fn a_full_data_dir_answers_507_and_resumes_by_itself_once_space_is_freed()
     }
     assert!(sc.term().success());
 }
+
+/// Guarantee 11, after the door: a target that rejects an entry for good
+/// (here a directory made by hand where the key's file must go) goes
+/// `failed` naming the seq and the key, the other targets go on, `verify`
+/// exits 1, and once the way is clear `resume` ships the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_rejects_an_entry_for_good_fails_alone_and_verify_says_so() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path();
+    let port = free_port();
+    let cfg = dir.join("walship.toml");
+    std::fs::write(&cfg, dir_config(dir, port, "async")).expect("config");
+    let sc = Sidecar::start(&cfg, port).await;
+    let blocker = dir.join("targets/replica-1/doc.json");
+    std::fs::create_dir_all(blocker.join("in-the-way")).expect("mkdir");
+    let c = reqwest::Client::new();
+    let put = |k: &str, v: &str| {
+        c.put(format!("{}/v1/objects/{k}", sc.base))
+            .body(v.to_string())
+            .send()
+    };
+    assert_eq!(put("doc.json", "v").await.expect("put").status(), 200);
+    for i in 0..5 {
+        assert_eq!(
+            put(&format!("more/{i}"), "m").await.expect("put").status(),
+            200
+        );
+    }
+    let cfg_s = cfg.to_str().expect("utf8");
+    let row = |v: &serde_json::Value, name: &str| {
+        v["targets"]
+            .as_array()
+            .expect("targets")
+            .iter()
+            .find(|t| t["name"] == name)
+            .expect("target")
+            .clone()
+    };
+    let mut failed = None;
+    for _ in 0..100 {
+        let v: serde_json::Value = c
+            .get(format!("{}/v1/cursors", sc.base))
+            .send()
+            .await
+            .expect("cursors")
+            .json()
+            .await
+            .expect("json");
+        if row(&v, "replica-1")["state"] == "failed" && row(&v, "replica-2")["cursor"] == 6 {
+            failed = Some(v);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let v = failed.expect("replica-1 failed while replica-2 went on to the head");
+    let r1 = row(&v, "replica-1");
+    let err = r1["error"].as_str().unwrap_or("");
+    assert!(
+        err.contains("seq 1") && err.contains("doc.json") && err.contains("for good"),
+        "{r1}"
+    );
+    assert_eq!(r1["cursor"], 0, "{r1}");
+    assert_eq!(row(&v, "primary")["cursor"], 6);
+    let (code, out, _) = run(&["verify", "--config", cfg_s], dir);
+    assert_eq!(code, 1, "verify fails while a target has failed:\n{out}");
+    assert!(out.contains("failed"), "{out}");
+
+    std::fs::remove_dir_all(&blocker).expect("clear the way");
+    let (code, _, err) = run(&["resume", "replica-1", "--config", cfg_s], dir);
+    assert_eq!(code, 0, "{err}");
+    sc.wait_caught_up(std::time::Duration::from_secs(20)).await;
+    assert_eq!(std::fs::read(&blocker).ok().as_deref(), Some(&b"v"[..]));
+    let (code, out, _) = run(&["verify", "--config", cfg_s], dir);
+    assert_eq!(code, 0, "{out}");
+}

@@ -683,7 +683,27 @@ impl Replicator {
                 cursor: t.cursor(),
             })
             .collect();
-        verify(storage, &keys, &targets, Arc::new(|_, _| {})).await
+        let mut report = verify(storage, &keys, &targets, Arc::new(|_, _| {})).await?;
+        // A target that stopped shipping holds back what follows its
+        // cursor: not "pending", a failure (guarantee 11).
+        for tv in &mut report.targets {
+            if let Ok(t) = self.target(&tv.name)
+                && t.state() == TargetState::Failed
+            {
+                tv.differences.push(Difference {
+                    key: String::new(),
+                    seq: t.cursor() + 1,
+                    problem: "failed".into(),
+                    detail: t
+                        .observed()
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| "shipping to it stopped".into()),
+                });
+                report.ok = false;
+            }
+        }
+        Ok(report)
     }
 }
 

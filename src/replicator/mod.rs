@@ -555,6 +555,11 @@ impl Replicator {
     // ---- reads ----
 
     fn health_of(&self, t: &TargetHandle) -> Health {
+        // A target that stopped shipping (rejects an entry for good, or a
+        // corrupt entry) is not fit to ack, serve or stand in as primary.
+        if t.state() == TargetState::Failed {
+            return Health::Unhealthy;
+        }
         let lag = self.log.lag_at(t.cursor(), t.offset());
         let o = t.observed();
         health::decide(HealthInputs {
