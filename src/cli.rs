@@ -32,9 +32,24 @@ pub struct Cli {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Log lines as `text` (default) or `json` (one JSON object a line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// File holding the sidecar's bearer token (else WALSHIP_TOKEN, else the config's auth_token_file).
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How `walship` writes its log lines (standard error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 /// The commands.
@@ -211,6 +226,9 @@ struct Endpoints {
     addr: String,
     data_dir: PathBuf,
     token: Option<String>,
+    /// The address came from the config (so the sidecar there must be
+    /// that config's).
+    addr_from_config: bool,
 }
 
 fn endpoints(cli: &Cli) -> Result<Endpoints, Failure> {
@@ -232,10 +250,21 @@ fn endpoints(cli: &Cli) -> Result<Endpoints, Failure> {
         .clone()
         .or_else(|| cfg.as_ref().map(|c| c.data_dir.clone()))
         .unwrap_or_else(|| PathBuf::from("walship-data"));
-    let token = match &cfg {
-        Some(c) => crate::server::load_token(c)?,
-        None => None,
+    let token = if let Ok(t) = std::env::var("WALSHIP_TOKEN")
+        && !t.trim().is_empty()
+    {
+        Some(t.trim().to_string())
+    } else if let Some(f) = &cli.token_file {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| fail(2, format!("reading --token-file {}: {e}", f.display())))?;
+        Some(text.trim().to_string()).filter(|t| !t.is_empty())
+    } else {
+        match &cfg {
+            Some(c) => crate::server::load_token(c)?,
+            None => None,
+        }
     };
+    let addr_from_config = cli.addr.is_none() && cfg.is_some();
     let mode = cfg
         .as_ref()
         .map(|c| c.replication.mode.as_str().to_string());
@@ -245,6 +274,7 @@ fn endpoints(cli: &Cli) -> Result<Endpoints, Failure> {
         addr,
         data_dir,
         token,
+        addr_from_config,
     })
 }
 
@@ -255,6 +285,45 @@ struct Client {
 }
 
 impl Client {
+    /// A client for the sidecar at the endpoints' address. When that
+    /// address came from a config, the sidecar answering there must serve
+    /// that config's data_dir: another sidecar holding the port is refused,
+    /// naming both (one that does not answer is left to the caller).
+    async fn connect(e: &Endpoints) -> Result<Client, Failure> {
+        let c = Client::new(e);
+        let Some(cfg) = e.cfg.as_ref().filter(|_| e.addr_from_config) else {
+            return Ok(c);
+        };
+        let Ok(resp) = c.req(reqwest::Method::GET, "/v1/status").send().await else {
+            return Ok(c);
+        };
+        if !resp.status().is_success() {
+            return Ok(c);
+        }
+        let Ok(s) = resp.json::<StatusReport>().await else {
+            return Ok(c);
+        };
+        let ours = std::path::absolute(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone());
+        let same = |a: &Path, b: &Path| {
+            a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+        };
+        if !s.data_dir.is_empty() && !same(Path::new(&s.data_dir), &ours) {
+            return Err(fail(
+                2,
+                format!(
+                    "the sidecar at {} serves data_dir {} (sidecar_id {}), not this config's data_dir {}; \
+                     another sidecar holds that address. Pass --addr to reach this config's sidecar, or \
+                     --config for that one",
+                    e.addr,
+                    s.data_dir,
+                    s.sidecar_id,
+                    ours.display()
+                ),
+            ));
+        }
+        Ok(c)
+    }
+
     fn new(e: &Endpoints) -> Client {
         let base = if e.addr.starts_with("http://") || e.addr.starts_with("https://") {
             e.addr.trim_end_matches('/').to_string()
@@ -392,7 +461,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             read_preference,
         } => {
             let e = endpoints(&cli)?;
-            let c = Client::new(&e);
+            let c = Client::connect(&e).await?;
             let mut r = c.req(reqwest::Method::GET, &object_path(key)?);
             if let Some(p) = read_preference {
                 r = r.query(&[("read_preference", p)]);
@@ -413,7 +482,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             limit,
         } => {
             let e = endpoints(&cli)?;
-            let c = Client::new(&e);
+            let c = Client::connect(&e).await?;
             let mut keys: Vec<serde_json::Value> = Vec::new();
             let mut after = after.clone().unwrap_or_default();
             let mut more = false;
@@ -480,7 +549,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 "resume"
             };
             let e = endpoints(&cli)?;
-            let c = Client::new(&e);
+            let c = Client::connect(&e).await?;
             let path = format!(
                 "/v1/targets/{}/{action}",
                 url::form_urlencoded::byte_serialize(target.as_bytes()).collect::<String>()
@@ -501,7 +570,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Log { from, limit } => {
             let e = endpoints(&cli)?;
-            let c = Client::new(&e);
+            let c = Client::connect(&e).await?;
             let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
             if let Some(f) = from {
                 q.push(("from", f.to_string()));
@@ -571,7 +640,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             execute,
         } => {
             let e = endpoints(&cli)?;
-            let c = Client::new(&e);
+            let c = Client::connect(&e).await?;
             let mut q: Vec<(&str, String)> = vec![("dry_run", (!execute).to_string())];
             match (from, since) {
                 (Some(f), _) => q.push(("from", f.to_string())),
@@ -628,7 +697,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Resync { target, no_wait } => {
             let e = endpoints(&cli)?;
-            let c = Client::new(&e);
+            let c = Client::connect(&e).await?;
             let path = format!("/v1/targets/{}/resync", enc(target));
             let v: serde_json::Value = answer(
                 c.req(reqwest::Method::POST, &path)
@@ -668,7 +737,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Verify { target } => {
             let e = endpoints(&cli)?;
-            let c = Client::new(&e);
+            let c = Client::connect(&e).await?;
             let mut r = c.req(reqwest::Method::GET, "/v1/verify");
             if let Some(t) = target {
                 r = r.query(&[("target", t)]);
@@ -721,7 +790,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
 
 async fn conflicts(cli: &Cli, action: Option<&ConflictsAction>) -> Result<(), Failure> {
     let e = endpoints(cli)?;
-    let c = Client::new(&e);
+    let c = Client::connect(&e).await?;
     match action {
         None | Some(ConflictsAction::List) => {
             let list: Vec<ConflictRecord> =
@@ -813,7 +882,7 @@ async fn write(
     mode: Option<&str>,
 ) -> Result<serde_json::Value, Failure> {
     let e = endpoints(cli)?;
-    let c = Client::new(&e);
+    let c = Client::connect(&e).await?;
     let mut r = c.req(method, &object_path(key)?);
     if let Some(b) = body {
         r = r.body(b);
@@ -903,7 +972,7 @@ fn check_config(file: &Path) -> Result<(), Failure> {
 
 /// Asks the running sidecar; when none answers, reads the data directory.
 async fn cursors_report(e: &Endpoints) -> Result<CursorsReport, Failure> {
-    let c = Client::new(e);
+    let c = Client::connect(e).await?;
     match c.req(reqwest::Method::GET, "/v1/cursors").send().await {
         Ok(resp) => answer(resp).await,
         Err(err) if err.is_connect() => {
@@ -917,13 +986,25 @@ async fn cursors_report(e: &Endpoints) -> Result<CursorsReport, Failure> {
 /// Asks the running sidecar; when none answers, builds what the data
 /// directory can tell (no live health or metrics).
 async fn status_report(e: &Endpoints) -> Result<StatusReport, Failure> {
-    let c = Client::new(e);
+    let c = Client::connect(e).await?;
     match c.req(reqwest::Method::GET, "/v1/status").send().await {
         Ok(resp) => answer(resp).await,
         Err(err) if err.is_connect() => {
             say_offline(e, "reading", ": no live health or metrics");
-            let cursors = offline_cursors(&e.data_dir)?;
-            Ok(StatusReport::offline(cursors, e.mode.clone()))
+            let storage = open_offline(&e.data_dir)?;
+            let cursors = crate::status::offline_report(&storage)?;
+            let retained = crate::log::offline_retained_bytes(&storage)?;
+            drop(storage);
+            Ok(StatusReport::offline(
+                cursors,
+                e.mode.clone(),
+                e.cfg.as_ref().map(|c| c.replication.enable_failover),
+                retained,
+                std::path::absolute(&e.data_dir)
+                    .unwrap_or_else(|_| e.data_dir.clone())
+                    .display()
+                    .to_string(),
+            ))
         }
         Err(err) => Err(unreachable(&e.addr, err)),
     }
@@ -934,6 +1015,7 @@ pub fn status_text(s: &StatusReport) -> String {
     let cursors = CursorsReport {
         head: s.head,
         targets: s.targets.clone(),
+        offline: s.offline,
     };
     let mut out = cursors_table(&cursors);
     let f = &s.failover;

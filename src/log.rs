@@ -792,6 +792,19 @@ pub fn repair(storage: &dyn LogStorage, primary: Option<&str>) -> Result<Option<
     Ok(Some(rep))
 }
 
+/// Bytes of the entries a data directory keeps, from the offsets the
+/// committer and truncation recorded (offline `status`); measured when
+/// they were not recorded.
+pub fn offline_retained_bytes(storage: &dyn LogStorage) -> Result<u64> {
+    let (first, head) = storage.bounds()?.unwrap_or((1, 0));
+    let head_rec = storage.meta(HEAD_OFFSET_META)?.as_deref().and_then(unpair);
+    let first_rec = storage.meta(FIRST_OFFSET_META)?.as_deref().and_then(unpair);
+    match (head_rec, first_rec) {
+        (Some((hs, ha)), Some((fs, fa))) if hs == head && fs == first => Ok(ha.saturating_sub(fa)),
+        _ => stored_bytes(storage, first, head),
+    }
+}
+
 /// The losses repair accepted, oldest first.
 pub fn lost_ranges(storage: &dyn LogStorage) -> Result<Vec<Repair>> {
     Ok(storage

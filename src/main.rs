@@ -5,14 +5,21 @@ use clap::Parser;
 fn main() {
     walship::tune_allocator();
     let cli = walship::cli::Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Quiet by default: walship's own lines; the stores' client retries
+    // and sled's internals only when they matter (RUST_LOG for more).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,object_store=warn,reqwest=warn,hyper=warn,sled=warn",
+        )
+    });
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        walship::cli::LogFormat::Json => fmt.json().init(),
+        walship::cli::LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -89,6 +89,9 @@ pub struct CursorsReport {
     pub head: u64,
     /// One row per target, the primary first.
     pub targets: Vec<TargetRow>,
+    /// Read from the data directory, with no sidecar running.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub offline: bool,
 }
 
 /// What a sidecar records of its targets so offline tools can name them.
@@ -142,6 +145,7 @@ pub fn offline_report(storage: &dyn LogStorage) -> Result<CursorsReport> {
     Ok(CursorsReport {
         head,
         targets: rows,
+        offline: true,
     })
 }
 
@@ -154,12 +158,18 @@ fn offline_row(
     head: u64,
 ) -> Result<TargetRow> {
     let lag = lag_of(storage, cursor, head)?;
+    // The state the sidecar persisted (paused and syncing survive restarts).
+    let state = match storage.meta(&format!("state/{name}"))?.as_deref() {
+        Some(b"paused") => TargetState::Paused,
+        Some(b"syncing") => TargetState::Syncing,
+        _ => TargetState::Active,
+    };
     Ok(TargetRow {
         name: name.to_string(),
         role,
         region: region.to_string(),
         health: Health::Unknown,
-        state: TargetState::Active,
+        state,
         cursor,
         lag_entries: lag.entries,
         lag_bytes: lag.bytes,
@@ -228,6 +238,12 @@ pub struct StatusReport {
     /// This sidecar's id: the origin its writes carry (`walshiporigin`).
     #[serde(default)]
     pub sidecar_id: String,
+    /// The data directory it serves (a client given a config checks it).
+    #[serde(default)]
+    pub data_dir: String,
+    /// Read from the data directory, with no sidecar running.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub offline: bool,
     /// The seed's metrics view.
     pub metrics: SeedMetrics,
 }
@@ -235,7 +251,15 @@ pub struct StatusReport {
 impl StatusReport {
     /// What a data directory alone can tell: cursors and lag, no live
     /// health, failover or counters.
-    pub fn offline(cursors: CursorsReport, mode: Option<String>) -> StatusReport {
+    /// `failover`: the config's `enable_failover` when known; `retained`:
+    /// the log's kept bytes.
+    pub fn offline(
+        cursors: CursorsReport,
+        mode: Option<String>,
+        failover: Option<bool>,
+        retained: u64,
+        data_dir: String,
+    ) -> StatusReport {
         let configured = cursors
             .targets
             .iter()
@@ -253,16 +277,18 @@ impl StatusReport {
             mode: mode.unwrap_or_else(|| "unknown".into()),
             head: cursors.head,
             failover: FailoverReport {
-                enabled: false,
+                enabled: failover.unwrap_or(false),
                 acting_primary: configured.clone(),
                 configured_primary: configured,
                 failovers: 0,
                 failbacks: 0,
             },
             truncation_held_by: held,
-            log_retained_bytes: 0,
+            log_retained_bytes: retained,
             open_conflicts: 0,
             sidecar_id: String::new(),
+            data_dir,
+            offline: true,
             metrics: SeedMetrics {
                 writes_to_primary: 0,
                 writes_replicated: 0,

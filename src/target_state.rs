@@ -129,7 +129,7 @@ impl TargetHandle {
         };
         let before = self.caps.fetch_or(cap.0, Ordering::Relaxed);
         if before & cap.0 == 0 {
-            tracing::info!(target = %self.cfg.name, missing = %operation, "the store lacks this; walship compares by HEAD (or keeps no metadata) there");
+            tracing::debug!(target = %self.cfg.name, missing = %operation, "this store lacks a feature walship would use (conditional puts or object metadata): it checks with a HEAD before writing there, and tells its own versions apart by their bytes");
         }
         Some(cap)
     }

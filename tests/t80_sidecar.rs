@@ -1073,3 +1073,144 @@ async fn a_target_that_rejects_an_entry_for_good_fails_alone_and_verify_says_so(
     let (code, out, _) = run(&["verify", "--config", cfg_s], dir);
     assert_eq!(code, 0, "{out}");
 }
+
+/// The CLI tells the truth: a config's client command refuses another
+/// sidecar holding that config's port (naming both data dirs); offline
+/// views say `"offline": true` and show the persisted pause and the
+/// config's failover setting; the token comes from --token-file or
+/// WALSHIP_TOKEN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_checks_whose_sidecar_answers_and_offline_views_are_faithful() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (root.path().join("a"), root.path().join("b"));
+    std::fs::create_dir_all(&a).expect("mkdir");
+    std::fs::create_dir_all(&b).expect("mkdir");
+    let port = free_port();
+    let (cfg_a, cfg_b) = (a.join("walship.toml"), b.join("walship.toml"));
+    std::fs::write(&cfg_a, dir_config(&a, port, "async")).expect("config");
+    std::fs::write(&b.join("token"), "s3cret\n").expect("token");
+    std::fs::write(&cfg_b, dir_config(&b, port, "async")).expect("config");
+
+    // a: write, pause a replica, stop: the offline view is faithful.
+    let sc = Sidecar::start(&cfg_a, port).await;
+    put_numbered(&sc.base, 3).await;
+    sc.wait_caught_up(std::time::Duration::from_secs(20)).await;
+    let (code, _, err) = run(&["pause", "replica-2"], &a);
+    assert_eq!(code, 0, "{err}");
+    assert!(sc.term().success());
+    let (code, out, err) = run(&["status", "--json"], &a);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["offline"], true, "{v}");
+    assert_eq!(v["failover"]["enabled"], true, "the config's setting: {v}");
+    assert!(v["log_retained_bytes"].as_u64().expect("bytes") > 0, "{v}");
+    let r2 = v["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .find(|t| t["name"] == "replica-2")
+        .expect("r2")
+        .clone();
+    assert_eq!(r2["state"], "paused", "{r2}");
+    let (code, out, _) = run(&["cursors", "--json"], &a);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"offline\":true"), "{out}");
+
+    // b now holds a's port: a's commands refuse it, naming both data dirs.
+    let sc = Sidecar::start(&cfg_b, port).await;
+    let (code, _, err) = run(&["cursors"], &a);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&a.join("data").display().to_string())
+            && err.contains(&b.join("data").display().to_string()),
+        "{err}"
+    );
+    // With a token, b's own commands need it: from the config,
+    // --token-file, or WALSHIP_TOKEN.
+    assert!(sc.term().success());
+    std::fs::write(
+        &cfg_b,
+        format!(
+            "auth_token_file = \"token\"\n{}",
+            dir_config(&b, port, "async")
+        ),
+    )
+    .expect("config");
+    let sc = Sidecar::start(&cfg_b, port).await;
+    let (code, _, err) = run(&["cursors", "--json"], &b);
+    assert_eq!(code, 0, "{err}");
+    let anywhere = root.path();
+    let addr = format!("127.0.0.1:{port}");
+    let (code, _, _) = run(&["cursors", "--addr", &addr], anywhere);
+    assert_ne!(code, 0, "no token, refused");
+    let tf = b.join("token");
+    let (code, _, err) = run(
+        &[
+            "cursors",
+            "--addr",
+            &addr,
+            "--token-file",
+            tf.to_str().expect("utf8"),
+        ],
+        anywhere,
+    );
+    assert_eq!(code, 0, "{err}");
+    let out = Command::new(bin())
+        .args(["cursors", "--addr", &addr])
+        .env("WALSHIP_TOKEN", "s3cret")
+        .current_dir(anywhere)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(sc);
+}
+
+/// `serve --log-format json` writes one JSON object a line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_one_json_object_a_line_when_asked() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path();
+    let port = free_port();
+    let cfg = dir.join("walship.toml");
+    std::fs::write(&cfg, dir_config(dir, port, "async")).expect("config");
+    let log = dir.join("serve.log");
+    let mut child = Command::new(bin())
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&cfg)
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn");
+    let c = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..200 {
+        if c.get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(up, "walship did not start");
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    assert!(child.wait().expect("wait").success());
+    let text = std::fs::read_to_string(&log).expect("read");
+    assert!(text.lines().count() >= 2, "{text}");
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+}

@@ -921,6 +921,7 @@ impl Replicator {
         Ok(CursorsReport {
             head,
             targets: self.targets.iter().map(|t| self.row(t)).collect(),
+            offline: false,
         })
     }
 
@@ -976,6 +977,11 @@ impl Replicator {
             log_retained_bytes: self.log.retained_bytes(),
             open_conflicts: self.engine.list()?.len() as u64,
             sidecar_id: self.engine.origin.clone(),
+            data_dir: std::path::absolute(&self.cfg.data_dir)
+                .unwrap_or_else(|_| self.cfg.data_dir.clone())
+                .display()
+                .to_string(),
+            offline: false,
             metrics: SeedMetrics {
                 writes_to_primary: m.writes.get(),
                 writes_replicated: replicated,
