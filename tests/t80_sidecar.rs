@@ -1088,7 +1088,7 @@ async fn the_cli_checks_whose_sidecar_answers_and_offline_views_are_faithful() {
     let port = free_port();
     let (cfg_a, cfg_b) = (a.join("walship.toml"), b.join("walship.toml"));
     std::fs::write(&cfg_a, dir_config(&a, port, "async")).expect("config");
-    std::fs::write(&b.join("token"), "s3cret\n").expect("token");
+    std::fs::write(b.join("token"), "s3cret\n").expect("token");
     std::fs::write(&cfg_b, dir_config(&b, port, "async")).expect("config");
 
     // a: write, pause a replica, stop: the offline view is faithful.
