@@ -1214,3 +1214,52 @@ async fn serve_logs_one_json_object_a_line_when_asked() {
         );
     }
 }
+
+/// Clients that never finish their headers are cut off after
+/// `request_header_timeout_seconds`, and the sidecar keeps serving others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_stalled_in_their_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path();
+    let port = free_port();
+    let cfg = dir.join("walship.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "request_header_timeout_seconds = 0.5\n{}",
+            dir_config(dir, port, "async")
+        ),
+    )
+    .expect("config");
+    let sc = Sidecar::start(&cfg, port).await;
+    let mut stalled = Vec::new();
+    for _ in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        s.write_all(b"PUT /v1/objects/k HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .expect("write");
+        stalled.push(s);
+    }
+    // Others are served meanwhile.
+    let r = reqwest::get(format!("{}/healthz", sc.base))
+        .await
+        .expect("healthz");
+    assert_eq!(r.status(), 200);
+    // Every stalled one is closed by the server (EOF, possibly after a 408).
+    for (i, mut s) in stalled.into_iter().enumerate() {
+        let mut buf = Vec::new();
+        let closed =
+            tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+        assert!(closed.is_ok(), "stalled client {i} was not cut off");
+    }
+    let cursors: serde_json::Value = reqwest::get(format!("{}/v1/cursors", sc.base))
+        .await
+        .expect("cursors")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(cursors["head"], 0, "nothing was written by them");
+}
