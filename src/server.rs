@@ -624,7 +624,9 @@ pub async fn serve(cfg: Config) -> Result<()> {
         let app = router(rep.clone(), token);
         tokio::spawn(serve_connections(listener, app, limits, stop))
     };
+    notify_systemd("READY=1");
     wait_for_signal().await;
+    notify_systemd("STOPPING=1");
     tracing::info!(
         grace_seconds = grace.as_secs_f64(),
         "stopping: no new writes, draining shipping (a second SIGTERM or SIGINT exits at once)"
@@ -643,6 +645,30 @@ pub async fn serve(cfg: Config) -> Result<()> {
         Err(e) => tracing::error!(error = %e, "shutdown could not persist everything"),
     }
     result
+}
+
+/// Tells systemd (a `Type=notify` unit: `$NOTIFY_SOCKET`) how the sidecar
+/// is: `READY=1` once it serves, `STOPPING=1` when it drains. Without the
+/// variable, nothing. A socket name starting with `@` is abstract.
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| -> std::io::Result<()> {
+        let sock = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = path.as_encoded_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(state.as_bytes(), &addr)?;
+        } else {
+            sock.send_to(state.as_bytes(), &path)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, state, "could not notify systemd through NOTIFY_SOCKET");
+    }
 }
 
 /// What one client may hold of the server.

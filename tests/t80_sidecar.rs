@@ -1263,3 +1263,37 @@ async fn clients_stalled_in_their_headers_are_cut_off() {
         .expect("json");
     assert_eq!(cursors["head"], 0, "nothing was written by them");
 }
+
+/// A `Type=notify` unit hears READY=1 once the sidecar serves and
+/// STOPPING=1 when it starts to drain, through `$NOTIFY_SOCKET`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_and_stopping_through_notify_socket() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path();
+    let port = free_port();
+    let cfg = dir.join("walship.toml");
+    std::fs::write(&cfg, dir_config(dir, port, "async")).expect("config");
+    let sock_path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind");
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .expect("timeout");
+    let mut sc = Sidecar::start_with_env(
+        &cfg,
+        port,
+        &[("NOTIFY_SOCKET", sock_path.display().to_string())],
+    )
+    .await;
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 within 20 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    // It answers by then.
+    let r = reqwest::get(format!("{}/healthz", sc.base))
+        .await
+        .expect("healthz");
+    assert_eq!(r.status(), 200);
+    let st =
+        signal_and_wait(&mut sc, libc::SIGTERM, std::time::Duration::from_secs(20)).expect("exits");
+    assert!(st.success());
+    let n = sock.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}
