@@ -7,6 +7,7 @@
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 
 mod apply;
+mod billing;
 pub mod codec;
 pub mod conflict;
 pub mod error;

@@ -32,6 +32,15 @@ pub struct HealthLabels {
     pub health: String,
 }
 
+/// `{target="...",op="..."}`: what a store bills.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Target name.
+    pub target: String,
+    /// put, get, head, delete, list or copy.
+    pub op: String,
+}
+
 fn replication_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
@@ -73,6 +82,8 @@ pub struct Metrics {
     pub target_health: Family<HealthLabels, Gauge>,
     /// Bytes of entries kept in the log.
     pub log_retained_bytes: Gauge,
+    /// Requests sent to each target's store, by kind.
+    pub target_requests: Family<RequestLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -106,7 +117,13 @@ impl Metrics {
             lag_seconds: Family::default(),
             target_health: Family::default(),
             log_retained_bytes: Gauge::default(),
+            target_requests: Family::default(),
         };
+        registry.register(
+            "walship_target_requests",
+            "Requests sent to a target's store, by op (put, get, head, delete, list, copy): what the store bills",
+            m.target_requests.clone(),
+        );
         // prometheus-client adds `_total` to counter names.
         registry.register(
             "walship_writes",

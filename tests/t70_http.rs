@@ -596,3 +596,48 @@ async fn listing_pages_through_every_live_key_in_order() {
     assert_eq!(seen, live, "every live key once, in order, no deleted one");
     assert_eq!(pages, live.len().div_ceil(7));
 }
+
+/// `walship_target_requests_total{target,op}` counts every request a
+/// target's store got: its puts equal what the store itself saw.
+#[tokio::test]
+async fn target_requests_are_counted_as_the_store_sees_them() {
+    let rig = Rig::new(1, "sync", 1, 2.0).await;
+    let base = rig.serve_http(None).await;
+    let c = reqwest::Client::new();
+    for i in 0..7 {
+        c.put(format!("{base}/v1/objects/k{i}"))
+            .body("v")
+            .send()
+            .await
+            .expect("put");
+    }
+    c.delete(format!("{base}/v1/objects/k0"))
+        .send()
+        .await
+        .expect("delete");
+    rig.wait_caught_up(Duration::from_secs(10)).await;
+    let text = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    let value = |target: &str, op: &str| -> u64 {
+        let want = format!("walship_target_requests_total{{target=\"{target}\",op=\"{op}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(want.as_str()))
+            .unwrap_or_else(|| panic!("no {want} in:\n{text}"))
+            .trim()
+            .parse()
+            .expect("number")
+    };
+    assert_eq!(value("r1", "put"), rig.fault("r1").puts(), "{text}");
+    assert!(value("r1", "put") >= 7);
+    assert!(value("p", "put") >= 7);
+    assert!(
+        value("r1", "delete") >= 1 || value("r1", "head") >= 1,
+        "{text}"
+    );
+}

@@ -145,6 +145,7 @@ impl Replicator {
         let head = log.head();
         let mut targets = Vec::new();
         let mut records = Vec::new();
+        let metrics = Arc::new(Metrics::new());
         for (i, t) in std::iter::once(&cfg.primary)
             .chain(&cfg.targets)
             .enumerate()
@@ -158,6 +159,8 @@ impl Replicator {
                 Some(s) => (s, false),
                 None => (crate::target::build_store(t)?, true),
             };
+            // Every request to the store is counted (what it bills).
+            let store = crate::billing::counted(store, &t.name, &metrics);
             let mut cursor = storage.cursor(&t.name)?.unwrap_or(0);
             // Guarantee 10: a memory:// store walship made starts empty at
             // every open, so its cursor starts over (from the log, or by a
@@ -231,7 +234,6 @@ impl Replicator {
         };
         storage.sync()?;
         let acting = Arc::new(AtomicUsize::new(0));
-        let metrics = Arc::new(Metrics::new());
         let engine = Arc::new(
             Engine::new(
                 origin,
