@@ -187,20 +187,31 @@ impl Shipper {
             }
             let before = prefix;
             let now = now_ms();
+            let counted_to = self.target.counters.counted_to.load(Ordering::Acquire);
+            let mut new = 0u64;
             while prefix < n && done[owner[prefix] as usize] {
                 prefix_bytes += u64::from(w.sizes[prefix]);
-                let age_ms = now.saturating_sub(w.ts_ms[prefix]);
-                histogram.observe(age_ms as f64 / 1000.0);
-                self.target
-                    .counters
-                    .replication_us
-                    .fetch_add(age_ms * 1000, Ordering::Relaxed);
+                if base + prefix as u64 > counted_to {
+                    let age_ms = now.saturating_sub(w.ts_ms[prefix]);
+                    histogram.observe(age_ms as f64 / 1000.0);
+                    self.target
+                        .counters
+                        .replication_us
+                        .fetch_add(age_ms * 1000, Ordering::Relaxed);
+                    new += 1;
+                }
                 prefix += 1;
             }
             if prefix > before {
-                let k = (prefix - before) as u64;
-                success.inc_by(k);
-                self.target.counters.applied.fetch_add(k, Ordering::Relaxed);
+                success.inc_by(new);
+                self.target
+                    .counters
+                    .applied
+                    .fetch_add(new, Ordering::Relaxed);
+                self.target
+                    .counters
+                    .counted_to
+                    .fetch_max(base + prefix as u64 - 1, Ordering::AcqRel);
                 if !self
                     .target
                     .publish(epoch, base + prefix as u64 - 1, base_offset + prefix_bytes)

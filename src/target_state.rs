@@ -51,6 +51,10 @@ pub(crate) struct Counters {
     pub(crate) applied: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) replication_us: AtomicU64,
+    /// The highest seq counted as applied (successes and replication time
+    /// count each entry once per target: a replay or resync that ships an
+    /// entry again does not count it again).
+    pub(crate) counted_to: AtomicU64,
 }
 
 pub(crate) struct TargetHandle {
@@ -102,7 +106,10 @@ impl TargetHandle {
             state_tx: watch::channel(state).0,
             observed: Mutex::new(Observed::default()),
             clean: AtomicBool::new(false),
-            counters: Counters::default(),
+            counters: Counters {
+                counted_to: AtomicU64::new(cursor),
+                ..Counters::default()
+            },
             epoch: Mutex::new(0),
             resync_floor: AtomicU64::new(0),
             progress: Mutex::new(None),

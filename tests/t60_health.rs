@@ -366,4 +366,23 @@ async fn counters_equal_what_happened() {
     );
     assert_eq!(status.metrics.success_rate["r2"], 1.0);
     assert_eq!(status.truncation_held_by, None);
+
+    // A replay ships everything to r2 again: the counts stay true (each
+    // entry once per target), and so does the average replication time.
+    let before = status.metrics.average_replication_time_ms["r2"];
+    rig.rep
+        .replay("r2", walship::replicator::ReplayFrom::Seq(1), true)
+        .await
+        .expect("replay");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rig.wait_caught_up(Duration::from_secs(10)).await;
+    let text = rig.rep.metrics_text();
+    assert_eq!(
+        metric(&text, "walship_replication_success_total{target=\"r2\"}"),
+        Some(n as f64),
+        "a replay is not a second success\n{text}"
+    );
+    let status = rig.rep.status().expect("status");
+    assert_eq!(status.metrics.writes_replicated, 2 * n);
+    assert_eq!(status.metrics.average_replication_time_ms["r2"], before);
 }
