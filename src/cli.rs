@@ -429,6 +429,15 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::CheckConfig { file } => check_config(file),
         Command::Put { key, file, mode } => {
             let body = match file.as_deref() {
+                None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+                    return Err(fail(
+                        2,
+                        format!(
+                            "no FILE given and standard input is a terminal: pass a FILE (`walship put {key} FILE`), \
+                             or pipe the data in (`... | walship put {key}`, or `-` to type it, ending with Ctrl-D)"
+                        ),
+                    ));
+                }
                 None => read_stdin()?,
                 Some(p) if p == Path::new("-") => read_stdin()?,
                 Some(p) => std::fs::read(p)

@@ -5,6 +5,7 @@ use clap::Parser;
 fn main() {
     walship::tune_allocator();
     let cli = walship::cli::Cli::parse();
+    let json = cli.json;
     // Quiet by default: walship's own lines; the stores' client retries
     // and sled's internals only when they matter (RUST_LOG for more).
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -31,7 +32,15 @@ fn main() {
         }
     };
     if let Err(f) = runtime.block_on(walship::cli::run(cli)) {
-        eprintln!("walship: {}", f.message);
+        if json {
+            // Under --json the error is JSON too, on standard output.
+            println!(
+                "{}",
+                serde_json::json!({ "error": f.message, "exit": f.code })
+            );
+        } else {
+            eprintln!("walship: {}", f.message);
+        }
         std::process::exit(f.code);
     }
 }

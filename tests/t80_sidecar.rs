@@ -1297,3 +1297,33 @@ async fn systemd_hears_ready_and_stopping_through_notify_socket() {
     let n = sock.recv(&mut buf).expect("STOPPING=1");
     assert_eq!(&buf[..n], b"STOPPING=1");
 }
+
+/// Under `--json` an error is JSON too (on standard output, with the exit
+/// status), so a script reading the output never meets plain text.
+#[test]
+fn errors_are_json_under_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nothing-here");
+    let (code, out, err) = run(
+        &[
+            "cursors",
+            "--json",
+            "--addr",
+            "127.0.0.1:9",
+            "--data-dir",
+            missing.to_str().expect("utf8"),
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 1, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(
+        v["error"]
+            .as_str()
+            .expect("error")
+            .contains("no walship log"),
+        "{v}"
+    );
+    assert_eq!(v["exit"], 1);
+}
