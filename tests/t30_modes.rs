@@ -87,7 +87,14 @@ async fn a_sync_write_answers_at_the_hung_replicas_own_deadline() {
                 acked_by,
             }) => {
                 assert_eq!(seq, round + 1);
-                assert_eq!((acked, required), (2, 3));
+                if round == 0 {
+                    // At r1's deadline the others had long acknowledged.
+                    assert_eq!((acked, required), (2, 3));
+                } else {
+                    // Once r1 is unhealthy it is past its deadline from the
+                    // start, and the write answers at once (guarantee 3).
+                    assert!(acked <= 2 && required == 3, "{acked} of {required}");
+                }
                 assert!(!acked_by.contains(&"r1".to_string()), "{acked_by:?}");
             }
             other => panic!("expected a quorum timeout, got {other:?}"),
