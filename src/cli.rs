@@ -155,6 +155,24 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<ConflictsAction>,
     },
+    /// Write the objects as they stood at a point (the log's versions, the acting primary's for keys unchanged since) into another store. Prints the plan unless --execute.
+    Restore {
+        /// The store to write into (s3://, gs://, az://, file:///abs/path), not a configured target.
+        #[arg(long)]
+        to: String,
+        /// As of this time (RFC 3339, unix ms, or a duration ago such as 10m); default: now.
+        #[arg(long, conflicts_with = "seq")]
+        as_of: Option<String>,
+        /// As of this seq.
+        #[arg(long)]
+        seq: Option<u64>,
+        /// Only keys starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Do it (without this flag only the plan is printed and nothing changes).
+        #[arg(long)]
+        execute: bool,
+    },
     /// After `serve` refused a log that got shorter: record the lost seqs, move the head past them (offline).
     Repair {
         /// Accept that the missing entries are gone: record the range, move
@@ -737,6 +755,110 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             }
             if cli.json {
                 println!("{v}");
+            }
+            Ok(())
+        }
+        Command::Restore {
+            to,
+            as_of,
+            seq,
+            prefix,
+            execute,
+        } => {
+            let e = endpoints(&cli)?;
+            let c = Client::connect(&e).await?;
+            let mut q: Vec<(&str, String)> =
+                vec![("to", to.clone()), ("execute", execute.to_string())];
+            if let Some(s) = seq {
+                q.push(("seq", s.to_string()));
+            }
+            if let Some(t) = as_of {
+                q.push(("as_of", t.clone()));
+            }
+            if let Some(p) = prefix {
+                q.push(("prefix", p.clone()));
+            }
+            let plan: crate::restore::RestorePlan = match c
+                .req(reqwest::Method::POST, "/v1/restore")
+                .query(&q)
+                .send()
+                .await
+            {
+                Ok(resp) => answer(resp).await?,
+                Err(err) if err.is_connect() => {
+                    let Some(cfg) = &e.cfg else {
+                        return Err(fail(
+                            2,
+                            format!(
+                                "no sidecar answered at {} and no config names the primary to read from; pass --config",
+                                e.addr
+                            ),
+                        ));
+                    };
+                    say_offline(&e, "reading", "");
+                    let storage: std::sync::Arc<dyn crate::storage::LogStorage> =
+                        std::sync::Arc::new(open_offline(&e.data_dir)?);
+                    let point = match (seq, as_of) {
+                        (Some(s), _) => *s,
+                        (None, Some(t)) => crate::restore::seq_as_of(
+                            storage.as_ref(),
+                            crate::server::parse_time(t)?,
+                        )?,
+                        (None, None) => crate::storage::LogStorage::bounds(storage.as_ref())?
+                            .map(|(_, h)| h)
+                            .unwrap_or(0),
+                    };
+                    let dest = crate::restore::destination(cfg, to)?;
+                    let primary = crate::target::build_store(&cfg.primary)?;
+                    crate::restore::restore(
+                        storage,
+                        primary,
+                        dest,
+                        crate::restore::RestoreRequest {
+                            seq: point,
+                            prefix: prefix.clone().unwrap_or_default(),
+                            execute: *execute,
+                        },
+                    )
+                    .await?
+                }
+                Err(err) => return Err(unreachable(&e.addr, err)),
+            };
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&plan).map_err(|err| fail(1, err.to_string()))?
+                );
+            } else {
+                println!(
+                    "{} as of seq {}: {} objects, {} bytes; {} keys absent then{}",
+                    if plan.executed {
+                        "restored"
+                    } else {
+                        "plan: restore"
+                    },
+                    plan.seq,
+                    plan.objects,
+                    plan.bytes,
+                    plan.absent,
+                    if plan.executed {
+                        ""
+                    } else {
+                        " (nothing written; pass --execute)"
+                    }
+                );
+                if !plan.unknown.is_empty() {
+                    println!(
+                        "{} keys skipped: their state then is no longer in the log (e.g. {})",
+                        plan.unknown.len(),
+                        plan.unknown
+                            .iter()
+                            .take(5)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
             }
             Ok(())
         }

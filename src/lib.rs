@@ -39,6 +39,7 @@ pub mod health;
 pub mod metrics;
 pub mod model;
 pub mod reads;
+pub mod restore;
 pub mod server;
 mod target_state;
 

@@ -486,6 +486,45 @@ async fn conflict_action(
     Ok(axum::Json(json!({ "resolved": rec, "kept": keep })).into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreQuery {
+    to: String,
+    seq: Option<u64>,
+    as_of: Option<String>,
+    prefix: Option<String>,
+    execute: Option<bool>,
+}
+
+/// `POST /v1/restore?to=URL&seq=N|as_of=TIME[&prefix=P][&execute=true]`.
+async fn restore(
+    State(app): State<App>,
+    q: Result<Query<RestoreQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let seq = match (q.seq, &q.as_of) {
+        (Some(_), Some(_)) => return Err(bad("give seq or as_of, not both")),
+        (Some(s), None) => s,
+        (None, Some(t)) => {
+            let ts = parse_time(t)?;
+            crate::restore::seq_as_of(app.rep.log().storage().as_ref(), ts)?
+        }
+        (None, None) => app.rep.log().head(),
+    };
+    let plan = app
+        .rep
+        .restore(
+            &q.to,
+            crate::restore::RestoreRequest {
+                seq,
+                prefix: q.prefix.unwrap_or_default(),
+                execute: q.execute.unwrap_or(false),
+            },
+        )
+        .await?;
+    Ok(axum::Json(plan).into_response())
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -564,6 +603,7 @@ pub fn router(rep: Arc<Replicator>, token: Option<String>) -> Router {
             "/v1/targets/{name}/{action}",
             axum::routing::post(target_action),
         )
+        .route("/v1/restore", axum::routing::post(restore))
         .route("/v1/conflicts", get(conflicts))
         .route(
             "/v1/conflicts/{id}/{action}",

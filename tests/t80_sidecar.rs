@@ -1327,3 +1327,126 @@ fn errors_are_json_under_json() {
     );
     assert_eq!(v["exit"], 1);
 }
+
+/// `walship restore`: the objects as they stood at a seq or a time, into
+/// another store; a plan first, written only with --execute; a configured
+/// target's store is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_writes_the_objects_as_they_stood_into_another_store() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path();
+    let port = free_port();
+    let cfg = dir.join("walship.toml");
+    std::fs::write(&cfg, dir_config(dir, port, "sync")).expect("config");
+    let sc = Sidecar::start(&cfg, port).await;
+    let c = reqwest::Client::new();
+    let put = |k: &str, v: &str| {
+        c.put(format!("{}/v1/objects/{k}", sc.base))
+            .body(v.to_string())
+            .send()
+    };
+    put("doc/1", "one-v1").await.expect("put");
+    put("doc/2", "two-v1").await.expect("put");
+    put("keep", "same").await.expect("put");
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let between = {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("time");
+        now.as_millis().to_string()
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    put("doc/1", "one-v2").await.expect("put");
+    c.delete(format!("{}/v1/objects/doc/2", sc.base))
+        .send()
+        .await
+        .expect("delete");
+    put("doc/3", "three").await.expect("put");
+
+    let dest = dir.join("restored");
+    let to = walship::config::file_url(&dest);
+    let cfg_s = cfg.to_str().expect("utf8");
+    let (code, out, err) = run(
+        &[
+            "restore", "--to", &to, "--seq", "3", "--json", "--config", cfg_s,
+        ],
+        dir,
+    );
+    assert_eq!(code, 0, "{err}");
+    let plan: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(
+        (
+            plan["objects"].as_u64(),
+            plan["absent"].as_u64(),
+            plan["executed"].as_bool()
+        ),
+        (Some(3), Some(1), Some(false)),
+        "{plan}"
+    );
+    assert!(!dest.join("doc/1").exists(), "a plan writes nothing");
+
+    let (code, out, err) = run(
+        &[
+            "restore",
+            "--to",
+            &to,
+            "--as-of",
+            &between,
+            "--execute",
+            "--config",
+            cfg_s,
+        ],
+        dir,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("restored as of seq 3"), "{out}");
+    let read = |k: &str| std::fs::read_to_string(dest.join(k)).ok();
+    assert_eq!(read("doc/1").as_deref(), Some("one-v1"));
+    assert_eq!(read("doc/2").as_deref(), Some("two-v1"));
+    assert_eq!(read("keep").as_deref(), Some("same"));
+    assert_eq!(read("doc/3"), None, "written after the point");
+
+    let live = walship::config::file_url(&dir.join("targets").join("replica-1"));
+    let (code, _, err) = run(
+        &["restore", "--to", &live, "--execute", "--config", cfg_s],
+        dir,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("replica-1") && err.contains("another store"),
+        "{err}"
+    );
+    let (code, _, err) = run(
+        &["restore", "--to", &to, "--seq", "99", "--config", cfg_s],
+        dir,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("past the log's head"), "{err}");
+
+    // With no sidecar running, from the data dir and the config's primary.
+    assert!(sc.term().success());
+    let offline = dir.join("restored-offline");
+    let to = walship::config::file_url(&offline);
+    let (code, _, err) = run(
+        &[
+            "restore",
+            "--to",
+            &to,
+            "--seq",
+            "3",
+            "--execute",
+            "--config",
+            cfg_s,
+        ],
+        dir,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("offline"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(offline.join("doc/2"))
+            .ok()
+            .as_deref(),
+        Some("two-v1")
+    );
+    assert!(!offline.join("doc/3").exists());
+}

@@ -352,6 +352,25 @@ impl Replicator {
         self.engine.resolve(id, keep).await
     }
 
+    /// `walship restore`: the objects as they stood at `req.seq` into
+    /// the store at `to` (see `restore`). A configured target's URL is
+    /// refused: restore writes into another store.
+    pub async fn restore(
+        &self,
+        to: &str,
+        req: crate::restore::RestoreRequest,
+    ) -> Result<crate::restore::RestorePlan> {
+        let dest = crate::restore::destination(&self.cfg, to)?;
+        self.log.wait_indexed().await;
+        crate::restore::restore(
+            self.log.storage().clone(),
+            self.acting_primary().store.clone(),
+            dest,
+            req,
+        )
+        .await
+    }
+
     /// The name of the acting primary.
     pub fn acting_primary_name(&self) -> &str {
         self.acting_primary().name()
