@@ -1450,3 +1450,190 @@ async fn restore_writes_the_objects_as_they_stood_into_another_store() {
     );
     assert!(!offline.join("doc/3").exists());
 }
+
+/// Runs `cmd` and says whether it succeeded; a missing tool is SKIPPED
+/// (a failure in CI, which installs it).
+fn checker(cmd: &mut Command, what: &str) -> Option<bool> {
+    match cmd.output() {
+        Ok(o) => {
+            if !o.status.success() {
+                eprintln!(
+                    "{what}:\n{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+            Some(o.status.success())
+        }
+        Err(e) => {
+            let why = format!("SKIPPED {what}: {e}");
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+            println!("{why}");
+            None
+        }
+    }
+}
+
+/// deploy/: the systemd unit, the pod and the alert rules pass their own
+/// checkers, and a real Prometheus scraping a sidecar sees its series and
+/// fires `WalshipTargetUnhealthy` for a replica that cannot be reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_files_pass_their_checkers_and_prometheus_alerts() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let deploy = repo.join("deploy");
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path();
+    // systemd-analyze checks that ExecStart exists: point it at this binary.
+    let unit = std::fs::read_to_string(deploy.join("walship.service")).expect("unit");
+    let unit_path = dir.join("walship.service");
+    std::fs::write(
+        &unit_path,
+        unit.replace("/usr/local/bin/walship", &bin().display().to_string()),
+    )
+    .expect("unit");
+    for (ok, what) in [
+        (
+            checker(
+                Command::new("systemd-analyze")
+                    .arg("verify")
+                    .arg(&unit_path),
+                "systemd-analyze verify",
+            ),
+            "unit",
+        ),
+        (
+            checker(
+                Command::new("promtool")
+                    .args(["check", "rules"])
+                    .arg(deploy.join("alerts.yml")),
+                "promtool check rules",
+            ),
+            "rules",
+        ),
+        (
+            checker(
+                Command::new("kubernetes-validate")
+                    .args(["-k", "1.29.0"])
+                    .arg(deploy.join("pod.yaml")),
+                "kubernetes-validate",
+            ),
+            "pod",
+        ),
+    ] {
+        assert_ne!(
+            ok,
+            Some(false),
+            "{what} does not pass its checker (see above)"
+        );
+    }
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy.join("grafana-dashboard.json")).expect("dashboard"),
+    )
+    .expect("json");
+    assert!(dash["panels"].as_array().is_some_and(|p| !p.is_empty()));
+
+    // A sidecar whose replica-2 cannot be reached, scraped by Prometheus
+    // with the rules (their `for` shortened so the test need not wait).
+    let port = free_port();
+    let cfg = dir.join("walship.toml");
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    std::fs::write(&cfg, config_with_a_bad_replica(dir, port, &closed)).expect("config");
+    let sc = Sidecar::start(&cfg, port).await;
+    put_numbered(&sc.base, 3).await;
+    let rules = std::fs::read_to_string(deploy.join("alerts.yml")).expect("rules");
+    let rules = rules_firing_at_once(&rules);
+    std::fs::write(dir.join("alerts.yml"), rules).expect("rules");
+    let prom_port = free_port();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [\"{}\"]\n\
+             scrape_configs:\n  - job_name: walship\n    static_configs:\n      - targets: [\"127.0.0.1:{port}\"]\n",
+            dir.join("alerts.yml").display()
+        ),
+    )
+    .expect("prometheus config");
+    let prom = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log")).expect("log"))
+        .spawn();
+    let mut prom = match prom {
+        Ok(p) => p,
+        Err(e) => {
+            let why = format!("SKIPPED the Prometheus scrape: cannot run prometheus: {e}");
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+            println!("{why}");
+            return;
+        }
+    };
+    let c = reqwest::Client::new();
+    let api = format!("http://127.0.0.1:{prom_port}/api/v1");
+    let mut lag_seen = false;
+    let mut fired = false;
+    for _ in 0..120 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if let Ok(r) = c
+            .get(format!("{api}/query"))
+            .query(&[("query", "walship_lag_entries{target=\"replica-2\"}")])
+            .send()
+            .await
+            && let Ok(v) = r.json::<serde_json::Value>().await
+        {
+            lag_seen |= v["data"]["result"].as_array().is_some_and(|a| {
+                a.iter().any(|s| {
+                    s["value"][1]
+                        .as_str()
+                        .and_then(|x| x.parse::<f64>().ok())
+                        .is_some_and(|x| x >= 3.0)
+                })
+            });
+        }
+        if let Ok(r) = c.get(format!("{api}/alerts")).send().await
+            && let Ok(v) = r.json::<serde_json::Value>().await
+        {
+            fired = v["data"]["alerts"].as_array().is_some_and(|a| {
+                a.iter().any(|x| {
+                    x["labels"]["alertname"] == "WalshipTargetUnhealthy"
+                        && x["labels"]["target"] == "replica-2"
+                        && x["state"] == "firing"
+                })
+            });
+        }
+        if lag_seen && fired {
+            break;
+        }
+    }
+    let _ = prom.kill();
+    let _ = prom.wait();
+    let log = std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
+    assert!(
+        lag_seen,
+        "Prometheus never saw replica-2's lag; its log:\n{log}"
+    );
+    assert!(
+        fired,
+        "WalshipTargetUnhealthy never fired for replica-2; its log:\n{log}"
+    );
+    drop(sc);
+}
+
+/// The rules with every `for:` at 0s.
+fn rules_firing_at_once(rules: &str) -> String {
+    rules
+        .lines()
+        .map(|l| match l.trim_start().strip_prefix("for:") {
+            Some(_) => format!("{}for: 0s", &l[..l.len() - l.trim_start().len()]),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
