@@ -330,7 +330,7 @@ impl Client {
                 2,
                 format!(
                     "the sidecar at {} serves data_dir {} (sidecar_id {}), not this config's data_dir {}; \
-                     another sidecar holds that address. Pass --addr to reach this config's sidecar, or \
+                     another sidecar holds that address (or this one was started with another data_dir). Pass --addr to reach this config's sidecar, or \
                      --config for that one",
                     e.addr,
                     s.data_dir,
@@ -350,7 +350,10 @@ impl Client {
         };
         Client {
             base,
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .build()
+                .unwrap_or_else(|_| reqwest::Client::new()),
             token: e.token.clone(),
         }
     }

@@ -64,8 +64,9 @@ pub enum Error {
     /// flush): the write was not acknowledged; walship takes writes again by
     /// itself once space is freed.
     #[error(
-        "data_dir is full ({0}): the write was not kept (nothing was acknowledged, no seq is used twice). \
-         Free space in data_dir and retry: walship takes writes again by itself, no restart needed"
+        "data_dir is full, or the log is reopening after a failed flush ({0}): nothing was acknowledged \
+         (a write may or may not have been kept; retrying it is safe). Free space in data_dir and retry: \
+         walship takes writes again by itself, no restart needed"
     )]
     DiskFull(String),
 
@@ -85,8 +86,9 @@ pub enum Error {
 
     /// The log stopped accepting writes after a failed durable flush.
     #[error(
-        "a durable flush of the log failed ({0}); this write was not kept. The log reopens itself \
-         from disk before it takes writes again: check the disk of data_dir, then retry"
+        "a durable flush of the log failed ({0}); this write was not acknowledged (it may or may not have \
+         been kept; retrying it is safe). The log reopens itself from disk before it takes writes again: \
+         check the disk of data_dir, then retry"
     )]
     LogPoisoned(String),
 

@@ -1066,6 +1066,9 @@ impl Committer {
                 "removed log frames a failed flush left behind"
             );
         }
+        // The key index's last checkpoint may not have reached the disk:
+        // bring it up to the head again from the log, as an open does.
+        rebuild_key_index(self.storage.as_ref(), published)?;
         self.storage.sync()
     }
 
@@ -1092,6 +1095,7 @@ impl Committer {
                                     "the log reopened from disk after a failed flush; taking writes again"
                                 );
                                 poisoned = None;
+                                last_reopen_error = None;
                             }
                             Err(e) => {
                                 let e = e.to_string();

@@ -61,6 +61,10 @@ enum Stop {
     Inactive,
 }
 
+/// A put refused this many times in a row, each time for a reason that
+/// retrying cannot change, fails its target (guarantee 11).
+const REFUSALS_FOR_GOOD: u32 = 3;
+
 pub(crate) struct Shipper {
     pub(crate) target: Arc<TargetHandle>,
     pub(crate) log: Arc<Log>,
@@ -301,6 +305,9 @@ impl Shipper {
             .clamp(base, MAX_BACKOFF.max(base));
         let mut state_rx = self.target.state_tx.subscribe();
         let mut failures: u32 = 0;
+        // Rejections for good in a row: only a put that keeps being refused
+        // so is one (a nested key shipped alongside may clear the way).
+        let mut refused: u32 = 0;
         loop {
             if *state_rx.borrow_and_update() != TargetState::Active {
                 return Err(Stop::Inactive);
@@ -339,7 +346,12 @@ impl Shipper {
                             .to_string()
                         }),
                     };
-                    if let Some(msg) = rejected {
+                    refused = if rejected.is_some() && e.op == crate::codec::Op::Put {
+                        refused + 1
+                    } else {
+                        0
+                    };
+                    if let Some(msg) = rejected.filter(|_| refused >= REFUSALS_FOR_GOOD) {
                         tracing::error!(target = %self.target.name(), seq = e.seq, key = %e.key, error = %msg, "target rejects an entry for good; shipping to it stopped");
                         self.target.counters.failed.fetch_add(1, Ordering::Relaxed);
                         self.target.set_failed(msg);
