@@ -21,6 +21,17 @@ fn run(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
     )
 }
 
+/// A temp dir with the config of a primary and two replicas as local
+/// directories under it (`dir_config`), in `mode`: (the dir, the sidecar's
+/// port, the config's path).
+fn three_dirs(mode: &str) -> (tempfile::TempDir, u16, std::path::PathBuf) {
+    let root = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let cfg = root.path().join("walship.toml");
+    std::fs::write(&cfg, dir_config(root.path(), port, mode)).expect("config");
+    (root, port, cfg)
+}
+
 const BASE: &str = "[primary]\nname = \"p\"\nurl = \"file:///tmp/walship-check-p\"\n";
 
 #[test]
@@ -509,11 +520,8 @@ async fn a_log_that_got_shorter_is_refused_and_repair_moves_on_without_reusing_s
 /// write is acknowledged in every mode.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_a_local_directory_cannot_hold_are_refused_and_stall_nothing() {
-    let root = tempfile::tempdir().expect("tempdir");
+    let (root, port, cfg) = three_dirs("sync");
     let dir = root.path();
-    let port = free_port();
-    let cfg = dir.join("walship.toml");
-    std::fs::write(&cfg, dir_config(dir, port, "sync")).expect("config");
     let sc = Sidecar::start(&cfg, port).await;
     let c = reqwest::Client::new();
     let put = |k: String| {
@@ -1005,11 +1013,8 @@ async fn a_full_data_dir_answers_507_and_resumes_by_itself_once_space_is_freed()
 /// exits 1, and once the way is clear `resume` ships the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_that_rejects_an_entry_for_good_fails_alone_and_verify_says_so() {
-    let root = tempfile::tempdir().expect("tempdir");
+    let (root, port, cfg) = three_dirs("async");
     let dir = root.path();
-    let port = free_port();
-    let cfg = dir.join("walship.toml");
-    std::fs::write(&cfg, dir_config(dir, port, "async")).expect("config");
     let sc = Sidecar::start(&cfg, port).await;
     let blocker = dir.join("targets/replica-1/doc.json");
     std::fs::create_dir_all(blocker.join("in-the-way")).expect("mkdir");
@@ -1172,11 +1177,8 @@ async fn the_cli_checks_whose_sidecar_answers_and_offline_views_are_faithful() {
 /// `serve --log-format json` writes one JSON object a line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_logs_one_json_object_a_line_when_asked() {
-    let root = tempfile::tempdir().expect("tempdir");
+    let (root, port, cfg) = three_dirs("async");
     let dir = root.path();
-    let port = free_port();
-    let cfg = dir.join("walship.toml");
-    std::fs::write(&cfg, dir_config(dir, port, "async")).expect("config");
     let log = dir.join("serve.log");
     let mut child = Command::new(bin())
         .args(["serve", "--log-format", "json", "--config"])
@@ -1268,11 +1270,8 @@ async fn clients_stalled_in_their_headers_are_cut_off() {
 /// STOPPING=1 when it starts to drain, through `$NOTIFY_SOCKET`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_hears_ready_and_stopping_through_notify_socket() {
-    let root = tempfile::tempdir().expect("tempdir");
+    let (root, port, cfg) = three_dirs("async");
     let dir = root.path();
-    let port = free_port();
-    let cfg = dir.join("walship.toml");
-    std::fs::write(&cfg, dir_config(dir, port, "async")).expect("config");
     let sock_path = dir.join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind");
     sock.set_read_timeout(Some(std::time::Duration::from_secs(20)))
@@ -1333,11 +1332,8 @@ fn errors_are_json_under_json() {
 /// target's store is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_writes_the_objects_as_they_stood_into_another_store() {
-    let root = tempfile::tempdir().expect("tempdir");
+    let (root, port, cfg) = three_dirs("sync");
     let dir = root.path();
-    let port = free_port();
-    let cfg = dir.join("walship.toml");
-    std::fs::write(&cfg, dir_config(dir, port, "sync")).expect("config");
     let sc = Sidecar::start(&cfg, port).await;
     let c = reqwest::Client::new();
     let put = |k: &str, v: &str| {
