@@ -988,7 +988,7 @@ pub fn conflicts_table(list: &[ConflictRecord]) -> String {
         "ID", "TARGET", "KEY", "SEQ", "PRIMARY (ours)", "REPLICA (target's)"
     );
     let side = |v: &crate::conflict::VersionInfo| {
-        let when = humantime::format_rfc3339_seconds(
+        let when = humantime::format_rfc3339_millis(
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(v.ts_ms),
         );
         format!("{}B {when}", v.size)
@@ -1207,8 +1207,15 @@ async fn wait_for_target(
     } else {
         indicatif::ProgressBar::new_spinner()
     };
+    // A resync has no length to show (it copies what the primary lists):
+    // a spinner and its progress text, not a bar stuck at 0/0.
+    let template = if hi > lo {
+        "{spinner} {bar:40} {pos}/{len} {msg}"
+    } else {
+        "{spinner} {msg}"
+    };
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} {msg}")
+        indicatif::ProgressStyle::with_template(template)
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     loop {
@@ -1453,4 +1460,35 @@ pub fn cursors_table(r: &CursorsReport) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conflict::VersionInfo;
+
+    #[test]
+    fn conflict_times_show_milliseconds() {
+        let v = |ts_ms| VersionInfo {
+            etag: None,
+            ts_ms,
+            size: 3,
+            origin: String::new(),
+        };
+        let rec = ConflictRecord {
+            id: 1,
+            key: "k".into(),
+            target: "r1".into(),
+            detected_ms: 0,
+            seq: 2,
+            op: "put".into(),
+            primary: v(1_700_000_000_123),
+            replica: v(1_700_000_000_456),
+        };
+        let t = conflicts_table(&[rec]);
+        assert!(
+            t.contains("2023-11-14T22:13:20.123Z") && t.contains(".456Z"),
+            "{t}"
+        );
+    }
 }
