@@ -438,9 +438,21 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let cfg = match &cli.config {
                 Some(p) => Config::load(p).map_err(|e| fail(2, format!("{}: {e}", p.display())))?,
                 None => {
+                    // The embedded default, under WALSHIP_DATA_DIR when set;
+                    // the environment's listen and token apply too.
                     let cwd = std::env::current_dir()
                         .map_err(|e| fail(1, format!("reading the current directory: {e}")))?;
-                    Config::embedded_default(&cwd)
+                    let mut cfg =
+                        match std::env::var_os("WALSHIP_DATA_DIR").filter(|v| !v.is_empty()) {
+                            Some(d) => Config::embedded_in(&cwd.join(d)),
+                            None => Config::embedded_default(&cwd),
+                        };
+                    cfg.apply_env(|name| std::env::var(name).ok());
+                    let problems = cfg.sidecar_problems();
+                    if !problems.is_empty() {
+                        return Err(Error::Config { problems }.into());
+                    }
+                    cfg
                 }
             };
             crate::server::serve(cfg).await?;

@@ -536,7 +536,13 @@ impl Config {
     /// everything under `base/walship-data`, a primary and two replicas as
     /// local directories.
     pub fn embedded_default(base: &Path) -> Config {
-        let data = base.join("walship-data");
+        Config::embedded_in(&base.join("walship-data"))
+    }
+
+    /// The embedded default with everything under `data` (the log in it,
+    /// the three targets in `data/targets`).
+    pub fn embedded_in(data: &Path) -> Config {
+        let data = data.to_path_buf();
         let dir = |name: &str| TargetConfig {
             name: name.to_string(),
             url: file_url(&data.join("targets").join(name)),

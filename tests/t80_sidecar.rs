@@ -1633,3 +1633,84 @@ fn rules_firing_at_once(rules: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// deploy/: the image (the binary and the libraries it links on an empty
+/// image, built by deploy/build-image.sh with buildah) starts, answers
+/// /healthz and takes a write on its embedded default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_container_image_builds_and_serves() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tag = format!("walship-test:{}", std::process::id());
+    let Some(built) = checker(
+        Command::new("bash")
+            .arg(repo.join("deploy/build-image.sh"))
+            .arg(bin())
+            .arg(&tag),
+        "deploy/build-image.sh (buildah)",
+    ) else {
+        return;
+    };
+    assert!(built, "the image did not build (see above)");
+    let from = Command::new("buildah")
+        .args(["from", "-q", &tag])
+        .output()
+        .expect("buildah from");
+    assert!(
+        from.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from.stderr)
+    );
+    let ctr = String::from_utf8_lossy(&from.stdout).trim().to_string();
+    let port = free_port();
+    let mut run = Command::new("buildah")
+        .args(["run", "--isolation", "chroot", "--network", "host", "--env"])
+        .arg(format!("WALSHIP_LISTEN=127.0.0.1:{port}"))
+        .args([ctr.as_str(), "--", "/usr/local/bin/walship", "serve"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("buildah run");
+    let c = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..200 {
+        if c.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let put = if up {
+        c.put(format!("{base}/v1/objects/in/the/image"))
+            .body("hello")
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    } else {
+        None
+    };
+    let got = if up {
+        match c
+            .get(format!("{base}/v1/objects/in/the/image"))
+            .send()
+            .await
+        {
+            Ok(r) => r.text().await.ok(),
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let _ = run.kill();
+    let _ = run.wait();
+    let _ = Command::new("buildah").args(["rm", &ctr]).output();
+    let _ = Command::new("buildah").args(["rmi", &tag]).output();
+    assert!(up, "the image's walship never answered /healthz");
+    assert_eq!(put, Some(200));
+    assert_eq!(got.as_deref(), Some("hello"));
+}
