@@ -509,13 +509,43 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 r = r.query(&[("read_preference", p)]);
             }
             let resp = check(r.send().await.map_err(|err| unreachable(&e.addr, err))?).await?;
+            let header = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let (served_by, seq, content_type) = (
+                header("x-walship-served-by"),
+                header("x-walship-seq").and_then(|s| s.parse::<u64>().ok()),
+                header("content-type"),
+            );
             let bytes = resp
                 .bytes()
                 .await
                 .map_err(|err| fail(1, format!("reading the answer: {err}")))?;
-            std::io::stdout()
-                .write_all(&bytes)
-                .map_err(|err| fail(1, format!("writing to standard output: {err}")))?;
+            if cli.json {
+                // The value (as text when it is UTF-8; a binary one is only
+                // flagged: `get` without --json writes its bytes) and where
+                // it came from.
+                let value = std::str::from_utf8(&bytes).ok();
+                let mut out = serde_json::json!({
+                    "key": key,
+                    "seq": seq,
+                    "served_by": served_by,
+                    "size": bytes.len(),
+                    "content_type": content_type,
+                });
+                match value {
+                    Some(v) => out["value"] = serde_json::json!(v),
+                    None => out["value_is_binary"] = serde_json::json!(true),
+                }
+                println!("{out}");
+            } else {
+                std::io::stdout()
+                    .write_all(&bytes)
+                    .map_err(|err| fail(1, format!("writing to standard output: {err}")))?;
+            }
             Ok(())
         }
         Command::List {

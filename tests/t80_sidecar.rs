@@ -1362,6 +1362,16 @@ async fn restore_writes_the_objects_as_they_stood_into_another_store() {
     let dest = dir.join("restored");
     let to = walship::config::file_url(&dest);
     let cfg_s = cfg.to_str().expect("utf8");
+    // `get --json` says what it read and from where, not the raw bytes.
+    let (code, out, err) = run(&["get", "doc/1", "--json", "--config", cfg_s], dir);
+    assert_eq!(code, 0, "{err}");
+    let got: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(
+        (got["value"].as_str(), got["seq"].as_u64()),
+        (Some("one-v2"), Some(4)),
+        "{got}"
+    );
+    assert!(got["served_by"].is_string(), "{got}");
     let (code, out, err) = run(
         &[
             "restore", "--to", &to, "--seq", "3", "--json", "--config", cfg_s,
