@@ -4,6 +4,8 @@
 
 #[path = "common/emulators.rs"]
 mod emulators;
+#[path = "common/skip.rs"]
+mod skip;
 
 use std::sync::Arc;
 

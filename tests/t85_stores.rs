@@ -6,6 +6,8 @@
 mod emulators;
 #[path = "common/sidecar.rs"]
 mod sidecar;
+#[path = "common/skip.rs"]
+mod skip;
 
 use std::collections::BTreeMap;
 use std::process::Command;

@@ -7,6 +7,8 @@
 mod emulators;
 #[path = "common/sidecar.rs"]
 mod sidecar;
+#[path = "common/skip.rs"]
+mod skip;
 
 use std::collections::HashMap;
 use std::sync::Arc;

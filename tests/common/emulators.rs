@@ -57,10 +57,7 @@ impl Emulator {
         let Some(bin) = bin.filter(|b| b.is_file()) else {
             let msg =
                 format!("{name} not found (set {var} or put it on the PATH; .ci/run installs it)");
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("in CI every emulator must be there: {msg}");
-            }
-            println!("SKIPPED: {msg}");
+            super::skip::skip(&msg);
             return None;
         };
         let mut e = Emulator {
