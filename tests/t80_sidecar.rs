@@ -1720,3 +1720,50 @@ async fn the_container_image_builds_and_serves() {
     assert_eq!(put, Some(200));
     assert_eq!(got.as_deref(), Some("hello"));
 }
+
+/// Guarantee 10 with health checks off: a replica wiped while walship was
+/// down is noticed at open (its marker is checked once) and refilled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_wiped_while_stopped_is_refilled_at_open_even_without_health_checks() {
+    let (root, port, cfg) = three_dirs("sync");
+    let dir = root.path();
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "[replication]\n",
+            "[replication]\nenable_health_checks = false\n",
+        ),
+    )
+    .expect("config");
+    let sc = Sidecar::start(&cfg, port).await;
+    put_numbered(&sc.base, 10).await;
+    sc.wait_caught_up(std::time::Duration::from_secs(20)).await;
+    // The first (open-time) marker check writes the markers.
+    let replica = dir.join("targets/replica-2");
+    for _ in 0..100 {
+        if replica.join(".walship/target.json").is_file() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        replica.join(".walship/target.json").is_file(),
+        "marked at open"
+    );
+    assert!(sc.term().success());
+    std::fs::remove_dir_all(&replica).expect("wipe");
+    std::fs::create_dir_all(&replica).expect("empty");
+    let sc = Sidecar::start(&cfg, port).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read(replica.join("doc/7")).ok().as_deref()
+        != Some(&b"entry-000007-of-the-log"[..])
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the wiped replica was not refilled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(sc.term().success());
+}

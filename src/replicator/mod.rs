@@ -766,13 +766,17 @@ impl Replicator {
         drop(r);
         let mut next_probe = tokio::time::Instant::now();
         let mut next_maintenance = tokio::time::Instant::now();
+        // With health checks off the markers are still checked once, at
+        // open (guarantee 10: a target wiped while walship was down).
+        let mut first = true;
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(FAILOVER_TICK) => {}
             }
             let Some(r) = me.upgrade() else { return };
-            if checks && tokio::time::Instant::now() >= next_probe {
+            if (checks || first) && tokio::time::Instant::now() >= next_probe {
+                first = false;
                 next_probe = tokio::time::Instant::now() + interval;
                 let probes = r.targets.iter().map(|t| probe(t.clone()));
                 let markers = tokio::select! {
