@@ -605,10 +605,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let e = endpoints(&cli)?;
             let report = status_report(&e).await?;
             if cli.json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&report).map_err(|err| fail(1, err.to_string()))?
-                );
+                print_json(&report)?;
             } else {
                 print!("{}", status_text(&report));
             }
@@ -729,10 +726,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             )
             .await?;
             if cli.json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&plan).map_err(|err| fail(1, err.to_string()))?
-                );
+                print_json(&plan)?;
             } else {
                 println!(
                     "{} {}: seq {} to {}: {} entries, {} bytes, {} distinct keys",
@@ -870,10 +864,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 Err(err) => return Err(unreachable(&e.addr, err)),
             };
             if cli.json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&plan).map_err(|err| fail(1, err.to_string()))?
-                );
+                print_json(&plan)?;
             } else {
                 println!(
                     "{} as of seq {}: {} objects, {} bytes; {} keys absent then{}",
@@ -934,10 +925,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 Err(err) => return Err(unreachable(&e.addr, err)),
             };
             if cli.json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&report).map_err(|err| fail(1, err.to_string()))?
-                );
+                print_json(&report)?;
             } else {
                 print!("{}", verify_text(&report));
             }
@@ -952,10 +940,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let e = endpoints(&cli)?;
             let report = cursors_report(&e).await?;
             if cli.json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&report).map_err(|err| fail(1, err.to_string()))?
-                );
+                print_json(&report)?;
             } else {
                 print!("{}", cursors_table(&report));
             }
@@ -984,11 +969,7 @@ async fn conflicts(cli: &Cli, action: Option<&ConflictsAction>) -> Result<(), Fa
                     Err(err) => return Err(unreachable(&e.addr, err)),
                 };
             if cli.json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&serde_json::json!({ "conflicts": list }))
-                        .map_err(|err| fail(1, err.to_string()))?
-                );
+                print_json(&serde_json::json!({ "conflicts": list }))?;
             } else {
                 print!("{}", conflicts_table(&list));
             }
@@ -1228,6 +1209,13 @@ pub fn status_text(s: &StatusReport) -> String {
         ));
     }
     out
+}
+
+/// Prints `v` as one line of JSON (`--json`).
+fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
+    let text = serde_json::to_string(v).map_err(|err| fail(1, format!("encoding JSON: {err}")))?;
+    println!("{text}");
+    Ok(())
 }
 
 fn enc(s: &str) -> String {

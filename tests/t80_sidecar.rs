@@ -1184,20 +1184,10 @@ async fn serve_logs_one_json_object_a_line_when_asked() {
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("spawn");
-    let c = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..200 {
-        if c.get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(up, "walship did not start");
+    assert!(
+        sidecar::answers(&format!("http://127.0.0.1:{port}"), 200).await,
+        "walship did not start"
+    );
     // SAFETY: sending a signal to our own child process.
     unsafe {
         libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
@@ -1678,18 +1668,7 @@ async fn the_container_image_builds_and_serves() {
         .expect("buildah run");
     let c = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let mut up = false;
-    for _ in 0..200 {
-        if c.get(format!("{base}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let up = sidecar::answers(&base, 400).await;
     let put = if up {
         c.put(format!("{base}/v1/objects/in/the/image"))
             .body("hello")

@@ -31,6 +31,23 @@ pub fn dir_config(root: &Path, port: u16, mode: &str) -> String {
     )
 }
 
+/// Polls `base/healthz` every 50 ms, at most `tries` times; whether it
+/// answered 200.
+pub async fn answers(base: &str, tries: u32) -> bool {
+    let c = reqwest::Client::new();
+    for _ in 0..tries {
+        if c.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 pub struct Sidecar {
     pub child: Child,
     pub base: String,
