@@ -13,7 +13,6 @@ mod common;
 
 use bytes::Bytes;
 use common::{raw_sled, scale};
-use walship::codec::Op;
 use walship::key::Key;
 use walship::log::{Log, Write};
 use walship::storage::SledStorage;
@@ -44,7 +43,7 @@ fn walship_log(
             tasks.push(tokio::spawn(async move {
                 for i in 0..per {
                     let key = Key::parse(&format!("w{w}/{i}")).expect("key");
-                    log.append(Write { op: Op::Put, key, value: value.clone() }).await.expect("append");
+                    log.append(Write::put(key, value.clone())).await.expect("append");
                 }
             }));
         }

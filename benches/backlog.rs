@@ -16,7 +16,6 @@ use bytes::Bytes;
 use common::scale;
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
-use walship::codec::Op;
 use walship::faults::{Fault, FaultyStore};
 use walship::key::Key;
 use walship::log::{Log, Write};
@@ -46,13 +45,9 @@ async fn fill(data: &std::path::Path, n: usize, distinct: usize) {
         tasks.push(tokio::spawn(async move {
             for i in (w..n).step_by(writers) {
                 let key = Key::parse(&format!("k/{}", i % distinct)).expect("key");
-                log.append(Write {
-                    op: Op::Put,
-                    key,
-                    value: value.clone(),
-                })
-                .await
-                .expect("append");
+                log.append(Write::put(key, value.clone()))
+                    .await
+                    .expect("append");
             }
         }));
     }

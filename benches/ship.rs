@@ -16,7 +16,6 @@ use futures::StreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use walship::codec::Op;
 use walship::key::Key;
 use walship::log::{Log, Write};
 use walship::storage::SledStorage;
@@ -90,13 +89,9 @@ async fn shipped(kind: Kind, n: usize) -> Duration {
             tasks.push(tokio::spawn(async move {
                 for i in (w..n).step_by(16) {
                     let key = Key::parse(&format!("k/{i}")).expect("key");
-                    log.append(Write {
-                        op: Op::Put,
-                        key,
-                        value: value.clone(),
-                    })
-                    .await
-                    .expect("append");
+                    log.append(Write::put(key, value.clone()))
+                        .await
+                        .expect("append");
                 }
             }));
         }

@@ -74,6 +74,8 @@ struct Found {
     /// Whether it carried `walshiporigin`.
     has_origin: bool,
     bytes: Option<Bytes>,
+    /// Its attributes other than walship's own.
+    content: Attributes,
 }
 
 impl Found {
@@ -110,6 +112,9 @@ enum Put {
 struct Stamp {
     tag: Tag,
     seq: u64,
+    /// The object's own attributes (Content-Type, `x-amz-meta-*`, …),
+    /// written with it where the store keeps attributes.
+    content: Attributes,
 }
 
 /// Applies entries with conflict detection; owns the conflict queue.
@@ -304,6 +309,7 @@ impl Engine {
                 origin: self.origin.clone(),
             }),
             seq: e.seq,
+            content: e.meta.as_ref().map(|m| m.attributes()).unwrap_or_default(),
         }
     }
 
@@ -807,6 +813,7 @@ impl Engine {
                                 origin: self.origin.clone(),
                             },
                             seq: e.seq,
+                            content: ours.content.clone(),
                         };
                         self.install(t, &e.key, &path, Some(Bytes::from(m)), stamp, &theirs)
                             .await
@@ -845,14 +852,7 @@ impl Engine {
             return Ok(());
         }
         let k = crate::key::Key::parse(key)?;
-        let appended = self
-            .log
-            .append(crate::log::Write {
-                op: Op::Put,
-                key: k,
-                value: bytes,
-            })
-            .await?;
+        let appended = self.log.append(crate::log::Write::put(k, bytes)).await?;
         let list: Vec<(u64, Option<Tag>)> = {
             let mut a = self.adopted.lock().unwrap_or_else(|p| p.into_inner());
             a.insert(appended.seq, tag);
@@ -922,7 +922,14 @@ impl Engine {
                 } else {
                     0
                 };
-                Ok((pv.bytes, Stamp { tag: pv.tag, seq }))
+                Ok((
+                    pv.bytes,
+                    Stamp {
+                        tag: pv.tag,
+                        seq,
+                        content: pv.content,
+                    },
+                ))
             }
             _ => Ok((mine, ours)),
         }
@@ -1050,7 +1057,14 @@ impl Engine {
                             } else {
                                 0
                             };
-                            (pv.bytes, Stamp { tag: pv.tag, seq })
+                            (
+                                pv.bytes,
+                                Stamp {
+                                    tag: pv.tag,
+                                    seq,
+                                    content: pv.content,
+                                },
+                            )
                         }
                         None => (
                             None,
@@ -1060,6 +1074,7 @@ impl Engine {
                                     origin: String::new(),
                                 },
                                 seq: 0,
+                                content: Attributes::new(),
                             },
                         ),
                     }
@@ -1124,7 +1139,11 @@ impl Engine {
         } else {
             0
         };
-        let stamp = Stamp { tag, seq };
+        let stamp = Stamp {
+            tag,
+            seq,
+            content: v.content,
+        };
         let bytes = v.bytes.unwrap_or_default();
         let r = self
             .put_with(t, path, bytes, PutMode::Overwrite, &stamp)
@@ -1146,6 +1165,7 @@ impl Engine {
             let caps = t.caps();
             let mut attributes = Attributes::new();
             if !caps.contains(Caps::NO_ATTRS) {
+                attributes = stamp.content.clone();
                 for (name, value) in [
                     (META_ORIGIN, stamp.tag.origin.clone()),
                     (META_TS, stamp.tag.ts_ms.to_string()),
@@ -1195,6 +1215,14 @@ async fn fetch(
     let ts = meta_str(&r.attributes, META_TS).and_then(|s| s.parse::<u64>().ok());
     let seq = meta_str(&r.attributes, META_SEQ).and_then(|s| s.parse::<u64>().ok());
     let meta = r.meta.clone();
+    let content: Attributes = r
+        .attributes
+        .iter()
+        .filter(|(k, _)| {
+            !matches!(k, Attribute::Metadata(n) if [META_ORIGIN, META_TS, META_SEQ].contains(&n.as_ref()))
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let bytes = if body { Some(r.bytes().await?) } else { None };
     Ok(Some(Found {
         etag: meta.e_tag,
@@ -1207,6 +1235,7 @@ async fn fetch(
         seq,
         has_origin: origin.is_some(),
         bytes,
+        content,
     }))
 }
 

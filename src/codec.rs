@@ -5,23 +5,32 @@
 //! ```text
 //! +---------+--------------------------------------------+-----------+
 //! | version | bincode 2 (standard config) of WireEntry   | crc32 LE  |
-//! | 1 byte  | seq, ts_ms, op, key, value                 | 4 bytes   |
+//! | 1 byte  | seq, ts_ms, op, key, value[, meta]         | 4 bytes   |
 //! +---------+--------------------------------------------+-----------+
 //! ```
+//!
+//! Version 2 (written by this build) adds `meta`: the bytes of an
+//! [`ObjectMeta`] (ETag, crc32, Content-Type and the other attributes),
+//! empty for an entry without one (a delete). Version 1 (no `meta`) is
+//! still read.
 //!
 //! The crc32 covers every byte before it, version included. Invariant: a
 //! record is only ever turned back into an [`Entry`] after its crc matched,
 //! its version is known and the seq inside it equals the seq it is stored
 //! under; anything else is [`Error::Corrupt`] naming that seq. The version
-//! byte lets a later codec read old logs; `tests` pins the bytes of version 1.
+//! byte lets a later codec read old logs; `tests` pins the bytes of
+//! versions 1 and 2.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::object::{Meta, ObjectMeta};
 
-/// The format version written by this build.
+/// The first format: no metadata.
 pub const FORMAT_V1: u8 = 1;
+/// The format written by this build: with metadata.
+pub const FORMAT_V2: u8 = 2;
 
 const CRC_LEN: usize = 4;
 
@@ -73,6 +82,9 @@ pub struct Entry {
     pub key: String,
     /// The value (empty for a delete).
     pub value: Bytes,
+    /// The object's metadata (`None` for a delete and for version-1
+    /// entries). Its `ts_ms` is the entry's.
+    pub meta: Option<Meta>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -85,8 +97,66 @@ struct WireEntry<'a> {
     value: &'a [u8],
 }
 
-/// Encodes an entry as a version-1 record with its crc32.
+#[derive(Serialize, Deserialize)]
+struct WireEntryV2<'a> {
+    seq: u64,
+    ts_ms: u64,
+    op: u8,
+    key: &'a str,
+    #[serde(with = "serde_bytes")]
+    value: &'a [u8],
+    #[serde(with = "serde_bytes")]
+    meta: &'a [u8],
+}
+
+fn seal<T: Serialize>(version: u8, wire: &T, capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(capacity + 1 + 24 + CRC_LEN);
+    out.push(version);
+    // Encoding into a Vec cannot fail: every field has a fixed serde shape.
+    let body = bincode::serde::encode_to_vec(wire, bincode::config::standard())
+        .unwrap_or_else(|e| unreachable!("bincode cannot fail on a wire entry: {e}"));
+    out.extend_from_slice(&body);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Encodes an entry without metadata as a version-2 record with its crc32.
 pub fn encode(seq: u64, ts_ms: u64, op: Op, key: &str, value: &[u8]) -> Vec<u8> {
+    encode_with(seq, ts_ms, op, key, value, None)
+}
+
+/// Encodes an entry as a version-2 record with its crc32; `meta` (whose
+/// `ts_ms` is replaced by the entry's) travels inside it.
+pub fn encode_with(
+    seq: u64,
+    ts_ms: u64,
+    op: Op,
+    key: &str,
+    value: &[u8],
+    meta: Option<&ObjectMeta>,
+) -> Vec<u8> {
+    let meta = meta
+        .map(|m| {
+            let mut m = m.clone();
+            m.ts_ms = ts_ms;
+            m.encode()
+        })
+        .unwrap_or_default();
+    let wire = WireEntryV2 {
+        seq,
+        ts_ms,
+        op: op.to_byte(),
+        key,
+        value,
+        meta: &meta,
+    };
+    seal(FORMAT_V2, &wire, key.len() + value.len() + meta.len())
+}
+
+/// Encodes an entry as a version-1 record (the format of older logs; kept
+/// so tests can write one).
+pub fn encode_v1(seq: u64, ts_ms: u64, op: Op, key: &str, value: &[u8]) -> Vec<u8> {
     let wire = WireEntry {
         seq,
         ts_ms,
@@ -94,15 +164,7 @@ pub fn encode(seq: u64, ts_ms: u64, op: Op, key: &str, value: &[u8]) -> Vec<u8> 
         key,
         value,
     };
-    let mut out = Vec::with_capacity(1 + 24 + key.len() + value.len() + CRC_LEN);
-    out.push(FORMAT_V1);
-    // Encoding into a Vec cannot fail: every field has a fixed serde shape.
-    let body = bincode::serde::encode_to_vec(&wire, bincode::config::standard())
-        .unwrap_or_else(|e| unreachable!("bincode cannot fail on WireEntry: {e}"));
-    out.extend_from_slice(&body);
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
+    seal(FORMAT_V1, &wire, key.len() + value.len())
 }
 
 /// The crc32 stored in a record, if it is long enough to hold one.
@@ -128,6 +190,24 @@ pub struct EntryRef<'a> {
     pub key: &'a str,
     /// The value (empty for a delete).
     pub value: &'a [u8],
+    /// The encoded metadata (empty when none): see [`EntryRef::meta`].
+    pub meta_bytes: &'a [u8],
+}
+
+impl EntryRef<'_> {
+    /// The decoded metadata; a record whose metadata does not decode is
+    /// corrupt.
+    pub fn meta(&self) -> Result<Option<Meta>> {
+        if self.meta_bytes.is_empty() {
+            return Ok(None);
+        }
+        ObjectMeta::decode(self.meta_bytes)
+            .map(|m| Some(std::sync::Arc::new(m)))
+            .ok_or_else(|| Error::Corrupt {
+                seq: self.seq,
+                reason: "its object metadata does not decode".into(),
+            })
+    }
 }
 
 /// Decodes and checks a record stored under `seq`.
@@ -139,6 +219,7 @@ pub fn decode(seq: u64, record: &[u8]) -> Result<Entry> {
         op: e.op,
         key: e.key.to_string(),
         value: Bytes::copy_from_slice(e.value),
+        meta: e.meta()?,
     })
 }
 
@@ -158,15 +239,32 @@ pub fn decode_ref(seq: u64, record: &[u8]) -> Result<EntryRef<'_>> {
             "crc32 mismatch: stored {stored:08x}, computed {actual:08x}"
         )));
     }
-    if body[0] != FORMAT_V1 {
-        return Err(corrupt(format!(
-            "unknown format version {} (this build reads {FORMAT_V1})",
-            body[0]
-        )));
-    }
-    let (wire, used): (WireEntry<'_>, usize) =
-        bincode::serde::borrow_decode_from_slice(&body[1..], bincode::config::standard())
-            .map_err(|e| corrupt(format!("cannot decode: {e}")))?;
+    let (wire, used) = match body[0] {
+        FORMAT_V1 => {
+            let (w, used): (WireEntry<'_>, usize) =
+                bincode::serde::borrow_decode_from_slice(&body[1..], bincode::config::standard())
+                    .map_err(|e| corrupt(format!("cannot decode: {e}")))?;
+            let w = WireEntryV2 {
+                seq: w.seq,
+                ts_ms: w.ts_ms,
+                op: w.op,
+                key: w.key,
+                value: w.value,
+                meta: &[],
+            };
+            (w, used)
+        }
+        FORMAT_V2 => bincode::serde::borrow_decode_from_slice::<WireEntryV2<'_>, _>(
+            &body[1..],
+            bincode::config::standard(),
+        )
+        .map_err(|e| corrupt(format!("cannot decode: {e}")))?,
+        v => {
+            return Err(corrupt(format!(
+                "unknown format version {v} (this build reads {FORMAT_V1} and {FORMAT_V2})"
+            )));
+        }
+    };
     if used != body.len() - 1 {
         return Err(corrupt(format!(
             "{} trailing bytes after the entry",
@@ -186,6 +284,7 @@ pub fn decode_ref(seq: u64, record: &[u8]) -> Result<EntryRef<'_>> {
         op,
         key: wire.key,
         value: wire.value,
+        meta_bytes: wire.meta,
     })
 }
 
@@ -197,7 +296,7 @@ mod tests {
     /// changed: old logs would no longer read. Bump the version instead.
     #[test]
     fn golden_bytes_v1() {
-        let rec = encode(1, 1_700_000_000_000, Op::Put, "a/b", b"hi");
+        let rec = encode_v1(1, 1_700_000_000_000, Op::Put, "a/b", b"hi");
         let expected: Vec<u8> = vec![
             0x01, // version
             0x01, // seq = 1 (varint)
@@ -214,6 +313,65 @@ mod tests {
         let crc = crc32fast::hash(&expected);
         assert_eq!(stored_crc(&rec), Some(crc));
         assert_eq!(crc, 0xb452_06a6, "crc of golden record: {crc:08x}");
+        // And this build still reads it.
+        let e = decode(1, &rec).expect("v1 reads");
+        assert_eq!(
+            (e.key.as_str(), &e.value[..], e.meta),
+            ("a/b", &b"hi"[..], None)
+        );
+    }
+
+    /// The bytes of format version 2, with metadata and without.
+    #[test]
+    fn golden_bytes_v2() {
+        let meta = ObjectMeta {
+            etag: "e".into(),
+            crc32: 7,
+            ts_ms: 0,
+            content_type: Some("t".into()),
+            user: vec![("k".into(), "v".into())],
+            ..ObjectMeta::default()
+        };
+        let rec = encode_with(1, 5, Op::Put, "a", b"h", Some(&meta));
+        #[rustfmt::skip]
+        let expected: Vec<u8> = vec![
+            0x02, // version
+            0x01, 0x05, 0x01, // seq, ts_ms, op put
+            0x01, b'a', 0x01, b'h', // key, value
+            0x10, // meta: 16 bytes
+            0x01, b'e', 0x07, 0x05, // etag, crc32, ts_ms (the entry's)
+            0x01, 0x01, b't', // content_type Some("t")
+            0x00, 0x00, 0x00, 0x00, // the other four headers None
+            0x01, 0x01, b'k', 0x01, b'v', // user metadata
+        ];
+        assert_eq!(&rec[..rec.len() - 4], &expected[..], "drifted: {rec:02x?}");
+        let e = decode(1, &rec).expect("decodes");
+        assert_eq!(e.meta.as_deref().map(|m| m.ts_ms), Some(5));
+        assert_eq!(
+            e.meta.as_deref().and_then(|m| m.content_type.as_deref()),
+            Some("t")
+        );
+        let bare = encode(2, 5, Op::Delete, "a", b"");
+        assert_eq!(
+            &bare[..bare.len() - 4],
+            &[0x02, 0x02, 0x05, 0x02, 0x01, b'a', 0x00, 0x00]
+        );
+        assert_eq!(decode(2, &bare).expect("decodes").meta, None);
+    }
+
+    #[test]
+    fn metadata_that_does_not_decode_is_corrupt() {
+        let wire = WireEntryV2 {
+            seq: 3,
+            ts_ms: 1,
+            op: 1,
+            key: "k",
+            value: b"v",
+            meta: &[0xff, 0xff],
+        };
+        let rec = seal(FORMAT_V2, &wire, 8);
+        let err = decode(3, &rec).expect_err("bad meta");
+        assert!(matches!(err, Error::Corrupt { seq: 3, .. }), "{err}");
     }
 
     #[test]
@@ -254,12 +412,12 @@ mod tests {
             Err(Error::Corrupt { seq: 5, .. })
         ));
         assert!(matches!(decode(5, &[]), Err(Error::Corrupt { seq: 5, .. })));
-        let mut v2 = rec.clone();
-        v2[0] = 2;
-        let n = v2.len();
-        let crc = crc32fast::hash(&v2[..n - 4]);
-        v2[n - 4..].copy_from_slice(&crc.to_le_bytes());
-        let msg = decode(5, &v2).expect_err("unknown version").to_string();
-        assert!(msg.contains("format version 2"), "{msg}");
+        let mut v3 = rec.clone();
+        v3[0] = 3;
+        let n = v3.len();
+        let crc = crc32fast::hash(&v3[..n - 4]);
+        v3[n - 4..].copy_from_slice(&crc.to_le_bytes());
+        let msg = decode(5, &v3).expect_err("unknown version").to_string();
+        assert!(msg.contains("format version 3"), "{msg}");
     }
 }

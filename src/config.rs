@@ -266,6 +266,174 @@ pub struct Config {
     /// The replicas.
     #[serde(default)]
     pub targets: Vec<TargetConfig>,
+    /// The S3 front door (`[s3]`); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Config>,
+}
+
+/// The `[s3]` table: an S3 endpoint over the same log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// S3 API address. Default: `127.0.0.1:7602`.
+    #[serde(default = "default_s3_listen")]
+    pub listen: String,
+    /// The access key id clients sign with. Default: `walship`.
+    #[serde(default = "default_access_key_id")]
+    pub access_key_id: String,
+    /// A file holding the secret access key (trailing whitespace ignored).
+    /// `WALSHIP_S3_SECRET_ACCESS_KEY` may give the secret instead.
+    #[serde(default)]
+    pub secret_access_key_file: Option<PathBuf>,
+    /// The secret from `WALSHIP_S3_SECRET_ACCESS_KEY` (never in the file).
+    #[serde(skip)]
+    pub secret_from_env: Option<String>,
+    /// The region clients sign for and GetBucketLocation answers.
+    /// Default: `us-east-1`.
+    #[serde(default = "default_s3_region")]
+    pub region: String,
+    /// Whether CreateBucket makes a bucket (kept in `data_dir`) and
+    /// DeleteBucket removes an empty one. Default: false.
+    #[serde(default)]
+    pub allow_create_bucket: bool,
+    /// The buckets clients name, each mapped to a key prefix.
+    #[serde(default)]
+    pub buckets: Vec<S3Bucket>,
+}
+
+/// One `[[s3.buckets]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct S3Bucket {
+    /// The bucket name clients use.
+    pub name: String,
+    /// The walship key prefix it maps to. Default: `NAME/`.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// This bucket's writes use this mode (else `[replication] mode`).
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// This bucket's reads use this preference.
+    #[serde(default)]
+    pub read_preference: Option<ReadPreference>,
+}
+
+impl S3Bucket {
+    /// The key prefix: `prefix`, or `NAME/`.
+    pub fn key_prefix(&self) -> String {
+        self.prefix
+            .clone()
+            .unwrap_or_else(|| format!("{}/", self.name))
+    }
+}
+
+fn default_s3_listen() -> String {
+    "127.0.0.1:7602".into()
+}
+
+fn default_access_key_id() -> String {
+    "walship".into()
+}
+
+fn default_s3_region() -> String {
+    "us-east-1".into()
+}
+
+/// Whether `name` is a bucket name S3 accepts: 3–63 characters of
+/// lowercase letters, digits, `.` and `-`, starting and ending with a
+/// letter or digit, no `..`, not an IP address.
+pub fn valid_bucket_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    (3..=63).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'-'))
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && !name.contains("..")
+        && name.parse::<std::net::Ipv4Addr>().is_err()
+}
+
+/// Problems of an `[s3]` table, one line each, naming the field.
+pub fn s3_problems(s3: &S3Config, p: &mut Vec<String>) {
+    if s3.listen.parse::<SocketAddr>().is_err() {
+        p.push(format!(
+            "s3.listen: {:?} is not an address like 127.0.0.1:7602",
+            s3.listen
+        ));
+    }
+    if s3.access_key_id.is_empty()
+        || s3
+            .access_key_id
+            .chars()
+            .any(|c| c.is_whitespace() || c == '/')
+    {
+        p.push(format!(
+            "s3.access_key_id: {:?} must be non-empty, without spaces or '/'",
+            s3.access_key_id
+        ));
+    }
+    if s3.secret_access_key_file.is_none() && s3.secret_from_env.is_none() {
+        p.push(
+            "s3.secret_access_key_file: not set, and WALSHIP_S3_SECRET_ACCESS_KEY is not either;              every S3 request is signed with the secret, so give one"
+                .into(),
+        );
+    }
+    if s3.region.is_empty()
+        || !s3
+            .region
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        p.push(format!(
+            "s3.region: {:?} must be a region name like us-east-1",
+            s3.region
+        ));
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, b) in s3.buckets.iter().enumerate() {
+        let field = format!("s3.buckets[{i}]");
+        if !valid_bucket_name(&b.name) {
+            p.push(format!(
+                "{field}.name: {:?} is not an S3 bucket name (3-63 lowercase letters, digits, '.' and '-', starting and ending with a letter or digit)",
+                b.name
+            ));
+        }
+        if !names.insert(b.name.as_str()) {
+            p.push(format!("{field}.name: bucket {:?} is given twice", b.name));
+        }
+        let prefix = b.key_prefix();
+        if let Some(why) = prefix_problem(&prefix) {
+            p.push(format!("{field}.prefix: {prefix:?} {why}"));
+        }
+        for (j, other) in s3.buckets.iter().enumerate().take(i) {
+            let theirs = other.key_prefix();
+            if prefix.starts_with(&theirs) || theirs.starts_with(&prefix) {
+                p.push(format!(
+                    "{field}.prefix: {prefix:?} overlaps s3.buckets[{j}]'s {theirs:?}; a key would be in two buckets, so give each bucket a prefix of its own"
+                ));
+            }
+        }
+    }
+}
+
+/// Why `prefix` cannot be a bucket's key prefix, if it cannot.
+pub fn prefix_problem(prefix: &str) -> Option<&'static str> {
+    if prefix.is_empty() {
+        return None;
+    }
+    if prefix.starts_with('/') {
+        return Some("must not start with '/'");
+    }
+    if prefix.split('/').any(|s| s == "..") {
+        return Some("must not hold a '..' segment");
+    }
+    if prefix.chars().any(|c| c.is_control()) {
+        return Some("must not hold control characters");
+    }
+    if prefix.len() > 512 {
+        return Some("is longer than 512 bytes");
+    }
+    None
 }
 
 /// A target URL, understood.
@@ -377,6 +545,14 @@ impl Config {
         if let Some(v) = var("WALSHIP_AUTH_TOKEN_FILE").filter(|v| !v.is_empty()) {
             self.auth_token_file = Some(PathBuf::from(v));
         }
+        if let Some(s3) = &mut self.s3 {
+            if let Some(v) = var("WALSHIP_S3_LISTEN").filter(|v| !v.is_empty()) {
+                s3.listen = v;
+            }
+            if let Some(v) = var("WALSHIP_S3_SECRET_ACCESS_KEY").filter(|v| !v.is_empty()) {
+                s3.secret_from_env = Some(v);
+            }
+        }
     }
 
     /// Makes `data_dir` and `auth_token_file` absolute, taking relative
@@ -390,6 +566,12 @@ impl Config {
             && t.is_relative()
         {
             self.auth_token_file = Some(base.join(t));
+        }
+        if let Some(s3) = &mut self.s3
+            && let Some(f) = &s3.secret_access_key_file
+            && f.is_relative()
+        {
+            s3.secret_access_key_file = Some(base.join(f));
         }
     }
 
@@ -412,6 +594,23 @@ impl Config {
                  or remove auth_token_file",
                 t.display()
             ));
+        }
+        if let Some(s3) = &self.s3
+            && s3.secret_from_env.is_none()
+            && let Some(f) = &s3.secret_access_key_file
+        {
+            match std::fs::read_to_string(f) {
+                Ok(t) if t.trim().is_empty() => p.push(format!(
+                    "s3.secret_access_key_file: {} is empty; write the secret access key in it",
+                    f.display()
+                )),
+                Ok(_) => {}
+                Err(e) => p.push(format!(
+                    "s3.secret_access_key_file: {} cannot be read ({e}); create it with the secret, \
+                     or set WALSHIP_S3_SECRET_ACCESS_KEY",
+                    f.display()
+                )),
+            }
         }
         p
     }
@@ -459,6 +658,15 @@ impl Config {
         );
         if self.max_connections == 0 {
             p.push("max_connections: must be at least 1".into());
+        }
+        if let Some(s3) = &self.s3 {
+            s3_problems(s3, &mut p);
+            if s3.listen == self.listen {
+                p.push(format!(
+                    "s3.listen: {:?} is the HTTP API's listen too; give the S3 API an address of its own",
+                    s3.listen
+                ));
+            }
         }
         if let Ok(addr) = self.listen.parse::<SocketAddr>()
             && !addr.ip().is_loopback()
@@ -571,6 +779,7 @@ impl Config {
             replication: ReplicationConfig::default(),
             primary: dir("primary"),
             targets: vec![dir("replica-1"), r2],
+            s3: None,
         }
     }
 }

@@ -12,6 +12,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong in walship.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A conditional write (`If-None-Match: *`, `If-Match`) found the key's
+    /// newest version in the log other than it required; nothing was
+    /// appended.
+    #[error("precondition failed for key {key:?}: {reason}; nothing was written")]
+    PreconditionFailed {
+        /// The key.
+        key: String,
+        /// What the log holds instead.
+        reason: String,
+    },
+
     /// A stored log entry failed its crc or could not be decoded.
     #[error(
         "log entry seq {seq} is corrupt: {reason}. Shipping stops before it; \

@@ -14,7 +14,8 @@
 //! - `\0runs` → the manifest: watermark (highest seq the runs cover), the
 //!   next run id, and the runs, oldest first (id, number of keys);
 //! - `\x01` + run id (u64 BE) + first key of the block → block: entries
-//!   `u16 LE key length, key, KeyInfo (17 bytes)` in key order.
+//!   `u16 LE key length, key, KeyInfo` in key order (17 bytes, or more
+//!   with object metadata: see `KeyInfo::write_to`).
 //!
 //! Invariants: only runs named in the manifest are read. A run's blocks are
 //! written first; then one sled batch (atomic) names it in the manifest and
@@ -43,7 +44,6 @@ const LEGACY_WATERMARK: &[u8] = b"\0watermark";
 const RUN: u8 = 0x01;
 /// Blocks written per sled batch while a run is built.
 const BLOCKS_PER_BATCH: usize = 256;
-const INFO: usize = 17;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Run {
@@ -279,7 +279,7 @@ impl Inner {
             let info = KeyInfo::from_bytes(&v).ok_or_else(|| {
                 self.damaged(format!("the entry of {:?}", String::from_utf8_lossy(&k)))
             })?;
-            writer.push(&self.tree, &k, info).map_err(self.err())?;
+            writer.push(&self.tree, &k, &info).map_err(self.err())?;
         }
         let run = writer.finish(&self.tree).map_err(self.err())?;
         let manifest = Manifest {
@@ -343,7 +343,7 @@ impl Inner {
         let mut writer = RunWriter::new(id);
         for (k, info) in &sorted {
             writer
-                .push(&self.tree, k.as_bytes(), *info)
+                .push(&self.tree, k.as_bytes(), info)
                 .map_err(self.err())?;
         }
         let run = writer.finish(&self.tree).map_err(self.err())?;
@@ -417,14 +417,14 @@ impl Inner {
                 for (i, h) in heads.iter_mut().enumerate() {
                     if h.as_ref().is_some_and(|(k, _)| *k == min) {
                         let (_, info) = h.take().unwrap_or_else(|| unreachable!());
-                        if best.is_none_or(|b| info.seq > b.seq) {
+                        if best.as_ref().is_none_or(|b| info.seq > b.seq) {
                             best = Some(info);
                         }
                         *h = iters[i].next().transpose()?;
                     }
                 }
                 if let Some(info) = best {
-                    writer.push(&self.tree, &min, info).map_err(self.err())?;
+                    writer.push(&self.tree, &min, &info).map_err(self.err())?;
                 }
             }
         }
@@ -522,9 +522,15 @@ impl Inner {
                     }
                     continue;
                 }
-                let e = merged.entry(k).or_insert(info);
-                if info.seq > e.seq {
-                    *e = info;
+                match merged.entry(k) {
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(info);
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut o) => {
+                        if info.seq > o.get().seq {
+                            o.insert(info);
+                        }
+                    }
                 }
                 taken += 1;
                 if taken >= limit {
@@ -563,8 +569,10 @@ impl RunWriter {
     }
 
     /// Adds the next key (in key order).
-    fn push(&mut self, tree: &sled::Tree, key: &[u8], info: KeyInfo) -> sled::Result<()> {
-        if !self.block.is_empty() && self.block.len() + 2 + key.len() + INFO > BLOCK_BYTES {
+    fn push(&mut self, tree: &sled::Tree, key: &[u8], info: &KeyInfo) -> sled::Result<()> {
+        if !self.block.is_empty()
+            && self.block.len() + 2 + key.len() + info.encoded_len() > BLOCK_BYTES
+        {
             self.close_block(tree)?;
         }
         if self.block.is_empty() {
@@ -573,7 +581,7 @@ impl RunWriter {
         self.block
             .extend_from_slice(&(key.len() as u16).to_le_bytes());
         self.block.extend_from_slice(key);
-        self.block.extend_from_slice(&info.to_bytes());
+        info.write_to(&mut self.block);
         self.len += 1;
         Ok(())
     }
@@ -641,8 +649,8 @@ impl RunIter<'_> {
         let entry = b.get(..2).and_then(|l| {
             let len = u16::from_le_bytes([l[0], l[1]]) as usize;
             let key = b.get(2..2 + len)?;
-            let info = KeyInfo::from_bytes(b.get(2 + len..2 + len + INFO)?)?;
-            Some((key.to_vec(), info, 2 + len + INFO))
+            let (info, used) = KeyInfo::read_from(b.get(2 + len..)?)?;
+            Some((key.to_vec(), info, 2 + len + used))
         });
         match entry {
             Some((k, info, n)) => {
@@ -726,6 +734,12 @@ mod tests {
                 Op::Put
             },
             size: seq * 3,
+            // Every third put carries metadata: records of both lengths.
+            meta: (seq.is_multiple_of(3) && !seq.is_multiple_of(5)).then(|| {
+                let mut m = crate::object::ObjectMeta::of(&seq.to_be_bytes());
+                m.content_type = Some(format!("type/{seq}"));
+                std::sync::Arc::new(m)
+            }),
         }
     }
 
@@ -743,7 +757,7 @@ mod tests {
     fn check(idx: &KeyIndex, model: &BTreeMap<String, KeyInfo>, rng: &mut Rng) {
         for _ in 0..200 {
             let k = format!("k/{}/{}", rng.below(7), rng.below(3000));
-            assert_eq!(idx.get(&k).expect("get"), model.get(&k).copied(), "{k}");
+            assert_eq!(idx.get(&k).expect("get"), model.get(&k).cloned(), "{k}");
         }
         for prefix in ["", "k/", "k/3/", "k/3/1", "k/6/29", "x"] {
             for limit in [1, 7, 100, usize::MAX] {
@@ -751,7 +765,7 @@ mod tests {
                     .range(prefix.to_string()..)
                     .take_while(|(k, _)| k.starts_with(prefix))
                     .take(limit)
-                    .map(|(k, i)| (k.clone(), *i))
+                    .map(|(k, i)| (k.clone(), i.clone()))
                     .collect();
                 assert_eq!(
                     idx.with_prefix(prefix, "", limit).expect("list"),
@@ -785,7 +799,7 @@ mod tests {
                     batch.push((k, info(seq)));
                 }
                 let refs: Vec<(&str, KeyInfo)> =
-                    batch.iter().map(|(k, i)| (k.as_str(), *i)).collect();
+                    batch.iter().map(|(k, i)| (k.as_str(), i.clone())).collect();
                 idx.add(&refs, seq).expect("add");
                 for (k, i) in batch {
                     model.insert(k, i);
@@ -827,8 +841,16 @@ mod tests {
             let t = db.open_tree("keys").expect("tree");
             t.clear().expect("clear");
             for i in 0..1000u64 {
-                t.insert(format!("old/{i:04}"), &info(i + 1).to_bytes())
-                    .expect("insert");
+                t.insert(format!("old/{i:04}"), {
+                    let mut b = Vec::new();
+                    KeyInfo {
+                        meta: None,
+                        ..info(i + 1)
+                    }
+                    .write_to(&mut b);
+                    b
+                })
+                .expect("insert");
             }
             t.insert(LEGACY_WATERMARK, &1000u64.to_be_bytes())
                 .expect("wm");
@@ -856,7 +878,7 @@ mod tests {
             let next = idx.manifest().next_id;
             for id in [0, next, next + 3] {
                 let mut w = RunWriter::new(id);
-                w.push(&idx.tree, b"old/0042", info(5000)).expect("push");
+                w.push(&idx.tree, b"old/0042", &info(5000)).expect("push");
                 w.finish(&idx.tree).expect("finish");
             }
             db.flush().expect("flush");
@@ -880,13 +902,28 @@ mod tests {
             seq: 7,
             op: Op::Put,
             size: 3,
+            meta: None,
         };
         let del = KeyInfo {
             seq: 9,
             op: Op::Delete,
             size: 0,
+            meta: None,
         };
-        idx.add(&[("b", del), ("a", put)], 9).expect("add");
+        let with_meta = KeyInfo {
+            seq: 8,
+            op: Op::Put,
+            size: 1,
+            meta: Some(std::sync::Arc::new(crate::object::ObjectMeta {
+                etag: "e".into(),
+                crc32: 1,
+                ts_ms: 2,
+                ..Default::default()
+            })),
+        };
+        idx.add(&[("b", del), ("a", put), ("c", with_meta.clone())], 9)
+            .expect("add");
+        assert_eq!(idx.get("c").expect("get"), Some(with_meta));
         let blocks: Vec<(Vec<u8>, Vec<u8>)> = idx
             .tree
             .range([RUN]..[RUN + 1])
@@ -897,6 +934,9 @@ mod tests {
         let block = vec![
             1, 0, b'a', 0, 0, 0, 0, 0, 0, 0, 7, 1, 0, 0, 0, 0, 0, 0, 0, 3,
             1, 0, b'b', 0, 0, 0, 0, 0, 0, 0, 9, 2, 0, 0, 0, 0, 0, 0, 0, 0,
+            // With metadata: op | 0x80, then u16 LE length and ObjectMeta.
+            1, 0, b'c', 0, 0, 0, 0, 0, 0, 0, 8, 0x81, 0, 0, 0, 0, 0, 0, 0, 1,
+            10, 0, 1, b'e', 1, 2, 0, 0, 0, 0, 0, 0,
         ];
         // Run 2 (run 1 is what an older index becomes on a first open).
         assert_eq!(blocks, vec![(vec![1, 0, 0, 0, 0, 0, 0, 0, 2, b'a'], block)]);
@@ -905,7 +945,7 @@ mod tests {
         let want: Vec<u8> = vec![
             0, 0, 0, 0, 0, 0, 0, 9, // watermark
             0, 0, 0, 0, 0, 0, 0, 3, // next run id
-            0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 2, // run 2: 2 keys
+            0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3, // run 2: 3 keys
         ];
         assert_eq!(manifest.to_vec(), want);
     }

@@ -17,6 +17,7 @@ pub mod key;
 mod keyfit;
 mod keyindex;
 pub mod log;
+pub mod object;
 pub mod storage;
 
 pub use error::{Error, Result};
@@ -40,6 +41,7 @@ pub mod metrics;
 pub mod model;
 pub mod reads;
 pub mod restore;
+pub mod s3;
 pub mod server;
 mod target_state;
 

@@ -42,6 +42,36 @@ pub struct Write {
     pub key: Key,
     /// The value (empty for a delete).
     pub value: Bytes,
+    /// The object's metadata (a put; `None` for a delete).
+    pub meta: Option<crate::object::Meta>,
+    /// What the key's newest version must be for the write to be appended.
+    pub cond: Option<crate::object::Precondition>,
+}
+
+impl Write {
+    /// A put of `value` with its MD5 ETag and crc32, no attributes, no
+    /// condition.
+    pub fn put(key: Key, value: Bytes) -> Write {
+        let meta = Some(std::sync::Arc::new(crate::object::ObjectMeta::of(&value)));
+        Write {
+            op: Op::Put,
+            key,
+            value,
+            meta,
+            cond: None,
+        }
+    }
+
+    /// A delete of `key`, no condition.
+    pub fn delete(key: Key) -> Write {
+        Write {
+            op: Op::Delete,
+            key,
+            value: Bytes::new(),
+            meta: None,
+            cond: None,
+        }
+    }
 }
 
 /// Where an appended write landed.
@@ -228,6 +258,8 @@ impl Log {
             storage: storage.clone(),
             head: head_tx.clone(),
             indexer: index_tx,
+            indexed: indexed.clone(),
+            pending: pending_index.clone(),
             next_seq: head + 1,
             last_ts,
         };
@@ -434,12 +466,20 @@ impl Log {
                     bytes += rec.len();
                     keeping = keeping && w.sizes.len() <= keep_entries && bytes <= keep_bytes;
                     if keeping {
+                        let meta = match e.meta() {
+                            Ok(m) => m,
+                            Err(err) => {
+                                w.error = Some(err);
+                                return false;
+                            }
+                        };
                         kept.push(Entry {
                             seq,
                             ts_ms: e.ts_ms,
                             op: e.op,
                             key: e.key.to_string(),
                             value: bytes::Bytes::copy_from_slice(e.value),
+                            meta,
                         });
                     } else if !kept.is_empty() {
                         kept = Vec::new();
@@ -595,7 +635,7 @@ impl Log {
     pub async fn key_info(&self, key: &str) -> Result<Option<KeyInfo>> {
         self.wait_indexed().await;
         if let Some(info) = self.pending_index().keys.get(key) {
-            return Ok(Some(*info));
+            return Ok(Some(info.clone()));
         }
         self.storage.key_info(key)
     }
@@ -625,7 +665,7 @@ impl Log {
                 && (after.is_empty() || k.as_str() > after)
                 && (saved_all || merged.last_key_value().is_some_and(|(last, _)| k < last))
             {
-                merged.insert(k.clone(), *info);
+                merged.insert(k.clone(), info.clone());
             }
         }
         Ok(merged.into_iter().take(limit).collect())
@@ -1017,13 +1057,17 @@ fn rebuild_key_index(storage: &dyn LogStorage, head: u64) -> Result<()> {
                     seq,
                     op: e.op,
                     size: e.value.len() as u64,
+                    meta: e.meta,
                 },
             )),
             Err(e) => tracing::warn!(error = %e, "entry left out of the key index"),
         }
         true
     })?;
-    let keys: Vec<(&str, KeyInfo)> = entries.iter().map(|(k, i)| (k.as_str(), *i)).collect();
+    let keys: Vec<(&str, KeyInfo)> = entries
+        .iter()
+        .map(|(k, i)| (k.as_str(), i.clone()))
+        .collect();
     storage.index(&keys, head)?;
     storage.sync()
 }
@@ -1041,6 +1085,10 @@ struct Committer {
     storage: Arc<dyn LogStorage>,
     head: Arc<watch::Sender<u64>>,
     indexer: std::sync::mpsc::Sender<IndexJob>,
+    /// What the indexer covers, and its pending map: conditional writes
+    /// are decided against them.
+    indexed: Arc<watch::Sender<u64>>,
+    pending: Arc<Mutex<PendingIndex>>,
     next_seq: u64,
     last_ts: u64,
 }
@@ -1052,6 +1100,85 @@ struct IndexJob {
 }
 
 impl Committer {
+    /// Refuses the group's writes whose precondition does not hold against
+    /// the key's newest version: the log up to the published head (the
+    /// indexer is waited for) and the writes of this group before it. The
+    /// committer is the one appender, so this is atomic with every other
+    /// write.
+    fn check_conditions(&self, group: &mut Vec<Request>) {
+        if group.iter().all(|r| r.write.cond.is_none()) {
+            return;
+        }
+        let head = self.next_seq - 1;
+        let waited = std::time::Instant::now();
+        while *self.indexed.borrow() < head && waited.elapsed() < std::time::Duration::from_secs(5)
+        {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+        // key → its newest version's ETag ("" when unknown), None: absent.
+        let mut seen: std::collections::HashMap<String, Option<String>> = Default::default();
+        let mut kept = Vec::with_capacity(group.len());
+        for r in group.drain(..) {
+            let key = r.write.key.as_str().to_string();
+            if let Some(cond) = &r.write.cond {
+                let current = match seen.get(&key) {
+                    Some(c) => Ok(c.clone()),
+                    None => self.newest(&key),
+                };
+                match current {
+                    Err(e) => {
+                        let _ = r.reply.send(Err(e));
+                        continue;
+                    }
+                    Ok(cur) if !cond.holds(cur.as_deref()) => {
+                        let reason = match (&cond, &cur) {
+                            (_, None) => "the key does not exist".to_string(),
+                            (crate::object::Precondition::Absent, Some(_)) => {
+                                "the key already exists (If-None-Match: *)".to_string()
+                            }
+                            (_, Some(etag)) => format!("its newest version has ETag {etag:?}"),
+                        };
+                        let _ = r.reply.send(Err(Error::PreconditionFailed { key, reason }));
+                        continue;
+                    }
+                    Ok(_) => {}
+                }
+            }
+            let now = match r.write.op {
+                Op::Put => Some(
+                    r.write
+                        .meta
+                        .as_ref()
+                        .map(|m| m.etag.clone())
+                        .unwrap_or_default(),
+                ),
+                Op::Delete => None,
+            };
+            seen.insert(key, now);
+            kept.push(r);
+        }
+        *group = kept;
+    }
+
+    /// The newest version of `key` up to the indexed head: `None` when
+    /// absent, else its ETag ("" when unknown).
+    fn newest(&self, key: &str) -> Result<Option<String>> {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys
+            .get(key)
+            .cloned();
+        let info = match pending {
+            Some(i) => Some(i),
+            None => self.storage.key_info(key)?,
+        };
+        Ok(info
+            .filter(|i| i.op == Op::Put)
+            .map(|i| i.etag().unwrap_or_default().to_string()))
+    }
+
     /// After a failed flush: reopens the storage from disk, removes any
     /// tail above the published head (its writers were answered with an
     /// error), and makes that durable.
@@ -1161,17 +1288,22 @@ impl Committer {
                     }
                 }
             }
+            self.check_conditions(&mut group);
+            if group.is_empty() {
+                continue;
+            }
             let ts = crate::log::now_ms().max(self.last_ts);
             let first_seq = self.next_seq;
             records.clear();
             for (i, r) in group.iter().enumerate() {
                 let w = &r.write;
-                records.push(codec::encode(
+                records.push(codec::encode_with(
                     first_seq + i as u64,
                     ts,
                     w.op,
                     w.key.as_str(),
                     &w.value,
+                    w.meta.as_deref(),
                 ));
             }
             let pending: Vec<PendingRecord<'_>> = records
@@ -1224,10 +1356,16 @@ impl Committer {
                     for (i, Request { write, reply, .. }) in group.drain(..).enumerate() {
                         let seq = first_seq + i as u64;
                         let _ = reply.send(Ok(Appended { seq, ts_ms: ts }));
+                        let meta = write.meta.map(|m| {
+                            let mut m = std::sync::Arc::unwrap_or_clone(m);
+                            m.ts_ms = ts;
+                            std::sync::Arc::new(m)
+                        });
                         let info = KeyInfo {
                             seq,
                             op: write.op,
                             size: write.value.len() as u64,
+                            meta,
                         };
                         keys.push((write.key, info));
                     }
@@ -1303,10 +1441,12 @@ fn run_indexer(
         if unsaved > 0 {
             let snapshot: Vec<(String, KeyInfo)> = {
                 let p = pending.lock().unwrap_or_else(|e| e.into_inner());
-                p.keys.iter().map(|(k, i)| (k.clone(), *i)).collect()
+                p.keys.iter().map(|(k, i)| (k.clone(), i.clone())).collect()
             };
-            let keys: Vec<(&str, KeyInfo)> =
-                snapshot.iter().map(|(k, i)| (k.as_str(), *i)).collect();
+            let keys: Vec<(&str, KeyInfo)> = snapshot
+                .iter()
+                .map(|(k, i)| (k.as_str(), i.clone()))
+                .collect();
             match storage.index(&keys, last) {
                 Ok(()) => {
                     let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -1334,11 +1474,10 @@ mod tests {
     use crate::storage::SledStorage;
 
     fn put(key: &str, value: &str) -> Write {
-        Write {
-            op: Op::Put,
-            key: Key::parse(key).expect("key"),
-            value: Bytes::copy_from_slice(value.as_bytes()),
-        }
+        Write::put(
+            Key::parse(key).expect("key"),
+            Bytes::copy_from_slice(value.as_bytes()),
+        )
     }
 
     #[tokio::test]

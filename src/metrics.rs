@@ -41,6 +41,15 @@ pub struct RequestLabels {
     pub op: String,
 }
 
+/// `{op="...",status="..."}`: one request to the S3 API.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct S3Labels {
+    /// The S3 operation (PutObject, GetObject, …; `Other` when unknown).
+    pub op: String,
+    /// The HTTP status answered.
+    pub status: String,
+}
+
 fn replication_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
@@ -84,6 +93,8 @@ pub struct Metrics {
     pub log_retained_bytes: Gauge,
     /// Requests sent to each target's store, by kind.
     pub target_requests: Family<RequestLabels, Counter>,
+    /// Requests to the S3 API, by operation and status.
+    pub s3_requests: Family<S3Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -118,7 +129,13 @@ impl Metrics {
             target_health: Family::default(),
             log_retained_bytes: Gauge::default(),
             target_requests: Family::default(),
+            s3_requests: Family::default(),
         };
+        registry.register(
+            "walship_s3_requests",
+            "Requests to the S3 API, by operation and HTTP status",
+            m.s3_requests.clone(),
+        );
         registry.register(
             "walship_target_requests",
             "Requests sent to a target's store, by op (put, get, head, delete, list, copy): what the store bills",

@@ -55,6 +55,7 @@ fn status_of(e: &Error) -> StatusCode {
         }
         Error::NoFreshTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
         Error::Conflict(_) | Error::KeyDoesNotFit { .. } => StatusCode::CONFLICT,
+        Error::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
         Error::Target { .. } => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -154,8 +155,32 @@ async fn put_object(
     let value = axum::body::to_bytes(body, app.max_body)
         .await
         .map_err(|_| too_large(app.max_body + 1))?;
-    let ack = app.rep.put(&key, value, mode).await?;
+    let mut meta = crate::object::ObjectMeta::of(&value);
+    meta.content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let ack = app.rep.put_object(&key, value, meta, None, mode).await?;
     Ok(axum::Json(ack).into_response())
+}
+
+/// Content-Type and ETag of the key's newest version, as the log knows it.
+fn object_headers(h: &mut HeaderMap, info: Option<&crate::storage::KeyInfo>) {
+    let Some(m) = info.and_then(|i| i.meta.as_deref()) else {
+        return;
+    };
+    if let Some(v) = m
+        .content_type
+        .as_deref()
+        .and_then(|t| HeaderValue::from_str(t).ok())
+    {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    if !m.etag.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&m.quoted_etag())
+    {
+        h.insert(header::ETAG, v);
+    }
 }
 
 async fn delete_object(
@@ -196,9 +221,12 @@ async fn get_object(
     let key = key_of(path)?;
     let pref = read_preference(&query(q)?)?;
     let read = app.rep.get(&key, pref).await?;
-    let headers = read_headers(&read.served_by, read.seq);
+    let mut headers = read_headers(&read.served_by, read.seq);
     match read.found {
-        Some(bytes) => Ok((headers, bytes).into_response()),
+        Some(bytes) => {
+            object_headers(&mut headers, read.info.as_ref());
+            Ok((headers, bytes).into_response())
+        }
         None => Ok((headers, not_found(&key)).into_response()),
     }
 }
@@ -214,6 +242,7 @@ async fn head_object(
     let mut h = read_headers(&read.served_by, read.seq);
     match read.found {
         Some(meta) => {
+            object_headers(&mut h, read.info.as_ref());
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
             Ok((StatusCode::OK, h).into_response())
         }
@@ -664,6 +693,31 @@ pub async fn serve(cfg: Config) -> Result<()> {
         let app = router(rep.clone(), token);
         tokio::spawn(serve_connections(listener, app, limits, stop))
     };
+    let s3_server = match rep.config().s3.clone() {
+        None => None,
+        Some(s3) => {
+            let addr: SocketAddr = s3.listen.parse().map_err(|_| Error::Config {
+                problems: vec![format!("s3.listen: {:?} is not an address", s3.listen)],
+            })?;
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                Error::io(
+                    format!(
+                        "listening on {addr} for the S3 API (is another sidecar running there?)"
+                    ),
+                    e,
+                )
+            })?;
+            let svc = crate::s3::service(rep.clone(), &s3, stop.clone())?;
+            let app = crate::s3::router(svc, rep.clone());
+            tracing::info!(addr = %addr, buckets = s3.buckets.len(), "walship serving the S3 API");
+            Some(tokio::spawn(serve_connections(
+                listener,
+                app,
+                limits,
+                stop.clone(),
+            )))
+        }
+    };
     notify_systemd("READY=1");
     wait_for_signal().await;
     notify_systemd("STOPPING=1");
@@ -680,6 +734,9 @@ pub async fn serve(cfg: Config) -> Result<()> {
     };
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    if let Some(s3) = s3_server {
+        let _ = tokio::time::timeout(Duration::from_secs(5), s3).await;
+    }
     match &result {
         Ok(()) => tracing::info!("cursors persisted; bye"),
         Err(e) => tracing::error!(error = %e, "shutdown could not persist everything"),

@@ -43,7 +43,7 @@ pub struct PendingRecord<'a> {
 }
 
 /// Where a key's newest entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyInfo {
     /// Seq of the newest entry for the key.
     pub seq: u64,
@@ -51,34 +51,81 @@ pub struct KeyInfo {
     pub op: Op,
     /// Value size of that entry.
     pub size: u64,
+    /// The object's metadata (ETag, time, attributes); `None` for a delete
+    /// and for keys last written before metadata (codec v1).
+    pub meta: Option<crate::object::Meta>,
 }
 
+/// The op byte's flag for "an encoded `ObjectMeta` follows".
+const WITH_META: u8 = 0x80;
+
 impl KeyInfo {
-    pub(crate) fn to_bytes(self) -> [u8; 17] {
-        let mut b = [0u8; 17];
-        b[..8].copy_from_slice(&self.seq.to_be_bytes());
-        b[8] = match self.op {
+    /// A key's index record: 17 bytes (seq, op, size) as before metadata;
+    /// with metadata the op byte has [`WITH_META`] set and a u16 LE length
+    /// and the encoded `ObjectMeta` follow.
+    pub(crate) fn write_to(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        let op = match self.op {
             Op::Put => 1,
             Op::Delete => 2,
         };
-        b[9..].copy_from_slice(&self.size.to_be_bytes());
-        b
+        let meta = self.meta.as_ref().map(|m| m.encode());
+        out.push(if meta.is_some() { op | WITH_META } else { op });
+        out.extend_from_slice(&self.size.to_be_bytes());
+        if let Some(m) = meta {
+            // ObjectMeta::check_size keeps it far below u16::MAX at the door.
+            out.extend_from_slice(&(m.len().min(u16::MAX as usize) as u16).to_le_bytes());
+            out.extend_from_slice(&m[..m.len().min(u16::MAX as usize)]);
+        }
     }
 
-    pub(crate) fn from_bytes(b: &[u8]) -> Option<KeyInfo> {
-        if b.len() != 17 {
-            return None;
-        }
-        let op = match b[8] {
+    /// The record's encoded length.
+    pub(crate) fn encoded_len(&self) -> usize {
+        17 + self.meta.as_ref().map_or(0, |m| 2 + m.encode().len())
+    }
+
+    /// Reads a record written by [`KeyInfo::write_to`] at the start of
+    /// `b`: the info and the bytes it took.
+    pub(crate) fn read_from(b: &[u8]) -> Option<(KeyInfo, usize)> {
+        let fixed = b.get(..17)?;
+        let op = match fixed[8] & !WITH_META {
             1 => Op::Put,
             2 => Op::Delete,
             _ => return None,
         };
-        Some(KeyInfo {
-            seq: u64::from_be_bytes(b[..8].try_into().ok()?),
-            op,
-            size: u64::from_be_bytes(b[9..].try_into().ok()?),
-        })
+        let mut used = 17;
+        let meta = if fixed[8] & WITH_META != 0 {
+            let l = b.get(17..19)?;
+            let len = u16::from_le_bytes([l[0], l[1]]) as usize;
+            let m = crate::object::ObjectMeta::decode(b.get(19..19 + len)?)?;
+            used += 2 + len;
+            Some(Arc::new(m))
+        } else {
+            None
+        };
+        Some((
+            KeyInfo {
+                seq: u64::from_be_bytes(fixed[..8].try_into().ok()?),
+                op,
+                size: u64::from_be_bytes(fixed[9..].try_into().ok()?),
+                meta,
+            },
+            used,
+        ))
+    }
+
+    /// A whole record, nothing after it.
+    pub(crate) fn from_bytes(b: &[u8]) -> Option<KeyInfo> {
+        let (info, used) = KeyInfo::read_from(b)?;
+        (used == b.len()).then_some(info)
+    }
+
+    /// The ETag without quotes, when known.
+    pub fn etag(&self) -> Option<&str> {
+        self.meta
+            .as_deref()
+            .map(|m| m.etag.as_str())
+            .filter(|e| !e.is_empty())
     }
 }
 
@@ -803,6 +850,7 @@ mod tests {
             seq,
             op: Op::Put,
             size: 1,
+            meta: None,
         }
     }
 

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use walship::codec::{decode, encode, stored_crc};
+use walship::codec::{decode, encode_with, stored_crc};
 use walship::frame;
 
 fuzz_target!(|data: &[u8]| {
@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(e) = decode(seq + i as u64, rec) {
             let len = rec.len();
             assert_eq!(stored_crc(rec), Some(crc32fast::hash(&rec[..len - 4])));
-            let again = encode(e.seq, e.ts_ms, e.op, &e.key, &e.value);
+            let again = encode_with(e.seq, e.ts_ms, e.op, &e.key, &e.value, e.meta.as_deref());
             assert_eq!(decode(e.seq, &again).expect("re-encoded entry decodes"), e);
         }
     }

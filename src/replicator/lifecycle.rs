@@ -150,6 +150,7 @@ pub fn latest_keys(storage: &dyn LogStorage) -> Result<BTreeMap<String, KeyInfo>
                 seq,
                 op: e.op,
                 size: e.value.len() as u64,
+                meta: e.meta,
             };
             keys.insert(e.key, info);
         }
@@ -193,7 +194,8 @@ pub async fn verify(
             pending: 0,
             differences: Vec::new(),
         };
-        let owned: Vec<(String, KeyInfo)> = keys.iter().map(|(k, i)| (k.clone(), *i)).collect();
+        let owned: Vec<(String, KeyInfo)> =
+            keys.iter().map(|(k, i)| (k.clone(), i.clone())).collect();
         let results: Vec<Option<Difference>> = futures::stream::iter(owned)
             .map(|(key, info)| {
                 let store = t.store.clone();

@@ -83,6 +83,9 @@ pub struct Read<T> {
     pub served_by: String,
     /// The key's latest seq in the log, if the log wrote it.
     pub seq: Option<u64>,
+    /// The key's newest entry as the log knows it (its metadata: ETag,
+    /// Content-Type, …), read before the target was.
+    pub info: Option<KeyInfo>,
 }
 
 fn state_meta(name: &str) -> String {
@@ -381,14 +384,38 @@ impl Replicator {
     /// Stores `value` under `key`: durable locally, then replicated per
     /// `mode` (the configured mode when `None`).
     pub async fn put(&self, key: &Key, value: Bytes, mode: Option<Mode>) -> Result<WriteAck> {
+        let meta = crate::object::ObjectMeta::of(&value);
+        self.put_object(key, value, meta, None, mode).await
+    }
+
+    /// Like [`Replicator::put`], with the object's metadata (its ETag and
+    /// crc32 must be those of `value`) and an optional precondition on the
+    /// key's newest version, decided at append time
+    /// ([`Error::PreconditionFailed`] when it does not hold).
+    pub async fn put_object(
+        &self,
+        key: &Key,
+        value: Bytes,
+        meta: crate::object::ObjectMeta,
+        cond: Option<crate::object::Precondition>,
+        mode: Option<Mode>,
+    ) -> Result<WriteAck> {
         if value.len() as u64 > self.cfg.max_object_bytes {
             return Err(Error::TooLarge {
                 size: value.len(),
                 max: self.cfg.max_object_bytes as usize,
             });
         }
+        meta.check_size().map_err(Error::BadRequest)?;
         let registered = self.check_fits(key).await?;
-        self.write(Op::Put, key, value, mode, registered).await
+        let write = Write {
+            op: Op::Put,
+            key: key.clone(),
+            value,
+            meta: Some(Arc::new(meta)),
+            cond,
+        };
+        self.write(write, mode, registered).await
     }
 
     /// Guarantee 11: with a `file://` target, a key that is a directory of
@@ -435,33 +462,22 @@ impl Replicator {
 
     /// Deletes `key`, as a log entry like a put.
     pub async fn delete(&self, key: &Key, mode: Option<Mode>) -> Result<WriteAck> {
-        self.write(Op::Delete, key, Bytes::new(), mode, None).await
+        self.write(Write::delete(key.clone()), mode, None).await
     }
 
     async fn write(
         &self,
-        op: Op,
-        key: &Key,
-        value: Bytes,
+        write: Write,
         mode: Option<Mode>,
         registered: Option<crate::keyfit::Registered>,
     ) -> Result<WriteAck> {
+        let key = write.key.clone();
         if !self.accepting.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
         let mode = mode.unwrap_or(self.cfg.replication.mode);
         let hold = registered.map(|r| Box::new(r) as Box<dyn Send>);
-        let appended = self
-            .log
-            .append_holding(
-                Write {
-                    op,
-                    key: key.clone(),
-                    value,
-                },
-                hold,
-            )
-            .await;
+        let appended = self.log.append_holding(write, hold).await;
         let appended = match appended {
             Ok(a) => a,
             Err(e) => {
@@ -630,7 +646,7 @@ impl Replicator {
     {
         let pref = pref.unwrap_or(self.cfg.replication.read_preference);
         let info = self.log.key_info(key.as_str()).await?;
-        let seq = info.map(|i| i.seq);
+        let seq = info.as_ref().map(|i| i.seq);
         let order = self.read_order(pref, key.as_str(), seq.unwrap_or(0));
         if order.is_empty() {
             return Err(Error::NoFreshTarget {
@@ -647,6 +663,7 @@ impl Replicator {
                         found: Some(v),
                         served_by: t.name().to_string(),
                         seq,
+                        info,
                     });
                 }
                 Err(object_store::Error::NotFound { .. }) => {
@@ -654,6 +671,7 @@ impl Replicator {
                         found: None,
                         served_by: t.name().to_string(),
                         seq,
+                        info,
                     });
                 }
                 Err(e) => {

@@ -1,0 +1,916 @@
+"""The S3 API (SPEC "S3 API (the front door)") against real, unchanged S3
+clients: boto3, the aws CLI, rclone and truthound 3.2.0's own S3 store.
+
+Every sidecar here has a ``file://`` primary and two ``file://`` replicas in
+``sync`` mode, so a 200 means every target holds the bytes: each write is
+checked on disk at ``stores/<target>/<bucket>/<key>`` (bucket ``results``
+maps to walship keys ``results/...``). No mocks; loopback only.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ET
+import zlib
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from conftest import (
+    S3_ACCESS_KEY_ID,
+    S3_REGION,
+    S3_SECRET,
+    S3_TARGETS,
+    clean_env,
+    skip_or_fail,
+    wait_until,
+)
+
+MiB = 1024 * 1024
+
+
+def blob(n: int, seed: object) -> bytes:
+    return random.Random(str(seed)).randbytes(n)
+
+
+def md5_hex(b: bytes) -> str:
+    return hashlib.md5(b).hexdigest()
+
+
+def quoted_md5(b: bytes) -> str:
+    return '"' + md5_hex(b) + '"'
+
+
+def multipart_etag(parts: list[bytes]) -> str:
+    return '"' + md5_hex(b"".join(hashlib.md5(p).digest() for p in parts)) + f'-{len(parts)}"'
+
+
+def crc32_b64(b: bytes) -> str:
+    return base64.b64encode(zlib.crc32(b).to_bytes(4, "big")).decode()
+
+
+def error_of(exc) -> tuple[int, str]:
+    """(HTTP status, S3 error code) of a botocore ClientError."""
+    r = exc.response
+    return r["ResponseMetadata"]["HTTPStatusCode"], r.get("Error", {}).get("Code", "")
+
+
+def describe(exc) -> str:
+    r = exc.response
+    return (f"HTTP {r['ResponseMetadata']['HTTPStatusCode']} {r.get('Error')} "
+            f"headers={r['ResponseMetadata'].get('HTTPHeaders')}")
+
+
+def s3_error_xml(body: bytes) -> dict[str, str]:
+    """The fields of an S3 ``<Error>`` document."""
+    root = ET.fromstring(body)
+    return {child.tag.split("}")[-1]: (child.text or "") for child in root}
+
+
+@pytest.fixture
+def sc(s3_sidecar):
+    return s3_sidecar()
+
+
+@pytest.fixture
+def s3(sc):
+    return sc.s3()
+
+
+def put_all(s3, bucket: str, objects: dict[str, bytes]) -> None:
+    for k, v in objects.items():
+        s3.put_object(Bucket=bucket, Key=k, Body=v)
+
+
+# ---------------------------------------------------------------- 1. objects
+
+
+def test_boto3_put_get_head_and_range_keep_bytes_type_metadata_and_md5_etag(sc, s3):
+    data = b"0123456789" * 1000 + b"tail"
+    r = s3.put_object(Bucket="results", Key="a/b.txt", Body=data, ContentType="text/plain",
+                      Metadata={"team": "core", "run-id": "42"},
+                      CacheControl="max-age=60", ContentDisposition="inline")
+    assert r["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert r["ETag"] == quoted_md5(data)
+    sc.assert_on_every_target("results", "a/b.txt", data)
+
+    g = s3.get_object(Bucket="results", Key="a/b.txt")
+    assert g["Body"].read() == data
+    assert g["ContentType"] == "text/plain"
+    assert g["Metadata"] == {"team": "core", "run-id": "42"}
+    assert g["ETag"] == quoted_md5(data)
+    assert g["ContentLength"] == len(data)
+    assert g["CacheControl"] == "max-age=60" and g["ContentDisposition"] == "inline"
+    assert isinstance(g["LastModified"], datetime)
+
+    h = s3.head_object(Bucket="results", Key="a/b.txt")
+    assert (h["ContentType"], h["Metadata"], h["ETag"], h["ContentLength"]) == (
+        "text/plain", {"team": "core", "run-id": "42"}, quoted_md5(data), len(data))
+    assert h["LastModified"] == g["LastModified"]
+
+    part = s3.get_object(Bucket="results", Key="a/b.txt", Range="bytes=2-5")
+    assert part["ResponseMetadata"]["HTTPStatusCode"] == 206
+    assert part["Body"].read() == data[2:6]
+    assert part["ContentRange"] == f"bytes 2-5/{len(data)}"
+    assert part["ContentLength"] == 4
+    tail = s3.get_object(Bucket="results", Key="a/b.txt", Range="bytes=-4")
+    assert tail["Body"].read() == b"tail"
+
+    # An overwrite replaces the bytes and the attributes everywhere.
+    s3.put_object(Bucket="results", Key="a/b.txt", Body=b"second", ContentType="text/x-two")
+    sc.assert_on_every_target("results", "a/b.txt", b"second")
+    g = s3.get_object(Bucket="results", Key="a/b.txt")
+    assert (g["Body"].read(), g["ContentType"], g["Metadata"]) == (b"second", "text/x-two", {})
+
+    # The object is a walship key too: the HTTP API reads the same bytes.
+    with sc.client() as c:
+        assert c.get("results/a/b.txt").data == b"second"
+
+
+# -------------------------------------------------------------- 2. listings
+
+LIST_KEYS = ([f"list/a-{i:03d}" for i in range(20)]
+             + ["list/dir1/x", "list/dir1/y", "list/dir2/z", "list/zz-1", "list/zz-2"])
+
+
+def test_list_objects_v2_and_v1_page_every_key_once_in_order(sc, s3):
+    assert len(LIST_KEYS) == 25
+    objects = {k: k.encode() * 3 for k in LIST_KEYS}
+    shuffled = list(objects.items())
+    random.Random(7).shuffle(shuffled)
+    for k, v in shuffled:
+        s3.put_object(Bucket="results", Key=k, Body=v)
+    s3.put_object(Bucket="results", Key="listx/outside", Body=b"not under list/")
+    for k, v in objects.items():
+        sc.assert_on_every_target("results", k, v)
+    want = sorted(LIST_KEYS)
+
+    # Paginator, 7 a page.
+    pages = list(s3.get_paginator("list_objects_v2").paginate(
+        Bucket="results", Prefix="list/", PaginationConfig={"PageSize": 7}))
+    assert [len(p.get("Contents", [])) for p in pages] == [7, 7, 7, 4]
+    listed = [o["Key"] for p in pages for o in p.get("Contents", [])]
+    assert listed == want
+    for p in pages:
+        for o in p["Contents"]:
+            assert o["Size"] == len(objects[o["Key"]]), o
+            assert o["ETag"] == quoted_md5(objects[o["Key"]]), o
+
+    # By hand, with ContinuationToken.
+    got, token, rounds = [], None, 0
+    while True:
+        kw = {"ContinuationToken": token} if token else {}
+        r = s3.list_objects_v2(Bucket="results", Prefix="list/", MaxKeys=7, **kw)
+        rounds += 1
+        assert r["KeyCount"] == len(r.get("Contents", [])) <= 7
+        assert r["MaxKeys"] == 7
+        got += [o["Key"] for o in r.get("Contents", [])]
+        if not r["IsTruncated"]:
+            assert "NextContinuationToken" not in r
+            break
+        token = r["NextContinuationToken"]
+        assert rounds < 10, "the listing does not end"
+    assert got == want and rounds == 4
+
+    # Delimiter: the sub-"directories" are CommonPrefixes, once each.
+    r = s3.list_objects_v2(Bucket="results", Prefix="list/", Delimiter="/")
+    assert [o["Key"] for o in r["Contents"]] == [k for k in want if k.count("/") == 1]
+    assert [p["Prefix"] for p in r["CommonPrefixes"]] == ["list/dir1/", "list/dir2/"]
+    assert r["IsTruncated"] is False
+    # ... and paged: prefixes count toward MaxKeys, nothing twice.
+    keys, prefixes, token = [], [], None
+    for _ in range(10):
+        kw = {"ContinuationToken": token} if token else {}
+        r = s3.list_objects_v2(Bucket="results", Prefix="list/", Delimiter="/", MaxKeys=7, **kw)
+        page = r.get("Contents", []) + r.get("CommonPrefixes", [])
+        assert len(page) <= 7
+        keys += [o["Key"] for o in r.get("Contents", [])]
+        prefixes += [p["Prefix"] for p in r.get("CommonPrefixes", [])]
+        if not r["IsTruncated"]:
+            break
+        token = r["NextContinuationToken"]
+    assert keys == [k for k in want if k.count("/") == 1]
+    assert prefixes == ["list/dir1/", "list/dir2/"]
+    r = s3.list_objects_v2(Bucket="results", Prefix="list/dir1/", Delimiter="/")
+    assert [o["Key"] for o in r["Contents"]] == ["list/dir1/x", "list/dir1/y"]
+    assert "CommonPrefixes" not in r
+
+    # StartAfter.
+    r = s3.list_objects_v2(Bucket="results", Prefix="list/", StartAfter="list/a-015")
+    assert [o["Key"] for o in r["Contents"]] == [k for k in want if k > "list/a-015"]
+    assert len(r["Contents"]) == 9
+
+    # The whole bucket: list/ and listx/.
+    r = s3.list_objects_v2(Bucket="results")
+    assert [o["Key"] for o in r["Contents"]] == want + ["listx/outside"]
+
+    # ListObjects (v1) with Marker.
+    got, marker = [], None
+    for _ in range(10):
+        kw = {"Marker": marker} if marker else {}
+        r = s3.list_objects(Bucket="results", Prefix="list/", MaxKeys=7, **kw)
+        page = [o["Key"] for o in r.get("Contents", [])]
+        assert len(page) <= 7
+        got += page
+        if not r["IsTruncated"]:
+            break
+        marker = r.get("NextMarker") or page[-1]
+    assert got == want
+    r = s3.list_objects(Bucket="results", Prefix="list/", Marker="list/dir2/z")
+    assert [o["Key"] for o in r["Contents"]] == ["list/zz-1", "list/zz-2"]
+    r = s3.list_objects(Bucket="results", Prefix="list/", Delimiter="/", MaxKeys=10)
+    assert r["IsTruncated"] is True and r.get("NextMarker"), r  # with a delimiter, S3 gives it
+    assert [o["Key"] for o in r["Contents"]] == want[:10]
+    r2 = s3.list_objects(Bucket="results", Prefix="list/", Delimiter="/", Marker=r["NextMarker"])
+    assert ([o["Key"] for o in r.get("Contents", [])] + [o["Key"] for o in r2.get("Contents", [])]
+            == [k for k in want if k.count("/") == 1])
+    assert ([p["Prefix"] for p in r.get("CommonPrefixes", [])]
+            + [p["Prefix"] for p in r2.get("CommonPrefixes", [])]) == ["list/dir1/", "list/dir2/"]
+
+    # A key that needs url encoding in the listing (boto3 asks for
+    # encoding-type=url and decodes) comes back exactly.
+    odd = "enc/with space+plus&amp=1.txt"
+    s3.put_object(Bucket="results", Key=odd, Body=b"odd")
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="results", Prefix="enc/")["Contents"]] == [odd]
+    assert [o["Key"] for o in s3.list_objects(Bucket="results", Prefix="enc/")["Contents"]] == [odd]
+    assert s3.get_object(Bucket="results", Key=odd)["Body"].read() == b"odd"
+    sc.assert_on_every_target("results", odd, b"odd")
+
+
+# --------------------------------------------- 3. copy, delete, not found
+
+
+def test_copy_delete_and_missing_keys_and_buckets_answer_as_s3_does(sc, s3):
+    from botocore.exceptions import ClientError
+
+    names = sorted(b["Name"] for b in s3.list_buckets()["Buckets"])
+    assert names == ["fast", "results"]
+    s3.head_bucket(Bucket="results")
+
+    data = b"copy me " * 100
+    s3.put_object(Bucket="results", Key="src/one", Body=data, ContentType="application/x-one",
+                  Metadata={"origin": "src"})
+    c = s3.copy_object(Bucket="results", Key="dst/one", CopySource={"Bucket": "results", "Key": "src/one"})
+    assert c["CopyObjectResult"]["ETag"] == quoted_md5(data)
+    sc.assert_on_every_target("results", "dst/one", data)
+    h = s3.head_object(Bucket="results", Key="dst/one")
+    assert (h["ContentType"], h["Metadata"], h["ETag"]) == (
+        "application/x-one", {"origin": "src"}, quoted_md5(data))
+    assert s3.get_object(Bucket="results", Key="dst/one")["Body"].read() == data
+    # REPLACE takes the request's metadata instead.
+    s3.copy_object(Bucket="results", Key="dst/two", CopySource="results/src/one",
+                   MetadataDirective="REPLACE", ContentType="text/x-new", Metadata={"n": "2"})
+    h = s3.head_object(Bucket="results", Key="dst/two")
+    assert (h["ContentType"], h["Metadata"]) == ("text/x-new", {"n": "2"})
+    sc.assert_on_every_target("results", "dst/two", data)
+    # Across buckets.
+    s3.copy_object(Bucket="fast", Key="copied", CopySource={"Bucket": "results", "Key": "src/one"})
+    assert s3.get_object(Bucket="fast", Key="copied")["Body"].read() == data
+    sc.wait_caught_up()
+    sc.assert_on_every_target("fast", "copied", data)
+
+    # DeleteObject.
+    s3.delete_object(Bucket="results", Key="src/one")
+    sc.assert_on_no_target("results", "src/one")
+    with pytest.raises(ClientError) as e:
+        s3.head_object(Bucket="results", Key="src/one")
+    assert error_of(e.value)[0] == 404 and error_of(e.value)[1] in ("404", "NoSuchKey"), describe(e.value)
+
+    # DeleteObjects: several keys (one that never existed is "deleted" too, as on S3).
+    batch = {f"batch/{i}": f"batch {i}".encode() for i in range(5)}
+    put_all(s3, "results", batch)
+    for k, v in batch.items():
+        sc.assert_on_every_target("results", k, v)
+    r = s3.delete_objects(Bucket="results", Delete={
+        "Objects": [{"Key": k} for k in list(batch)[:4]] + [{"Key": "batch/never"}]})
+    assert sorted(d["Key"] for d in r["Deleted"]) == sorted(list(batch)[:4] + ["batch/never"])
+    assert not r.get("Errors")
+    for k in list(batch)[:4]:
+        sc.assert_on_no_target("results", k)
+        with pytest.raises(ClientError) as e:
+            s3.head_object(Bucket="results", Key=k)
+        assert error_of(e.value)[0] == 404 and error_of(e.value)[1] in ("404", "NoSuchKey")
+    sc.assert_on_every_target("results", "batch/4", batch["batch/4"])
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="results", Prefix="batch/")["Contents"]] == ["batch/4"]
+
+    # Missing keys and buckets.
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket="results", Key="no/such/key")
+    assert error_of(e.value) == (404, "NoSuchKey"), describe(e.value)
+    with pytest.raises(ClientError) as e:
+        s3.head_bucket(Bucket="no-such-bucket")
+    assert error_of(e.value)[0] == 404 and error_of(e.value)[1] in ("404", "NoSuchBucket"), describe(e.value)
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket="no-such-bucket", Key="k")
+    assert error_of(e.value) == (404, "NoSuchBucket"), describe(e.value)
+    with pytest.raises(ClientError) as e:
+        s3.put_object(Bucket="no-such-bucket", Key="k", Body=b"x")
+    assert error_of(e.value) == (404, "NoSuchBucket"), describe(e.value)
+    with pytest.raises(ClientError) as e:
+        s3.copy_object(Bucket="results", Key="dst/x", CopySource="results/no/such/key")
+    assert error_of(e.value) == (404, "NoSuchKey"), describe(e.value)
+    sc.assert_on_no_target("results", "dst/x")
+
+
+# --------------------------------------------------------------- 4. multipart
+
+
+def test_multipart_upload_completes_to_the_same_bytes_on_every_target(sc, s3, tmp_path):
+    from boto3.s3.transfer import TransferConfig
+    from botocore.exceptions import ClientError
+
+    parts = [blob(5 * MiB, "p1"), blob(5 * MiB, "p2"), blob(2 * MiB + 12345, "p3")]
+    whole = b"".join(parts)
+    assert len(whole) >= 12 * MiB
+    up = s3.create_multipart_upload(Bucket="results", Key="mp/big.bin",
+                                    ContentType="application/x-big", Metadata={"kind": "mp"})
+    uid = up["UploadId"]
+    etags = []
+    for n, p in enumerate(parts, start=1):
+        r = s3.upload_part(Bucket="results", Key="mp/big.bin", UploadId=uid, PartNumber=n, Body=p)
+        assert r["ETag"] == quoted_md5(p), n
+        etags.append(r["ETag"])
+    listed = s3.list_parts(Bucket="results", Key="mp/big.bin", UploadId=uid)
+    assert [(x["PartNumber"], x["Size"], x["ETag"]) for x in listed["Parts"]] == [
+        (n, len(p), e) for n, (p, e) in enumerate(zip(parts, etags), start=1)]
+    ups = s3.list_multipart_uploads(Bucket="results")
+    assert [(u["Key"], u["UploadId"]) for u in ups.get("Uploads", [])] == [("mp/big.bin", uid)]
+    # Nothing is an object before Complete.
+    with pytest.raises(ClientError) as e:
+        s3.head_object(Bucket="results", Key="mp/big.bin")
+    assert error_of(e.value)[0] == 404
+    sc.assert_on_no_target("results", "mp/big.bin")
+
+    done = s3.complete_multipart_upload(
+        Bucket="results", Key="mp/big.bin", UploadId=uid,
+        MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e}
+                                   for n, e in enumerate(etags, start=1)]})
+    assert done["ETag"] == multipart_etag(parts)
+    assert done["ETag"].endswith('-3"')
+    sc.assert_on_every_target("results", "mp/big.bin", whole)
+    g = s3.get_object(Bucket="results", Key="mp/big.bin")
+    body = g["Body"].read()
+    assert len(body) == len(whole) and body == whole
+    assert (g["ETag"], g["ContentType"], g["Metadata"]) == (
+        multipart_etag(parts), "application/x-big", {"kind": "mp"})
+    assert s3.head_object(Bucket="results", Key="mp/big.bin")["ContentLength"] == len(whole)
+    assert s3.list_multipart_uploads(Bucket="results").get("Uploads", []) == []
+
+    # An aborted upload is gone and makes no object.
+    other = s3.create_multipart_upload(Bucket="results", Key="mp/aborted")["UploadId"]
+    s3.upload_part(Bucket="results", Key="mp/aborted", UploadId=other, PartNumber=1,
+                   Body=blob(5 * MiB, "ab"))
+    assert [u["UploadId"] for u in s3.list_multipart_uploads(Bucket="results")["Uploads"]] == [other]
+    s3.abort_multipart_upload(Bucket="results", Key="mp/aborted", UploadId=other)
+    assert s3.list_multipart_uploads(Bucket="results").get("Uploads", []) == []
+    with pytest.raises(ClientError) as e:
+        s3.list_parts(Bucket="results", Key="mp/aborted", UploadId=other)
+    assert error_of(e.value) == (404, "NoSuchUpload"), describe(e.value)
+    with pytest.raises(ClientError) as e:
+        s3.complete_multipart_upload(Bucket="results", Key="mp/aborted", UploadId=other,
+                                     MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etags[0]}]})
+    assert error_of(e.value) == (404, "NoSuchUpload"), describe(e.value)
+    sc.assert_on_no_target("results", "mp/aborted")
+
+    # boto3's managed transfer: 5 MiB parts, several at once.
+    f = tmp_path / "upload.bin"
+    f.write_bytes(blob(12 * MiB, "upload_file"))
+    cfg = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB, max_concurrency=3)
+    s3.upload_file(str(f), "results", "mp/uploaded.bin", Config=cfg)
+    sc.assert_on_every_target("results", "mp/uploaded.bin", f.read_bytes())
+    h = s3.head_object(Bucket="results", Key="mp/uploaded.bin")
+    assert h["ContentLength"] == 12 * MiB and h["ETag"].endswith('-3"'), h["ETag"]
+    out = tmp_path / "downloaded.bin"
+    s3.download_file("results", "mp/uploaded.bin", str(out), Config=cfg)  # ranged GETs
+    assert out.read_bytes() == f.read_bytes()
+
+
+# ------------------------------------------------------- 5. conditional put
+
+
+def test_conditional_put_and_get_are_decided_against_the_newest_version(sc, s3):
+    from botocore.exceptions import ClientError
+
+    members = s3.meta.service_model.operation_model("PutObject").input_shape.members
+    if "IfNoneMatch" not in members or "IfMatch" not in members:
+        import botocore
+
+        skip_or_fail(f"botocore {botocore.__version__} has no IfNoneMatch/IfMatch on PutObject "
+                     "(pip install -U boto3)")
+
+    r = s3.put_object(Bucket="results", Key="cond/k", Body=b"first", IfNoneMatch="*")
+    first = r["ETag"]
+    assert first == quoted_md5(b"first")
+    sc.assert_on_every_target("results", "cond/k", b"first")
+    with pytest.raises(ClientError) as e:
+        s3.put_object(Bucket="results", Key="cond/k", Body=b"again", IfNoneMatch="*")
+    assert error_of(e.value) == (412, "PreconditionFailed"), describe(e.value)
+    sc.assert_on_every_target("results", "cond/k", b"first")
+
+    r = s3.put_object(Bucket="results", Key="cond/k", Body=b"second", IfMatch=first)
+    assert r["ETag"] == quoted_md5(b"second")
+    sc.assert_on_every_target("results", "cond/k", b"second")
+    with pytest.raises(ClientError) as e:  # the old etag is no longer the newest
+        s3.put_object(Bucket="results", Key="cond/k", Body=b"third", IfMatch=first)
+    assert error_of(e.value) == (412, "PreconditionFailed"), describe(e.value)
+    with pytest.raises(ClientError) as e:
+        s3.put_object(Bucket="results", Key="cond/k", Body=b"third", IfMatch='"0123456789abcdef0123456789abcdef"')
+    assert error_of(e.value) == (412, "PreconditionFailed"), describe(e.value)
+    sc.assert_on_every_target("results", "cond/k", b"second")
+    assert s3.get_object(Bucket="results", Key="cond/k")["Body"].read() == b"second"
+
+    # A deleted key is new again for If-None-Match.
+    s3.delete_object(Bucket="results", Key="cond/k")
+    s3.put_object(Bucket="results", Key="cond/k", Body=b"reborn", IfNoneMatch="*")
+    sc.assert_on_every_target("results", "cond/k", b"reborn")
+
+    # Only one of many racing If-None-Match puts of one new key wins.
+    s3s = [sc.s3() for _ in range(6)]
+    outcomes: list[object] = [None] * len(s3s)
+
+    def race(i: int) -> None:
+        try:
+            s3s[i].put_object(Bucket="results", Key="cond/race", Body=f"racer {i}".encode(),
+                              IfNoneMatch="*")
+            outcomes[i] = "ok"
+        except ClientError as ex:
+            outcomes[i] = error_of(ex)
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(len(s3s))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert outcomes.count("ok") == 1, outcomes
+    assert all(o == (412, "PreconditionFailed") for o in outcomes if o != "ok"), outcomes
+    winner = outcomes.index("ok")
+    sc.assert_on_every_target("results", "cond/race", f"racer {winner}".encode())
+
+    # GET conditions.
+    etag = quoted_md5(b"reborn")
+    assert s3.get_object(Bucket="results", Key="cond/k", IfMatch=etag)["Body"].read() == b"reborn"
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket="results", Key="cond/k", IfMatch=first)
+    assert error_of(e.value)[0] == 412, describe(e.value)
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket="results", Key="cond/k", IfNoneMatch=etag)
+    assert error_of(e.value)[0] == 304, describe(e.value)
+    modified = s3.head_object(Bucket="results", Key="cond/k")["LastModified"]
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket="results", Key="cond/k", IfModifiedSince=modified)
+    assert error_of(e.value)[0] == 304, describe(e.value)
+    got = s3.get_object(Bucket="results", Key="cond/k", IfModifiedSince=modified - timedelta(days=1))
+    assert got["Body"].read() == b"reborn"
+
+
+# -------------------------------------------------------------------- 6. auth
+
+
+def _urlopen(req) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_only_sigv4_signed_or_presigned_requests_are_served(sc, s3):
+    from botocore.exceptions import ClientError
+
+    s3.put_object(Bucket="results", Key="auth/k", Body=b"signed bytes")
+    with sc.client() as c:
+        head = c.log()["head"]
+
+    bad = sc.s3(secret="not-the-secret")
+    with pytest.raises(ClientError) as e:
+        bad.get_object(Bucket="results", Key="auth/k")
+    assert error_of(e.value) == (403, "SignatureDoesNotMatch"), describe(e.value)
+    with pytest.raises(ClientError) as e:
+        bad.put_object(Bucket="results", Key="auth/bad", Body=b"forged")
+    assert error_of(e.value) == (403, "SignatureDoesNotMatch"), describe(e.value)
+    with pytest.raises(ClientError) as e:
+        sc.s3(access_key_id="someone-else").list_objects_v2(Bucket="results")
+    assert error_of(e.value)[0] == 403, describe(e.value)
+
+    # Unsigned: AccessDenied, for reads and writes.
+    status, body = _urlopen(f"{sc.endpoint}/results/auth/k")
+    assert status == 403, body
+    assert s3_error_xml(body)["Code"] == "AccessDenied", body
+    status, body = _urlopen(urllib.request.Request(f"{sc.endpoint}/results/auth/unsigned",
+                                                   data=b"x", method="PUT"))
+    assert status == 403 and s3_error_xml(body)["Code"] == "AccessDenied", (status, body)
+    status, body = _urlopen(urllib.request.Request(
+        f"{sc.endpoint}/results/auth/k", headers={"Authorization": "Bearer nope"}))
+    assert status == 403 and s3_error_xml(body)["Code"] == "AccessDenied", (status, body)
+    with sc.client() as c:
+        assert c.log()["head"] == head, "a refused request appended to the log"
+    for k in ("auth/bad", "auth/unsigned"):
+        sc.assert_on_no_target("results", k)
+
+    # Presigned GET and PUT, fetched by a client that knows nothing of S3.
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": "results", "Key": "auth/k"},
+                                    ExpiresIn=300)
+    assert "X-Amz-Signature=" in url
+    assert _urlopen(url) == (200, b"signed bytes")
+    tampered = url.replace("auth/k", "auth/K")
+    status, body = _urlopen(tampered)
+    assert status == 403 and s3_error_xml(body)["Code"] == "SignatureDoesNotMatch", (status, body)
+    put_url = s3.generate_presigned_url("put_object", Params={"Bucket": "results", "Key": "auth/presigned"},
+                                        ExpiresIn=300)
+    status, body = _urlopen(urllib.request.Request(put_url, data=b"via presigned put", method="PUT"))
+    assert status == 200, body
+    sc.assert_on_every_target("results", "auth/presigned", b"via presigned put")
+    assert s3.get_object(Bucket="results", Key="auth/presigned")["Body"].read() == b"via presigned put"
+
+    short = s3.generate_presigned_url("get_object", Params={"Bucket": "results", "Key": "auth/k"},
+                                      ExpiresIn=1)
+    time.sleep(2.5)
+    status, body = _urlopen(short)
+    assert status == 403 and s3_error_xml(body)["Code"] == "AccessDenied", (status, body)
+
+
+# --------------------------------------------------------------- 7. checksums
+
+
+def test_checksums_are_checked_on_the_way_in_and_crc32_given_back(sc, s3):
+    from botocore.exceptions import ClientError
+
+    data = blob(100_000, "crc")
+    r = s3.put_object(Bucket="results", Key="sum/crc", Body=data, ChecksumAlgorithm="CRC32")
+    assert r["ResponseMetadata"]["HTTPStatusCode"] == 200
+    sc.assert_on_every_target("results", "sum/crc", data)
+    g = s3.get_object(Bucket="results", Key="sum/crc", ChecksumMode="ENABLED")
+    assert g["Body"].read() == data
+    assert g.get("ChecksumCRC32") == crc32_b64(data), g["ResponseMetadata"]["HTTPHeaders"]
+    h = s3.head_object(Bucket="results", Key="sum/crc", ChecksumMode="ENABLED")
+    assert h.get("ChecksumCRC32") == crc32_b64(data)
+
+    # Given (not computed by botocore) and right: accepted.
+    s3.put_object(Bucket="results", Key="sum/given", Body=data, ChecksumCRC32=crc32_b64(data))
+    s3.put_object(Bucket="results", Key="sum/md5", Body=data,
+                  ContentMD5=base64.b64encode(hashlib.md5(data).digest()).decode())
+    sc.assert_on_every_target("results", "sum/given", data)
+    sc.assert_on_every_target("results", "sum/md5", data)
+
+    with sc.client() as c:
+        head = c.log()["head"]
+    with pytest.raises(ClientError) as e:
+        s3.put_object(Bucket="results", Key="sum/bad-md5", Body=data,
+                      ContentMD5=base64.b64encode(hashlib.md5(b"other").digest()).decode())
+    assert error_of(e.value) == (400, "BadDigest"), describe(e.value)
+    with pytest.raises(ClientError) as e:
+        s3.put_object(Bucket="results", Key="sum/bad-crc", Body=data,
+                      ChecksumCRC32=crc32_b64(b"other"))
+    assert error_of(e.value)[0] == 400, describe(e.value)
+    with pytest.raises(ClientError) as e:
+        s3.upload_part(Bucket="results", Key="sum/mp",
+                       UploadId=s3.create_multipart_upload(Bucket="results", Key="sum/mp")["UploadId"],
+                       PartNumber=1, Body=data,
+                       ContentMD5=base64.b64encode(hashlib.md5(b"other").digest()).decode())
+    assert error_of(e.value) == (400, "BadDigest"), describe(e.value)
+    with sc.client() as c:
+        assert c.log()["head"] == head, "a put with a wrong digest appended to the log"
+    for k in ("sum/bad-md5", "sum/bad-crc"):
+        sc.assert_on_no_target("results", k)
+        with pytest.raises(ClientError) as e:
+            s3.head_object(Bucket="results", Key=k)
+        assert error_of(e.value)[0] == 404
+
+
+# ----------------------------------------------------------- 8. x-walship-mode
+
+
+def _with_header(client, op: str, name: str, value: str):
+    def add(request, **_kw):
+        request.headers[name] = value
+
+    client.meta.events.register(f"before-sign.s3.{op}", add)
+    return client
+
+
+def test_x_walship_mode_header_overrides_the_mode_and_a_bad_one_is_refused(sc):
+    from botocore.exceptions import ClientError
+
+    fast = _with_header(sc.s3(), "PutObject", "x-walship-mode", "async")
+    r = fast.put_object(Bucket="results", Key="mode/async", Body=b"async write")
+    assert r["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert sc.s3().get_object(Bucket="results", Key="mode/async")["Body"].read() == b"async write"
+    sc.wait_caught_up()
+    sc.assert_on_every_target("results", "mode/async", b"async write")
+
+    # The async bucket with x-walship-mode: sync: on every target at the 200.
+    synced = _with_header(sc.s3(), "PutObject", "x-walship-mode", "sync")
+    synced.put_object(Bucket="fast", Key="mode/sync", Body=b"sync write")
+    sc.assert_on_every_target("fast", "mode/sync", b"sync write")
+
+    with sc.client() as c:
+        head = c.log()["head"]
+    bad = _with_header(sc.s3(), "PutObject", "x-walship-mode", "nope")
+    with pytest.raises(ClientError) as e:
+        bad.put_object(Bucket="results", Key="mode/nope", Body=b"never")
+    assert error_of(e.value) == (400, "InvalidArgument"), describe(e.value)
+    assert "nope" in e.value.response["Error"].get("Message", ""), describe(e.value)
+    with sc.client() as c:
+        assert c.log()["head"] == head
+    sc.assert_on_no_target("results", "mode/nope")
+
+
+# --------------------------------------------------------------- 9. aws CLI
+
+
+def make_tree(root: Path, big: tuple[int, ...] = ()) -> dict[str, bytes]:
+    """~20 files in nested dirs (plus ``big`` sized ones); returns rel -> bytes."""
+    files: dict[str, bytes] = {}
+    for i in range(18):
+        rel = f"d{i % 3}/sub{i % 2}/file-{i:02d}.txt" if i % 4 else f"top-{i:02d}.txt"
+        files[rel] = blob(100 + 997 * i, rel)
+    files["d0/empty.txt"] = b""
+    for j, n in enumerate(big):
+        files[f"big/blob-{j}.bin"] = blob(n, f"big{j}")
+    past = time.time() - 60  # older than any upload (sync compares mtimes)
+    for rel, b in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b)
+        os.utime(p, (past, past))
+    return files
+
+
+def read_tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def aws_env(tmp: Path) -> dict[str, str]:
+    cfg = tmp / "aws-config"
+    cfg.write_text(f"[default]\nregion = {S3_REGION}\ns3 =\n    addressing_style = path\n")
+    creds = tmp / "aws-credentials"
+    creds.write_text("")
+    env = {k: v for k, v in clean_env().items() if not k.startswith("AWS_")}
+    env.update(AWS_ACCESS_KEY_ID=S3_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY=S3_SECRET,
+               AWS_DEFAULT_REGION=S3_REGION, AWS_CONFIG_FILE=str(cfg),
+               AWS_SHARED_CREDENTIALS_FILE=str(creds), AWS_EC2_METADATA_DISABLED="true",
+               AWS_RETRY_MODE="standard", AWS_MAX_ATTEMPTS="1", AWS_PAGER="")
+    return env
+
+
+def test_aws_cli_sync_up_and_down_is_byte_for_byte(sc, tmp_path):
+    aws = shutil.which("aws")
+    if not aws:
+        skip_or_fail("the aws CLI is not installed: python3 -m pip install awscli")
+    env = aws_env(tmp_path)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([aws, "--endpoint-url", sc.endpoint, *args], env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, f"aws {' '.join(args)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
+        return r
+
+    src = tmp_path / "src"
+    files = make_tree(src, big=(9 * MiB, 12 * MiB + 5))  # over the CLI's 8 MiB: multipart
+    assert len(files) >= 20
+    run("s3", "sync", str(src), "s3://results/tree/", "--no-progress")
+    for rel, b in files.items():
+        sc.assert_on_every_target("results", f"tree/{rel}", b)
+    # Nothing is new the second time (size and LastModified listed right).
+    again = run("s3", "sync", str(src), "s3://results/tree/", "--no-progress")
+    assert again.stdout.strip() == "", again.stdout
+
+    ls = run("s3", "ls", "--recursive", "s3://results/tree/")
+    listed = {}
+    for line in ls.stdout.splitlines():
+        _date, _time, size, key = line.split(None, 3)
+        listed[key] = int(size)
+    assert listed == {f"tree/{rel}": len(b) for rel, b in files.items()}
+
+    out = tmp_path / "out"
+    out.mkdir()
+    run("s3", "sync", "s3://results/tree/", str(out), "--no-progress")
+    got = read_tree(out)
+    assert sorted(got) == sorted(files)
+    for rel, b in files.items():
+        assert got[rel] == b, rel
+    again = run("s3", "sync", "s3://results/tree/", str(out), "--no-progress")
+    assert again.stdout.strip() == "", again.stdout
+
+    # cp and rm, and a deletion synced.
+    run("s3", "cp", str(src / "top-00.txt"), "s3://results/cp/one.txt")
+    sc.assert_on_every_target("results", "cp/one.txt", files["top-00.txt"])
+    (src / "top-04.txt").unlink()
+    r = run("s3", "sync", str(src), "s3://results/tree/", "--delete", "--no-progress")
+    assert "delete: s3://results/tree/top-04.txt" in r.stdout, r.stdout
+    sc.assert_on_no_target("results", "tree/top-04.txt")
+    run("s3", "rm", "s3://results/cp/one.txt")
+    sc.assert_on_no_target("results", "cp/one.txt")
+
+
+# ------------------------------------------------------------------ 10. rclone
+
+
+def test_rclone_copy_then_check_matches_and_a_flipped_byte_is_caught(sc, tmp_path):
+    rclone = shutil.which("rclone")
+    if not rclone:
+        skip_or_fail("rclone is not installed: apt-get install -y rclone")
+    conf = tmp_path / "rclone.conf"
+    conf.write_text("\n".join([
+        "[ws]", "type = s3", "provider = Other", "env_auth = false",
+        f"access_key_id = {S3_ACCESS_KEY_ID}", f"secret_access_key = {S3_SECRET}",
+        f"region = {S3_REGION}", f"endpoint = {sc.endpoint}", "force_path_style = true",
+        # multipart for the big file (rclone's default cutoff is 200M)
+        "upload_cutoff = 5M", "chunk_size = 5M", "",
+    ]))
+    env = {k: v for k, v in clean_env().items() if not k.startswith(("RCLONE_", "AWS_"))}
+    env.update(RCLONE_CONFIG=str(conf), HOME=str(tmp_path))
+
+    def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([rclone, "--retries", "1", "--low-level-retries", "1", *args],
+                           env=env, capture_output=True, text=True, timeout=300)
+        if ok:
+            assert r.returncode == 0, f"rclone {' '.join(args)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
+        return r
+
+    src = tmp_path / "src"
+    files = make_tree(src, big=(11 * MiB,))
+    run("copy", str(src), "ws:results/rc/")
+    for rel, b in files.items():
+        sc.assert_on_every_target("results", f"rc/{rel}", b)
+    r = run("check", str(src), "ws:results/rc/")
+    assert "could not be checked" not in r.stderr, r.stderr
+    assert f"{len(files)} matching files" in r.stderr, r.stderr
+    # Every remote MD5, the multipart one's included, is the local one's.
+    sums = {}
+    for line in run("md5sum", "ws:results/rc/").stdout.splitlines():
+        h, rel = line.split(None, 1)
+        sums[rel] = h
+    assert sums == {rel: md5_hex(b) for rel, b in files.items()}
+    r = run("lsjson", "-R", "--files-only", "ws:results/rc/")
+    assert {o["Path"]: o["Size"] for o in json.loads(r.stdout)} == {
+        rel: len(b) for rel, b in files.items()}
+
+    victim = src / "top-00.txt"
+    b = bytearray(victim.read_bytes())
+    b[len(b) // 2] ^= 0x01
+    victim.write_bytes(bytes(b))
+    r = run("check", str(src), "ws:results/rc/", ok=False)
+    assert r.returncode != 0, f"rclone check passed over a flipped byte:\n{r.stderr}"
+    assert "top-00.txt" in r.stderr, r.stderr
+    assert "1 differences found" in r.stderr, r.stderr
+
+    # And back down: a fresh copy is byte for byte the original.
+    out = tmp_path / "down"
+    run("copy", "ws:results/rc/", str(out))
+    got = read_tree(out)
+    assert sorted(got) == sorted(files)
+    assert all(got[rel] == b for rel, b in files.items())
+
+
+# -------------------------------------------------------------- 11. truthound
+
+
+@pytest.fixture
+def truthound():
+    try:
+        import truthound
+        from truthound.stores import get_store  # noqa: F401
+    except ImportError as e:
+        skip_or_fail(f"truthound is not installed (python/run-tests.sh installs 3.2.0): {e}")
+    if truthound.__version__ != "3.2.0":
+        skip_or_fail(f"this test pins truthound 3.2.0, found {truthound.__version__}")
+    return truthound
+
+
+def _result(run_id: str, asset: str, status: str, when: datetime, **tags: str):
+    from truthound.stores.results import ResultStatistics, ResultStatus, ValidationResult
+
+    return ValidationResult(
+        run_id=run_id, run_time=when, data_asset=asset, status=ResultStatus(status),
+        statistics=ResultStatistics(total_validators=3, passed_validators=2, total_rows=100),
+        tags=dict(tags), metadata={"by": "walship S3 tests"},
+    )
+
+
+def test_truthound_s3_store_unchanged_saves_through_the_front_door(truthound, sc, tmp_path, monkeypatch):
+    from truthound.stores import StoreQuery, get_store
+    from truthound.stores.base import StoreNotFoundError
+
+    for k in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(k)
+    (tmp_path / "aws-config").write_text("")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", S3_REGION)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+    store = get_store("s3", bucket="results", endpoint_url=sc.endpoint, region=S3_REGION)
+    assert type(store).__name__ == "S3Store"
+    t = datetime(2026, 11, 26, 10, 0, 0)
+    runs = [_result("run-a", "customers.csv", "success", t, team="core"),
+            _result("run-b", "customers.csv", "failure", t + timedelta(hours=1), team="core"),
+            _result("run-c", "orders.csv", "success", t + timedelta(hours=2), team="ops")]
+    for r in runs:
+        assert store.save(r) == r.run_id
+    assert store.get("run-b").to_dict() == runs[1].to_dict()
+    assert store.exists("run-a") and not store.exists("run-zzz")
+    assert sorted(store.list_ids()) == ["run-a", "run-b", "run-c"]
+    assert store.list_ids(StoreQuery(tags={"team": "ops"})) == ["run-c"]
+
+    # On every target, as truthound lays it out (gzip, Content-Encoding kept).
+    for r in runs:
+        key = f"truthound/default/results/{r.run_id}.json.gz"
+        for t_name in S3_TARGETS:
+            raw = sc.target_file(t_name, "results", key).read_bytes()
+            assert json.loads(gzip.decompress(raw)) == json.loads(json.dumps(r.to_dict(), default=str))
+        sc.assert_on_every_target("results", key, sc.target_file("p", "results", key).read_bytes())
+    index = sc.target_file("r2", "results", "truthound/default/_index.json").read_bytes()
+    assert set(json.loads(index)) == {"run-a", "run-b", "run-c"}
+    sc.assert_on_every_target("results", "truthound/default/_index.json", index)
+    h = sc.s3().head_object(Bucket="results", Key="truthound/default/results/run-a.json.gz")
+    assert (h["ContentType"], h.get("ContentEncoding")) == ("application/json", "gzip")
+
+    # A second store built from AWS_ENDPOINT_URL_S3 alone (a bare boto3 client).
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", sc.endpoint)
+    other = get_store("s3", bucket="results", region=S3_REGION)
+    assert sorted(other.list_ids()) == ["run-a", "run-b", "run-c"]
+    assert other.get("run-c").to_dict() == runs[2].to_dict()
+
+    assert store.delete("run-a") is True
+    assert store.delete("run-a") is False
+    assert not store.exists("run-a")
+    with pytest.raises(StoreNotFoundError):
+        store.get("run-a")
+    sc.assert_on_no_target("results", "truthound/default/results/run-a.json.gz")
+    index = sc.target_file("p", "results", "truthound/default/_index.json").read_bytes()
+    assert set(json.loads(index)) == {"run-b", "run-c"}
+    sc.assert_on_every_target("results", "truthound/default/_index.json", index)
+    store.close()
+    other.close()
+
+
+# ------------------------------------------------------------------ 12. kill -9
+
+
+def test_every_put_that_got_200_survives_kill_9_on_every_target(sc, tmp_path):
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    acked: dict[str, bytes] = {}
+    refused: list[str] = []
+    rng = random.Random(12)
+    for rnd in range(3):
+        s3 = sc.s3(connect_timeout=2, read_timeout=60)
+        this_round: list[str] = []
+        stop = threading.Event()
+
+        def writer(rnd: int = rnd, s3=s3, this_round: list[str] = this_round) -> None:
+            sizes = random.Random(rnd)
+            i = 0
+            while not stop.is_set():
+                key = f"crash/r{rnd}/{i:05d}"
+                data = blob(sizes.randrange(1, 64 * 1024), key)
+                try:
+                    r = s3.put_object(Bucket="results", Key=key, Body=data)
+                except (BotoCoreError, ClientError) as e:
+                    refused.append(f"{key}: {e!r}")
+                    return
+                if r["ResponseMetadata"]["HTTPStatusCode"] == 200:
+                    acked[key] = data
+                    this_round.append(key)
+                i += 1
+
+        th = threading.Thread(target=writer, daemon=True)
+        th.start()
+        wait_until(lambda: len(this_round) >= 20 or not th.is_alive(), 60,
+                   "20 puts to be acknowledged")
+        time.sleep(rng.uniform(0.05, 0.5))
+        sc.kill9()
+        stop.set()
+        th.join(120)
+        assert not th.is_alive()
+        assert len(this_round) >= 20, f"round {rnd}: only {len(this_round)} acks: {refused[-1:]}"
+
+        # sync: a 200 meant every target held it, before any restart.
+        for k in this_round:
+            sc.assert_on_every_target("results", k, acked[k])
+
+        sc.restart()
+        sc.wait_caught_up()
+        check = sc.s3()
+        for k, v in acked.items():  # every round's acks, not only this one's
+            assert check.get_object(Bucket="results", Key=k)["Body"].read() == v, k
+            sc.assert_on_every_target("results", k, v)
+        listed = set()
+        for page in check.get_paginator("list_objects_v2").paginate(Bucket="results", Prefix="crash/"):
+            listed |= {o["Key"] for o in page.get("Contents", [])}
+        assert set(acked) <= listed
