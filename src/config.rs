@@ -1154,4 +1154,63 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/tmp/elsewhere"));
         assert_eq!(c.auth_token_file, None);
     }
+
+    #[test]
+    fn an_s3_table_is_checked_field_by_field() {
+        let good = "[s3]\nsecret_access_key_file = \"s\"\n[[s3.buckets]]\nname = \"results\"\nmode = \"sync\"\n";
+        assert_eq!(problems_of("", good), Vec::<String>::new());
+        let bad = "[s3]\nlisten = \"nowhere\"\naccess_key_id = \"a b\"\nregion = \"us east\"\n\
+                   [[s3.buckets]]\nname = \"Bad_Name\"\n\
+                   [[s3.buckets]]\nname = \"results\"\nprefix = \"/abs\"\n\
+                   [[s3.buckets]]\nname = \"results\"\nprefix = \"data/\"\n\
+                   [[s3.buckets]]\nname = \"more\"\nprefix = \"data/more/\"\n";
+        let p = problems_of("", bad);
+        for want in [
+            "s3.listen:",
+            "s3.access_key_id:",
+            "s3.secret_access_key_file: not set",
+            "s3.region:",
+            "s3.buckets[0].name:",
+            "s3.buckets[1].prefix: \"/abs\" must not start with '/'",
+            "s3.buckets[2].name: bucket \"results\" is given twice",
+            "s3.buckets[3].prefix: \"data/more/\" overlaps s3.buckets[2]",
+        ] {
+            assert!(
+                p.iter().any(|l| l.starts_with(want)),
+                "{want:?} missing from {p:#?}"
+            );
+        }
+        let unknown = problems_of("", "[s3]\nsecret_access_key_file = \"s\"\nbukets = 1\n");
+        assert!(unknown.iter().any(|l| l.contains("bukets")), "{unknown:?}");
+    }
+
+    #[test]
+    fn the_s3_secret_and_listen_come_from_the_environment() {
+        let mut c = Config::from_toml(GOOD).expect("valid");
+        c.s3 = Some(S3Config {
+            listen: default_s3_listen(),
+            access_key_id: default_access_key_id(),
+            secret_access_key_file: None,
+            secret_from_env: None,
+            region: default_s3_region(),
+            allow_create_bucket: false,
+            buckets: vec![],
+        });
+        assert!(
+            c.problems()
+                .iter()
+                .any(|p| p.starts_with("s3.secret_access_key_file"))
+        );
+        c.apply_env(|name| match name {
+            "WALSHIP_S3_LISTEN" => Some("127.0.0.1:9998".into()),
+            "WALSHIP_S3_SECRET_ACCESS_KEY" => Some("from-env".into()),
+            _ => None,
+        });
+        let s3 = c.s3.as_ref().expect("s3");
+        assert_eq!(
+            (s3.listen.as_str(), s3.secret_from_env.as_deref()),
+            ("127.0.0.1:9998", Some("from-env"))
+        );
+        assert_eq!(c.problems(), Vec::<String>::new());
+    }
 }
