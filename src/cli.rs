@@ -448,6 +448,12 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                             None => Config::embedded_default(&cwd),
                         };
                     cfg.apply_env(|name| std::env::var(name).ok());
+                    if let Some(f) = cfg.make_s3_secret()? {
+                        eprintln!(
+                            "walship: the S3 API's secret access key (access key id \"walship\") is in {}",
+                            f.display()
+                        );
+                    }
                     let problems = cfg.sidecar_problems();
                     if !problems.is_empty() {
                         return Err(Error::Config { problems }.into());

@@ -779,8 +779,56 @@ impl Config {
             replication: ReplicationConfig::default(),
             primary: dir("primary"),
             targets: vec![dir("replica-1"), r2],
-            s3: None,
+            s3: Some(S3Config {
+                listen: default_s3_listen(),
+                access_key_id: default_access_key_id(),
+                secret_access_key_file: Some(data.join("s3-secret")),
+                secret_from_env: None,
+                region: default_s3_region(),
+                allow_create_bucket: false,
+                buckets: vec![S3Bucket {
+                    name: "results".into(),
+                    prefix: None,
+                    mode: None,
+                    read_preference: None,
+                }],
+            }),
         }
+    }
+
+    /// For the embedded default: writes a random S3 secret to
+    /// `s3.secret_access_key_file` when it does not exist yet (and no
+    /// `WALSHIP_S3_SECRET_ACCESS_KEY` is given); the file it wrote.
+    pub fn make_s3_secret(&self) -> Result<Option<PathBuf>> {
+        let Some(s3) = &self.s3 else { return Ok(None) };
+        let Some(f) = &s3.secret_access_key_file else {
+            return Ok(None);
+        };
+        if s3.secret_from_env.is_some() || f.exists() {
+            return Ok(None);
+        }
+        if let Some(dir) = f.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        }
+        let secret: String = (0..40)
+            .map(|_| {
+                const A: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+                A[rand::random_range(0..A.len())] as char
+            })
+            .collect();
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(f)
+            .map_err(|e| Error::io(format!("creating the S3 secret {}", f.display()), e))?;
+        file.write_all(format!("{secret}\n").as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Error::io(format!("writing the S3 secret {}", f.display()), e))?;
+        Ok(Some(f.clone()))
     }
 }
 
@@ -927,6 +975,21 @@ name = "replica-2"
 url = "{r2}"
 region = "local"
 priority = 2
+
+# The S3 API: every S3 client (boto3, the aws CLI, rclone, truthound) writes
+# through walship. Off while this table is commented out.
+# [s3]
+# listen = "127.0.0.1:7602"
+# access_key_id = "walship"
+# secret_access_key_file = "s3-secret"   # or WALSHIP_S3_SECRET_ACCESS_KEY
+# region = "us-east-1"
+# allow_create_bucket = false            # true: CreateBucket makes a bucket (kept in data_dir)
+#
+# [[s3.buckets]]
+# name = "results"                       # the bucket clients name
+# prefix = "results/"                    # the walship key prefix it maps to (default "NAME/")
+# mode = "semi_sync"                     # optional: this bucket's writes use this mode
+# read_preference = "nearest"            # optional
 "#,
         data = data.display(),
         p = t("primary"),
@@ -964,7 +1027,21 @@ mod tests {
     #[test]
     fn template_and_embedded_default_are_valid() {
         let base = Path::new("/tmp/x");
-        Config::from_toml(&init_template(base)).expect("template is valid");
+        let t = init_template(base);
+        Config::from_toml(&t).expect("template is valid");
+        // Its [s3] example, uncommented, is valid too.
+        let at = t.find("# [s3]").expect("an [s3] example");
+        let on: String = t[at..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").or(l.strip_prefix("#")).unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Config::from_toml(&format!("{}{on}", &t[..at])).expect("the [s3] example is valid");
+        let s3 = c.s3.expect("s3 on");
+        assert_eq!(
+            (s3.buckets[0].key_prefix().as_str(), s3.buckets[0].mode),
+            ("results/", Some(Mode::SemiSync))
+        );
         let d = Config::embedded_default(base);
         assert!(d.problems().is_empty(), "{:?}", d.problems());
         assert_eq!(d.targets.len(), 2);

@@ -1658,9 +1658,12 @@ async fn the_container_image_builds_and_serves() {
     );
     let ctr = String::from_utf8_lossy(&from.stdout).trim().to_string();
     let port = free_port();
+    let s3_port = free_port();
     let mut run = Command::new("buildah")
         .args(["run", "--isolation", "chroot", "--network", "host", "--env"])
         .arg(format!("WALSHIP_LISTEN=127.0.0.1:{port}"))
+        .arg("--env")
+        .arg(format!("WALSHIP_S3_LISTEN=127.0.0.1:{s3_port}"))
         .args([ctr.as_str(), "--", "/usr/local/bin/walship", "serve"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
