@@ -2,7 +2,7 @@
 //! against walship's own HTTP API, on the same sidecar and targets, in the
 //! same run.
 //!
-//! `cargo bench --bench s3 -- --rounds 3 --entries 1500 --size 1400`
+//! `cargo bench --bench s3 -- --rounds 5 --entries 1500 --size 1400`
 //! (the defaults) runs one in-process sidecar (a local-directory primary
 //! and two local-directory replicas, `sync`, so every PUT waits for all
 //! three) serving both APIs on loopback. For 1 and 16 clients, each round
@@ -10,7 +10,8 @@
 //! the S3 API (object_store's S3 client: SigV4 with a signed payload, as
 //! boto3 sends over http), in an order that alternates by round. It prints
 //! writes/s and p50/p99 latency per side and round, and the median of the
-//! rounds' S3 / HTTP throughput ratios.
+//! rounds' S3 / HTTP throughput and p50 latency ratios (the p50 is steadier
+//! than throughput on a shared machine: one stall moves a round's writes/s).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,7 +88,7 @@ where
 
 #[tokio::main]
 async fn main() {
-    let rounds = arg("--rounds", 3);
+    let rounds = arg("--rounds", 5);
     let entries = arg("--entries", 1500);
     let size = arg("--size", 1400);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -149,6 +150,7 @@ async fn main() {
     let mut summary = Vec::new();
     for clients in [1usize, 16] {
         let mut ratios = Vec::new();
+        let mut p50s = Vec::new();
         for round in 0..rounds {
             let mut pair = [None, None];
             let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
