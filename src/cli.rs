@@ -1112,8 +1112,13 @@ fn init(dir: &Path, force: bool) -> Result<(), Failure> {
 fn check_config(file: &Path) -> Result<(), Failure> {
     match Config::load(file) {
         Ok(cfg) => {
+            let s3 = cfg
+                .s3
+                .as_ref()
+                .map(|s| format!(", S3 API on {} with {} bucket(s)", s.listen, s.buckets.len()))
+                .unwrap_or_default();
             println!(
-                "{}: ok ({} mode, primary {}, {} replica(s))",
+                "{}: ok ({} mode, primary {}, {} replica(s){s3})",
                 file.display(),
                 cfg.replication.mode.as_str(),
                 cfg.primary.name,

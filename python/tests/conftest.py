@@ -274,7 +274,8 @@ def _port_open(port: int) -> bool:
 class S3Sidecar:
     """``walship serve`` with ``[s3]`` on: a ``file://`` primary ``p`` and two
     ``file://`` replicas ``r1``, ``r2`` under ``workdir/stores``, mode ``sync``
-    by default (so a 200 means every target holds the bytes).
+    by default (so a 200 means every target holds the bytes), objects up to
+    32 MiB, the replicas' ``sync_timeout_seconds`` as given.
 
     ``buckets`` are ``(name, mode or None)``; a bucket's prefix is the
     default ``NAME/``, so S3 key K of bucket B is the file
@@ -284,12 +285,13 @@ class S3Sidecar:
     def __init__(self, walship_bin: Path, workdir: Path, *, mode: str = "sync",
                  buckets: tuple[tuple[str, Optional[str]], ...] = (("results", None),
                                                                    ("fast", "async")),
-                 max_object_bytes: int = 33554432) -> None:
+                 max_object_bytes: int = 33554432, sync_timeout_seconds: float = 30.0) -> None:
         self.bin = walship_bin
         self.workdir = workdir
         self.mode = mode
         self.buckets = buckets
         self.max_object_bytes = max_object_bytes
+        self.sync_timeout_seconds = sync_timeout_seconds
         self.stores = workdir / "stores"
         self.target_dirs = {n: self.stores / n for n in S3_TARGETS}
         self.config_path = workdir / "walship.toml"
@@ -320,8 +322,9 @@ class S3Sidecar:
     def config_text(self) -> str:
         cfg = ReplicationConfig(
             mode=self.mode,
-            targets=[ReplicaTarget("r1", file_url(self.target_dirs["r1"]), "here"),
-                     ReplicaTarget("r2", file_url(self.target_dirs["r2"]), "there")],
+            targets=[ReplicaTarget(n, file_url(self.target_dirs[n]), region,
+                                   sync_timeout_seconds=self.sync_timeout_seconds)
+                     for n, region in (("r1", "here"), ("r2", "there"))],
             max_object_bytes=self.max_object_bytes,
         )
         primary = ReplicaTarget("p", file_url(self.target_dirs["p"]), "here")
@@ -421,12 +424,13 @@ class S3Sidecar:
     def s3(self, *, access_key_id: str = S3_ACCESS_KEY_ID, secret: str = S3_SECRET,
            max_attempts: int = 1, **config):
         """A boto3 S3 client on this endpoint: path style, region us-east-1,
-        no retries by default (an error is the server's first answer)."""
+        ``max_attempts`` attempts in all (default 1: no retries, so an error
+        is the server's first answer); ``config`` goes to botocore's Config."""
         import boto3
         from botocore.config import Config
 
         opts = {"s3": {"addressing_style": "path"}, "signature_version": "s3v4",
-                "retries": {"mode": "standard", "max_attempts": max_attempts},
+                "retries": {"mode": "standard", "total_max_attempts": max_attempts},
                 "connect_timeout": 5, "read_timeout": 120}
         opts.update(config)
         cfg = Config(**opts)
@@ -468,7 +472,8 @@ class S3Sidecar:
 
 @pytest.fixture
 def s3_sidecar(walship_bin: Path, tmp_path: Path) -> Iterator[Callable[..., S3Sidecar]]:
-    """``s3_sidecar(name="s3", mode="sync", buckets=..., max_object_bytes=...)``
+    """``s3_sidecar(name="s3", mode="sync", buckets=..., max_object_bytes=...,
+    sync_timeout_seconds=...)``
     starts an :class:`S3Sidecar` (needs boto3); all are stopped afterwards."""
     try:
         import boto3  # noqa: F401

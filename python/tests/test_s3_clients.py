@@ -98,6 +98,8 @@ def put_all(s3, bucket: str, objects: dict[str, bytes]) -> None:
 
 
 def test_boto3_put_get_head_and_range_keep_bytes_type_metadata_and_md5_etag(sc, s3):
+    from botocore.exceptions import ClientError
+
     data = b"0123456789" * 1000 + b"tail"
     r = s3.put_object(Bucket="results", Key="a/b.txt", Body=data, ContentType="text/plain",
                       Metadata={"team": "core", "run-id": "42"},
@@ -127,6 +129,9 @@ def test_boto3_put_get_head_and_range_keep_bytes_type_metadata_and_md5_etag(sc, 
     assert part["ContentLength"] == 4
     tail = s3.get_object(Bucket="results", Key="a/b.txt", Range="bytes=-4")
     assert tail["Body"].read() == b"tail"
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket="results", Key="a/b.txt", Range=f"bytes={len(data)}-")
+    assert error_of(e.value) == (416, "InvalidRange"), describe(e.value)
 
     # An overwrite replaces the bytes and the attributes everywhere.
     s3.put_object(Bucket="results", Key="a/b.txt", Body=b"second", ContentType="text/x-two")
@@ -305,6 +310,20 @@ def test_copy_delete_and_missing_keys_and_buckets_answer_as_s3_does(sc, s3):
     sc.assert_on_every_target("results", "batch/4", batch["batch/4"])
     assert [o["Key"] for o in s3.list_objects_v2(Bucket="results", Prefix="batch/")["Contents"]] == ["batch/4"]
 
+    # Bucket operations: location; no CreateBucket/DeleteBucket unless
+    # allowed; what is not implemented says so.
+    assert s3.get_bucket_location(Bucket="results").get("LocationConstraint") in (None, "", S3_REGION)
+    with pytest.raises(ClientError) as e:
+        s3.create_bucket(Bucket="brand-new")
+    assert error_of(e.value)[0] in (403, 501), describe(e.value)
+    with pytest.raises(ClientError) as e:
+        s3.delete_bucket(Bucket="results")
+    assert error_of(e.value)[0] in (403, 409, 501), describe(e.value)
+    assert sorted(b["Name"] for b in s3.list_buckets()["Buckets"]) == ["fast", "results"]
+    with pytest.raises(ClientError) as e:
+        s3.put_bucket_versioning(Bucket="results", VersioningConfiguration={"Status": "Enabled"})
+    assert error_of(e.value) == (501, "NotImplemented"), describe(e.value)
+
     # Missing keys and buckets.
     with pytest.raises(ClientError) as e:
         s3.get_object(Bucket="results", Key="no/such/key")
@@ -384,6 +403,31 @@ def test_multipart_upload_completes_to_the_same_bytes_on_every_target(sc, s3, tm
     assert error_of(e.value) == (404, "NoSuchUpload"), describe(e.value)
     sc.assert_on_no_target("results", "mp/aborted")
 
+    # Over max_object_bytes (32 MiB here): EntityTooLarge, one put or a
+    # completed upload, and nothing is written.
+    with sc.client() as c:
+        head = c.log()["head"]
+    with pytest.raises(ClientError) as e:
+        s3.put_object(Bucket="results", Key="mp/too-big", Body=bytes(32 * MiB + 1))
+    assert error_of(e.value) == (400, "EntityTooLarge"), describe(e.value)
+    # (a new client: the refusal may have closed its connection, see
+    # test_an_early_refusal_of_a_body_closes_the_connection_and_says_so)
+    s3 = sc.s3()
+    big = s3.create_multipart_upload(Bucket="results", Key="mp/too-big")["UploadId"]
+    five = bytes(5 * MiB)
+    with pytest.raises(ClientError) as e:  # refused at the part that passes it, or at Complete
+        big_parts = [s3.upload_part(Bucket="results", Key="mp/too-big", UploadId=big, PartNumber=n,
+                                    Body=five)["ETag"] for n in range(1, 8)]  # 35 MiB
+        s3.complete_multipart_upload(
+            Bucket="results", Key="mp/too-big", UploadId=big,
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": t}
+                                       for n, t in enumerate(big_parts, start=1)]})
+    assert error_of(e.value) == (400, "EntityTooLarge"), describe(e.value)
+    with sc.client() as c:
+        assert c.log()["head"] == head
+    sc.assert_on_no_target("results", "mp/too-big")
+    s3.abort_multipart_upload(Bucket="results", Key="mp/too-big", UploadId=big)
+
     # boto3's managed transfer: 5 MiB parts, several at once.
     f = tmp_path / "upload.bin"
     f.write_bytes(blob(12 * MiB, "upload_file"))
@@ -395,6 +439,39 @@ def test_multipart_upload_completes_to_the_same_bytes_on_every_target(sc, s3, tm
     out = tmp_path / "downloaded.bin"
     s3.download_file("results", "mp/uploaded.bin", str(out), Config=cfg)  # ranged GETs
     assert out.read_bytes() == f.read_bytes()
+
+
+def test_an_early_refusal_of_a_body_closes_the_connection_and_says_so(sc):
+    """botocore sends ``Expect: 100-continue`` with bodies over 1 MB; a server
+    that refuses before reading the body cannot reuse the connection, so it
+    must say ``Connection: close`` (else the client's pool reuses a closed
+    connection and the next request fails with RemoteDisconnected)."""
+    import socket
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    n = 32 * MiB + 1
+    req = AWSRequest(method="PUT", url=f"{sc.endpoint}/results/too-big", headers={
+        "x-amz-content-sha256": "UNSIGNED-PAYLOAD", "Content-Length": str(n),
+        "Expect": "100-continue"})
+    SigV4Auth(Credentials(S3_ACCESS_KEY_ID, S3_SECRET), "s3", S3_REGION).add_auth(req)
+    with socket.create_connection(("127.0.0.1", sc.s3_port), timeout=10) as sock:
+        sock.sendall((f"PUT /results/too-big HTTP/1.1\r\nHost: 127.0.0.1:{sc.s3_port}\r\n"
+                      + "".join(f"{k}: {v}\r\n" for k, v in req.headers.items())
+                      + "\r\n").encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            got = sock.recv(65536)
+            assert got, f"closed without an answer: {answer!r}"
+            answer += got
+    head = answer.split(b"\r\n\r\n", 1)[0].decode().lower()
+    if head.startswith("http/1.1 100"):
+        return  # it reads the body first: the connection stays usable
+    assert head.startswith("http/1.1 400"), head
+    assert "connection: close" in head, (
+        "answered before reading the body but without Connection: close:\n" + head)
 
 
 # ------------------------------------------------------- 5. conditional put
@@ -600,16 +677,10 @@ def _with_header(client, op: str, name: str, value: str):
     return client
 
 
-def test_x_walship_mode_header_overrides_the_mode_and_a_bad_one_is_refused(sc):
+def test_x_walship_mode_header_overrides_the_mode_and_a_bad_one_is_refused(s3_sidecar):
     from botocore.exceptions import ClientError
 
-    fast = _with_header(sc.s3(), "PutObject", "x-walship-mode", "async")
-    r = fast.put_object(Bucket="results", Key="mode/async", Body=b"async write")
-    assert r["ResponseMetadata"]["HTTPStatusCode"] == 200
-    assert sc.s3().get_object(Bucket="results", Key="mode/async")["Body"].read() == b"async write"
-    sc.wait_caught_up()
-    sc.assert_on_every_target("results", "mode/async", b"async write")
-
+    sc = s3_sidecar(sync_timeout_seconds=3.0)
     # The async bucket with x-walship-mode: sync: on every target at the 200.
     synced = _with_header(sc.s3(), "PutObject", "x-walship-mode", "sync")
     synced.put_object(Bucket="fast", Key="mode/sync", Body=b"sync write")
@@ -623,8 +694,36 @@ def test_x_walship_mode_header_overrides_the_mode_and_a_bad_one_is_refused(sc):
     assert error_of(e.value) == (400, "InvalidArgument"), describe(e.value)
     assert "nope" in e.value.response["Error"].get("Message", ""), describe(e.value)
     with sc.client() as c:
-        assert c.log()["head"] == head
+        assert c.log()["head"] == head, "a refused mode appended to the log"
     sc.assert_on_no_target("results", "mode/nope")
+
+    # r2 cannot hold results/mode/blocked (a directory stands at its path),
+    # so a sync write of it cannot be acknowledged; with x-walship-mode:
+    # async it is, at once, held by the acting primary.
+    blocked = sc.target_file("r2", "results", "mode/blocked")
+    blocked.mkdir(parents=True)
+    (blocked / "in-the-way").write_bytes(b"x")
+    fast = _with_header(sc.s3(), "PutObject", "x-walship-mode", "async")
+    r = fast.put_object(Bucket="results", Key="mode/blocked", Body=b"async write")
+    assert r["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert sc.target_file("p", "results", "mode/blocked").read_bytes() == b"async write"
+    assert sc.s3().get_object(Bucket="results", Key="mode/blocked")["Body"].read() == b"async write"
+    r1 = sc.target_file("r1", "results", "mode/blocked")
+    wait_until(lambda: r1.is_file() and r1.read_bytes() == b"async write", 30,
+               "r1 to hold the async write")
+    assert blocked.is_dir()
+
+    # The bucket's own mode (sync) for the same key: a quorum miss, 504
+    # ReplicationTimeout with the seq, the entry durable in the log.
+    with pytest.raises(ClientError) as e:
+        sc.s3().put_object(Bucket="results", Key="mode/blocked", Body=b"sync write")
+    assert error_of(e.value) == (504, "ReplicationTimeout"), describe(e.value)
+    seq = int(e.value.response["ResponseMetadata"]["HTTPHeaders"]["x-walship-seq"])
+    with sc.client() as c:
+        entry = c.log(from_seq=seq, limit=1)
+    assert entry["entries"][0]["key"] == "results/mode/blocked", entry
+    p = sc.target_file("p", "results", "mode/blocked")
+    wait_until(lambda: p.read_bytes() == b"sync write", 30, "the primary to get the entry")
 
 
 # --------------------------------------------------------------- 9. aws CLI
@@ -704,8 +803,16 @@ def test_aws_cli_sync_up_and_down_is_byte_for_byte(sc, tmp_path):
     again = run("s3", "sync", "s3://results/tree/", str(out), "--no-progress")
     assert again.stdout.strip() == "", again.stdout
 
-    # cp and rm, and a deletion synced.
+    # cp and rm, and a deletion synced; a stream of unknown size (multipart).
     run("s3", "cp", str(src / "top-00.txt"), "s3://results/cp/one.txt")
+    streamed = blob(10 * MiB + 3, "stdin")
+    r = subprocess.run([aws, "--endpoint-url", sc.endpoint, "s3", "cp", "-", "s3://results/cp/stdin.bin"],
+                       input=streamed, env=env, capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    sc.assert_on_every_target("results", "cp/stdin.bin", streamed)
+    r = subprocess.run([aws, "--endpoint-url", sc.endpoint, "s3", "cp", "s3://results/cp/stdin.bin", "-"],
+                       env=env, capture_output=True, timeout=300)
+    assert r.returncode == 0 and r.stdout == streamed, r.stderr.decode(errors="replace")
     sc.assert_on_every_target("results", "cp/one.txt", files["top-00.txt"])
     (src / "top-04.txt").unlink()
     r = run("s3", "sync", str(src), "s3://results/tree/", "--delete", "--no-progress")
@@ -766,6 +873,12 @@ def test_rclone_copy_then_check_matches_and_a_flipped_byte_is_caught(sc, tmp_pat
     assert r.returncode != 0, f"rclone check passed over a flipped byte:\n{r.stderr}"
     assert "top-00.txt" in r.stderr, r.stderr
     assert "1 differences found" in r.stderr, r.stderr
+
+    # Server-side copy (CopyObject) and delete.
+    run("copyto", "ws:results/rc/d1/sub1/file-01.txt", "ws:results/rc-copy/one.txt")
+    sc.assert_on_every_target("results", "rc-copy/one.txt", files["d1/sub1/file-01.txt"])
+    run("deletefile", "ws:results/rc-copy/one.txt")
+    sc.assert_on_no_target("results", "rc-copy/one.txt")
 
     # And back down: a fresh copy is byte for byte the original.
     out = tmp_path / "down"
@@ -870,6 +983,12 @@ def test_every_put_that_got_200_survives_kill_9_on_every_target(sc, tmp_path):
     rng = random.Random(12)
     for rnd in range(3):
         s3 = sc.s3(connect_timeout=2, read_timeout=60)
+        # An upload with acknowledged parts, to complete after the restart.
+        mp_key = f"crash/mp-{rnd}"
+        mp_parts = [blob(5 * MiB, f"{mp_key}/1"), blob(4321, f"{mp_key}/2")]
+        mp_id = s3.create_multipart_upload(Bucket="results", Key=mp_key)["UploadId"]
+        mp_etags = [s3.upload_part(Bucket="results", Key=mp_key, UploadId=mp_id, PartNumber=n,
+                                   Body=b)["ETag"] for n, b in enumerate(mp_parts, start=1)]
         this_round: list[str] = []
         stop = threading.Event()
 
@@ -907,6 +1026,15 @@ def test_every_put_that_got_200_survives_kill_9_on_every_target(sc, tmp_path):
         sc.restart()
         sc.wait_caught_up()
         check = sc.s3()
+        parts = check.list_parts(Bucket="results", Key=mp_key, UploadId=mp_id)["Parts"]
+        assert [(x["PartNumber"], x["Size"], x["ETag"]) for x in parts] == [
+            (n, len(b), t) for n, (b, t) in enumerate(zip(mp_parts, mp_etags), start=1)]
+        done = check.complete_multipart_upload(
+            Bucket="results", Key=mp_key, UploadId=mp_id,
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": t}
+                                       for n, t in enumerate(mp_etags, start=1)]})
+        assert done["ETag"] == multipart_etag(mp_parts)
+        acked[mp_key] = b"".join(mp_parts)
         for k, v in acked.items():  # every round's acks, not only this one's
             assert check.get_object(Bucket="results", Key=k)["Body"].read() == v, k
             sc.assert_on_every_target("results", k, v)
@@ -914,3 +1042,116 @@ def test_every_put_that_got_200_survives_kill_9_on_every_target(sc, tmp_path):
         for page in check.get_paginator("list_objects_v2").paginate(Bucket="results", Prefix="crash/"):
             listed |= {o["Key"] for o in page.get("Contents", [])}
         assert set(acked) <= listed
+
+
+# ----------------------------------------------------- 13. virtual-hosted style
+
+
+def test_virtual_hosted_addressing_reaches_the_bucket_named_in_the_host(sc):
+    """boto3 with addressing_style="virtual" names the bucket in the Host
+    (``results.localhost:PORT``); the connection goes to 127.0.0.1 so no DNS
+    is needed, and the signed Host is what the server sees."""
+    import boto3
+    from botocore.config import Config
+    from urllib.parse import urlsplit, urlunsplit
+
+    s3 = boto3.session.Session().client(
+        "s3", endpoint_url=f"http://localhost:{sc.s3_port}", region_name=S3_REGION,
+        aws_access_key_id=S3_ACCESS_KEY_ID, aws_secret_access_key=S3_SECRET,
+        config=Config(s3={"addressing_style": "virtual"}, retries={"total_max_attempts": 1}))
+    hosts = []
+
+    def to_loopback(request, **_kw):
+        u = urlsplit(request.url)
+        hosts.append(u.netloc)
+        request.headers["Host"] = u.netloc
+        request.url = urlunsplit((u.scheme, f"127.0.0.1:{sc.s3_port}", u.path, u.query, u.fragment))
+
+    s3.meta.events.register("before-send.s3", to_loopback)
+    s3.put_object(Bucket="results", Key="vh/k.txt", Body=b"virtual", ContentType="text/plain")
+    s3.put_object(Bucket="fast", Key="vh/k.txt", Body=b"other bucket")
+    assert hosts == [f"results.localhost:{sc.s3_port}", f"fast.localhost:{sc.s3_port}"]
+    sc.assert_on_every_target("results", "vh/k.txt", b"virtual")
+    assert s3.get_object(Bucket="results", Key="vh/k.txt")["Body"].read() == b"virtual"
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="results", Prefix="vh/")["Contents"]] == ["vh/k.txt"]
+    assert sc.s3().get_object(Bucket="fast", Key="vh/k.txt")["Body"].read() == b"other bucket"
+
+
+# ------------------------------------------------------------ 14. aws-chunked
+
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def chunked_put(sc, key: str, chunks: list[bytes], *, trailer: bool = False,
+                crc: str | None = None, tamper: bool = False) -> tuple[int, bytes]:
+    """A PUT with an ``aws-chunked`` body, signed by botocore's SigV4 signer:
+    signed chunks (``STREAMING-AWS4-HMAC-SHA256-PAYLOAD``, what the Java and
+    Go SDKs stream), or with ``trailer`` unsigned chunks and a crc32 trailer
+    (``STREAMING-UNSIGNED-PAYLOAD-TRAILER``, what boto3 sends over https, so
+    through a TLS proxy). ``tamper`` spoils the first chunk's signature."""
+    import hmac
+    import http.client
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    data = b"".join(chunks)
+    mode = "STREAMING-UNSIGNED-PAYLOAD-TRAILER" if trailer else "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+    headers = {"x-amz-content-sha256": mode, "Content-Encoding": "aws-chunked",
+               "x-amz-decoded-content-length": str(len(data))}
+    if trailer:
+        headers["x-amz-trailer"] = "x-amz-checksum-crc32"
+    req = AWSRequest(method="PUT", url=f"{sc.endpoint}/results/{key}", headers=headers)
+    SigV4Auth(Credentials(S3_ACCESS_KEY_ID, S3_SECRET), "s3", S3_REGION).add_auth(req)
+    prev = req.headers["Authorization"].rsplit("Signature=", 1)[1]
+    amzdate = req.headers["X-Amz-Date"]
+    scope = f"{amzdate[:8]}/{S3_REGION}/s3/aws4_request"
+    k = ("AWS4" + S3_SECRET).encode()
+    for part in (amzdate[:8], S3_REGION, "s3", "aws4_request"):
+        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+    body = b""
+    for c in [*chunks, b""]:
+        if trailer:
+            body += f"{len(c):x}\r\n".encode() + c + b"\r\n" if c else (
+                b"0\r\n" + f"x-amz-checksum-crc32:{crc or crc32_b64(data)}\r\n\r\n".encode())
+            continue
+        sts = "\n".join(["AWS4-HMAC-SHA256-PAYLOAD", amzdate, scope, prev, _EMPTY_SHA256,
+                         hashlib.sha256(c).hexdigest()])
+        sig = hmac.new(k, sts.encode(), hashlib.sha256).hexdigest()
+        prev = sig
+        if tamper and c is chunks[0]:
+            sig = ("1" if sig[0] == "0" else "0") + sig[1:]
+        body += f"{len(c):x};chunk-signature={sig}\r\n".encode() + c + b"\r\n"
+    hdrs = dict(req.headers.items())
+    hdrs["Content-Length"] = str(len(body))
+    conn = http.client.HTTPConnection("127.0.0.1", sc.s3_port, timeout=60)
+    try:
+        conn.request("PUT", f"/results/{key}", body=body, headers=hdrs)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def test_aws_chunked_bodies_signed_or_with_a_checksum_trailer_are_decoded_and_checked(sc, s3):
+    chunks = [blob(65536, "c1"), blob(65536, "c2"), blob(1000, "c3")]
+    data = b"".join(chunks)
+    assert chunked_put(sc, "chunked/signed", chunks) == (200, b"")
+    sc.assert_on_every_target("results", "chunked/signed", data)
+    assert s3.get_object(Bucket="results", Key="chunked/signed")["Body"].read() == data
+    assert chunked_put(sc, "chunked/trailer", chunks, trailer=True) == (200, b"")
+    sc.assert_on_every_target("results", "chunked/trailer", data)
+    g = s3.get_object(Bucket="results", Key="chunked/trailer", ChecksumMode="ENABLED")
+    assert (g["Body"].read(), g.get("ChecksumCRC32")) == (data, crc32_b64(data))
+
+    with sc.client() as c:
+        head = c.log()["head"]
+    status, body = chunked_put(sc, "chunked/tampered", chunks, tamper=True)
+    assert status == 403 and s3_error_xml(body)["Code"] == "SignatureDoesNotMatch", (status, body)
+    status, body = chunked_put(sc, "chunked/bad-trailer", chunks, trailer=True, crc=crc32_b64(b"x"))
+    assert status == 400 and s3_error_xml(body)["Code"] == "BadDigest", (status, body)
+    with sc.client() as c:
+        assert c.log()["head"] == head
+    sc.assert_on_no_target("results", "chunked/tampered")
+    sc.assert_on_no_target("results", "chunked/bad-trailer")
