@@ -641,3 +641,57 @@ async fn target_requests_are_counted_as_the_store_sees_them() {
         "{text}"
     );
 }
+
+/// SPEC "S3 API": the HTTP API keeps the Content-Type a PUT sent and gives
+/// it back on GET and HEAD, with the MD5 ETag of the bytes.
+#[tokio::test]
+async fn a_put_keeps_its_content_type_and_get_gives_it_back_with_the_md5_etag() {
+    let rig = Rig::new(1, "sync", 1, 2.0).await;
+    let base = rig.serve_http(None).await;
+    let c = reqwest::Client::new();
+    let r = c
+        .put(format!("{base}/v1/objects/typed/report.csv"))
+        .header("content-type", "text/csv; charset=utf-8")
+        .body("a,b\n")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 200);
+    for head in [false, true] {
+        let req = if head {
+            c.head(format!("{base}/v1/objects/typed/report.csv"))
+        } else {
+            c.get(format!("{base}/v1/objects/typed/report.csv"))
+        };
+        let r = req.send().await.expect("read");
+        assert_eq!(r.status(), 200);
+        let h = r.headers();
+        assert_eq!(
+            h.get("content-type").and_then(|v| v.to_str().ok()),
+            Some("text/csv; charset=utf-8"),
+            "head={head}"
+        );
+        assert_eq!(
+            h.get("etag").and_then(|v| v.to_str().ok()),
+            Some(format!("\"{}\"", walship::object::md5_hex(b"a,b\n")).as_str()),
+            "head={head}"
+        );
+    }
+    // Without a Content-Type, the default one comes back.
+    c.put(format!("{base}/v1/objects/typed/plain"))
+        .body("x")
+        .send()
+        .await
+        .expect("put");
+    let r = c
+        .get(format!("{base}/v1/objects/typed/plain"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(
+        r.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/octet-stream")
+    );
+}
