@@ -1115,7 +1115,13 @@ fn check_config(file: &Path) -> Result<(), Failure> {
             let s3 = cfg
                 .s3
                 .as_ref()
-                .map(|s| format!(", S3 API on {} with {} bucket(s)", s.listen, s.buckets.len()))
+                .map(|s| {
+                    format!(
+                        ", S3 API on {} with {} bucket(s)",
+                        s.listen,
+                        s.buckets.len()
+                    )
+                })
                 .unwrap_or_default();
             println!(
                 "{}: ok ({} mode, primary {}, {} replica(s){s3})",
