@@ -3,7 +3,9 @@
 The binary comes from ``WALSHIP_BIN``, else ``<repo>/target/debug/walship``;
 it is copied to a temporary path once per session (the tree's binary may be
 rebuilt meanwhile). A test whose tool is missing skips with the reason, and
-fails instead when ``CI=true``.
+fails instead when ``CI=true``. ``s3_sidecar`` starts a sidecar with its S3
+API on (:class:`S3Sidecar`: endpoint, HTTP port, target dirs, pid, kill -9,
+restart).
 """
 
 from __future__ import annotations

@@ -442,10 +442,12 @@ def test_multipart_upload_completes_to_the_same_bytes_on_every_target(sc, s3, tm
 
 
 def test_an_early_refusal_of_a_body_closes_the_connection_and_says_so(sc):
-    """botocore sends ``Expect: 100-continue`` with bodies over 1 MB; a server
-    that refuses before reading the body cannot reuse the connection, so it
-    must say ``Connection: close`` (else the client's pool reuses a closed
-    connection and the next request fails with RemoteDisconnected)."""
+    """A body refused on its Content-Length alone (here with ``Expect:
+    100-continue``, as botocore sends file bodies) is never read, so the
+    connection cannot carry another request: the answer must say
+    ``Connection: close``, else a client's pool reuses the closed connection
+    and its next request fails (RemoteDisconnected; seen with boto3 after an
+    EntityTooLarge put)."""
     import socket
 
     from botocore.auth import SigV4Auth
@@ -472,6 +474,29 @@ def test_an_early_refusal_of_a_body_closes_the_connection_and_says_so(sc):
     assert head.startswith("http/1.1 400"), head
     assert "connection: close" in head, (
         "answered before reading the body but without Connection: close:\n" + head)
+
+
+def test_an_empty_file_put_leaves_the_connection_fit_for_the_next_put(sc):
+    """botocore sends ``Expect: 100-continue`` with every file body, empty ones
+    too. A final answer in place of ``100 Continue`` makes botocore (through
+    1.43 at least, boto/botocore#3755) parse the next response on that pooled
+    connection against the stale status line: no headers, no ETag, a stall.
+    The aws CLI hits it syncing a tree with an empty file. S3 answers
+    ``100 Continue`` first; so must we (or close the connection)."""
+    import io
+
+    s3 = sc.s3(read_timeout=30)
+    e = s3.put_object(Bucket="results", Key="expect/empty", Body=io.BytesIO(b""))
+    assert e["ETag"] == quoted_md5(b"")
+    data = blob(2 * MiB, "after-empty")
+    t = time.monotonic()
+    r = s3.put_object(Bucket="results", Key="expect/next", Body=io.BytesIO(data))
+    took = time.monotonic() - t
+    assert r.get("ETag") == quoted_md5(data), (
+        f"the put after an empty one came back without its ETag after {took:.1f} s: "
+        f"headers {r['ResponseMetadata'].get('HTTPHeaders')}")
+    sc.assert_on_every_target("results", "expect/empty", b"")
+    sc.assert_on_every_target("results", "expect/next", data)
 
 
 # ------------------------------------------------------- 5. conditional put

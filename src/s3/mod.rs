@@ -215,7 +215,12 @@ fn err(code: S3ErrorCode, msg: impl Into<String>) -> S3Error {
 
 fn with_status(mut e: S3Error, status: StatusCode, headers: &[(&'static str, String)]) -> S3Error {
     e.set_status_code(status);
+    // These headers replace the answer's own (s3s): keep it typed as XML.
     let mut h = HeaderMap::new();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/xml"),
+    );
     for (name, v) in headers {
         if let Ok(v) = HeaderValue::from_str(v) {
             h.insert(*name, v);
