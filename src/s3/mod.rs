@@ -326,6 +326,15 @@ async fn collect(body: Option<StreamingBlob>, max: u64) -> S3Result<Bytes> {
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| match e.downcast::<S3Error>() {
             Ok(s3) => *s3,
+            // s3s's aws-chunked decoder names a bad chunk signature so.
+            Err(e) if e.to_string().contains("SignatureMismatch") => with_status(
+                err(
+                    S3ErrorCode::SignatureDoesNotMatch,
+                    "a chunk of the aws-chunked body does not match its signature; nothing was written",
+                ),
+                StatusCode::FORBIDDEN,
+                &[],
+            ),
             Err(e) => err(
                 S3ErrorCode::IncompleteBody,
                 format!("reading the request body failed: {e}"),
@@ -1515,49 +1524,108 @@ impl S3 for Front {
 }
 
 /// The axum handler the S3 listener serves: s3s does the protocol;
-/// this counts `walship_s3_requests_total{op,status}`.
+/// this counts `walship_s3_requests_total{op,status}`, refuses an
+/// `Authorization` that is no AWS signature, and closes connections whose
+/// request body may be left unread (see [`close_after`]).
 pub fn router(svc: s3s::service::S3Service, rep: Arc<Replicator>) -> axum::Router {
-    use axum::extract::State;
-    let state = (svc, rep);
-    axum::Router::new()
-        .fallback(|State((svc, rep)): State<(s3s::service::S3Service, Arc<Replicator>)>, req: axum::extract::Request| async move {
-            let host = req
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            let copy = req.headers().contains_key("x-amz-copy-source");
-            let op = op_of(req.method(), &host, req.uri().path(), req.uri().query().unwrap_or(""), copy);
-            // Without a length or chunking there is no body; s3s must be
-            // told so (a wrapped body's size is not known to it).
-            let has_body = req.headers().contains_key(http::header::CONTENT_LENGTH)
-                || req.headers().contains_key(http::header::TRANSFER_ENCODING);
-            let req = if has_body {
-                req.map(s3s::Body::http_body_unsync)
-            } else {
-                req.map(|_| s3s::Body::empty())
-            };
-            let resp = match svc.call(req).await {
-                Ok(r) => r.map(axum::body::Body::new),
-                Err(e) => {
-                    tracing::error!(error = ?e, "the S3 request failed inside the protocol layer");
-                    http::Response::builder()
-                        .status(StatusCode::INTERNAL_SERVER_ERROR)
-                        .body(axum::body::Body::from("internal error"))
-                        .unwrap_or_default()
-                }
-            };
-            rep.metrics()
-                .s3_requests
-                .get_or_create(&crate::metrics::S3Labels {
-                    op: op.to_string(),
-                    status: resp.status().as_u16().to_string(),
-                })
-                .inc();
-            resp
+    axum::Router::new().fallback(handle).with_state((svc, rep))
+}
+
+type FrontState = (s3s::service::S3Service, Arc<Replicator>);
+
+async fn handle(
+    axum::extract::State((svc, rep)): axum::extract::State<FrontState>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    let headers = req.headers().clone();
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let copy = headers.contains_key("x-amz-copy-source");
+    let op = op_of(
+        req.method(),
+        &host,
+        req.uri().path(),
+        req.uri().query().unwrap_or(""),
+        copy,
+    );
+    let mut resp = if foreign_auth(&headers) {
+        xml_error(err(
+            S3ErrorCode::AccessDenied,
+            "the Authorization header is not an AWS signature; sign requests with AWS Signature V4",
+        ))
+    } else {
+        // Without a length or chunking there is no body; s3s must be told
+        // so (a wrapped body's size is not known to it).
+        let has_body = headers.contains_key(http::header::CONTENT_LENGTH)
+            || headers.contains_key(http::header::TRANSFER_ENCODING);
+        let req = if has_body {
+            req.map(s3s::Body::http_body_unsync)
+        } else {
+            req.map(|_| s3s::Body::empty())
+        };
+        match svc.call(req).await {
+            Ok(r) => r.map(axum::body::Body::new),
+            Err(e) => {
+                tracing::error!(error = ?e, "the S3 request failed inside the protocol layer");
+                xml_error(err(
+                    S3ErrorCode::InternalError,
+                    "the request failed inside the S3 protocol layer; see the sidecar's log",
+                ))
+            }
+        }
+    };
+    if close_after(&headers, resp.status()) {
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    rep.metrics()
+        .s3_requests
+        .get_or_create(&crate::metrics::S3Labels {
+            op: op.to_string(),
+            status: resp.status().as_u16().to_string(),
         })
-        .with_state(state)
+        .inc();
+    resp
+}
+
+fn xml_error(e: S3Error) -> axum::response::Response {
+    match e.to_http_response() {
+        Ok(r) => r.map(axum::body::Body::new),
+        Err(_) => http::Response::builder()
+            .status(StatusCode::INTERNAL_SERVER_ERROR)
+            .body(axum::body::Body::from("internal error"))
+            .unwrap_or_default(),
+    }
+}
+
+/// An `Authorization` header that is neither SigV4 nor SigV2 (a bearer
+/// token, say): AccessDenied, not s3s's "invalid header".
+fn foreign_auth(h: &HeaderMap) -> bool {
+    h.get(http::header::AUTHORIZATION).is_some_and(|v| {
+        let v = v.as_bytes();
+        !(v.starts_with(b"AWS4-HMAC-SHA256 ") || v.starts_with(b"AWS "))
+    })
+}
+
+/// Whether to close the connection after this answer: when its request's
+/// body may be left unread (an error answered before or instead of reading
+/// it), and when an empty body was announced with `Expect: 100-continue`
+/// (no `100 Continue` is sent for it, and some clients then misread the
+/// next answer on the same connection).
+fn close_after(h: &HeaderMap, status: StatusCode) -> bool {
+    let len = h
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let chunked = h.contains_key(http::header::TRANSFER_ENCODING);
+    let expects = h
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let has_body = chunked || len.is_some_and(|n| n > 0);
+    (expects && !has_body) || (has_body && (status.is_client_error() || status.is_server_error()))
 }
 
 #[cfg(test)]
@@ -1618,6 +1686,41 @@ mod tests {
             ),
             "ListObjectsV2"
         );
+    }
+
+    #[test]
+    fn connections_close_after_unread_bodies_and_empty_expects() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, HeaderValue::from_static(v));
+            }
+            m
+        };
+        let ok = StatusCode::OK;
+        let bad = StatusCode::BAD_REQUEST;
+        assert!(close_after(
+            &h(&[("content-length", "0"), ("expect", "100-continue")]),
+            ok
+        ));
+        assert!(!close_after(
+            &h(&[("content-length", "5"), ("expect", "100-continue")]),
+            ok
+        ));
+        assert!(close_after(&h(&[("content-length", "5")]), bad));
+        assert!(close_after(
+            &h(&[("transfer-encoding", "chunked")]),
+            StatusCode::GATEWAY_TIMEOUT
+        ));
+        assert!(!close_after(&h(&[]), bad), "no body: nothing left unread");
+        assert!(!close_after(&h(&[("content-length", "5")]), ok));
+        assert!(foreign_auth(&h(&[("authorization", "Bearer x")])));
+        assert!(!foreign_auth(&h(&[(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=a"
+        )])));
+        assert!(!foreign_auth(&h(&[("authorization", "AWS a:b")])));
+        assert!(!foreign_auth(&h(&[])));
     }
 
     #[test]
