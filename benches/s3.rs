@@ -150,7 +150,7 @@ async fn main() {
     let mut summary = Vec::new();
     for clients in [1usize, 16] {
         let mut ratios = Vec::new();
-        let mut p50s = Vec::new();
+        let mut p50s: Vec<f64> = Vec::new();
         for round in 0..rounds {
             let mut pair = [None, None];
             let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };

@@ -1724,6 +1724,59 @@ mod tests {
     }
 
     #[test]
+    fn walship_errors_become_s3_codes_statuses_and_headers() {
+        let e = s3_error(Error::QuorumTimeout {
+            seq: 42,
+            acked: 1,
+            required: 3,
+            acked_by: vec!["p".into()],
+        });
+        assert_eq!(e.code().as_str(), "ReplicationTimeout");
+        assert_eq!(e.status_code(), Some(StatusCode::GATEWAY_TIMEOUT));
+        let h = e.headers().expect("headers");
+        assert_eq!(
+            h.get("x-walship-seq").and_then(|v| v.to_str().ok()),
+            Some("42")
+        );
+        assert_eq!(
+            h.get("content-type").and_then(|v| v.to_str().ok()),
+            Some("application/xml")
+        );
+        let e = s3_error(Error::NoFreshTarget {
+            key: "k".into(),
+            seq: 3,
+        });
+        assert_eq!(e.code(), &S3ErrorCode::ServiceUnavailable);
+        assert_eq!(e.status_code(), Some(StatusCode::SERVICE_UNAVAILABLE));
+        assert_eq!(
+            e.headers()
+                .and_then(|h| h.get("retry-after"))
+                .and_then(|v| v.to_str().ok()),
+            Some("1")
+        );
+        assert_eq!(
+            s3_error(Error::ShuttingDown).code(),
+            &S3ErrorCode::ServiceUnavailable
+        );
+        assert_eq!(
+            s3_error(Error::TooLarge { size: 2, max: 1 }).code(),
+            &S3ErrorCode::EntityTooLarge
+        );
+        assert_eq!(
+            s3_error(Error::PreconditionFailed {
+                key: "k".into(),
+                reason: "r".into()
+            })
+            .code(),
+            &S3ErrorCode::PreconditionFailed
+        );
+        assert_eq!(
+            s3_error(Error::BadRequest("x".into())).code(),
+            &S3ErrorCode::InvalidArgument
+        );
+    }
+
+    #[test]
     fn virtual_hosts_name_their_bucket() {
         assert_eq!(virtual_bucket("results.localhost:7602"), Some("results"));
         assert_eq!(virtual_bucket("results.s3.localhost"), Some("results"));
