@@ -150,7 +150,7 @@ async fn main() {
     let mut summary = Vec::new();
     for clients in [1usize, 16] {
         let mut ratios = Vec::new();
-        let mut p50s: Vec<f64> = Vec::new();
+        let mut p50s = Vec::new();
         for round in 0..rounds {
             let mut pair = [None, None];
             let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
@@ -189,13 +189,14 @@ async fn main() {
             }
             if let [Some(h), Some(s)] = &pair {
                 ratios.push(s.per_sec / h.per_sec);
+                p50s.push(s.p50 / h.p50);
             }
         }
-        summary.push((clients, median(ratios)));
+        summary.push((clients, median(ratios), median(p50s)));
     }
-    for (clients, r) in summary {
+    for (clients, r, p) in summary {
         println!(
-            "median S3 / HTTP writes/s at {clients} client(s): {r:.2} (front door cost {:.0}%)",
+            "{clients:>2} client(s): median S3 / HTTP writes/s {r:.2} (front door cost {:.0}%), median S3 / HTTP p50 latency {p:.2}",
             (1.0 - r) * 100.0
         );
     }
