@@ -1180,3 +1180,42 @@ def test_aws_chunked_bodies_signed_or_with_a_checksum_trailer_are_decoded_and_ch
         assert c.log()["head"] == head
     sc.assert_on_no_target("results", "chunked/tampered")
     sc.assert_on_no_target("results", "chunked/bad-trailer")
+
+
+# ------------------------------------------------------------------ metrics
+
+def s3_request_counts(sc) -> dict[tuple[str, str], float]:
+    """``walship_s3_requests_total`` from the HTTP API's ``/metrics``."""
+    text = urllib.request.urlopen(f"http://{sc.addr}/metrics", timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("walship_s3_requests_total{"):
+            labels, value = line[len("walship_s3_requests_total{"):].split("} ")
+            kv = dict(p.split("=", 1) for p in labels.split(","))
+            out[(kv["op"].strip('"'), kv["status"].strip('"'))] = float(value)
+    return out
+
+
+def test_every_s3_request_counts_by_operation_and_status(sc, s3):
+    import botocore.exceptions
+
+    before = s3_request_counts(sc)
+    for i in range(3):
+        s3.put_object(Bucket="results", Key=f"counted/{i}", Body=b"x")
+    s3.get_object(Bucket="results", Key="counted/0")["Body"].read()
+    with pytest.raises(botocore.exceptions.ClientError):
+        s3.get_object(Bucket="results", Key="counted/missing")
+    s3.list_objects_v2(Bucket="results", Prefix="counted/")
+    bad = sc.s3(secret="wrong", max_attempts=1)
+    with pytest.raises(botocore.exceptions.ClientError):
+        bad.put_object(Bucket="results", Key="counted/refused", Body=b"x")
+    after = s3_request_counts(sc)
+
+    def delta(op: str, status: str) -> float:
+        return after.get((op, status), 0) - before.get((op, status), 0)
+
+    assert delta("PutObject", "200") == 3, after
+    assert delta("GetObject", "200") == 1, after
+    assert delta("GetObject", "404") == 1, after
+    assert delta("ListObjectsV2", "200") == 1, after
+    assert delta("PutObject", "403") >= 1, after
