@@ -136,13 +136,7 @@ pub fn encode_with(
     value: &[u8],
     meta: Option<&ObjectMeta>,
 ) -> Vec<u8> {
-    let meta = meta
-        .map(|m| {
-            let mut m = m.clone();
-            m.ts_ms = ts_ms;
-            m.encode()
-        })
-        .unwrap_or_default();
+    let meta = meta.map(|m| m.encode_at(ts_ms)).unwrap_or_default();
     let wire = WireEntryV2 {
         seq,
         ts_ms,

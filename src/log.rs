@@ -1356,10 +1356,10 @@ impl Committer {
                     for (i, Request { write, reply, .. }) in group.drain(..).enumerate() {
                         let seq = first_seq + i as u64;
                         let _ = reply.send(Ok(Appended { seq, ts_ms: ts }));
-                        let meta = write.meta.map(|m| {
-                            let mut m = std::sync::Arc::unwrap_or_clone(m);
-                            m.ts_ms = ts;
-                            std::sync::Arc::new(m)
+                        let meta = write.meta.map(|mut m| {
+                            // The writer's copy is unique: stamped in place.
+                            std::sync::Arc::make_mut(&mut m).ts_ms = ts;
+                            m
                         });
                         let info = KeyInfo {
                             seq,

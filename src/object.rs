@@ -70,7 +70,24 @@ impl ObjectMeta {
     /// bincode 2, standard config (the form inside log entries and the key
     /// index).
     pub fn encode(&self) -> Vec<u8> {
-        bincode::serde::encode_to_vec(self, bincode::config::standard())
+        self.encode_at(self.ts_ms)
+    }
+
+    /// [`ObjectMeta::encode`] with `ts_ms` in place of its own (the log
+    /// stamps the append time without copying the metadata).
+    pub fn encode_at(&self, ts_ms: u64) -> Vec<u8> {
+        let view = MetaRef {
+            etag: &self.etag,
+            crc32: self.crc32,
+            ts_ms,
+            content_type: self.content_type.as_deref(),
+            content_encoding: self.content_encoding.as_deref(),
+            content_disposition: self.content_disposition.as_deref(),
+            cache_control: self.cache_control.as_deref(),
+            content_language: self.content_language.as_deref(),
+            user: &self.user,
+        };
+        bincode::serde::encode_to_vec(&view, bincode::config::standard())
             .unwrap_or_else(|e| unreachable!("bincode cannot fail on ObjectMeta: {e}"))
     }
 
@@ -108,6 +125,20 @@ impl ObjectMeta {
         }
         a
     }
+}
+
+/// [`ObjectMeta`] borrowed, with the same encoding.
+#[derive(Serialize)]
+struct MetaRef<'a> {
+    etag: &'a str,
+    crc32: u32,
+    ts_ms: u64,
+    content_type: Option<&'a str>,
+    content_encoding: Option<&'a str>,
+    content_disposition: Option<&'a str>,
+    cache_control: Option<&'a str>,
+    content_language: Option<&'a str>,
+    user: &'a [(String, String)],
 }
 
 /// Shared, immutable metadata (entries and index records share one copy).
