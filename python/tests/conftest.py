@@ -287,8 +287,10 @@ class S3Sidecar:
     def __init__(self, walship_bin: Path, workdir: Path, *, mode: str = "sync",
                  buckets: tuple[tuple[str, Optional[str]], ...] = (("results", None),
                                                                    ("fast", "async")),
-                 max_object_bytes: int = 33554432, sync_timeout_seconds: float = 30.0) -> None:
+                 max_object_bytes: int = 33554432, sync_timeout_seconds: float = 30.0,
+                 allow_create_bucket: bool = False) -> None:
         self.bin = walship_bin
+        self.allow_create_bucket = allow_create_bucket
         self.workdir = workdir
         self.mode = mode
         self.buckets = buckets
@@ -338,6 +340,7 @@ class S3Sidecar:
             f'access_key_id = "{S3_ACCESS_KEY_ID}"',
             'secret_access_key_file = "s3-secret"',
             f'region = "{S3_REGION}"',
+            f'allow_create_bucket = {"true" if self.allow_create_bucket else "false"}',
         ])
         for name, mode in self.buckets:
             text += f'\n\n[[s3.buckets]]\nname = "{name}"'

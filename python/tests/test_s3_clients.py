@@ -1219,3 +1219,37 @@ def test_every_s3_request_counts_by_operation_and_status(sc, s3):
     assert delta("GetObject", "404") == 1, after
     assert delta("ListObjectsV2", "200") == 1, after
     assert delta("PutObject", "403") >= 1, after
+
+
+# ---------------------------------------------------------- created buckets
+
+def test_created_buckets_hold_objects_survive_a_restart_and_delete_only_when_empty(s3_sidecar):
+    import botocore.exceptions
+
+    sc = s3_sidecar("creates", allow_create_bucket=True)
+    s3 = sc.s3()
+    s3.create_bucket(Bucket="made-here")
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.create_bucket(Bucket="made-here")
+    assert error_of(e.value) == (409, "BucketAlreadyOwnedByYou"), describe(e.value)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.create_bucket(Bucket="Not_A_Bucket")
+    assert error_of(e.value)[0] == 400, describe(e.value)
+    s3.put_object(Bucket="made-here", Key="a/1", Body=b"one")
+    sc.assert_on_every_target("made-here", "a/1", b"one")
+    sc.restart()
+    s3 = sc.s3()
+    names = [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    assert "made-here" in names and "results" in names, names
+    s3.head_bucket(Bucket="made-here")
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.delete_bucket(Bucket="made-here")
+    assert error_of(e.value) == (409, "BucketNotEmpty"), describe(e.value)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.delete_bucket(Bucket="results")
+    assert error_of(e.value) == (403, "AccessDenied"), describe(e.value)
+    s3.delete_object(Bucket="made-here", Key="a/1")
+    s3.delete_bucket(Bucket="made-here")
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.head_bucket(Bucket="made-here")
+    assert error_of(e.value)[0] == 404, describe(e.value)
