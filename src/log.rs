@@ -296,6 +296,9 @@ impl Log {
         write: Write,
         hold: Option<Box<dyn Send>>,
     ) -> Result<Appended> {
+        if let Some(m) = &write.meta {
+            m.check_size().map_err(Error::BadRequest)?;
+        }
         let _active = ActiveWriter::enter(&self.stats.active);
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -1041,6 +1044,20 @@ pub fn lag_of(storage: &dyn LogStorage, cursor: u64, head: u64) -> Result<Lag> {
     Ok(lag)
 }
 
+/// An entry's metadata; for a put from before metadata (format 1), what
+/// its bytes and time give (ETag, crc32, time; no attributes).
+pub(crate) fn meta_or_derived(e: &codec::Entry) -> Option<crate::object::Meta> {
+    match (&e.meta, e.op) {
+        (Some(m), _) => Some(m.clone()),
+        (None, Op::Put) => {
+            let mut m = crate::object::ObjectMeta::of(&e.value);
+            m.ts_ms = e.ts_ms;
+            Some(std::sync::Arc::new(m))
+        }
+        (None, Op::Delete) => None,
+    }
+}
+
 /// Brings the key index from its watermark up to `head`. An entry that
 /// cannot be decoded is left out of the index (shipping reports it).
 fn rebuild_key_index(storage: &dyn LogStorage, head: u64) -> Result<()> {
@@ -1051,15 +1068,15 @@ fn rebuild_key_index(storage: &dyn LogStorage, head: u64) -> Result<()> {
     let mut entries: Vec<(String, KeyInfo)> = Vec::new();
     storage.scan(from, head, &mut |seq, rec| {
         match codec::decode(seq, rec) {
-            Ok(e) => entries.push((
-                e.key,
-                KeyInfo {
+            Ok(e) => {
+                let info = KeyInfo {
                     seq,
                     op: e.op,
                     size: e.value.len() as u64,
-                    meta: e.meta,
-                },
-            )),
+                    meta: meta_or_derived(&e),
+                };
+                entries.push((e.key, info));
+            }
             Err(e) => tracing::warn!(error = %e, "entry left out of the key index"),
         }
         true
@@ -1115,11 +1132,19 @@ impl Committer {
         {
             std::thread::sleep(std::time::Duration::from_micros(100));
         }
+        // Never decide on a view that may miss the newest writes.
+        let behind = *self.indexed.borrow() < head;
         // key → its newest version's ETag ("" when unknown), None: absent.
         let mut seen: std::collections::HashMap<String, Option<String>> = Default::default();
         let mut kept = Vec::with_capacity(group.len());
         for r in group.drain(..) {
             let key = r.write.key.as_str().to_string();
+            if r.write.cond.is_some() && behind {
+                let _ = r.reply.send(Err(Error::Busy(format!(
+                    "the key index is behind the log's head (seq {head}), so the condition on {key:?} cannot be decided yet"
+                ))));
+                continue;
+            }
             if let Some(cond) = &r.write.cond {
                 let current = match seen.get(&key) {
                     Some(c) => Ok(c.clone()),

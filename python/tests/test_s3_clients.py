@@ -1253,3 +1253,29 @@ def test_created_buckets_hold_objects_survive_a_restart_and_delete_only_when_emp
     with pytest.raises(botocore.exceptions.ClientError) as e:
         s3.head_bucket(Bucket="made-here")
     assert error_of(e.value)[0] == 404, describe(e.value)
+
+
+def test_an_sdk_retry_of_a_conditional_put_after_504_is_not_refused_by_its_own_first_attempt(s3_sidecar):
+    """SPEC: after a 504 the entry is durable and a retry is harmless. boto3
+    retries a 504 by itself with the same invocation id; the retry of an
+    ``If-None-Match: *`` put must not answer 412 because of the first
+    attempt's own entry."""
+    from botocore.exceptions import ClientError
+
+    sc = s3_sidecar(sync_timeout_seconds=1.0)
+    blocked = sc.target_file("r2", "results", "retry/lock")
+    blocked.mkdir(parents=True)
+    (blocked / "in-the-way").write_bytes(b"x")
+    with sc.client() as c:
+        head = c.log()["head"]
+    retrying = sc.s3(max_attempts=3)
+    with pytest.raises(ClientError) as e:
+        retrying.put_object(Bucket="results", Key="retry/lock", Body=b"mine", IfNoneMatch="*")
+    assert error_of(e.value) == (504, "ReplicationTimeout"), describe(e.value)
+    assert e.value.response["ResponseMetadata"].get("RetryAttempts", 0) >= 1, describe(e.value)
+    with sc.client() as c:
+        assert c.log()["head"] == head + 1, "the retries appended again"
+    # Someone else's If-None-Match (a new invocation) is refused, as it must be.
+    with pytest.raises(ClientError) as e:
+        sc.s3().put_object(Bucket="results", Key="retry/lock", Body=b"theirs", IfNoneMatch="*")
+    assert error_of(e.value) == (412, "PreconditionFailed"), describe(e.value)

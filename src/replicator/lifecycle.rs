@@ -150,7 +150,7 @@ pub fn latest_keys(storage: &dyn LogStorage) -> Result<BTreeMap<String, KeyInfo>
                 seq,
                 op: e.op,
                 size: e.value.len() as u64,
-                meta: e.meta,
+                meta: crate::log::meta_or_derived(&e),
             };
             keys.insert(e.key, info);
         }

@@ -78,16 +78,25 @@ impl Buckets {
             .collect();
         let created = match storage.meta(CREATED_META)? {
             None => Vec::new(),
-            Some(b) => serde_json::from_slice::<Vec<CreatedRecord>>(&b)
-                .map_err(|e| {
-                    Error::Damaged(format!(
-                        "the record of created S3 buckets (meta {CREATED_META}) does not decode: {e}; \
-                         add the buckets to [[s3.buckets]] and remove the record with `walship repair`"
-                    ))
-                })?
-                .into_iter()
-                .map(|r| created_bucket(r.name, r.created_ms))
-                .collect(),
+            Some(b) => match serde_json::from_slice::<Vec<CreatedRecord>>(&b) {
+                Ok(records) => records
+                    .into_iter()
+                    .map(|r| created_bucket(r.name, r.created_ms))
+                    .collect(),
+                // Without CreateBucket the record is not needed to serve the
+                // configured buckets: go on without it, loudly.
+                Err(e) if !cfg.allow_create_bucket => {
+                    tracing::error!(error = %e, "the record of created S3 buckets (meta {CREATED_META}) does not decode; serving the configured buckets only. Add the created ones to [[s3.buckets]] (their prefix is NAME/) to reach their objects");
+                    Vec::new()
+                }
+                Err(e) => {
+                    return Err(Error::Damaged(format!(
+                        "the record of created S3 buckets (meta {CREATED_META}) does not decode: {e}. \
+                         Set [s3] allow_create_bucket = false and add those buckets to [[s3.buckets]] \
+                         (prefix NAME/): walship then serves them without the record"
+                    )));
+                }
+            },
         };
         Ok(Buckets {
             configured,
@@ -234,5 +243,19 @@ mod tests {
         let off = Buckets::open(&cfg(false), storage).expect("open");
         assert_eq!(off.create("other", 1).expect("create"), Create::NotAllowed);
         assert!(overlap("a/", "a/b/") && overlap("", "x/") && !overlap("a/", "b/"));
+    }
+
+    #[test]
+    fn a_damaged_record_of_created_buckets_has_a_way_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage: Arc<dyn LogStorage> =
+            Arc::new(crate::storage::SledStorage::open(dir.path(), 1 << 20).expect("open"));
+        storage.set_meta(CREATED_META, b"not json").expect("meta");
+        let e = Buckets::open(&cfg(true), storage.clone())
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("allow_create_bucket = false"), "{e}");
+        let b = Buckets::open(&cfg(false), storage).expect("served without it");
+        assert_eq!(b.all().len(), 1, "the configured bucket");
     }
 }

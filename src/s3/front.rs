@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use s3s::dto::*;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
@@ -13,7 +14,7 @@ use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 use crate::config::{Mode, ReadPreference};
 use crate::error::Error;
 use crate::key::Key;
-use crate::object::ObjectMeta;
+use crate::object::{ObjectMeta, Precondition};
 use crate::replicator::Replicator;
 use crate::storage::KeyInfo;
 
@@ -28,6 +29,10 @@ pub(super) struct Front {
     pub(super) uploads: Arc<Uploads>,
     pub(super) region: String,
     pub(super) max_object_bytes: u64,
+    /// Conditional writes answered 504, by (`amz-sdk-invocation-id`, key):
+    /// their seq. An SDK's automatic retry of one carries the same id; it
+    /// waits for that entry again instead of failing its own condition.
+    pub(super) timed_out: std::sync::Mutex<std::collections::HashMap<(String, String), u64>>,
 }
 
 /// One listing page, before it becomes v1 or v2 XML.
@@ -103,10 +108,16 @@ impl Front {
             let n = batch.len();
             for (k, info) in batch {
                 let rel = &k[b.prefix.len()..];
-                if page.offer(rel, info) == Offer::Full {
-                    break 'outer;
+                match page.offer(rel, info) {
+                    Offer::Full => break 'outer,
+                    // Every key under a common prefix rolls up into it:
+                    // jump past them rather than read them all.
+                    Offer::SkipPast(cp) => {
+                        cursor = format!("{}{cp}\u{10FFFF}", b.prefix);
+                        continue 'outer;
+                    }
+                    Offer::Next => cursor = k,
                 }
-                cursor = k;
             }
             if n < BATCH {
                 break;
@@ -120,6 +131,134 @@ impl Front {
         })
     }
 
+    /// A read whose bytes are the version the log's metadata describes: a
+    /// target may apply a newer entry between the log's answer and its
+    /// own, so the key's newest entry is read again after the target, and
+    /// the read repeated while it moved (or the bytes miss the crc32).
+    /// After a few tries the metadata is left out (the caller derives it
+    /// from the bytes).
+    async fn get_consistent(
+        &self,
+        key: &Key,
+        pref: Option<ReadPreference>,
+    ) -> S3Result<crate::replicator::Read<Bytes>> {
+        let mut last = None;
+        for _ in 0..5 {
+            let read = self.rep.get(key, pref).await.map_err(s3_error)?;
+            let after = self
+                .rep
+                .log()
+                .key_info(key.as_str())
+                .await
+                .map_err(s3_error)?;
+            let same = after.as_ref().map(|i| i.seq) == read.info.as_ref().map(|i| i.seq);
+            let bytes_fit = match (
+                &read.found,
+                read.info.as_ref().and_then(|i| i.meta.as_deref()),
+            ) {
+                (Some(b), Some(m)) => m.etag.is_empty() || crc32fast::hash(b) == m.crc32,
+                _ => true,
+            };
+            if same && bytes_fit {
+                return Ok(read);
+            }
+            last = Some(read);
+        }
+        let mut read = last.ok_or_else(|| internal("no read was made"))?;
+        read.info = None;
+        Ok(read)
+    }
+
+    /// Like [`Front::get_consistent`] for HEAD: the size must be the
+    /// version's, and the key's newest entry the same after the target.
+    async fn head_consistent(
+        &self,
+        key: &Key,
+        pref: Option<ReadPreference>,
+    ) -> S3Result<crate::replicator::Read<object_store::ObjectMeta>> {
+        let mut last = None;
+        for _ in 0..5 {
+            let read = self.rep.head_object(key, pref).await.map_err(s3_error)?;
+            let after = self
+                .rep
+                .log()
+                .key_info(key.as_str())
+                .await
+                .map_err(s3_error)?;
+            let same = after.as_ref().map(|i| i.seq) == read.info.as_ref().map(|i| i.seq);
+            let size_fits = match (&read.found, &read.info) {
+                (Some(f), Some(i)) => f.size == i.size,
+                _ => true,
+            };
+            if same && size_fits {
+                return Ok(read);
+            }
+            last = Some(read);
+        }
+        let mut read = last.ok_or_else(|| internal("no read was made"))?;
+        read.info = None;
+        Ok(read)
+    }
+
+    /// `Replicator::put_object`, with retries of a conditional write that
+    /// missed its quorum recognised (see `timed_out`): SPEC says a retry
+    /// after a 504 is harmless, so it must not fail the condition its own
+    /// first attempt already met.
+    async fn write_object(
+        &self,
+        headers: &HeaderMap,
+        key: &Key,
+        bytes: Bytes,
+        meta: ObjectMeta,
+        cond: Option<Precondition>,
+        mode: Option<Mode>,
+    ) -> S3Result<crate::replicator::WriteAck> {
+        let id = cond
+            .as_ref()
+            .and(headers.get("amz-sdk-invocation-id"))
+            .and_then(|v| v.to_str().ok())
+            .map(|v| (v.to_string(), key.as_str().to_string()));
+        let timed_out = || self.timed_out.lock().unwrap_or_else(|e| e.into_inner());
+        match self.rep.put_object(key, bytes, meta, cond, mode).await {
+            Ok(ack) => Ok(ack),
+            Err(e @ Error::QuorumTimeout { .. }) => {
+                if let (Some(id), &Error::QuorumTimeout { seq, .. }) = (id, &e) {
+                    let mut t = timed_out();
+                    if t.len() >= 10_000 {
+                        t.clear();
+                    }
+                    t.insert(id, seq);
+                }
+                Err(s3_error(e))
+            }
+            Err(e @ Error::PreconditionFailed { .. }) => {
+                let earlier = id.as_ref().and_then(|id| timed_out().get(id).copied());
+                let newest = self
+                    .rep
+                    .log()
+                    .key_info(key.as_str())
+                    .await
+                    .map_err(s3_error)?;
+                match earlier {
+                    Some(seq) if newest.is_some_and(|i| i.seq == seq) => {
+                        let mode = mode.unwrap_or(self.rep.config().replication.mode);
+                        let ack = self
+                            .rep
+                            .wait_for(seq, key.as_str(), mode)
+                            .await
+                            .map_err(s3_error)?;
+                        if let Some(id) = &id {
+                            timed_out().remove(id);
+                        }
+                        Ok(ack)
+                    }
+                    _ => Err(s3_error(e)),
+                }
+            }
+            Err(e) => Err(s3_error(e)),
+        }
+    }
+
     fn object(key: String, info: &KeyInfo, url: bool) -> Object {
         let meta = info.meta.as_deref();
         Object {
@@ -128,7 +267,9 @@ impl Front {
             e_tag: meta
                 .filter(|m| !m.etag.is_empty())
                 .map(|m| ETag::Strong(m.etag.clone())),
-            last_modified: meta.map(|m| timestamp(m.ts_ms)),
+            // Keys last written before metadata have no time the index
+            // knows; S3 clients need one (the epoch says "unknown").
+            last_modified: Some(timestamp(meta.map_or(0, |m| m.ts_ms))),
             storage_class: Some(ObjectStorageClass::from_static(
                 ObjectStorageClass::STANDARD,
             )),
@@ -386,10 +527,8 @@ impl S3 for Front {
         let etag = meta.etag.clone();
         let crc = meta.crc32;
         let ack = self
-            .rep
-            .put_object(&key, bytes, meta, cond, mode)
-            .await
-            .map_err(s3_error)?;
+            .write_object(&req.headers, &key, bytes, meta, cond, mode)
+            .await?;
         let mut r = S3Response::new(PutObjectOutput {
             e_tag: Some(ETag::Strong(etag)),
             checksum_crc32: asked_crc32.then(|| crc32_b64(crc)),
@@ -412,11 +551,7 @@ impl S3 for Front {
                 "GetObject by partNumber is not served; use a Range",
             ));
         }
-        let read = self
-            .rep
-            .get(&key, self.read_pref(&b))
-            .await
-            .map_err(s3_error)?;
+        let read = self.get_consistent(&key, self.read_pref(&b)).await?;
         let headers = Self::read_headers(&read.served_by, read.seq);
         let Some(bytes) = read.found else {
             return Err(err(
@@ -483,11 +618,7 @@ impl S3 for Front {
         let b = self.bucket(&req.input.bucket)?;
         let key = self.key(&b, &req.input.key)?;
         let input = req.input;
-        let read = self
-            .rep
-            .head_object(&key, self.read_pref(&b))
-            .await
-            .map_err(s3_error)?;
+        let read = self.head_consistent(&key, self.read_pref(&b)).await?;
         let headers = Self::read_headers(&read.served_by, read.seq);
         let Some(found) = read.found else {
             return Err(err(
@@ -564,11 +695,27 @@ impl S3 for Front {
         }
         let mut deleted = Vec::new();
         let mut errors = Vec::new();
-        for o in req.input.delete.objects {
-            let res = match self.key(&b, &o.key) {
-                Ok(k) => self.rep.delete(&k, mode).await.map_err(s3_error),
-                Err(e) => Err(e),
-            };
+        // Concurrently, so the deletes share group commits and acks (one
+        // at a time, a slow target would outlast a client's timeout).
+        let b = &b;
+        let results: Vec<(ObjectIdentifier, S3Result<()>)> =
+            futures::stream::iter(req.input.delete.objects)
+                .map(|o| async move {
+                    let res = match self.key(b, &o.key) {
+                        Ok(k) => self
+                            .rep
+                            .delete(&k, mode)
+                            .await
+                            .map(|_| ())
+                            .map_err(s3_error),
+                        Err(e) => Err(e),
+                    };
+                    (o, res)
+                })
+                .buffered(64)
+                .collect()
+                .await;
+        for (o, res) in results {
             match res {
                 Ok(_) => {
                     if !quiet {
@@ -925,13 +1072,31 @@ impl S3 for Front {
         let b = self.bucket(&req.input.bucket)?;
         let input = req.input;
         let prefix = input.prefix.clone().unwrap_or_default();
-        let uploads = self
+        let max = input.max_uploads.unwrap_or(1000).clamp(1, 1000) as usize;
+        let key_marker = input.key_marker.clone().unwrap_or_default();
+        let id_marker = input.upload_id_marker.clone().unwrap_or_default();
+        // In (key, upload id) order, after the markers.
+        let mut all: Vec<(String, Upload)> = self
             .uploads
             .list(&b.name)
             .map_err(s3_error)?
             .into_iter()
             .filter(|(_, u)| u.key.starts_with(&prefix))
-            .take(1000)
+            .filter(|(id, u)| {
+                key_marker.is_empty()
+                    || u.key > key_marker
+                    || (u.key == key_marker && !id_marker.is_empty() && *id > id_marker)
+            })
+            .take(max + 1)
+            .collect();
+        let truncated = all.len() > max;
+        all.truncate(max);
+        let (next_key, next_id) = match (truncated, all.last()) {
+            (true, Some((id, u))) => (Some(u.key.clone()), Some(id.clone())),
+            _ => (None, None),
+        };
+        let uploads = all
+            .into_iter()
             .map(|(id, u)| MultipartUpload {
                 key: Some(u.key),
                 upload_id: Some(id),
@@ -943,8 +1108,12 @@ impl S3 for Front {
         Ok(S3Response::new(ListMultipartUploadsOutput {
             bucket: Some(b.name),
             prefix: input.prefix,
-            max_uploads: Some(1000),
-            is_truncated: Some(false),
+            key_marker: input.key_marker,
+            upload_id_marker: input.upload_id_marker,
+            next_key_marker: next_key,
+            next_upload_id_marker: next_id,
+            max_uploads: Some(max as i32),
+            is_truncated: Some(truncated),
             uploads: Some(uploads),
             ..Default::default()
         }))
@@ -1011,10 +1180,8 @@ impl S3 for Front {
         meta.etag = etag.clone();
         meta.crc32 = crc32fast::hash(&bytes);
         let ack = self
-            .rep
-            .put_object(&key, Bytes::from(bytes), meta, cond, mode)
-            .await
-            .map_err(s3_error)?;
+            .write_object(&req.headers, &key, Bytes::from(bytes), meta, cond, mode)
+            .await?;
         // The entry is durable: the staged parts can go.
         if let Err(e) = self.uploads.remove(&input.upload_id) {
             tracing::warn!(error = %e, upload = %input.upload_id, "removing a completed upload's parts failed; the daily sweep removes them");

@@ -15,8 +15,9 @@ pub enum Offer {
     /// Taken (as an object or into a common prefix), or skipped as before
     /// the start: offer the next one.
     Next,
-    /// Inside a common prefix already on the page (or before the start):
-    /// the next key worth offering is after this one.
+    /// The key rolled up into this common prefix (now on the page, or the
+    /// start): every key under it is too, so the next one worth offering
+    /// is past the prefix.
     SkipPast(String),
     /// The page is full and more exist: stop; it is truncated.
     Full,
@@ -77,19 +78,19 @@ impl<T> Page<T> {
             if let Some(cp) = &cp
                 && *cp == self.after
             {
-                return Offer::SkipPast(key.to_string());
+                return Offer::SkipPast(cp.clone());
             }
         }
         if let Some(cp) = cp {
             if self.prefixes.last() == Some(&cp) {
-                return Offer::SkipPast(key.to_string());
+                return Offer::SkipPast(cp);
             }
             if self.len() >= self.max_keys {
                 self.truncated = true;
                 return Offer::Full;
             }
-            self.prefixes.push(cp);
-            return Offer::SkipPast(key.to_string());
+            self.prefixes.push(cp.clone());
+            return Offer::SkipPast(cp);
         }
         if self.len() >= self.max_keys {
             self.truncated = true;
@@ -168,6 +169,18 @@ mod tests {
         // Under a prefix, one level down.
         let got = pages(&keys, "d/", Some("/"), 10);
         assert_eq!(got, vec![(vec!["d/y".into()], vec!["d/x/".into()])]);
+    }
+
+    #[test]
+    fn skip_past_names_the_prefix_so_a_driver_can_jump_over_it() {
+        let mut p: Page<()> = Page::new("", Some("/"), 10, "");
+        assert_eq!(p.offer("a/1", ()), Offer::SkipPast("a/".into()));
+        assert_eq!(p.offer("a/2", ()), Offer::SkipPast("a/".into()));
+        assert_eq!(p.offer("b", ()), Offer::Next);
+        // Starting after a prefix skips what is under it.
+        let mut p: Page<()> = Page::new("", Some("/"), 10, "a/");
+        assert_eq!(p.offer("a/9", ()), Offer::SkipPast("a/".into()));
+        assert!(p.prefixes.is_empty());
     }
 
     #[test]

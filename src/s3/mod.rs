@@ -96,6 +96,7 @@ pub fn service(
         buckets,
         uploads,
         region: s3.region.clone(),
+        timed_out: Default::default(),
     };
     let mut b = s3s::service::S3ServiceBuilder::new(front);
     b.set_auth(s3s::auth::SimpleAuth::from_single(

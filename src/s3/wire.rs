@@ -60,6 +60,7 @@ pub(super) fn s3_error(e: Error) -> S3Error {
         ),
         Error::NoFreshTarget { .. }
         | Error::ShuttingDown
+        | Error::Busy(_)
         | Error::DiskFull(_)
         | Error::LogPoisoned(_) => with_status(
             err(S3ErrorCode::ServiceUnavailable, msg),
