@@ -1279,3 +1279,21 @@ def test_an_sdk_retry_of_a_conditional_put_after_504_is_not_refused_by_its_own_f
     with pytest.raises(ClientError) as e:
         sc.s3().put_object(Bucket="results", Key="retry/lock", Body=b"theirs", IfNoneMatch="*")
     assert error_of(e.value) == (412, "PreconditionFailed"), describe(e.value)
+
+
+def test_aws_cli_copies_a_large_object_between_keys_with_upload_part_copy(sc, tmp_path):
+    """``aws s3 cp s3://… s3://…`` of an object over its 8 MiB multipart
+    threshold copies part by part (UploadPartCopy)."""
+    if shutil.which("aws") is None:
+        skip_or_fail("the aws CLI is not installed (pip install awscli)")
+    data = blob(9 * MiB + 123, "big-copy")
+    sc.s3().put_object(Bucket="results", Key="copy/src.bin", Body=data)
+    env = aws_env(tmp_path)
+    r = subprocess.run(["aws", "--endpoint-url", sc.endpoint, "s3", "cp",
+                        "s3://results/copy/src.bin", "s3://results/copy/dst.bin"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    sc.assert_on_every_target("results", "copy/dst.bin", data)
+    head = sc.s3().head_object(Bucket="results", Key="copy/dst.bin")
+    assert head["ContentLength"] == len(data)
+    assert head["ETag"].endswith('-2"'), head["ETag"]

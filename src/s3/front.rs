@@ -1019,6 +1019,90 @@ impl S3 for Front {
         }))
     }
 
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let b = self.bucket(&req.input.bucket)?;
+        let input = req.input;
+        let (src_bucket, src_key) = match &input.copy_source {
+            CopySource::Bucket { bucket, key, .. } => (bucket.to_string(), key.to_string()),
+            _ => {
+                return Err(err(
+                    S3ErrorCode::NotImplemented,
+                    "copy from an access point or outpost is not served",
+                ));
+            }
+        };
+        if !(1..=multipart::MAX_PART_NUMBER).contains(&input.part_number) {
+            return Err(err(
+                S3ErrorCode::InvalidArgument,
+                "the part number must be between 1 and 10000",
+            ));
+        }
+        self.uploads
+            .get(&input.upload_id, &b.name, &input.key)
+            .map_err(s3_error)?
+            .map_err(|r| refused(r, &input.upload_id))?;
+        let sb = self.bucket(&src_bucket)?;
+        let skey = self.key(&sb, &src_key)?;
+        let read = self.get_consistent(&skey, self.read_pref(&sb)).await?;
+        let Some(bytes) = read.found else {
+            return Err(err(
+                S3ErrorCode::NoSuchKey,
+                format!("no object {src_key:?} in bucket {src_bucket:?} to copy from"),
+            ));
+        };
+        let src = Self::meta_of(read.info.as_ref(), Some(&bytes));
+        if let Some(c) = &input.copy_source_if_match {
+            let ok = match c {
+                ETagCondition::Any => true,
+                ETagCondition::ETag(e) => ETag::Strong(src.etag.clone()).strong_cmp(e),
+            };
+            if !ok {
+                return Err(err(
+                    S3ErrorCode::PreconditionFailed,
+                    "x-amz-copy-source-if-match: the source has another ETag",
+                ));
+            }
+        }
+        let len = bytes.len() as u64;
+        let part = match &input.copy_source_range {
+            None => bytes,
+            Some(r) => {
+                let span = Range::parse(r)
+                    .ok()
+                    .and_then(|r| r.check(len).ok())
+                    .ok_or_else(|| {
+                        err(
+                            S3ErrorCode::InvalidArgument,
+                            format!("x-amz-copy-source-range {r:?} is not a range inside the source's {len} bytes"),
+                        )
+                    })?;
+                bytes.slice(span.start as usize..span.end as usize)
+            }
+        };
+        let (uploads, id, n, max) = (
+            self.uploads.clone(),
+            input.upload_id.clone(),
+            input.part_number,
+            self.max_object_bytes,
+        );
+        let md5 = tokio::task::spawn_blocking(move || uploads.put_part(&id, n, &part, max))
+            .await
+            .map_err(internal)?
+            .map_err(s3_error)?
+            .map_err(|r| refused(r, &input.upload_id))?;
+        Ok(S3Response::new(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: Some(ETag::Strong(md5)),
+                last_modified: Some(Timestamp::from(SystemTime::now())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
     async fn list_parts(
         &self,
         req: S3Request<ListPartsInput>,

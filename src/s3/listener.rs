@@ -61,6 +61,7 @@ pub fn op_of(
             _ => "Other",
         },
         (true, true) => match *method {
+            M::PUT if has("partNumber") && has("uploadId") && copy => "UploadPartCopy",
             M::PUT if has("partNumber") && has("uploadId") => "UploadPart",
             M::PUT if copy => "CopyObject",
             M::PUT if query.is_empty() => "PutObject",
