@@ -772,7 +772,8 @@ impl Engine {
             Verdict::Theirs => {
                 self.settled(t, &e.key, theirs)?;
                 let tag = cur.has_origin.then(|| cur.tag.clone());
-                self.adopt(t, &e.key, &path, cur.bytes.clone(), tag).await
+                let found = cur.bytes.clone().map(|b| (b, cur.content.clone()));
+                self.adopt(t, &e.key, &path, found, tag).await
             }
             Verdict::Ours => self.install(t, &e.key, &path, value, ours, &theirs).await,
             Verdict::Primary => {
@@ -834,12 +835,16 @@ impl Engine {
         t: &TargetHandle,
         key: &str,
         path: &Path,
-        bytes: Option<Bytes>,
+        found: Option<(Bytes, Attributes)>,
         tag: Option<Tag>,
     ) -> Result<()> {
-        let bytes = match bytes {
+        let (bytes, attrs) = match found {
             Some(b) => b,
-            None => match self.fetch(t, path, true).await?.and_then(|f| f.bytes) {
+            None => match self
+                .fetch(t, path, true)
+                .await?
+                .and_then(|f| f.bytes.map(|b| (b, f.content)))
+            {
                 Some(b) => b,
                 // Gone meanwhile: the next entry of the key meets what is there.
                 None => return Ok(()),
@@ -852,7 +857,7 @@ impl Engine {
             return Ok(());
         }
         let k = crate::key::Key::parse(key)?;
-        let appended = self.log.append(crate::log::Write::put(k, bytes)).await?;
+        let appended = self.log.append(adopted_write(k, bytes, &attrs)).await?;
         let list: Vec<(u64, Option<Tag>)> = {
             let mut a = self.adopted.lock().unwrap_or_else(|p| p.into_inner());
             a.insert(appended.seq, tag);
@@ -1195,6 +1200,20 @@ impl Engine {
             }
         }
     }
+}
+
+/// The log entry adopting a foreign version: its bytes with the attributes
+/// its store kept (without them when they are over what an entry holds).
+fn adopted_write(key: crate::key::Key, bytes: Bytes, attrs: &Attributes) -> crate::log::Write {
+    let mut w = crate::log::Write::put(key, bytes.clone());
+    let meta = crate::object::ObjectMeta::from_attributes(&bytes, attrs);
+    match meta.check_size() {
+        Ok(()) => w.meta = Some(Arc::new(meta)),
+        Err(why) => {
+            tracing::warn!(key = %w.key, %why, "an adopted version's attributes are too large for a log entry; adopted without them")
+        }
+    }
+    w
 }
 
 /// What `store` holds at `path`, with its walship metadata.

@@ -56,6 +56,27 @@ impl ObjectMeta {
         }
     }
 
+    /// The metadata of `bytes` as a store holds them with `attrs` (an
+    /// object walship did not write, adopted into the log): ETag and crc32
+    /// of the bytes, the HTTP attributes and user metadata the store kept.
+    pub fn from_attributes(bytes: &[u8], attrs: &Attributes) -> ObjectMeta {
+        let mut m = ObjectMeta::of(bytes);
+        for (k, v) in attrs.iter() {
+            let v = v.to_string();
+            match k {
+                Attribute::ContentType => m.content_type = Some(v),
+                Attribute::ContentEncoding => m.content_encoding = Some(v),
+                Attribute::ContentDisposition => m.content_disposition = Some(v),
+                Attribute::CacheControl => m.cache_control = Some(v),
+                Attribute::ContentLanguage => m.content_language = Some(v),
+                Attribute::Metadata(name) => m.user.push((name.to_ascii_lowercase(), v)),
+                _ => {}
+            }
+        }
+        m.user.sort();
+        m
+    }
+
     /// The encoded size, checked against [`MAX_META_BYTES`].
     pub fn check_size(&self) -> std::result::Result<(), String> {
         let n = self.encode().len();
@@ -230,6 +251,21 @@ mod tests {
             Some("text/csv")
         );
         assert_eq!(a.len(), 2);
+    }
+
+    #[test]
+    fn metadata_from_a_stores_attributes() {
+        let mut a = Attributes::new();
+        a.insert(Attribute::ContentType, AttributeValue::from("text/csv"));
+        a.insert(
+            Attribute::Metadata("Owner".into()),
+            AttributeValue::from("qa"),
+        );
+        let m = ObjectMeta::from_attributes(b"x", &a);
+        assert_eq!(m.etag, md5_hex(b"x"));
+        assert_eq!(m.content_type.as_deref(), Some("text/csv"));
+        assert_eq!(m.user, vec![("owner".to_string(), "qa".to_string())]);
+        assert_eq!(m.attributes().len(), 2);
     }
 
     #[test]

@@ -473,3 +473,108 @@ async fn object_attributes_reach_the_stores_that_keep_them() {
     );
     assert!(sc.term().success());
 }
+
+/// Guarantee 9 with attributes: a foreign version that wins
+/// (last_write_wins, a newer hand edit) is adopted as a log entry with the
+/// attributes its store kept, so every target converges to the bytes and
+/// their Content-Type and user metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_hand_edit_keeps_its_attributes_on_every_target() {
+    use object_store::{Attribute, AttributeValue, Attributes, PutOptions};
+    let Some(moto) = Emulator::start(Kind::Moto).await else {
+        return;
+    };
+    moto.create_bucket("adopt-primary").await;
+    moto.create_bucket("adopt-replica").await;
+    let targets = [
+        T {
+            name: "primary",
+            url: moto.url("adopt-primary", ""),
+            options: moto.options(),
+        },
+        T {
+            name: "replica",
+            url: moto.url("adopt-replica", ""),
+            options: moto.options(),
+        },
+    ];
+    let root = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let cfg = root.path().join("walship.toml");
+    std::fs::write(&cfg, config(root.path(), port, "async", &targets, 10.0)).expect("config");
+    let sc = Sidecar::start(&cfg, port).await;
+    assert_eq!(
+        put(&sc.base, "k/doc", "ours v1", "sync").await.status(),
+        200
+    );
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("{}/v1/targets/replica/pause", sc.base))
+        .send()
+        .await
+        .expect("pause");
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(
+        put(&sc.base, "k/doc", "ours v2", "async").await.status(),
+        200
+    );
+    // S3 keeps last-modified to the second: the edit must come a second
+    // or more after the log's entry to be newer.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // A hand edit of the replica, newer than the log's entry, with
+    // attributes of its own.
+    let mut attrs = Attributes::new();
+    attrs.insert(Attribute::ContentType, AttributeValue::from("text/x-hand"));
+    attrs.insert(
+        Attribute::Metadata("editor".into()),
+        AttributeValue::from("someone"),
+    );
+    let path = walship::key::Key::parse("k/doc")
+        .expect("key")
+        .object_path();
+    store(&targets[1])
+        .put_opts(
+            &path,
+            "their edit".into(),
+            PutOptions {
+                attributes: attrs,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("hand edit");
+    let r = c
+        .post(format!("{}/v1/targets/replica/resume", sc.base))
+        .send()
+        .await
+        .expect("resume");
+    assert!(r.status().is_success(), "{}", r.status());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = store(&targets[0]).get(&path).await.expect("primary get");
+        let ct = p
+            .attributes
+            .get(&Attribute::ContentType)
+            .map(|v| v.to_string());
+        let editor = p
+            .attributes
+            .get(&Attribute::Metadata("editor".into()))
+            .map(|v| v.to_string());
+        let bytes = p.bytes().await.expect("bytes");
+        if bytes.as_ref() == b"their edit" {
+            assert_eq!(
+                ct.as_deref(),
+                Some("text/x-hand"),
+                "the adopted version's Content-Type"
+            );
+            assert_eq!(editor.as_deref(), Some("someone"), "its user metadata");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hand edit was not adopted onto the primary"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(sc.term().success());
+}
