@@ -71,6 +71,11 @@ pub enum Refused {
 /// The staging area.
 pub struct Uploads {
     dir: PathBuf,
+    /// One lock per upload: staging a part, assembling and removing an
+    /// upload do not interleave (two uploads of one part number, an
+    /// UploadPart racing an Abort).
+    locks:
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<std::sync::Mutex<()>>>>,
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
@@ -120,7 +125,18 @@ impl Uploads {
     pub fn open(data_dir: &Path) -> Result<Uploads> {
         let dir = data_dir.join("s3-uploads");
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-        Ok(Uploads { dir })
+        Ok(Uploads {
+            dir,
+            locks: Default::default(),
+        })
+    }
+
+    fn lock(&self, id: &str) -> std::sync::Arc<std::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        if locks.len() > 4096 {
+            locks.retain(|_, l| std::sync::Arc::strong_count(l) > 1);
+        }
+        locks.entry(id.to_string()).or_default().clone()
     }
 
     fn upload_dir(&self, id: &str) -> Option<PathBuf> {
@@ -180,6 +196,12 @@ impl Uploads {
         let Some(dir) = self.upload_dir(id) else {
             return Ok(Err(Refused::NoSuchUpload));
         };
+        let lock = self.lock(id);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if !dir.join("upload.json").is_file() {
+            // Completed or aborted meanwhile.
+            return Ok(Err(Refused::NoSuchUpload));
+        }
         let others: u64 = self
             .parts(id)?
             .iter()
@@ -274,6 +296,11 @@ impl Uploads {
         let Some(dir) = self.upload_dir(id) else {
             return Ok(Err(Refused::NoSuchUpload));
         };
+        let lock = self.lock(id);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if !dir.join("upload.json").is_file() {
+            return Ok(Err(Refused::NoSuchUpload));
+        }
         let staged = self.parts(id)?;
         let mut total = 0u64;
         let mut chosen = Vec::with_capacity(wanted.len());
@@ -316,6 +343,8 @@ impl Uploads {
 
     /// Removes upload `id`.
     pub fn remove(&self, id: &str) -> Result<()> {
+        let lock = self.lock(id);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(dir) = self.upload_dir(id) {
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => sync_dir(&self.dir)?,
@@ -442,6 +471,15 @@ mod tests {
         up.remove(&id).expect("remove");
         assert_eq!(
             up.get(&id, "b", "k").expect("get"),
+            Err(Refused::NoSuchUpload)
+        );
+        // A part that comes after an Abort or Complete finds no upload.
+        assert_eq!(
+            up.put_part(&id, 3, b"late", u64::MAX).expect("put"),
+            Err(Refused::NoSuchUpload)
+        );
+        assert_eq!(
+            up.assemble(&id, &[(1, m1b)], u64::MAX).expect("assemble"),
             Err(Refused::NoSuchUpload)
         );
     }
