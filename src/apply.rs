@@ -1170,7 +1170,11 @@ impl Engine {
             let caps = t.caps();
             let mut attributes = Attributes::new();
             if !caps.contains(Caps::NO_ATTRS) {
-                attributes = stamp.content.clone();
+                attributes = if t.cfg.url.starts_with("az") {
+                    crate::object::azure_safe(&stamp.content)
+                } else {
+                    stamp.content.clone()
+                };
                 for (name, value) in [
                     (META_ORIGIN, stamp.tag.origin.clone()),
                     (META_TS, stamp.tag.ts_ms.to_string()),

@@ -162,6 +162,35 @@ struct MetaRef<'a> {
     user: &'a [(String, String)],
 }
 
+/// `attrs` with user metadata names Azure accepts (C# identifiers:
+/// letters, digits and `_`, not starting with a digit): any other character
+/// becomes `_`, and a leading digit gets a `_` before it. Azure refuses the
+/// others, and reads answer from the log's own copy of the names anyway.
+pub fn azure_safe(attrs: &Attributes) -> Attributes {
+    attrs
+        .iter()
+        .map(|(k, v)| match k {
+            Attribute::Metadata(name) => {
+                let mut n: String = name
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '_' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                if n.is_empty() || n.starts_with(|c: char| c.is_ascii_digit()) {
+                    n.insert(0, '_');
+                }
+                (Attribute::Metadata(n.into()), v.clone())
+            }
+            other => (other.clone(), v.clone()),
+        })
+        .collect()
+}
+
 /// Shared, immutable metadata (entries and index records share one copy).
 pub type Meta = Arc<ObjectMeta>;
 
@@ -266,6 +295,36 @@ mod tests {
         assert_eq!(m.content_type.as_deref(), Some("text/csv"));
         assert_eq!(m.user, vec![("owner".to_string(), "qa".to_string())]);
         assert_eq!(m.attributes().len(), 2);
+    }
+
+    #[test]
+    fn azure_gets_metadata_names_it_accepts() {
+        let mut a = Attributes::new();
+        a.insert(
+            Attribute::Metadata("original-filename".into()),
+            AttributeValue::from("x"),
+        );
+        a.insert(Attribute::Metadata("1st".into()), AttributeValue::from("y"));
+        a.insert(
+            Attribute::Metadata("walshipseq".into()),
+            AttributeValue::from("3"),
+        );
+        a.insert(Attribute::ContentType, AttributeValue::from("text/csv"));
+        let safe = azure_safe(&a);
+        let names: Vec<String> = safe
+            .iter()
+            .filter_map(|(k, _)| match k {
+                Attribute::Metadata(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .collect();
+        for want in ["original_filename", "_1st", "walshipseq"] {
+            assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+        }
+        assert_eq!(
+            safe.get(&Attribute::ContentType).map(|v| v.as_ref()),
+            Some("text/csv")
+        );
     }
 
     #[test]
