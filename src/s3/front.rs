@@ -259,6 +259,72 @@ impl Front {
         }
     }
 
+    /// The bytes and metadata a copy reads (CopyObject, UploadPartCopy):
+    /// the source as a GET reads it, under the copy's conditions.
+    async fn copy_source(
+        &self,
+        source: &CopySource,
+        if_match: Option<&ETagCondition>,
+        if_none_match: Option<&ETagCondition>,
+    ) -> S3Result<(Bytes, ObjectMeta)> {
+        let CopySource::Bucket { bucket, key, .. } = source else {
+            return Err(err(
+                S3ErrorCode::NotImplemented,
+                "copy from an access point or outpost is not served",
+            ));
+        };
+        let sb = self.bucket(bucket)?;
+        let skey = self.key(&sb, key)?;
+        let read = self.get_consistent(&skey, self.read_pref(&sb)).await?;
+        let Some(bytes) = read.found else {
+            return Err(err(
+                S3ErrorCode::NoSuchKey,
+                format!("no object {key:?} in bucket {bucket:?} to copy from"),
+            ));
+        };
+        let src = Self::meta_of(read.info.as_ref(), Some(&bytes));
+        let etag = ETag::Strong(src.etag.clone());
+        if let Some(ETagCondition::ETag(e)) = if_match
+            && !etag.strong_cmp(e)
+        {
+            return Err(err(
+                S3ErrorCode::PreconditionFailed,
+                "x-amz-copy-source-if-match: the source has another ETag",
+            ));
+        }
+        if let Some(c) = if_none_match {
+            let hit = match c {
+                ETagCondition::Any => true,
+                ETagCondition::ETag(e) => etag.weak_cmp(e),
+            };
+            if hit {
+                return Err(err(
+                    S3ErrorCode::PreconditionFailed,
+                    "x-amz-copy-source-if-none-match: the source has that ETag",
+                ));
+            }
+        }
+        Ok((bytes, src))
+    }
+
+    /// A listing page's objects and common prefixes as S3 has them
+    /// (url-encoded when the client asked).
+    fn page_entries(l: Listed, url: bool) -> (Vec<Object>, Vec<CommonPrefix>) {
+        let objects = l
+            .objects
+            .into_iter()
+            .map(|(k, i)| Self::object(k, &i, url))
+            .collect();
+        let prefixes = l
+            .prefixes
+            .into_iter()
+            .map(|p| CommonPrefix {
+                prefix: Some(if url { url_encode(&p) } else { p }),
+            })
+            .collect();
+        (objects, prefixes)
+    }
+
     fn object(key: String, info: &KeyInfo, url: bool) -> Object {
         let meta = info.meta.as_deref();
         Object {
@@ -744,57 +810,17 @@ impl S3 for Front {
         &self,
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
-        let (src_bucket, src_key) = match &req.input.copy_source {
-            CopySource::Bucket { bucket, key, .. } => (bucket.to_string(), key.to_string()),
-            _ => {
-                return Err(err(
-                    S3ErrorCode::NotImplemented,
-                    "copy from an access point or outpost is not served",
-                ));
-            }
-        };
-        let sb = self.bucket(&src_bucket)?;
-        let skey = self.key(&sb, &src_key)?;
         let b = self.bucket(&req.input.bucket)?;
         let key = self.key(&b, &req.input.key)?;
         let mode = self.mode(&req.headers, &b)?;
         let input = req.input;
-        let read = self
-            .rep
-            .get(&skey, self.read_pref(&sb))
-            .await
-            .map_err(s3_error)?;
-        let Some(bytes) = read.found else {
-            return Err(err(
-                S3ErrorCode::NoSuchKey,
-                format!("no object {src_key:?} in bucket {src_bucket:?} to copy"),
-            ));
-        };
-        let src = Self::meta_of(read.info.as_ref(), Some(&bytes));
-        if let Some(c) = &input.copy_source_if_match {
-            let ok = match c {
-                ETagCondition::Any => true,
-                ETagCondition::ETag(e) => ETag::Strong(src.etag.clone()).strong_cmp(e),
-            };
-            if !ok {
-                return Err(err(
-                    S3ErrorCode::PreconditionFailed,
-                    "x-amz-copy-source-if-match: the source has another ETag",
-                ));
-            }
-        }
-        if let Some(c) = &input.copy_source_if_none_match {
-            let hit = match c {
-                ETagCondition::Any => true,
-                ETagCondition::ETag(e) => ETag::Strong(src.etag.clone()).weak_cmp(e),
-            };
-            if hit {
-                return Err(err(
-                    S3ErrorCode::PreconditionFailed,
-                    "x-amz-copy-source-if-none-match: the source has that ETag",
-                ));
-            }
-        }
+        let (bytes, src) = self
+            .copy_source(
+                &input.copy_source,
+                input.copy_source_if_match.as_ref(),
+                input.copy_source_if_none_match.as_ref(),
+            )
+            .await?;
         let replace = input
             .metadata_directive
             .as_ref()
@@ -859,31 +885,21 @@ impl S3 for Front {
             .is_some_and(|e| e.as_str() == EncodingType::URL);
         let enc = |s: String| if url { url_encode(&s) } else { s };
         let count = (l.objects.len() + l.prefixes.len()) as i32;
+        let next_after = l.next_after.clone();
+        let (contents, common_prefixes) = Self::page_entries(l, url);
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(b.name.clone()),
             prefix: Some(enc(prefix)),
             delimiter: input.delimiter.map(enc),
             max_keys: Some(max as i32),
             key_count: Some(count),
-            is_truncated: Some(l.next_after.is_some()),
+            is_truncated: Some(next_after.is_some()),
             continuation_token: input.continuation_token,
-            next_continuation_token: l.next_after.as_deref().map(encode_token),
+            next_continuation_token: next_after.as_deref().map(encode_token),
             start_after: input.start_after.map(enc),
             encoding_type: input.encoding_type,
-            contents: Some(
-                l.objects
-                    .into_iter()
-                    .map(|(k, i)| Self::object(k, &i, url))
-                    .collect(),
-            ),
-            common_prefixes: Some(
-                l.prefixes
-                    .into_iter()
-                    .map(|p| CommonPrefix {
-                        prefix: Some(enc(p)),
-                    })
-                    .collect(),
-            ),
+            contents: Some(contents),
+            common_prefixes: Some(common_prefixes),
             ..Default::default()
         }))
     }
@@ -905,29 +921,19 @@ impl S3 for Front {
             .as_ref()
             .is_some_and(|e| e.as_str() == EncodingType::URL);
         let enc = |s: String| if url { url_encode(&s) } else { s };
+        let next_after = l.next_after.clone();
+        let (contents, common_prefixes) = Self::page_entries(l, url);
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(b.name.clone()),
             prefix: Some(enc(prefix)),
             delimiter: input.delimiter.map(enc),
             marker: input.marker.map(enc),
             max_keys: Some(max as i32),
-            is_truncated: Some(l.next_after.is_some()),
-            next_marker: l.next_after.map(enc),
+            is_truncated: Some(next_after.is_some()),
+            next_marker: next_after.map(enc),
             encoding_type: input.encoding_type,
-            contents: Some(
-                l.objects
-                    .into_iter()
-                    .map(|(k, i)| Self::object(k, &i, url))
-                    .collect(),
-            ),
-            common_prefixes: Some(
-                l.prefixes
-                    .into_iter()
-                    .map(|p| CommonPrefix {
-                        prefix: Some(enc(p)),
-                    })
-                    .collect(),
-            ),
+            contents: Some(contents),
+            common_prefixes: Some(common_prefixes),
             ..Default::default()
         }))
     }
@@ -1025,15 +1031,6 @@ impl S3 for Front {
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
         let b = self.bucket(&req.input.bucket)?;
         let input = req.input;
-        let (src_bucket, src_key) = match &input.copy_source {
-            CopySource::Bucket { bucket, key, .. } => (bucket.to_string(), key.to_string()),
-            _ => {
-                return Err(err(
-                    S3ErrorCode::NotImplemented,
-                    "copy from an access point or outpost is not served",
-                ));
-            }
-        };
         if !(1..=multipart::MAX_PART_NUMBER).contains(&input.part_number) {
             return Err(err(
                 S3ErrorCode::InvalidArgument,
@@ -1044,28 +1041,13 @@ impl S3 for Front {
             .get(&input.upload_id, &b.name, &input.key)
             .map_err(s3_error)?
             .map_err(|r| refused(r, &input.upload_id))?;
-        let sb = self.bucket(&src_bucket)?;
-        let skey = self.key(&sb, &src_key)?;
-        let read = self.get_consistent(&skey, self.read_pref(&sb)).await?;
-        let Some(bytes) = read.found else {
-            return Err(err(
-                S3ErrorCode::NoSuchKey,
-                format!("no object {src_key:?} in bucket {src_bucket:?} to copy from"),
-            ));
-        };
-        let src = Self::meta_of(read.info.as_ref(), Some(&bytes));
-        if let Some(c) = &input.copy_source_if_match {
-            let ok = match c {
-                ETagCondition::Any => true,
-                ETagCondition::ETag(e) => ETag::Strong(src.etag.clone()).strong_cmp(e),
-            };
-            if !ok {
-                return Err(err(
-                    S3ErrorCode::PreconditionFailed,
-                    "x-amz-copy-source-if-match: the source has another ETag",
-                ));
-            }
-        }
+        let (bytes, _) = self
+            .copy_source(
+                &input.copy_source,
+                input.copy_source_if_match.as_ref(),
+                input.copy_source_if_none_match.as_ref(),
+            )
+            .await?;
         let len = bytes.len() as u64;
         let part = match &input.copy_source_range {
             None => bytes,
