@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use bytes::Bytes;
-use common::raw_sled;
+use common::{median, raw_sled};
 use futures::StreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -266,12 +266,6 @@ fn cpu_time() -> Duration {
     }
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(u.ru_utime) + tv(u.ru_stime)
-}
-
-/// The middle value (the lower of the two middles for an even count).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[(v.len() - 1) / 2]
 }
 
 fn main() {

@@ -16,6 +16,9 @@
 //! Rounds alternate the sides' order; the table gives writes/s and ack p50
 //! per side and round, and the median ratio per mode and writers.
 
+mod common;
+
+use common::{arg, median};
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
@@ -24,20 +27,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use walship::{Config, Replicator};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 // ---- the floor ----
 

@@ -13,6 +13,9 @@
 //! rounds' S3 / HTTP throughput and p50 latency ratios (the p50 is steadier
 //! than throughput on a shared machine: one stall moves a round's writes/s).
 
+mod common;
+
+use common::{arg, median};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,26 +24,12 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use walship::{Config, Replicator};
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1000.0
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 struct Run {

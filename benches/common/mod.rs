@@ -38,3 +38,19 @@ pub fn raw_sled(n: usize, size: usize, batch: usize) -> Duration {
     }
     t.elapsed()
 }
+
+/// The number after `--NAME` on the command line, or `default`.
+pub fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The median of the rounds' figures (the lower middle for an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[(v.len() - 1) / 2]
+}
