@@ -55,7 +55,7 @@ pub enum LogFormat {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the sidecar (without --config: the embedded default, local directories under ./walship-data).
+    /// Run the sidecar (without --config: the embedded default, local directories under ./walship-data, the HTTP API on 127.0.0.1:7600 and the S3 API on 127.0.0.1:7602 with bucket "results").
     Serve,
     /// Write a commented walship.toml to start from.
     Init {
