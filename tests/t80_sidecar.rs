@@ -1749,3 +1749,33 @@ async fn a_replica_wiped_while_stopped_is_refilled_at_open_even_without_health_c
     }
     assert!(sc.term().success());
 }
+
+/// SPEC "S3 API": a taken `[s3] listen` is a clear error at start, naming
+/// the S3 API and the address, not a sidecar that half serves.
+#[test]
+fn serve_refuses_an_s3_listen_address_in_use() {
+    let (root, _port, cfg) = three_dirs("async");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    std::fs::write(root.path().join("s3-secret"), "s\n").expect("secret");
+    let mut text = std::fs::read_to_string(&cfg).expect("config");
+    text.push_str(&format!(
+        "\n[s3]\nlisten = \"{addr}\"\nsecret_access_key_file = \"s3-secret\"\n[[s3.buckets]]\nname = \"results\"\n"
+    ));
+    std::fs::write(&cfg, text).expect("config");
+    let out = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "serve started beside a taken S3 port"
+    );
+    assert!(
+        stderr.contains(&format!("listening on {addr} for the S3 API")),
+        "{stderr}"
+    );
+    drop(taken);
+}
