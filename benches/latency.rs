@@ -95,6 +95,12 @@ async fn main() {
     );
     for mode in ["sync", "semi_sync"] {
         for writers in [1usize, 16, 64] {
+            // `WALSHIP_LATENCY_ONLY=sync:64` runs one row (for a profiler).
+            if std::env::var("WALSHIP_LATENCY_ONLY")
+                .is_ok_and(|only| only != format!("{mode}:{writers}"))
+            {
+                continue;
+            }
             let none = run(tmp.path(), mode, writers, false).await;
             let slow = run(tmp.path(), mode, writers, true).await;
             let bound = (writers as f64 / RTT.as_secs_f64()).min(none);

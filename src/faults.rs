@@ -48,6 +48,10 @@ pub struct Faults {
     failed_writes: Arc<AtomicU64>,
     /// Keys of put requests in order, when recording is on.
     log: Arc<Mutex<Option<Vec<String>>>>,
+    /// Puts to a path that ends with this wait (see [`Faults::hold_puts`]).
+    held: Arc<watch::Sender<Option<String>>>,
+    /// Puts waiting under [`Faults::hold_puts`] now.
+    holding: Arc<AtomicU64>,
 }
 
 impl Default for Faults {
@@ -58,6 +62,8 @@ impl Default for Faults {
             puts: Arc::default(),
             failed_writes: Arc::default(),
             log: Arc::default(),
+            held: Arc::new(watch::channel(None).0),
+            holding: Arc::default(),
         }
     }
 }
@@ -97,6 +103,38 @@ impl Faults {
     /// Put and delete requests answered with an injected failure.
     pub fn failed_writes(&self) -> u64 {
         self.failed_writes.load(Ordering::Relaxed)
+    }
+
+    /// Puts to a path ending with `suffix` wait, unanswered, until
+    /// [`Faults::release_puts`]; every other request goes on as the fault
+    /// says. One slow object among fast ones.
+    pub fn hold_puts(&self, suffix: &str) {
+        self.held.send_replace(Some(suffix.to_string()));
+    }
+
+    /// Lets the puts held by [`Faults::hold_puts`] go on.
+    pub fn release_puts(&self) {
+        self.held.send_replace(None);
+    }
+
+    /// Puts waiting under [`Faults::hold_puts`] now.
+    pub fn holding(&self) -> u64 {
+        self.holding.load(Ordering::Acquire)
+    }
+
+    /// Waits while puts to `location` are held.
+    async fn held(&self, location: &Path) {
+        let free = |h: &Option<String>| {
+            h.as_ref()
+                .is_none_or(|s| !location.as_ref().ends_with(s.as_str()))
+        };
+        let mut rx = self.held.subscribe();
+        if free(&rx.borrow_and_update()) {
+            return;
+        }
+        self.holding.fetch_add(1, Ordering::AcqRel);
+        let _ = rx.wait_for(free).await;
+        self.holding.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Starts recording the path of every put that reaches the store.
@@ -199,6 +237,7 @@ impl ObjectStore for FaultyStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
+        self.faults.held(location).await;
         if self.faults.gate(true).await? {
             return Ok(PutResult {
                 e_tag: None,

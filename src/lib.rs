@@ -23,6 +23,7 @@ pub mod storage;
 pub use error::{Error, Result};
 pub mod config;
 pub mod faults;
+mod pipeline;
 pub mod quorum;
 pub mod replicator;
 mod shipper;

@@ -1,21 +1,26 @@
 //! One shipper per target: from its cursor to the head, in order, forever.
 //!
-//! Protocol, per window planned from the log (crc-checked, never past the
-//! durable head, at most `MAX_WINDOW` entries):
+//! Protocol, per stretch planned from the log (crc-checked, never past the
+//! durable head, at most `MAX_WINDOW` entries planned and not yet passed):
 //!
-//! 1. Coalesce: for each key only its last entry in the window is applied,
-//!    so two versions of one key are never in flight together and the
-//!    target can only end on the newest (guarantee 5). A target catching up
-//!    on a long backlog thus ships each key about once per window.
-//! 2. Apply the remaining puts and deletes with up to `window` requests in
-//!    flight. A request is bounded by `sync_timeout_seconds`; a failure is
-//!    retried with exponential backoff from `retry_delay_seconds`, capped;
-//!    after `max_retry_attempts` failures in a row the target is unhealthy
-//!    and retrying goes on. No entry is ever skipped.
-//! 3. The cursor advances only over a contiguous prefix whose entries are
-//!    applied (an entry counts as applied when the last entry of its key in
-//!    the window is). It is published at once (writers waiting on it wake)
-//!    and persisted now and then: a persisted cursor may be behind, never
+//! 1. Coalesce: for each key only its last entry in the stretch is applied.
+//!    A target catching up on a long backlog thus ships each key about once
+//!    per stretch.
+//! 2. Apply with up to `window` requests in flight. Stretches are planned as
+//!    the log grows, while earlier ones are still in flight, so a write is
+//!    sent as soon as it lands (a pipeline, not one window after another).
+//!    A key has at most one version in flight; versions landing meanwhile
+//!    wait, and only the newest of them follows (guarantee 5; see
+//!    `pipeline`). A request is bounded by `sync_timeout_seconds`; a
+//!    failure is retried with exponential backoff from
+//!    `retry_delay_seconds`, capped; after `max_retry_attempts` failures in
+//!    a row the target is unhealthy and retrying goes on. No entry is ever
+//!    skipped.
+//! 3. The cursor advances only over a contiguous prefix of applied entries
+//!    (an entry counts as applied when the entry covering it, the last of
+//!    its key in its stretch or a newer one that replaced it while waiting,
+//!    is). It is published at once (writers waiting on it wake) and
+//!    persisted now and then: a persisted cursor may be behind, never
 //!    ahead, and re-shipping after a crash is harmless (applying is
 //!    idempotent).
 //!
@@ -27,6 +32,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use std::collections::VecDeque;
+
+use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +44,7 @@ use crate::codec::Entry;
 use crate::error::Error;
 use crate::log::{Log, Window, now_ms};
 use crate::metrics::Metrics;
+use crate::pipeline::{Flight, Pipeline};
 use crate::status::TargetState;
 use crate::target_state::TargetHandle;
 
@@ -107,27 +116,12 @@ impl Shipper {
                 }
                 continue;
             }
-            let log = self.log.clone();
-            let plan = tokio::task::spawn_blocking(move || {
-                log.plan(cursor + 1, MAX_WINDOW, MAX_BATCH, MAX_BATCH_BYTES)
-            })
-            .await;
-            let mut window = match plan {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::error!(target = %name, error = %e, "log reader task failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+            let error = match self.ship(&mut last_persist).await {
+                Ok(error) => error,
+                Err(Stop::Inactive) => continue,
+                Err(Stop::Cancelled) => break,
             };
-            if !window.is_empty() {
-                match self.ship(&mut window, &mut last_persist).await {
-                    Ok(()) => {}
-                    Err(Stop::Inactive) => continue,
-                    Err(Stop::Cancelled) => break,
-                }
-            }
-            if let Some(err) = window.error {
+            if let Some(err) = error {
                 let msg = err.to_string();
                 if matches!(err, Error::Corrupt { .. } | Error::Damaged(_)) {
                     tracing::error!(target = %name, error = %msg, "shipping stopped");
@@ -155,21 +149,23 @@ impl Shipper {
         }
     }
 
-    /// Ships one planned window: only the last entry of each key in it is
-    /// applied; the cursor passes an entry once that last entry is.
-    async fn ship(&self, w: &mut Window, last_persist: &mut Instant) -> Result<(), Stop> {
-        let base = w.base;
-        let base_offset = self.target.offset();
+    /// Ships from the cursor while there is anything to ship: stretches of
+    /// the log are planned as it grows, while earlier ones are in flight
+    /// (see `pipeline` for what may be sent and how far the cursor passes).
+    /// Returns once everything planned is applied, with the error that
+    /// ended planning, if any.
+    async fn ship(&self, last_persist: &mut Instant) -> Result<Option<Error>, Stop> {
         let epoch = self.target.epoch();
-        if self.target.cursor() + 1 != base {
-            return Err(Stop::Inactive);
-        }
-        let n = w.len();
-        let owner = std::mem::take(&mut w.owner);
-        let ops = self.ops(base, n, &owner, w.entries.take());
-        let mut done = vec![false; n];
-        let mut prefix = 0usize;
-        let mut prefix_bytes = 0u64;
+        let (cursor, mut offset) = self.target.position();
+        let mut pipe = Pipeline::new(cursor);
+        let mut head_rx = self.log.subscribe();
+        let mut cursor_rx = self.target.cursor_tx.subscribe();
+        let mut sources: VecDeque<futures::stream::BoxStream<'_, Result<Entry, Stop>>> =
+            VecDeque::new();
+        let mut planning: Option<tokio::task::JoinHandle<Window>> = None;
+        let mut error: Option<Error> = None;
+        let mut flights = FuturesUnordered::new();
+        let cap = self.window.max(1);
         let label = Metrics::target(self.target.name());
         let success = self.metrics.success.get_or_create(&label).clone();
         let histogram = self
@@ -177,85 +173,144 @@ impl Shipper {
             .replication_seconds
             .get_or_create(&label)
             .clone();
-        let mut applied = ops
-            .map(|item| async move {
-                let (i, e) = item?;
-                self.apply_with_retry(&e).await.map(|()| i)
-            })
-            .buffer_unordered(self.window.max(1));
-        while let Some(result) = applied.next().await {
-            done[result?] = true;
-            // Take every completion that is already there before publishing.
-            while let Some(Some(more)) = applied.next().now_or_never() {
-                done[more?] = true;
+        loop {
+            let head = *head_rx.borrow_and_update();
+            if planning.is_none()
+                && error.is_none()
+                && pipe.planned_to() < head
+                && pipe.len() < MAX_WINDOW
+            {
+                let log = self.log.clone();
+                let (from, room) = (pipe.planned_to() + 1, MAX_WINDOW - pipe.len());
+                planning = Some(tokio::task::spawn_blocking(move || {
+                    log.plan(from, room, MAX_BATCH, MAX_BATCH_BYTES)
+                }));
             }
-            let before = prefix;
-            let now = now_ms();
-            let counted_to = self.target.counters.counted_to.load(Ordering::Acquire);
-            let mut new = 0u64;
-            while prefix < n && done[owner[prefix] as usize] {
-                prefix_bytes += u64::from(w.sizes[prefix]);
-                if base + prefix as u64 > counted_to {
-                    let age_ms = now.saturating_sub(w.ts_ms[prefix]);
-                    histogram.observe(age_ms as f64 / 1000.0);
-                    self.target
-                        .counters
-                        .replication_us
-                        .fetch_add(age_ms * 1000, Ordering::Relaxed);
-                    new += 1;
-                }
-                prefix += 1;
-            }
-            if prefix > before {
-                success.inc_by(new);
-                self.target
-                    .counters
-                    .applied
-                    .fetch_add(new, Ordering::Relaxed);
-                self.target
-                    .counters
-                    .counted_to
-                    .fetch_max(base + prefix as u64 - 1, Ordering::AcqRel);
-                if !self
-                    .target
-                    .publish(epoch, base + prefix as u64 - 1, base_offset + prefix_bytes)
-                {
-                    // Replayed or resynced meanwhile: start over from the new cursor.
+            if planning.is_none() && sources.is_empty() && flights.is_empty() {
+                if !pipe.is_empty() && error.is_none() {
+                    tracing::warn!(target = %self.target.name(), cursor = pipe.cursor(), "entries planned but none in flight; planning again");
                     return Err(Stop::Inactive);
                 }
-                self.progress.send_modify(|p| *p += 1);
-                if last_persist.elapsed() >= PERSIST_EVERY {
-                    self.persist();
-                    *last_persist = Instant::now();
+                self.persist();
+                *last_persist = Instant::now();
+                return Ok(error);
+            }
+            tokio::select! {
+                Some(landed) = flights.next(), if !flights.is_empty() => {
+                    let mut landed: Result<(u64, String, Vec<u64>), Stop> = landed;
+                    loop {
+                        let (seq, key, covers) = landed?;
+                        if let Some(next) = pipe.landed(seq, &key, &covers) {
+                            flights.push(self.fly(next));
+                        }
+                        // Take every landing already there before publishing.
+                        match flights.next().now_or_never() {
+                            Some(Some(more)) => landed = more,
+                            _ => break,
+                        }
+                    }
+                    let now = now_ms();
+                    let counted_to = self.target.counters.counted_to.load(Ordering::Acquire);
+                    let mut new = 0u64;
+                    let passed = pipe.advance(|seq, ts_ms| {
+                        if seq > counted_to {
+                            let age_ms = now.saturating_sub(ts_ms);
+                            histogram.observe(age_ms as f64 / 1000.0);
+                            self.target
+                                .counters
+                                .replication_us
+                                .fetch_add(age_ms * 1000, Ordering::Relaxed);
+                            new += 1;
+                        }
+                    });
+                    if passed.count > 0 {
+                        offset += passed.bytes;
+                        success.inc_by(new);
+                        self.target.counters.applied.fetch_add(new, Ordering::Relaxed);
+                        self.target
+                            .counters
+                            .counted_to
+                            .fetch_max(pipe.cursor(), Ordering::AcqRel);
+                        if !self.target.publish(epoch, pipe.cursor(), offset) {
+                            // Replayed or resynced meanwhile: start over from the new cursor.
+                            return Err(Stop::Inactive);
+                        }
+                        self.progress.send_modify(|p| *p += 1);
+                        if last_persist.elapsed() >= PERSIST_EVERY {
+                            self.persist();
+                            *last_persist = Instant::now();
+                        }
+                    }
                 }
+                planned = async { planning.as_mut().expect("guarded").await }, if planning.is_some() => {
+                    planning = None;
+                    let mut w = match planned {
+                        Ok(w) => w,
+                        Err(e) => {
+                            tracing::error!(target = %self.target.name(), error = %e, "log reader task failed; planning again");
+                            return Err(Stop::Inactive);
+                        }
+                    };
+                    error = w.error.take();
+                    if !w.is_empty() {
+                        if !pipe.extend(&w) {
+                            return Err(Stop::Inactive);
+                        }
+                        let owner = std::mem::take(&mut w.owner);
+                        let kept = w.entries.take();
+                        sources.push_back(self.ops(w.base, owner, kept));
+                    }
+                }
+                item = async { sources.front_mut().expect("guarded").next().await },
+                    if !sources.is_empty() && flights.len() < cap => {
+                    match item {
+                        None => {
+                            sources.pop_front();
+                        }
+                        Some(Ok(e)) => {
+                            if let Some(f) = pipe.offer(e) {
+                                flights.push(self.fly(f));
+                            }
+                        }
+                        Some(Err(stop)) => return Err(stop),
+                    }
+                }
+                r = head_rx.changed() => if r.is_err() { return Err(Stop::Cancelled) },
+                _ = cursor_rx.changed() => if self.target.epoch() != epoch { return Err(Stop::Inactive) },
+                () = self.cancel.cancelled() => return Err(Stop::Cancelled),
             }
         }
-        self.persist();
-        *last_persist = Instant::now();
-        Ok(())
+    }
+
+    /// Sends one entry, retrying until it is applied.
+    async fn fly(&self, f: Flight) -> Result<(u64, String, Vec<u64>), Stop> {
+        self.apply_with_retry(&f.entry).await?;
+        Ok((f.entry.seq, f.entry.key, f.covers))
     }
 
     /// The entries of a window to apply (each key's last), in seq order:
     /// the kept entries, or read from the log a chunk at a time.
-    fn ops<'a>(
-        &'a self,
+    fn ops(
+        &self,
         base: u64,
-        n: usize,
-        owner: &'a [u32],
+        owner: Vec<u32>,
         kept: Option<Vec<Entry>>,
-    ) -> futures::stream::BoxStream<'a, Result<(usize, Entry), Stop>> {
-        let wanted = move |i: usize| owner[i] as usize == i;
+    ) -> futures::stream::BoxStream<'_, Result<Entry, Stop>> {
+        let n = owner.len();
+        let owner = Arc::new(owner);
         if let Some(entries) = kept {
             return futures::stream::iter(
                 entries
                     .into_iter()
                     .enumerate()
-                    .filter(move |(i, _)| wanted(*i))
-                    .map(Ok),
+                    .filter(move |(i, _)| owner[*i] as usize == *i)
+                    .map(|(_, e)| Ok(e)),
             )
             .boxed();
         }
-        futures::stream::unfold(0usize, move |next| async move {
+        futures::stream::unfold(0usize, move |next| {
+            let owner = owner.clone();
+            async move {
             if next >= n {
                 return None;
             }
@@ -267,14 +322,13 @@ impl Shipper {
             match read {
                 Ok(batch) if !batch.entries.is_empty() => {
                     let got = batch.entries.len().min(n - next);
-                    let items: Vec<Result<(usize, Entry), Stop>> = batch
+                    let items: Vec<Result<Entry, Stop>> = batch
                         .entries
                         .into_iter()
                         .take(got)
                         .enumerate()
-                        .map(|(j, e)| (next + j, e))
-                        .filter(|(i, _)| wanted(*i))
-                        .map(Ok)
+                        .filter(|(j, _)| owner[next + j] as usize == next + j)
+                        .map(|(_, e)| Ok(e))
                         .collect();
                     Some((futures::stream::iter(items), next + got))
                 }
@@ -290,6 +344,7 @@ impl Shipper {
                     tracing::warn!(target = %self.target.name(), error = %e, "log reader task failed; planning again");
                     Some((futures::stream::iter(vec![Err(Stop::Inactive)]), n))
                 }
+            }
             }
         })
         .flatten()

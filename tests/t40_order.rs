@@ -215,3 +215,83 @@ async fn conditional_puts_are_decided_at_append_time_one_winner_per_race() {
         "only the delete was appended"
     );
 }
+
+/// Shipping pipelines: a write that lands while an earlier one is still in
+/// flight to a target is sent at once, not after it. One put to r1 is held
+/// unanswered; writes after it still reach r1, while r1's cursor stays just
+/// before the held entry (it passes only applied entries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_in_flight_holds_back_no_later_write_only_the_cursor() {
+    let rig = Rig::new(1, "async", 1, 30.0).await;
+    rig.fault("r1").hold_puts("slow");
+    let held = rig
+        .rep
+        .put(&key("slow"), Bytes::from_static(b"s"), None)
+        .await
+        .expect("put slow")
+        .seq;
+    for i in 0..5 {
+        rig.rep
+            .put(
+                &key(&format!("fast/{i}")),
+                Bytes::from(format!("f{i}")),
+                None,
+            )
+            .await
+            .expect("put fast");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for i in 0..5 {
+        let k = format!("fast/{i}");
+        while rig.object("r1", &k).await.is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{k} did not reach r1 while the put of `slow` was in flight"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert_eq!(rig.object("r1", "slow").await, None);
+    assert_eq!(rig.cursor("r1"), held - 1, "the cursor passed a held entry");
+    rig.fault("r1").release_puts();
+    rig.wait_caught_up(Duration::from_secs(10)).await;
+    assert_eq!(rig.object("r1", "slow").await.as_deref(), Some(&b"s"[..]));
+}
+
+/// Guarantee 5 with a version in flight: the versions of a key written
+/// while one of its puts is in flight wait for it, and only the newest of
+/// them is sent after it. The target ends on the newest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_written_while_one_is_in_flight_wait_and_only_the_newest_follows() {
+    let rig = Rig::new(1, "async", 1, 30.0).await;
+    let r1 = rig.fault("r1");
+    r1.record_puts();
+    r1.hold_puts("hot");
+    let k = key("hot");
+    rig.rep
+        .put(&k, Bytes::from_static(b"v0"), None)
+        .await
+        .expect("put");
+    // v0 is in flight (held) before the next versions are written.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while r1.holding() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "v0 was never sent");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for v in 1..=20 {
+        rig.rep
+            .put(&k, Bytes::from(format!("v{v}")), None)
+            .await
+            .expect("put");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    r1.release_puts();
+    rig.wait_caught_up(Duration::from_secs(10)).await;
+    assert_eq!(rig.object("r1", "hot").await.as_deref(), Some(&b"v20"[..]));
+    let puts = r1
+        .recorded_puts()
+        .iter()
+        .filter(|p| p.ends_with("hot"))
+        .count();
+    assert_eq!(puts, 2, "v0, then only the newest waiting version");
+}
