@@ -175,7 +175,11 @@ impl Shipper {
             .clone();
         loop {
             let head = *head_rx.borrow_and_update();
+            // Plan more once everything planned has been offered: planning
+            // further ahead would only hold entries in memory (and coalesce
+            // less), as nothing more can be sent meanwhile.
             if planning.is_none()
+                && sources.is_empty()
                 && error.is_none()
                 && pipe.planned_to() < head
                 && pipe.len() < MAX_WINDOW
