@@ -23,6 +23,7 @@ use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -221,8 +222,8 @@ async fn main() {
         "walship against the raw durable floor over HTTP: primary + 2 replicas on local directories (fsync), {size}-byte values"
     );
     println!(
-        "{:>9} {:>7} {:>5} {:>8} {:>10} {:>8}",
-        "mode", "writers", "round", "side", "writes/s", "p50 ms"
+        "{:>9} {:>7} {:>5} {:>8} {:>10} {:>8} {:>10} {:>8}",
+        "mode", "writers", "round", "side", "writes/s", "p50 ms", "commit µs", "per group"
     );
     let mut table = Vec::new();
     for mode in ["sync", "async"] {
@@ -238,23 +239,52 @@ async fn main() {
                 let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
                 let mut got = [0.0f64; 2];
                 for side in order {
+                    // `WALSHIP_FLOOR_ONLY=sync:16:walship` runs one side of
+                    // one row (for a profiler).
+                    let name = if side == 0 { "walship" } else { "floor" };
+                    if std::env::var("WALSHIP_FLOOR_ONLY")
+                        .is_ok_and(|only| only != format!("{mode}:{writers}:{name}"))
+                    {
+                        continue;
+                    }
                     let tag = format!("w{writers}r{round}");
+                    let stats = rep.log().stats();
+                    let before = (
+                        stats.flushes.load(Ordering::Relaxed),
+                        stats.flush_us.load(Ordering::Relaxed),
+                        stats.entries.load(Ordering::Relaxed),
+                    );
                     let r = if side == 0 {
                         write_all(&wbase, &tag, writers, n, value.clone()).await
                     } else {
                         write_all(&fbase, &tag, writers, n, value.clone()).await
                     };
+                    // walship's committer: time per group and writes per group.
+                    let groups = (stats.flushes.load(Ordering::Relaxed) - before.0).max(1);
+                    let commit = if side == 0 {
+                        format!(
+                            "{:>10.0} {:>8.1}",
+                            (stats.flush_us.load(Ordering::Relaxed) - before.1) as f64
+                                / groups as f64,
+                            (stats.entries.load(Ordering::Relaxed) - before.2) as f64
+                                / groups as f64
+                        )
+                    } else {
+                        String::new()
+                    };
                     println!(
-                        "{mode:>9} {writers:>7} {round:>5} {:>8} {:>10.0} {:>8.2}",
-                        if side == 0 { "walship" } else { "floor" },
-                        r.per_sec,
-                        r.p50_ms
+                        "{mode:>9} {writers:>7} {round:>5} {name:>8} {:>10.0} {:>8.2} {commit}",
+                        r.per_sec, r.p50_ms
                     );
                     got[side] = r.per_sec;
                 }
-                ratios.push(got[0] / got[1]);
+                if got[1] > 0.0 {
+                    ratios.push(got[0] / got[1]);
+                }
             }
-            table.push((mode, writers, median(ratios)));
+            if !ratios.is_empty() {
+                table.push((mode, writers, median(ratios)));
+            }
         }
         rep.shutdown(Duration::from_secs(5))
             .await
