@@ -37,6 +37,9 @@ pub enum Fault {
     /// Do writes and deletes, then answer with an error (the answer was
     /// lost on the way back).
     LoseAcks,
+    /// Panic inside puts and deletes (a bug in a store client); other
+    /// requests pass through.
+    Panic,
 }
 
 /// The remote control of a [`FaultyStore`]; cheap to clone.
@@ -187,6 +190,8 @@ impl Faults {
                     tokio::time::sleep(d).await;
                     return Ok(false);
                 }
+                Fault::Panic if write => panic!("injected panic in a store write"),
+                Fault::Panic => return Ok(false),
                 Fault::Hang => {
                     if rx.changed().await.is_err() {
                         std::future::pending::<()>().await;

@@ -74,6 +74,7 @@ enum Stop {
 /// retrying cannot change, fails its target (guarantee 11).
 const REFUSALS_FOR_GOOD: u32 = 3;
 
+#[derive(Clone)]
 pub(crate) struct Shipper {
     pub(crate) target: Arc<TargetHandle>,
     pub(crate) log: Arc<Log>,
@@ -85,7 +86,39 @@ pub(crate) struct Shipper {
 }
 
 impl Shipper {
-    pub(crate) async fn run(self) {
+    /// Runs the shipper, and runs it again when it panics (a bug, or a
+    /// store client's): its target never silently stops. The restart
+    /// replans from the published cursor; the panic is logged and is the
+    /// target's last error until a request succeeds.
+    pub(crate) async fn supervise(self) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let run = tokio::spawn(self.clone().run()).await;
+            let Err(e) = run else { return };
+            if !e.is_panic() || self.cancel.is_cancelled() {
+                return;
+            }
+            let payload = e.into_panic();
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            let msg = format!(
+                "the shipper panicked ({what}); restarted from cursor {}",
+                self.target.cursor()
+            );
+            tracing::error!(target = %self.target.name(), error = %msg, "shipper restarted");
+            self.target.record_failure(&msg);
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.cancel.cancelled() => return,
+            }
+            delay = (delay * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn run(self) {
         let name = self.target.name().to_string();
         let mut head_rx = self.log.subscribe();
         let mut state_rx = self.target.state_tx.subscribe();

@@ -114,3 +114,50 @@ async fn a_hung_request_is_bounded_by_sync_timeout_and_retried() {
     rig.wait_caught_up(Duration::from_secs(10)).await;
     assert_eq!(rig.object("r1", "a").await, Some(Bytes::from("1")));
 }
+
+/// A shipper that panics (here a store client's bug, through the fault
+/// wrapper) is restarted: its target does not silently stop. The panic is
+/// the target's error until shipping succeeds again, and every write
+/// reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shipper_that_panics_is_restarted_and_its_target_catches_up() {
+    let rig = Rig::new(1, "async", 1, 5.0).await;
+    rig.fault("r1").set(Fault::Panic);
+    for i in 0..3 {
+        rig.rep
+            .put(&key(&format!("k{i}")), Bytes::from(format!("v{i}")), None)
+            .await
+            .expect("async put");
+    }
+    rig.wait_until(|r| {
+        r.targets
+            .iter()
+            .any(|t| t.name == "r1" && t.error.as_deref().unwrap_or("").contains("panicked"))
+    })
+    .await;
+    // It keeps being restarted while the store panics, and ships once it
+    // stops.
+    let calls = rig.fault("r1").calls();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        rig.fault("r1").calls() > calls,
+        "the shipper was not restarted"
+    );
+    rig.fault("r1").heal();
+    rig.rep
+        .put(&key("after"), Bytes::from("a"), None)
+        .await
+        .expect("async put");
+    rig.wait_caught_up(Duration::from_secs(10)).await;
+    for i in 0..3 {
+        assert_eq!(
+            rig.object("r1", &format!("k{i}")).await,
+            Some(Bytes::from(format!("v{i}"))),
+            "k{i}"
+        );
+    }
+    assert_eq!(rig.object("r1", "after").await, Some(Bytes::from("a")));
+    let r = rig.rep.cursors().expect("cursors");
+    let r1 = r.targets.iter().find(|t| t.name == "r1").expect("r1");
+    assert_eq!(r1.error, None, "the error clears once shipping succeeds");
+}

@@ -295,7 +295,7 @@ impl Replicator {
                     _ => SHIP_WINDOW,
                 },
             };
-            tasks.push(tokio::spawn(shipper.run()));
+            tasks.push(tokio::spawn(shipper.supervise()));
         }
         tasks.push(tokio::spawn(Replicator::manage(
             Arc::downgrade(&r),
