@@ -207,3 +207,72 @@ async fn assert_no_conflicts(sc: &Sidecar) {
         "re-shipping after a crash counted conflicts:\n{text}"
     );
 }
+
+/// A replay is a repair: this log's versions go over whatever the target
+/// holds. Killed in the middle of one (a crash point aborts the process
+/// after a few entries are shipped), the restarted sidecar finishes it as
+/// a replay: the hand-edited objects not yet replayed are overwritten, not
+/// kept as foreign versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_killed_midway_finishes_as_a_replay_after_restart() {
+    if !cfg!(feature = "crash-points") {
+        println!("SKIPPED: needs the crash-points feature (cargo test --all-features)");
+        return;
+    }
+    let root = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let cfg = root.path().join("walship.toml");
+    std::fs::write(&cfg, dir_config(root.path(), port, "sync")).expect("config");
+    let sc = Sidecar::start(&cfg, port).await;
+    let c = reqwest::Client::new();
+    let keys = 40;
+    for i in 0..keys {
+        let r = c
+            .put(format!("{}/v1/objects/r/{i}", sc.base))
+            .body(format!("log {i}"))
+            .send()
+            .await
+            .expect("put");
+        assert!(r.status().is_success());
+    }
+    assert!(sc.term().success());
+    // The replica loses its data: every object replaced by hand.
+    let replica = root.path().join("targets").join("replica-1").join("r");
+    for i in 0..keys {
+        std::fs::write(replica.join(i.to_string()), format!("hand edit {i}")).expect("edit");
+    }
+    // Replay it from the start; the process aborts after 5 entries shipped.
+    let mut sc =
+        Sidecar::start_with_env(&cfg, port, &[("WALSHIP_CRASH_AT", "ship:5".to_string())]).await;
+    let r = c
+        .post(format!("{}/v1/targets/replica-1/replay?from=1", sc.base))
+        .send()
+        .await
+        .expect("replay");
+    assert!(r.status().is_success(), "replay: {}", r.status());
+    for _ in 0..200 {
+        if sc.exited() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(sc.exited(), "the crash point was not reached");
+    let edited = (0..keys)
+        .filter(|i| {
+            std::fs::read_to_string(replica.join(i.to_string()))
+                .is_ok_and(|v| v.starts_with("hand edit"))
+        })
+        .count();
+    assert!(edited > 0, "the replay finished before the crash");
+    drop(sc);
+    let sc = Sidecar::start(&cfg, port).await;
+    sc.wait_caught_up(Duration::from_secs(30)).await;
+    for i in 0..keys {
+        assert_eq!(
+            std::fs::read_to_string(replica.join(i.to_string())).expect("object"),
+            format!("log {i}"),
+            "r/{i} on replica-1 after the restart ({edited} were not replayed at the crash)"
+        );
+    }
+    assert!(sc.term().success());
+}

@@ -23,7 +23,7 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
-use super::{Replicator, state_meta};
+use super::{Replicator, replay_meta, state_meta};
 use crate::codec::Op;
 use crate::error::{Error, Result};
 use crate::key::{RESERVED_PREFIX, object_path};
@@ -647,7 +647,11 @@ impl Replicator {
         };
         if execute {
             // A repair: this log's versions go over whatever is there.
-            t.force_until.fetch_max(head, Ordering::AcqRel);
+            let until = t.force_until.fetch_max(head, Ordering::AcqRel).max(head);
+            // Durable with the cursor below (one sync), before shipping.
+            self.log
+                .storage()
+                .set_meta(&replay_meta(name), &until.to_be_bytes())?;
             let offset = self.log.offset_of(seq - 1)?;
             t.reset(seq - 1, offset);
             self.log.storage().set_cursor(name, seq - 1, offset)?;

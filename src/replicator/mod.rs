@@ -98,6 +98,33 @@ fn state_meta(name: &str) -> String {
     format!("state/{name}")
 }
 
+/// Meta name of a target's replay intent: the last seq a replay writes
+/// over whatever the target holds (8 bytes, big-endian). Persisted with
+/// the moved-back cursor, so a replay cut short by a crash finishes as a
+/// replay after the restart.
+fn replay_meta(name: &str) -> String {
+    format!("replay/{name}")
+}
+
+/// The persisted replay intent of `name`, if it still covers entries past
+/// its cursor. A damaged record is logged and dropped.
+fn replay_intent(
+    storage: &dyn crate::storage::LogStorage,
+    name: &str,
+    cursor: u64,
+) -> Result<Option<u64>> {
+    let Some(bytes) = storage.meta(&replay_meta(name))? else {
+        return Ok(None);
+    };
+    match <[u8; 8]>::try_from(bytes.as_slice()) {
+        Ok(b) => Ok(Some(u64::from_be_bytes(b)).filter(|until| *until > cursor)),
+        Err(_) => {
+            tracing::error!(target = %name, bytes = bytes.len(), "the record of an unfinished replay is damaged and is ignored: entries still to ship go as ordinary writes; run `walship replay {name} --from SEQ --execute` again to finish it");
+            Ok(None)
+        }
+    }
+}
+
 /// The running replicator (library entry point).
 pub struct Replicator {
     cfg: Config,
@@ -193,12 +220,13 @@ impl Replicator {
                 _ => TargetState::Active,
             };
             let offset = 0; // set below, for every target in one scan
+            let replaying = replay_intent(storage.as_ref(), &t.name, cursor)?;
             records.push(TargetRecord {
                 name: t.name.clone(),
                 role,
                 region: t.region.clone(),
             });
-            targets.push(Arc::new(TargetHandle::new(
+            let handle = Arc::new(TargetHandle::new(
                 i,
                 t.clone(),
                 role,
@@ -206,7 +234,14 @@ impl Replicator {
                 cursor,
                 offset,
                 state,
-            )));
+            ));
+            if let Some(until) = replaying {
+                tracing::info!(target = %t.name, from = cursor + 1, to = until, "finishing a replay cut short: these entries go over whatever the target holds");
+                handle
+                    .force_until
+                    .store(until, std::sync::atomic::Ordering::Release);
+            }
+            targets.push(handle);
         }
         // Each cursor's offset was persisted with it; older data dirs (or a
         // log whose offsets were measured afresh) place them in one scan.
@@ -1182,3 +1217,27 @@ mod lifecycle;
 pub use lifecycle::{
     Progress, ReplayFrom, ReplayPlan, VerifyReport, VerifyTarget, latest_keys, verify,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::SledStorage;
+
+    #[test]
+    fn a_replay_intent_counts_only_past_the_cursor_and_a_damaged_one_is_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = SledStorage::open(dir.path(), 1 << 20).expect("open");
+        assert_eq!(replay_intent(&s, "r1", 0).expect("read"), None);
+        s.set_meta(&replay_meta("r1"), &40u64.to_be_bytes())
+            .expect("set");
+        assert_eq!(replay_intent(&s, "r1", 10).expect("read"), Some(40));
+        assert_eq!(replay_intent(&s, "r1", 40).expect("read"), None, "finished");
+        assert_eq!(
+            replay_intent(&s, "r2", 10).expect("read"),
+            None,
+            "another target's"
+        );
+        s.set_meta(&replay_meta("r1"), b"\x01\x02").expect("set");
+        assert_eq!(replay_intent(&s, "r1", 10).expect("read"), None, "damaged");
+    }
+}
