@@ -44,6 +44,7 @@ pub mod reads;
 pub mod restore;
 pub mod s3;
 pub mod server;
+mod target_machine;
 mod target_state;
 
 /// Caps glibc malloc at two arenas. With one arena per thread, memory freed

@@ -5,6 +5,7 @@
 //! (replay and resync move it explicitly), and `offset` is the log offset
 //! just after `cursor`, so lag bytes are `head offset - offset`.
 
+use crate::target_machine::{Event, next};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -253,9 +254,34 @@ impl TargetHandle {
         }
     }
 
+    /// Records the error and fails a shipping target (a paused one stays
+    /// paused; see `target_machine`).
     pub(crate) fn set_failed(&self, msg: String) {
         self.observed().error = Some(msg);
         self.clean.store(false, Ordering::Release);
-        self.state_tx.send_replace(TargetState::Failed);
+        let _ = self.transition(Event::ShipFailed);
+    }
+
+    /// Applies `event` to the published state, atomically with every other
+    /// transition; the new state, or why the event is refused.
+    pub(crate) fn transition(&self, event: Event) -> crate::Result<TargetState> {
+        let mut out = Ok(TargetState::Active);
+        self.state_tx.send_if_modified(|s| {
+            out = next(self.name(), *s, event);
+            match &out {
+                Ok(n) if n != s => {
+                    *s = *n;
+                    true
+                }
+                _ => false,
+            }
+        });
+        out
+    }
+
+    /// Whether `event` would be taken now (checked before persisting what
+    /// it depends on; `transition` applies it).
+    pub(crate) fn allows(&self, event: Event) -> crate::Result<TargetState> {
+        next(self.name(), self.state(), event)
     }
 }

@@ -339,3 +339,62 @@ async fn lag_bytes_and_retained_bytes_are_exact_across_restarts_and_truncation()
         }
     }
 }
+
+/// The target state machine: a resync is left only by its own hand-over.
+/// A pause or resume during a resync is refused (409, naming the resync)
+/// and changes nothing; the hand-over then makes the target active and it
+/// ships from the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_resume_during_a_resync_are_refused_and_the_hand_over_stands() {
+    let rig = Rig::new(1, "async", 1, 5.0).await;
+    for i in 0..10 {
+        rig.rep
+            .put(&key(&format!("k{i}")), Bytes::from(format!("v{i}")), None)
+            .await
+            .expect("put");
+    }
+    rig.wait_caught_up(Duration::from_secs(10)).await;
+    // r1's copy of k3 differs, so the resync copies it; that put is held.
+    rig.stores["r1"]
+        .put(&object_store::path::Path::from("k3"), "edited".into())
+        .await
+        .expect("edit");
+    rig.fault("r1").hold_puts("k3");
+    rig.rep.start_resync("r1").await.expect("resync");
+    let state = |rig: &Rig| {
+        rig.rep
+            .cursors()
+            .expect("cursors")
+            .targets
+            .into_iter()
+            .find(|t| t.name == "r1")
+            .expect("r1")
+            .state
+    };
+    assert_eq!(state(&rig), TargetState::Syncing);
+    for (what, r) in [
+        ("pause", rig.rep.pause("r1").await),
+        ("resume", rig.rep.resume("r1").await),
+    ] {
+        match r {
+            Err(walship::Error::Conflict(why)) => {
+                assert!(why.contains("being resynced"), "{what}: {why}")
+            }
+            other => panic!("{what} during a resync: {other:?}"),
+        }
+        assert_eq!(
+            state(&rig),
+            TargetState::Syncing,
+            "{what} changed the state"
+        );
+    }
+    rig.fault("r1").release_puts();
+    eventually("resync done", 10, || state(&rig) == TargetState::Active).await;
+    rig.rep
+        .put(&key("after"), Bytes::from("a"), None)
+        .await
+        .expect("put");
+    rig.wait_caught_up(Duration::from_secs(10)).await;
+    assert_eq!(rig.object("r1", "k3").await, Some(Bytes::from("v3")));
+    assert_eq!(rig.object("r1", "after").await, Some(Bytes::from("a")));
+}

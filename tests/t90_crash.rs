@@ -4,6 +4,8 @@
 
 #[path = "common/sidecar.rs"]
 mod sidecar;
+#[path = "common/skip.rs"]
+mod skip;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -216,7 +218,9 @@ async fn assert_no_conflicts(sc: &Sidecar) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_killed_midway_finishes_as_a_replay_after_restart() {
     if !cfg!(feature = "crash-points") {
-        println!("SKIPPED: needs the crash-points feature (cargo test --all-features)");
+        skip::skip(
+            "a replay killed midway: needs the crash-points feature (cargo test --all-features)",
+        );
         return;
     }
     let root = tempfile::tempdir().expect("tempdir");

@@ -30,6 +30,7 @@ use crate::key::{RESERVED_PREFIX, object_path};
 use crate::log::{entry_at, first_seq_since, now_ms};
 use crate::status::TargetState;
 use crate::storage::{KeyInfo, LogStorage};
+use crate::target_machine::Event;
 use crate::target_state::TargetHandle;
 
 /// Objects copied at once by a resync.
@@ -426,12 +427,13 @@ impl Replicator {
             if t.state() == TargetState::Syncing {
                 return Ok(t.resync_floor.load(Ordering::Acquire));
             }
+            t.allows(Event::ResyncStarted)?;
             let start = self.log.head();
             t.resync_floor.store(start, Ordering::Release);
             self.log.storage().set_meta(&state_meta(name), b"syncing")?;
             self.log.storage().sync()?;
             t.set_progress(Some("starting".into()));
-            t.state_tx.send_replace(TargetState::Syncing);
+            t.transition(Event::ResyncStarted)?;
             self.progress.send_modify(|p| *p += 1);
             t
         };
@@ -551,7 +553,7 @@ impl Replicator {
         self.log.storage().sync()?;
         t.resync_floor.store(0, Ordering::Release);
         t.set_progress(None);
-        t.state_tx.send_replace(TargetState::Active);
+        t.transition(Event::ResyncDone)?;
         self.progress.send_modify(|p| *p += 1);
         tracing::info!(target = %t.name(), start, objects = total, "resync done; shipping from the log");
         Ok(())
@@ -615,11 +617,7 @@ impl Replicator {
                 "nothing to replay: seq {seq} is past the head ({head})"
             )));
         }
-        if t.state() == TargetState::Syncing {
-            return Err(Error::Conflict(format!(
-                "{name} is being resynced; replay it after the resync"
-            )));
-        }
+        t.allows(Event::Replayed)?;
         let (entries, bytes, keys) = tokio::task::spawn_blocking(move || {
             let mut n = 0u64;
             let mut b = 0u64;
@@ -655,9 +653,9 @@ impl Replicator {
             let offset = self.log.offset_of(seq - 1)?;
             t.reset(seq - 1, offset);
             self.log.storage().set_cursor(name, seq - 1, offset)?;
-            if t.state() == TargetState::Failed {
+            if t.allows(Event::Replayed)? != t.state() {
                 self.log.storage().set_meta(&state_meta(name), b"active")?;
-                t.state_tx.send_replace(TargetState::Active);
+                t.transition(Event::Replayed)?;
             }
             self.log.storage().sync()?;
             self.progress.send_modify(|p| *p += 1);

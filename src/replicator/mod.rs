@@ -41,6 +41,7 @@ use crate::status::{
     TargetRecord, TargetRow, TargetState,
 };
 use crate::storage::{KeyInfo, LogStorage, SledStorage};
+use crate::target_machine::Event;
 use crate::target_state::{PROBE_FAILURES_UNHEALTHY, TargetHandle};
 
 /// Requests in flight per target on a store across a network: enough to
@@ -799,9 +800,10 @@ impl Replicator {
                 "{name} is the acting primary and every write waits for it; it cannot be paused"
             )));
         }
+        t.allows(Event::Pause)?;
         self.log.storage().set_meta(&state_meta(name), b"paused")?;
         self.log.storage().sync()?;
-        t.state_tx.send_replace(TargetState::Paused);
+        t.transition(Event::Pause)?;
         self.progress.send_modify(|p| *p += 1);
         tracing::info!(target = %name, cursor = t.cursor(), "paused");
         Ok(TargetState::Paused)
@@ -811,9 +813,10 @@ impl Replicator {
     pub async fn resume(&self, name: &str) -> Result<TargetState> {
         let _guard = self.control.lock().await;
         let t = self.target(name)?;
+        t.allows(Event::Resume)?;
         self.log.storage().set_meta(&state_meta(name), b"active")?;
         self.log.storage().sync()?;
-        t.state_tx.send_replace(TargetState::Active);
+        t.transition(Event::Resume)?;
         self.progress.send_modify(|p| *p += 1);
         tracing::info!(target = %name, cursor = t.cursor(), head = self.log.head(), "resumed");
         Ok(TargetState::Active)

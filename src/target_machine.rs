@@ -1,0 +1,149 @@
+//! The states of a target and the events that move it, in one place.
+//!
+//! ```text
+//!             pause                      resync started
+//!   Active ───────────▶ Paused ─────────────────────────┐
+//!    ▲  │ ◀─────────── resume                             ▼
+//!    │  │ ship failed          resync started         Syncing ── resync done ──▶ Active
+//!    │  ▼                 ─────────────────────────▶    ▲
+//!   Failed ── resume / replay ──▶ Active                 │
+//!      └──────────────────────── resync started ─────────┘
+//! ```
+//!
+//! - `Syncing` is left only by its own hand-over (`ResyncDone`): a pause or
+//!   resume during a resync is refused, so the hand-over never races them.
+//! - `ShipFailed` fails only a shipping (`Active`) target; a target paused
+//!   meanwhile stays paused (its error is still recorded).
+//! - A no longer configured target (`Removed`) takes no event.
+//! - Pausing or resuming a target already in that state changes nothing
+//!   and is not an error.
+//!
+//! `next` is pure; `TargetHandle::transition` applies it atomically to the
+//! published state.
+
+use crate::error::{Error, Result};
+use crate::status::TargetState;
+
+/// What happens to a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// `walship pause`.
+    Pause,
+    /// `walship resume`.
+    Resume,
+    /// A resync begins (by hand, or the log over `max_log_bytes`).
+    ResyncStarted,
+    /// A resync hands over to the cursor.
+    ResyncDone,
+    /// The target rejects an entry for good, or the log is corrupt at it.
+    ShipFailed,
+    /// `walship replay --execute` moved the cursor back.
+    Replayed,
+}
+
+/// The state after `event`, or why the event is refused in `state`.
+pub(crate) fn next(name: &str, state: TargetState, event: Event) -> Result<TargetState> {
+    use Event as E;
+    use TargetState as S;
+    let refused = |why: String| Err(Error::Conflict(why));
+    match (state, event) {
+        (S::Removed, _) => refused(format!(
+            "{name} is no longer in the config; add it back to act on it"
+        )),
+        (S::Syncing, E::Pause | E::Resume) => refused(format!(
+            "{name} is being resynced; it ships from the log by itself when the resync is done \
+             (pause or resume it after that)"
+        )),
+        (S::Syncing, E::ResyncStarted) => Ok(S::Syncing),
+        (S::Syncing, E::ResyncDone) => Ok(S::Active),
+        (S::Syncing, E::ShipFailed) => Ok(S::Syncing),
+        (S::Syncing, E::Replayed) => refused(format!(
+            "{name} is being resynced; replay it after the resync"
+        )),
+        (_, E::ResyncDone) => refused(format!(
+            "{name} is not being resynced ({state:?}); nothing to hand over"
+        )),
+        (_, E::Pause) => Ok(S::Paused),
+        (_, E::Resume) => Ok(S::Active),
+        (_, E::ResyncStarted) => Ok(S::Syncing),
+        (S::Active, E::ShipFailed) => Ok(S::Failed),
+        (other, E::ShipFailed) => Ok(other),
+        (S::Failed, E::Replayed) => Ok(S::Active),
+        (other, E::Replayed) => Ok(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Event as E;
+    use TargetState as S;
+
+    const STATES: [S; 5] = [S::Active, S::Paused, S::Syncing, S::Failed, S::Removed];
+    const EVENTS: [E; 6] = [
+        E::Pause,
+        E::Resume,
+        E::ResyncStarted,
+        E::ResyncDone,
+        E::ShipFailed,
+        E::Replayed,
+    ];
+
+    /// Every (state, event) pair, written out: `None` is refused.
+    fn table(s: S, e: E) -> Option<S> {
+        Some(match (s, e) {
+            (S::Active, E::Pause) => S::Paused,
+            (S::Active, E::Resume) => S::Active,
+            (S::Active, E::ResyncStarted) => S::Syncing,
+            (S::Active, E::ResyncDone) => return None,
+            (S::Active, E::ShipFailed) => S::Failed,
+            (S::Active, E::Replayed) => S::Active,
+            (S::Paused, E::Pause) => S::Paused,
+            (S::Paused, E::Resume) => S::Active,
+            (S::Paused, E::ResyncStarted) => S::Syncing,
+            (S::Paused, E::ResyncDone) => return None,
+            (S::Paused, E::ShipFailed) => S::Paused,
+            (S::Paused, E::Replayed) => S::Paused,
+            (S::Syncing, E::Pause) => return None,
+            (S::Syncing, E::Resume) => return None,
+            (S::Syncing, E::ResyncStarted) => S::Syncing,
+            (S::Syncing, E::ResyncDone) => S::Active,
+            (S::Syncing, E::ShipFailed) => S::Syncing,
+            (S::Syncing, E::Replayed) => return None,
+            (S::Failed, E::Pause) => S::Paused,
+            (S::Failed, E::Resume) => S::Active,
+            (S::Failed, E::ResyncStarted) => S::Syncing,
+            (S::Failed, E::ResyncDone) => return None,
+            (S::Failed, E::ShipFailed) => S::Failed,
+            (S::Failed, E::Replayed) => S::Active,
+            (S::Removed, _) => return None,
+        })
+    }
+
+    #[test]
+    fn every_transition_is_the_table_and_every_refusal_names_the_target() {
+        for s in STATES {
+            for e in EVENTS {
+                match (next("r1", s, e), table(s, e)) {
+                    (Ok(got), Some(want)) => assert_eq!(got, want, "{s:?} + {e:?}"),
+                    (Err(Error::Conflict(why)), None) => {
+                        assert!(why.contains("r1"), "{s:?} + {e:?}: {why}")
+                    }
+                    (got, want) => panic!("{s:?} + {e:?}: got {got:?}, want {want:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_resync_is_left_only_by_its_hand_over() {
+        for e in EVENTS {
+            let after = next("r", S::Syncing, e);
+            if e == E::ResyncDone {
+                assert_eq!(after.ok(), Some(S::Active));
+            } else {
+                assert!(matches!(after, Ok(S::Syncing) | Err(_)), "{e:?}: {after:?}");
+            }
+        }
+    }
+}
