@@ -38,6 +38,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::apply::Engine;
 use crate::codec::Entry;
@@ -90,10 +91,11 @@ impl Shipper {
     /// store client's): its target never silently stops. The restart
     /// replans from the published cursor; the panic is logged and is the
     /// target's last error until a request succeeds.
+    #[tracing::instrument(name = "shipper", skip_all, fields(target = %self.target.name()))]
     pub(crate) async fn supervise(self) {
         let mut delay = Duration::from_millis(100);
         loop {
-            let run = tokio::spawn(self.clone().run()).await;
+            let run = tokio::spawn(self.clone().run().instrument(tracing::Span::current())).await;
             let Err(e) = run else { return };
             if !e.is_panic() || self.cancel.is_cancelled() {
                 return;

@@ -465,6 +465,7 @@ impl Replicator {
         Ok(start)
     }
 
+    #[tracing::instrument(name = "resync", skip_all, fields(target = %t.name(), start))]
     async fn run_resync(self: Arc<Self>, t: Arc<TargetHandle>, start: u64) -> Result<()> {
         // The source must hold everything up to `start`.
         let source = loop {
