@@ -5,13 +5,16 @@
 //! directory from `--config F` (default `./walship.toml` when it exists),
 //! or from `--addr` / `--data-dir`.
 
+use crate::api::{
+    ConflictsAnswer, ListAnswer, ListedKey, LogAnswer, ResolvedAnswer, StateAnswer, WriteAnswer,
+};
 use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, init_template};
-use crate::conflict::ConflictRecord;
+use crate::conflict::{ConflictRecord, Keep};
 use crate::error::Error;
 use crate::replicator::{ReplayPlan, VerifyReport};
 use crate::status::{CursorsReport, StatusReport};
@@ -415,11 +418,21 @@ fn say_offline(e: &Endpoints, verb: &str, extra: &str) {
 
 /// A successful answer's JSON body (see `check` for the others).
 async fn answer<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Result<T, Failure> {
-    check(resp)
-        .await?
-        .json()
+    let resp = check(resp).await?;
+    let url = resp.url().clone();
+    let body = resp
+        .bytes()
         .await
-        .map_err(|err| fail(1, format!("reading the answer: {err}")))
+        .map_err(|err| fail(1, format!("reading the answer: {err}")))?;
+    serde_json::from_slice(&body).map_err(|err| {
+        fail(
+            1,
+            format!(
+                "reading the answer: {url} answered with a body this walship does not understand ({err}); \
+                 is it a walship sidecar of the same version as this CLI?"
+            ),
+        )
+    })
 }
 
 fn unreachable(addr: &str, e: reqwest::Error) -> Failure {
@@ -484,23 +497,14 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             };
             let v = write(&cli, reqwest::Method::PUT, key, Some(body), mode.as_deref()).await?;
             if !cli.json {
-                let mode = v["mode"].as_str().unwrap_or("");
-                println!(
-                    "seq {} acked by {} ({mode})",
-                    v["seq"],
-                    join(&v["acked_by"])
-                );
+                println!("seq {} acked by {} ({})", v.seq, join(&v.acked_by), v.mode);
             }
             Ok(())
         }
         Command::Delete { key, mode } => {
             let v = write(&cli, reqwest::Method::DELETE, key, None, mode.as_deref()).await?;
             if !cli.json {
-                println!(
-                    "deleted at seq {} acked by {}",
-                    v["seq"],
-                    join(&v["acked_by"])
-                );
+                println!("deleted at seq {} acked by {}", v.seq, join(&v.acked_by));
             }
             Ok(())
         }
@@ -561,7 +565,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             let e = endpoints(&cli)?;
             let c = Client::connect(&e).await?;
-            let mut keys: Vec<serde_json::Value> = Vec::new();
+            let mut keys: Vec<ListedKey> = Vec::new();
             let mut after = after.clone().unwrap_or_default();
             let mut more = false;
             loop {
@@ -571,11 +575,10 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                     ("after", after.clone()),
                     ("limit", want.to_string()),
                 ]);
-                let v: serde_json::Value =
+                let v: ListAnswer =
                     answer(r.send().await.map_err(|err| unreachable(&e.addr, err))?).await?;
-                keys.extend(v["keys"].as_array().into_iter().flatten().cloned());
-                let next = v["next_after"].as_str().map(str::to_string);
-                match next {
+                keys.extend(v.keys);
+                match v.next_after {
                     Some(n) if limit.is_none_or(|l| keys.len() < l) => after = n,
                     Some(_) => {
                         more = true;
@@ -584,24 +587,19 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                     None => break,
                 }
             }
+            let next_after = keys.last().filter(|_| more).map(|k| k.key.clone());
             if cli.json {
-                let mut out = serde_json::json!({ "keys": keys, "truncated": more });
-                if more && let Some(last) = keys.last().and_then(|k| k["key"].as_str()) {
-                    out["next_after"] = serde_json::json!(last);
-                }
-                println!("{out}");
+                print_json(&ListAnswer {
+                    keys,
+                    truncated: more,
+                    next_after,
+                })?;
             } else {
                 println!("{:<8} {:>10}  KEY", "SEQ", "SIZE");
                 for k in &keys {
-                    let n = |f: &str| k[f].as_u64().unwrap_or(0);
-                    println!(
-                        "{:<8} {:>10}  {}",
-                        n("seq"),
-                        n("size"),
-                        k["key"].as_str().unwrap_or("")
-                    );
+                    println!("{:<8} {:>10}  {}", k.seq, k.size, k.key);
                 }
-                if more && let Some(last) = keys.last().and_then(|k| k["key"].as_str()) {
+                if let Some(last) = next_after {
                     println!("(more keys: --after {last})");
                 }
             }
@@ -629,7 +627,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 "/v1/targets/{}/{action}",
                 url::form_urlencoded::byte_serialize(target.as_bytes()).collect::<String>()
             );
-            let v: serde_json::Value = answer(
+            let v: StateAnswer = answer(
                 c.req(reqwest::Method::POST, &path)
                     .send()
                     .await
@@ -637,9 +635,9 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             )
             .await?;
             if cli.json {
-                println!("{v}");
+                print_json(&v)?;
             } else {
-                println!("{target}: {}", v["state"].as_str().unwrap_or("?"));
+                println!("{target}: {}", state_name(v.state));
             }
             Ok(())
         }
@@ -650,7 +648,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             if let Some(f) = from {
                 q.push(("from", f.to_string()));
             }
-            let v: serde_json::Value = match c
+            let v: LogAnswer = match c
                 .req(reqwest::Method::GET, "/v1/log")
                 .query(&q)
                 .send()
@@ -668,34 +666,30 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 Err(err) => return Err(unreachable(&e.addr, err)),
             };
             if cli.json {
-                println!("{v}");
+                print_json(&v)?;
             } else {
                 println!(
                     "{:>10}  {:<24}  {:<6}  {:>10}  {:<6}  KEY",
                     "SEQ", "TIME", "OP", "SIZE", "CRC"
                 );
                 let mut bad = 0;
-                for r in v["entries"].as_array().into_iter().flatten() {
-                    let ok = r["crc_ok"].as_bool() == Some(true);
-                    bad += usize::from(!ok);
+                for e in &v.entries {
+                    let r = &e.row;
+                    bad += usize::from(!r.crc_ok);
                     println!(
                         "{:>10}  {:<24}  {:<6}  {:>10}  {:<6}  {}",
-                        r["seq"].as_u64().unwrap_or(0),
-                        if ok {
-                            r["time"].as_str().unwrap_or("")
-                        } else {
-                            "?"
-                        },
-                        r["op"].as_str().unwrap_or(""),
-                        r["size"].as_u64().unwrap_or(0),
-                        if ok { "ok" } else { "BAD" },
-                        r["key"].as_str().unwrap_or("")
+                        r.seq,
+                        if r.crc_ok { e.time.as_str() } else { "?" },
+                        r.op,
+                        r.size,
+                        if r.crc_ok { "ok" } else { "BAD" },
+                        r.key
                     );
-                    if let Some(err) = r["error"].as_str() {
+                    if let Some(err) = &r.error {
                         println!("            {err}");
                     }
                 }
-                println!("(log keeps seq {} to {})", v["first"], v["head"]);
+                println!("(log keeps seq {} to {})", v.first, v.head);
                 if bad > 0 {
                     return Err(fail(
                         1,
@@ -771,7 +765,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let e = endpoints(&cli)?;
             let c = Client::connect(&e).await?;
             let path = format!("/v1/targets/{}/resync", enc(target));
-            let v: serde_json::Value = answer(
+            let v: StateAnswer = answer(
                 c.req(reqwest::Method::POST, &path)
                     .send()
                     .await
@@ -781,7 +775,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             if !cli.json {
                 println!(
                     "resyncing {target} from the acting primary; it ships from seq {} afterwards",
-                    v["from"]
+                    v.from.map_or_else(|| "?".to_string(), |f| f.to_string())
                 );
             }
             if !no_wait {
@@ -799,7 +793,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
             if cli.json {
-                println!("{v}");
+                print_json(&v)?;
             }
             Ok(())
         }
@@ -962,11 +956,7 @@ async fn conflicts(cli: &Cli, action: Option<&ConflictsAction>) -> Result<(), Fa
         None | Some(ConflictsAction::List) => {
             let list: Vec<ConflictRecord> =
                 match c.req(reqwest::Method::GET, "/v1/conflicts").send().await {
-                    Ok(resp) => {
-                        let v: serde_json::Value = answer(resp).await?;
-                        serde_json::from_value(v["conflicts"].clone())
-                            .map_err(|err| fail(1, format!("reading the answer: {err}")))?
-                    }
+                    Ok(resp) => answer::<ConflictsAnswer>(resp).await?.conflicts,
                     Err(err) if err.is_connect() => {
                         say_offline(&e, "reading", "");
                         let storage = open_offline(&e.data_dir)?;
@@ -975,7 +965,7 @@ async fn conflicts(cli: &Cli, action: Option<&ConflictsAction>) -> Result<(), Fa
                     Err(err) => return Err(unreachable(&e.addr, err)),
                 };
             if cli.json {
-                print_json(&serde_json::json!({ "conflicts": list }))?;
+                print_json(&ConflictsAnswer { conflicts: list })?;
             } else {
                 print!("{}", conflicts_table(&list));
             }
@@ -991,15 +981,18 @@ async fn conflicts(cli: &Cli, action: Option<&ConflictsAction>) -> Result<(), Fa
                 .send()
                 .await
                 .map_err(|err| unreachable(&e.addr, err))?;
-            let v: serde_json::Value = answer(resp).await?;
+            let v: ResolvedAnswer = answer(resp).await?;
             if cli.json {
-                println!("{v}");
+                print_json(&v)?;
             } else {
                 println!(
                     "conflict {id} resolved: {} on {} keeps the {} version",
-                    v["resolved"]["key"].as_str().unwrap_or("?"),
-                    v["resolved"]["target"].as_str().unwrap_or("?"),
-                    v["kept"].as_str().unwrap_or("?")
+                    v.resolved.key,
+                    v.resolved.target,
+                    match v.kept {
+                        Keep::Primary => "primary",
+                        Keep::Replica => "replica",
+                    }
                 );
             }
             Ok(())
@@ -1043,7 +1036,7 @@ async fn write(
     key: &str,
     body: Option<Vec<u8>>,
     mode: Option<&str>,
-) -> Result<serde_json::Value, Failure> {
+) -> Result<WriteAnswer, Failure> {
     let e = endpoints(cli)?;
     let c = Client::connect(&e).await?;
     let mut r = c.req(method, &object_path(key)?);
@@ -1053,26 +1046,27 @@ async fn write(
     if let Some(m) = mode {
         r = r.query(&[("mode", m)]);
     }
-    let v: serde_json::Value =
-        answer(r.send().await.map_err(|err| unreachable(&e.addr, err))?).await?;
+    let v: WriteAnswer = answer(r.send().await.map_err(|err| unreachable(&e.addr, err))?).await?;
     if cli.json {
-        println!("{v}");
+        print_json(&v)?;
     }
     Ok(v)
 }
 
-fn join(v: &serde_json::Value) -> String {
-    let names: Vec<&str> = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|x| x.as_str())
-        .collect();
+fn join(names: &[String]) -> String {
     if names.is_empty() {
         "none".into()
     } else {
         names.join(", ")
     }
+}
+
+/// A state as SPEC.md spells it (`active`, `syncing`, …).
+fn state_name(s: crate::status::TargetState) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{s:?}"))
 }
 
 fn read_stdin() -> Result<Vec<u8>, Failure> {

@@ -6,6 +6,7 @@
 //! for a tour.
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 
+pub mod api;
 mod apply;
 mod billing;
 pub mod codec;

@@ -19,13 +19,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::json;
 
+use crate::api::{
+    ConflictsAnswer, ErrorAnswer, ListAnswer, ListedKey, LogAnswer, LogEntryRow, ResolvedAnswer,
+    StateAnswer, WriteAnswer,
+};
 use crate::config::{Config, Mode, ReadPreference};
 use crate::conflict::Keep;
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::replicator::{ReplayFrom, Replicator};
+use crate::status::TargetState;
 
 #[derive(Clone)]
 struct App {
@@ -70,14 +74,14 @@ impl IntoResponse for ApiError {
                 acked,
                 required,
                 acked_by,
-            } => json!({
-                "error": self.0.to_string(),
-                "seq": seq,
-                "acked": acked,
-                "required": required,
-                "acked_by": acked_by,
-            }),
-            e => json!({ "error": e.to_string() }),
+            } => ErrorAnswer {
+                seq: Some(*seq),
+                acked: Some(*acked),
+                required: Some(*required),
+                acked_by: Some(acked_by.clone()),
+                ..ErrorAnswer::new(self.0.to_string())
+            },
+            e => ErrorAnswer::new(e.to_string()),
         };
         (status, axum::Json(body)).into_response()
     }
@@ -161,7 +165,7 @@ async fn put_object(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let ack = app.rep.put_object(&key, value, meta, None, mode).await?;
-    Ok(axum::Json(ack).into_response())
+    Ok(axum::Json(WriteAnswer::from(ack)).into_response())
 }
 
 /// Content-Type and ETag of the key's newest version, as the log knows it.
@@ -191,7 +195,7 @@ async fn delete_object(
     let key = key_of(path)?;
     let mode = mode_of(query(q)?)?;
     let ack = app.rep.delete(&key, mode).await?;
-    Ok(axum::Json(ack).into_response())
+    Ok(axum::Json(WriteAnswer::from(ack)).into_response())
 }
 
 fn read_headers(served_by: &str, seq: Option<u64>) -> HeaderMap {
@@ -208,7 +212,10 @@ fn read_headers(served_by: &str, seq: Option<u64>) -> HeaderMap {
 fn not_found(key: &Key) -> Response {
     (
         StatusCode::NOT_FOUND,
-        axum::Json(json!({ "error": format!("no object under key {:?}", key.as_str()) })),
+        axum::Json(ErrorAnswer::new(format!(
+            "no object under key {:?}",
+            key.as_str()
+        ))),
     )
         .into_response()
 }
@@ -269,15 +276,20 @@ async fn list_objects(
     } else {
         None
     };
-    let keys: Vec<_> = keys
+    let keys = keys
         .into_iter()
-        .map(|(k, i)| json!({ "key": k, "seq": i.seq, "size": i.size }))
+        .map(|(key, i)| ListedKey {
+            key,
+            seq: i.seq,
+            size: i.size,
+        })
         .collect();
-    let mut body = json!({ "keys": keys, "truncated": truncated });
-    if let Some(n) = next_after {
-        body["next_after"] = json!(n);
-    }
-    Ok(axum::Json(body).into_response())
+    Ok(axum::Json(ListAnswer {
+        keys,
+        truncated,
+        next_after,
+    })
+    .into_response())
 }
 
 async fn cursors(State(app): State<App>) -> Result<Response, ApiError> {
@@ -292,7 +304,9 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     if !app.rep.config().replication.enable_metrics {
         return (
             StatusCode::NOT_FOUND,
-            axum::Json(json!({ "error": "metrics are off (replication.enable_metrics = false)" })),
+            axum::Json(ErrorAnswer::new(
+                "metrics are off (replication.enable_metrics = false)",
+            )),
         )
             .into_response();
     }
@@ -372,10 +386,12 @@ async fn target_action(
         "resume" => app.rep.resume(&name).await?,
         "resync" => {
             let from = app.rep.start_resync(&name).await?;
-            return Ok(
-                axum::Json(json!({ "target": name, "state": "syncing", "from": from }))
-                    .into_response(),
-            );
+            return Ok(axum::Json(StateAnswer {
+                target: name,
+                state: TargetState::Syncing,
+                from: Some(from),
+            })
+            .into_response());
         }
         "replay" => {
             let from = match (q.from, q.since.as_deref()) {
@@ -395,7 +411,12 @@ async fn target_action(
             ))));
         }
     };
-    Ok(axum::Json(json!({ "target": name, "state": state })).into_response())
+    Ok(axum::Json(StateAnswer {
+        target: name,
+        state,
+        from: None,
+    })
+    .into_response())
 }
 
 #[derive(Deserialize)]
@@ -410,22 +431,24 @@ pub fn log_json(
     storage: &dyn crate::storage::LogStorage,
     from: u64,
     limit: usize,
-) -> Result<serde_json::Value> {
+) -> Result<LogAnswer> {
     let rows = crate::log::inspect(storage, from, limit)?;
     let (first, head) = storage.bounds()?.unwrap_or((1, 0));
-    let entries: Vec<serde_json::Value> = rows
+    let entries = rows
         .into_iter()
-        .map(|r| {
-            let time = humantime::format_rfc3339_millis(
-                std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.ts_ms),
+        .map(|row| LogEntryRow {
+            time: humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(row.ts_ms),
             )
-            .to_string();
-            let mut v = serde_json::to_value(&r).unwrap_or_default();
-            v["time"] = json!(time);
-            v
+            .to_string(),
+            row,
         })
         .collect();
-    Ok(json!({ "first": first, "head": head, "entries": entries }))
+    Ok(LogAnswer {
+        first,
+        head,
+        entries,
+    })
 }
 
 async fn log(
@@ -462,7 +485,7 @@ async fn verify(
 
 async fn conflicts(State(app): State<App>) -> Result<Response, ApiError> {
     let list = app.rep.conflicts()?;
-    Ok(axum::Json(json!({ "conflicts": list })).into_response())
+    Ok(axum::Json(ConflictsAnswer { conflicts: list }).into_response())
 }
 
 #[derive(Deserialize)]
@@ -512,7 +535,11 @@ async fn conflict_action(
     };
     let keep: Keep = keep.parse().map_err(bad)?;
     let rec = app.rep.resolve_conflict(id, keep).await?;
-    Ok(axum::Json(json!({ "resolved": rec, "kept": keep })).into_response())
+    Ok(axum::Json(ResolvedAnswer {
+        resolved: rec,
+        kept: keep,
+    })
+    .into_response())
 }
 
 #[derive(Deserialize)]
@@ -562,9 +589,9 @@ async fn readyz(State(app): State<App>) -> Response {
     if app.rep.draining() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(
-                json!({ "error": "walship is draining before it exits; it takes no writes" }),
-            ),
+            axum::Json(ErrorAnswer::new(
+                "walship is draining before it exits; it takes no writes",
+            )),
         )
             .into_response();
     }
@@ -573,7 +600,7 @@ async fn readyz(State(app): State<App>) -> Response {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "error": "the acting primary does not answer" })),
+            axum::Json(ErrorAnswer::new("the acting primary does not answer")),
         )
             .into_response()
     }
@@ -582,7 +609,9 @@ async fn readyz(State(app): State<App>) -> Response {
 async fn fallback() -> Response {
     (
         StatusCode::NOT_FOUND,
-        axum::Json(json!({ "error": "no such endpoint; see SPEC.md for the HTTP API" })),
+        axum::Json(ErrorAnswer::new(
+            "no such endpoint; see SPEC.md for the HTTP API",
+        )),
     )
         .into_response()
 }
@@ -600,7 +629,7 @@ async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
         if !ok {
             return (
                 StatusCode::UNAUTHORIZED,
-                axum::Json(json!({ "error": "missing or wrong token: send \"Authorization: Bearer <token>\" with the token from auth_token_file" })),
+                axum::Json(ErrorAnswer::new("missing or wrong token: send \"Authorization: Bearer <token>\" with the token from auth_token_file")),
             )
                 .into_response();
         }

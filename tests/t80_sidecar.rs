@@ -1779,3 +1779,38 @@ fn serve_refuses_an_s3_listen_address_in_use() {
     );
     drop(taken);
 }
+
+/// The CLI reads the sidecar's answers as the types the server writes
+/// (`src/api.rs`): an answer without the fields it needs (another version,
+/// or not walship at all) is an error naming the field, not a line of
+/// `null`s and a success.
+#[test]
+fn the_cli_refuses_an_answer_it_does_not_understand() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = format!("127.0.0.1:{}", l.local_addr().expect("addr").port());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { return };
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let body = r#"{"sequence":7,"acknowledged":["p"]}"#;
+            let _ = write!(
+                c,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("v"), "x").expect("value");
+    let (code, out, err) = run(&["put", "k", "v", "--addr", &addr], dir.path());
+    assert_ne!(code, 0, "stdout: {out}");
+    assert!(
+        err.contains("reading the answer") && err.contains("seq"),
+        "{err}"
+    );
+    let (code, out, err) = run(&["pause", "r1", "--addr", &addr], dir.path());
+    assert_ne!(code, 0, "stdout: {out}");
+    assert!(err.contains("missing field"), "{err}");
+}
