@@ -2,8 +2,57 @@
 //!
 //! Every write is appended to a local sled log with a gapless `seq` and a
 //! crc32, made durable (group commit), then per-target shippers apply the
-//! entries to object stores. See `SPEC.md` for the contract and README.md
-//! for a tour.
+//! entries to object stores. README.md is the tour; `docs/contract.md`
+//! the contract.
+//!
+//! # Writing, per mode
+//!
+//! [`Replicator::put`] answers once the write is where its [`Mode`] says;
+//! `None` takes the config's `replication.mode`. Whatever the mode, an
+//! acknowledged write is in the log and reaches every target in the end.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use walship::key::Key;
+//! use walship::{Config, Mode, Replicator};
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> walship::Result<()> {
+//! let dir = tempfile::tempdir().expect("a temp dir");
+//! let url = |n: &str| walship::config::file_url(&dir.path().join(n));
+//! let cfg = Config::from_toml(&format!(
+//!     "data_dir = {:?}\n\
+//!      [replication]\nmode = \"semi_sync\"\nmin_sync_replicas = 1\n\
+//!      [primary]\nname = \"p\"\nurl = {:?}\n\
+//!      [[targets]]\nname = \"r1\"\nurl = {:?}\n\
+//!      [[targets]]\nname = \"r2\"\nurl = {:?}\n",
+//!     dir.path().join("data"),
+//!     url("p"),
+//!     url("r1"),
+//!     url("r2"),
+//! ))?;
+//! let rep = Replicator::open(cfg).await?;
+//! let key = Key::parse("reports/2026-12-01.json")?;
+//!
+//! // async: durable in the log and written to the acting primary.
+//! let ack = rep.put(&key, Bytes::from("v1"), Some(Mode::Async)).await?;
+//! assert!(ack.acked_by.contains(&"p".to_string()));
+//!
+//! // semi_sync (the config's mode here): and on min_sync_replicas replicas.
+//! let ack = rep.put(&key, Bytes::from("v2"), None).await?;
+//! assert!(ack.acked_by.len() >= 2);
+//!
+//! // sync: on every replica that is not paused.
+//! let ack = rep.put(&key, Bytes::from("v3"), Some(Mode::Sync)).await?;
+//! assert_eq!(ack.acked_by.len(), 3);
+//!
+//! // Reads go by the read preference (the config's when `None`).
+//! let read = rep.get(&key, None).await?;
+//! assert_eq!(read.found.as_deref(), Some(&b"v3"[..]));
+//! rep.shutdown(std::time::Duration::from_secs(5)).await?;
+//! # Ok(())
+//! # }
+//! ```
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 
 pub mod api;
