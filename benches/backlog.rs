@@ -4,7 +4,7 @@
 //! process's peak RSS while it ships the backlog to the primary. Then catch-up after an outage, with
 //! 10% distinct keys against all-distinct keys (what coalescing saves).
 //!
-//! `cargo bench --bench backlog`; WALSHIP_BENCH_SCALE scales N.
+//! `cargo bench --features testing --bench backlog`; WALSHIP_BENCH_SCALE scales N.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! Shipping over stores with real latency: every request to a replica takes
 //! 30 ms more (the fault wrapper's delay), and W writers (1, 16, 64) write
-//! in `sync` and `semi_sync`. `cargo bench --bench latency`.
+//! in `sync` and `semi_sync`. `cargo bench --features testing --bench latency`.
 //!
 //! The primary is a local directory (fsync on); the two replicas are
 //! in-memory stores behind the delay, so the figure is what the delay

@@ -1,6 +1,7 @@
 //! A store wrapper that fails, delays, hangs or drops on command.
 //!
-//! Used by the tests (and available to library users' tests) to make the
+//! Behind the `testing` feature. Used by the tests (and available to
+//! library users' tests, with `features = ["testing"]`) to make the
 //! fault paths happen: a target that errors, answers slowly, never answers,
 //! or acknowledges writes it silently throws away.
 

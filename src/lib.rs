@@ -72,6 +72,7 @@ pub mod storage;
 
 pub use error::{Error, Result};
 pub mod config;
+#[cfg(feature = "testing")]
 pub mod faults;
 mod pipeline;
 pub mod quorum;
@@ -89,6 +90,7 @@ pub mod crash;
 pub mod failover;
 pub mod health;
 pub mod metrics;
+#[cfg(feature = "testing")]
 pub mod model;
 pub mod reads;
 pub mod restore;
