@@ -38,8 +38,7 @@ pub enum Fault {
     /// Do writes and deletes, then answer with an error (the answer was
     /// lost on the way back).
     LoseAcks,
-    /// Panic inside puts and deletes (a bug in a store client); other
-    /// requests pass through.
+    /// Panic inside every request (a bug in a store client).
     Panic,
 }
 
@@ -191,8 +190,7 @@ impl Faults {
                     tokio::time::sleep(d).await;
                     return Ok(false);
                 }
-                Fault::Panic if write => panic!("injected panic in a store write"),
-                Fault::Panic => return Ok(false),
+                Fault::Panic => panic!("injected panic in a store request"),
                 Fault::Hang => {
                     if rx.changed().await.is_err() {
                         std::future::pending::<()>().await;

@@ -386,3 +386,30 @@ async fn counters_equal_what_happened() {
     assert_eq!(status.metrics.writes_replicated, 2 * n);
     assert_eq!(status.metrics.average_replication_time_ms["r2"], before);
 }
+
+/// A store client that panics (through the fault wrapper, on every request
+/// to the primary) is a failing target, not a dead sidecar: its health
+/// probes count as failed, the manager keeps running, and a replica takes
+/// over; the primary's shipper keeps being restarted meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_whose_store_panics_is_failed_over() {
+    let rig = Rig::with(2, "async", 1, 0.3, "", FAST_HEALTH).await;
+    for i in 0..5 {
+        rig.rep
+            .put(&key(&format!("before/{i}")), Bytes::from("v"), None)
+            .await
+            .expect("put");
+    }
+    rig.wait_caught_up(Duration::from_secs(10)).await;
+    rig.fault("p").set(Fault::Panic);
+    eventually("failover", || rig.rep.acting_primary_name() != "p").await;
+    let ack = rig
+        .rep
+        .put(&key("during"), Bytes::from("d"), None)
+        .await
+        .expect("acknowledged by the new acting primary");
+    assert!(!ack.acked_by.contains(&"p".to_string()), "{ack:?}");
+    rig.fault("p").heal();
+    rig.wait_caught_up(Duration::from_secs(20)).await;
+    assert_eq!(rig.object("p", "during").await, Some(Bytes::from("d")));
+}

@@ -443,7 +443,17 @@ impl Replicator {
         let task = tokio::spawn(async move {
             let mut delay = Duration::from_millis(200);
             loop {
-                match me.clone().run_resync(t.clone(), start).await {
+                // On a task of its own: a panic (a store client's bug) is a
+                // failed attempt, retried, not a target left syncing.
+                let attempt = tokio::spawn(me.clone().run_resync(t.clone(), start))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(Error::io(
+                            "resyncing",
+                            std::io::Error::other(format!("the resync task panicked: {e}")),
+                        ))
+                    });
+                match attempt {
                     Ok(()) => return,
                     Err(Error::ShuttingDown) => return,
                     Err(e) => {

@@ -333,7 +333,7 @@ impl Replicator {
             };
             tasks.push(tokio::spawn(shipper.supervise()));
         }
-        tasks.push(tokio::spawn(Replicator::manage(
+        tasks.push(tokio::spawn(Replicator::supervise_manager(
             Arc::downgrade(&r),
             r.cancel.clone(),
         )));
@@ -824,6 +824,28 @@ impl Replicator {
 
     // ---- health checks and failover ----
 
+    /// Runs [`Replicator::manage`], and runs it again when it panics:
+    /// health, failover and log maintenance never silently stop.
+    async fn supervise_manager(me: std::sync::Weak<Replicator>, cancel: CancellationToken) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let run = tokio::spawn(Replicator::manage(me.clone(), cancel.clone())).await;
+            match run {
+                Err(e) if e.is_panic() && !cancel.is_cancelled() => {
+                    tracing::error!(
+                        "the manager (health probes, failover, log maintenance) panicked; restarted"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = cancel.cancelled() => return,
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+                _ => return,
+            }
+        }
+    }
+
     async fn manage(me: std::sync::Weak<Replicator>, cancel: CancellationToken) {
         let Some(r) = me.upgrade() else { return };
         let interval = Duration::from_secs_f64(r.cfg.replication.health_check_interval_seconds);
@@ -1192,7 +1214,25 @@ impl Replicator {
 
 /// One health probe: a HEAD of the target's marker. Returns whether the
 /// marker is there (`None` when the target did not answer).
+/// [`probe_once`] on a task of its own: a probe that panics (a store
+/// client's bug) is a failed probe, not the end of the manager.
 async fn probe(t: Arc<TargetHandle>) -> Option<bool> {
+    match tokio::spawn(probe_once(t.clone())).await {
+        Ok(present) => present,
+        Err(e) => {
+            let msg = if e.is_panic() {
+                "the health probe panicked".to_string()
+            } else {
+                format!("the health probe did not finish: {e}")
+            };
+            tracing::error!(target = %t.name(), error = %msg, "health probe failed");
+            t.record_probe(Err(msg));
+            None
+        }
+    }
+}
+
+async fn probe_once(t: Arc<TargetHandle>) -> Option<bool> {
     let timeout = Duration::from_secs_f64(t.cfg.sync_timeout_seconds);
     let started = Instant::now();
     let marker = object_store::path::Path::from(MARKER_KEY);
