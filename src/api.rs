@@ -2,7 +2,7 @@
 //! (`status`, `cursors`, `verify`, `replay`), one type each, written by the
 //! server and read by the CLI. A field renamed on one side is a compile
 //! error on the other, not a CLI that silently prints `?`. The names are
-//! SPEC.md's; `tests/t70_http.rs` checks them on the wire.
+//! SPEC.md's; `tests/library/t70_http.rs` checks them on the wire.
 
 use serde::{Deserialize, Serialize};
 

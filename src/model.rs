@@ -1,4 +1,4 @@
-//! The model check behind `tests/t95_model.rs` and `fuzz/fuzz_targets/model.rs`:
+//! The model check behind `tests/library/t95_model.rs` and `fuzz/fuzz_targets/model.rs`:
 //! a sequence of operations (put, delete, target fail/heal, pause/resume,
 //! crash-and-reopen) applied to the real log and replicator over in-memory
 //! stores behind fault injectors, checked against a plain model after every

@@ -1,7 +1,7 @@
 //! SPEC "Health, failover, reads" and "Metrics": failover and failback,
 //! read freshness and preferences, pause/resume, counters that are true.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

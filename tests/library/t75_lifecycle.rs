@@ -1,7 +1,7 @@
 //! SPEC guarantee 6 and the operator commands: truncation under retention,
 //! the size cap and resync, replay, verify.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The HTTP API of SPEC.md: answers, headers, and rejected requests that
 //! change nothing.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! SPEC guarantees 4 and 7 inside one process: restart resumes cursors,
 //! a corrupt entry stops shipping naming its seq, a hung target is bounded.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

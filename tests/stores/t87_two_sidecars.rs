@@ -3,12 +3,8 @@
 //! S3 buckets (moto). Under each strategy, once both caught up, every
 //! target holds one version per key, and it is the one the strategy names.
 
-#[path = "common/emulators.rs"]
-mod emulators;
-#[path = "common/sidecar.rs"]
-mod sidecar;
-#[path = "common/skip.rs"]
-mod skip;
+use crate::emulators;
+use crate::sidecar;
 
 use std::collections::HashMap;
 use std::sync::Arc;

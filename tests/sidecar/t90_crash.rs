@@ -2,10 +2,8 @@
 //! clients write concurrently; after a restart every acknowledged write is
 //! on every target with the right bytes.
 
-#[path = "common/sidecar.rs"]
-mod sidecar;
-#[path = "common/skip.rs"]
-mod skip;
+use crate::sidecar;
+use crate::skip;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

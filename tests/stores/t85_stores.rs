@@ -2,12 +2,8 @@
 //! mode end to end, and outages (SIGSTOP, kill and restart, a wiped
 //! emulator) that lose nothing.
 
-#[path = "common/emulators.rs"]
-mod emulators;
-#[path = "common/sidecar.rs"]
-mod sidecar;
-#[path = "common/skip.rs"]
-mod skip;
+use crate::emulators;
+use crate::sidecar;
 
 use std::collections::BTreeMap;
 use std::process::Command;

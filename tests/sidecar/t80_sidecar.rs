@@ -1,10 +1,8 @@
 //! The binary: config checking, init, client commands, SIGTERM, offline
 //! cursors.
 
-#[path = "common/sidecar.rs"]
-mod sidecar;
-#[path = "common/skip.rs"]
-mod skip;
+use crate::sidecar;
+use crate::skip;
 
 use std::process::Command;
 

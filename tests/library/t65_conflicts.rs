@@ -3,7 +3,7 @@
 //! conflict (a write whose answer was lost, on stores with and without
 //! metadata).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::Arc;

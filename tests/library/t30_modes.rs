@@ -1,6 +1,6 @@
 //! SPEC guarantees 2 and 3: what each mode waits for, and the timeout answer.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

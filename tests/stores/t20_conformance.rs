@@ -2,10 +2,7 @@
 //! ships to: memory, a local directory, S3 (moto) and Azure (azurite).
 //! Stores are built the way the sidecar builds them (URL + options).
 
-#[path = "common/emulators.rs"]
-mod emulators;
-#[path = "common/skip.rs"]
-mod skip;
+use crate::emulators;
 
 use std::sync::Arc;
 

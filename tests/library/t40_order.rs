@@ -1,6 +1,6 @@
 //! SPEC guarantee 5: per key, a target never ends on an older version.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;
