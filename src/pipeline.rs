@@ -57,6 +57,8 @@ pub(crate) struct Pipeline {
     slots: VecDeque<Slot>,
     /// Keys with an entry in flight, and the newest entry waiting behind it.
     busy: HashMap<String, Option<Flight>>,
+    /// Value bytes of the entries in flight and waiting.
+    held: u64,
 }
 
 impl Pipeline {
@@ -102,6 +104,7 @@ impl Pipeline {
     /// An entry planned to be applied (the last of its key in its
     /// stretch): what to send now, if anything.
     pub(crate) fn offer(&mut self, entry: Entry) -> Option<Flight> {
+        self.held += entry.value.len() as u64;
         let flight = Flight {
             entry,
             covers: Vec::new(),
@@ -110,6 +113,7 @@ impl Pipeline {
             Some(waiting) => {
                 let mut flight = flight;
                 if let Some(older) = waiting.take() {
+                    self.held -= older.entry.value.len() as u64;
                     flight.covers = older.covers;
                     flight.covers.push(older.entry.seq);
                 }
@@ -123,9 +127,17 @@ impl Pipeline {
         }
     }
 
-    /// A flight landed: its entry and those it covers are applied. Returns
-    /// the key's next entry to send, if one is waiting.
-    pub(crate) fn landed(&mut self, seq: u64, key: &str, covers: &[u64]) -> Option<Flight> {
+    /// A flight landed (its value was `bytes` long): its entry and those it
+    /// covers are applied. Returns the key's next entry to send, if one is
+    /// waiting.
+    pub(crate) fn landed(
+        &mut self,
+        seq: u64,
+        key: &str,
+        covers: &[u64],
+        bytes: u64,
+    ) -> Option<Flight> {
+        self.held = self.held.saturating_sub(bytes);
         for s in std::iter::once(seq).chain(covers.iter().copied()) {
             if let Some(slot) = s
                 .checked_sub(self.front)
@@ -164,6 +176,11 @@ impl Pipeline {
             self.front += 1;
         }
         passed
+    }
+
+    /// Value bytes held in flight and waiting.
+    pub(crate) fn held_bytes(&self) -> u64 {
+        self.held
     }
 
     /// The cursor: the last seq passed.
@@ -210,7 +227,8 @@ mod tests {
         let fb = p.offer(entry(2, "b")).expect("b free");
         let fc = p.offer(entry(3, "c")).expect("c free");
         assert_eq!(
-            p.landed(fc.entry.seq, "c", &fc.covers).map(|f| f.entry.seq),
+            p.landed(fc.entry.seq, "c", &fc.covers, 0)
+                .map(|f| f.entry.seq),
             None
         );
         assert_eq!(
@@ -218,7 +236,7 @@ mod tests {
             Passed::default(),
             "1 and 2 not applied"
         );
-        assert!(p.landed(fa.entry.seq, "a", &fa.covers).is_none());
+        assert!(p.landed(fa.entry.seq, "a", &fa.covers, 0).is_none());
         let mut seen = Vec::new();
         assert_eq!(
             p.advance(|s, ts| seen.push((s, ts))),
@@ -228,7 +246,7 @@ mod tests {
             }
         );
         assert_eq!(seen, vec![(1, 10)]);
-        p.landed(fb.entry.seq, "b", &fb.covers);
+        p.landed(fb.entry.seq, "b", &fb.covers, 0);
         assert_eq!(p.advance(|_, _| {}).count, 2);
         assert_eq!(p.cursor(), 3);
         assert!(p.is_empty());
@@ -241,9 +259,9 @@ mod tests {
         // Only 6 (b) and 7 (a) are offered: 5 is superseded by 7.
         let fb = p.offer(entry(6, "b")).expect("b");
         let fa = p.offer(entry(7, "a")).expect("a");
-        p.landed(fb.entry.seq, "b", &fb.covers);
+        p.landed(fb.entry.seq, "b", &fb.covers, 0);
         assert_eq!(p.advance(|_, _| {}).count, 0, "5 waits for 7");
-        p.landed(fa.entry.seq, "a", &fa.covers);
+        p.landed(fa.entry.seq, "a", &fa.covers, 0);
         assert_eq!(p.advance(|_, _| {}).count, 3);
         assert_eq!(p.cursor(), 7);
     }
@@ -259,11 +277,11 @@ mod tests {
         let fx = p.offer(entry(3, "x")).expect("x free");
         p.extend(&window(4, &["k"]));
         assert!(p.offer(entry(4, "k")).is_none(), "k is in flight");
-        p.landed(fx.entry.seq, "x", &fx.covers);
+        p.landed(fx.entry.seq, "x", &fx.covers, 0);
         assert_eq!(p.advance(|_, _| {}).count, 0, "1 is in flight");
         // 1 lands: the newest waiting version (4) goes next, covering 2.
         let next = p
-            .landed(first.entry.seq, "k", &first.covers)
+            .landed(first.entry.seq, "k", &first.covers, 0)
             .expect("4 waits");
         assert_eq!(next.entry.seq, 4);
         assert_eq!(next.covers, vec![2]);
@@ -274,7 +292,7 @@ mod tests {
         );
         assert!(p.offer(entry(5, "k")).is_none(), "4 is in flight now");
         assert!(
-            p.landed(next.entry.seq, "k", &next.covers).is_some(),
+            p.landed(next.entry.seq, "k", &next.covers, 0).is_some(),
             "5 waits"
         );
         assert_eq!(p.advance(|_, _| {}).count, 3);
@@ -286,9 +304,31 @@ mod tests {
         let mut p = Pipeline::new(0);
         p.extend(&window(1, &["k"]));
         let f = p.offer(entry(1, "k")).expect("free");
-        assert!(p.landed(1, "k", &f.covers).is_none());
+        assert!(p.landed(1, "k", &f.covers, 0).is_none());
         p.extend(&window(2, &["k"]));
         assert!(p.offer(entry(2, "k")).is_some(), "nothing in flight for k");
+    }
+
+    #[test]
+    fn held_bytes_count_what_is_in_flight_and_waiting_once_per_key() {
+        let mut p = Pipeline::new(0);
+        let e = |seq: u64, key: &str, len: usize| Entry {
+            value: bytes::Bytes::from(vec![0u8; len]),
+            ..entry(seq, key)
+        };
+        p.extend(&window(1, &["a", "b"]));
+        let fa = p.offer(e(1, "a", 100)).expect("a");
+        p.offer(e(2, "b", 10)).expect("b");
+        assert_eq!(p.held_bytes(), 110);
+        p.extend(&window(3, &["a"]));
+        assert!(p.offer(e(3, "a", 7)).is_none());
+        p.extend(&window(4, &["a"]));
+        assert!(p.offer(e(4, "a", 5)).is_none(), "replaces 3 behind a");
+        assert_eq!(p.held_bytes(), 115);
+        let next = p.landed(1, "a", &fa.covers, 100).expect("4 waits");
+        assert_eq!(p.held_bytes(), 15);
+        p.landed(next.entry.seq, "a", &next.covers, 5);
+        assert_eq!(p.held_bytes(), 10);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! 1. Coalesce: for each key only its last entry in the stretch is applied.
 //!    A target catching up on a long backlog thus ships each key about once
 //!    per stretch.
-//! 2. Apply with up to `window` requests in flight. Stretches are planned as
+//! 2. Apply with up to `window` requests in flight (and at most
+//!    `MAX_HELD_BYTES` of values in flight or waiting, beyond the first). Stretches are planned as
 //!    the log grows, while earlier ones are still in flight, so a write is
 //!    sent as soon as it lands (a pipeline, not one window after another).
 //!    A key has at most one version in flight; versions landing meanwhile
@@ -67,9 +68,25 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 enum Stop {
     /// Shutdown.
     Cancelled,
-    /// The target left the `active` state.
+    /// The target left the `active` state, or its cursor was moved by
+    /// hand: start over from the cursor at once.
     Inactive,
+    /// Reading the log failed for now: start over after a pause.
+    Retry,
+    /// The log is corrupt or damaged at an entry: the target fails,
+    /// naming it (guarantee 7).
+    Failed(Error),
 }
+
+/// A flight that landed: its seq, key, the seqs it covers, its value's size.
+type Landed = (u64, String, Vec<u64>, u64);
+
+/// Pause before planning again after reading the log failed.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Values held by a shipper at most (in flight and waiting behind a key in
+/// flight), beyond the first one: a few hundred large objects do not all
+/// sit in memory at once.
+const MAX_HELD_BYTES: u64 = 64 << 20;
 
 /// A put refused this many times in a row, each time for a reason that
 /// retrying cannot change, fails its target (guarantee 11).
@@ -95,6 +112,7 @@ impl Shipper {
     pub(crate) async fn supervise(self) {
         let mut delay = Duration::from_millis(100);
         loop {
+            let started = Instant::now();
             let run = tokio::spawn(self.clone().run().instrument(tracing::Span::current())).await;
             let Err(e) = run else { return };
             if !e.is_panic() || self.cancel.is_cancelled() {
@@ -112,6 +130,10 @@ impl Shipper {
             );
             tracing::error!(target = %self.target.name(), error = %msg, "shipper restarted");
             self.target.record_failure(&msg);
+            if started.elapsed() > MAX_BACKOFF {
+                // It ran a good while: this is a new fault, not the same one.
+                delay = Duration::from_millis(100);
+            }
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = self.cancel.cancelled() => return,
@@ -155,6 +177,14 @@ impl Shipper {
                 Ok(error) => error,
                 Err(Stop::Inactive) => continue,
                 Err(Stop::Cancelled) => break,
+                Err(Stop::Retry) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY_PAUSE) => {}
+                        () = self.cancel.cancelled() => break,
+                    }
+                    continue;
+                }
+                Err(Stop::Failed(e)) => Some(e),
             };
             if let Some(err) = error {
                 let msg = err.to_string();
@@ -228,7 +258,7 @@ impl Shipper {
             if planning.is_none() && sources.is_empty() && flights.is_empty() {
                 if !pipe.is_empty() && error.is_none() {
                     tracing::warn!(target = %self.target.name(), cursor = pipe.cursor(), "entries planned but none in flight; planning again");
-                    return Err(Stop::Inactive);
+                    return Err(Stop::Retry);
                 }
                 self.persist();
                 *last_persist = Instant::now();
@@ -236,10 +266,10 @@ impl Shipper {
             }
             tokio::select! {
                 Some(landed) = flights.next(), if !flights.is_empty() => {
-                    let mut landed: Result<(u64, String, Vec<u64>), Stop> = landed;
+                    let mut landed: Result<Landed, Stop> = landed;
                     loop {
-                        let (seq, key, covers) = landed?;
-                        if let Some(next) = pipe.landed(seq, &key, &covers) {
+                        let (seq, key, covers, bytes) = landed?;
+                        if let Some(next) = pipe.landed(seq, &key, &covers, bytes) {
                             flights.push(self.fly(next));
                         }
                         // Take every landing already there before publishing.
@@ -287,13 +317,13 @@ impl Shipper {
                         Ok(w) => w,
                         Err(e) => {
                             tracing::error!(target = %self.target.name(), error = %e, "log reader task failed; planning again");
-                            return Err(Stop::Inactive);
+                            return Err(Stop::Retry);
                         }
                     };
                     error = w.error.take();
                     if !w.is_empty() {
                         if !pipe.extend(&w) {
-                            return Err(Stop::Inactive);
+                            return Err(Stop::Retry);
                         }
                         let owner = std::mem::take(&mut w.owner);
                         let kept = w.entries.take();
@@ -301,7 +331,9 @@ impl Shipper {
                     }
                 }
                 item = async { sources.front_mut().expect("guarded").next().await },
-                    if !sources.is_empty() && flights.len() < cap => {
+                    if !sources.is_empty()
+                        && flights.len() < cap
+                        && (flights.is_empty() || pipe.held_bytes() < MAX_HELD_BYTES) => {
                     match item {
                         None => {
                             sources.pop_front();
@@ -322,9 +354,10 @@ impl Shipper {
     }
 
     /// Sends one entry, retrying until it is applied.
-    async fn fly(&self, f: Flight) -> Result<(u64, String, Vec<u64>), Stop> {
+    async fn fly(&self, f: Flight) -> Result<Landed, Stop> {
         self.apply_with_retry(&f.entry).await?;
-        Ok((f.entry.seq, f.entry.key, f.covers))
+        let bytes = f.entry.value.len() as u64;
+        Ok((f.entry.seq, f.entry.key, f.covers, bytes))
     }
 
     /// The entries of a window to apply (each key's last), in seq order:
@@ -372,16 +405,21 @@ impl Shipper {
                     Some((futures::stream::iter(items), next + got))
                 }
                 Ok(batch) => {
-                    let why = batch
-                        .error
-                        .map(|e| e.to_string())
-                        .unwrap_or_else(|| "nothing read".into());
-                    tracing::warn!(target = %self.target.name(), seq = from, error = %why, "reading a planned stretch failed; planning again");
-                    Some((futures::stream::iter(vec![Err(Stop::Inactive)]), n))
+                    let stop = match batch.error {
+                        Some(e @ (Error::Corrupt { .. } | Error::Damaged(_))) => Stop::Failed(e),
+                        other => {
+                            let why = other
+                                .map(|e| e.to_string())
+                                .unwrap_or_else(|| "nothing read".into());
+                            tracing::warn!(target = %self.target.name(), seq = from, error = %why, "reading a planned stretch failed; planning again");
+                            Stop::Retry
+                        }
+                    };
+                    Some((futures::stream::iter(vec![Err(stop)]), n))
                 }
                 Err(e) => {
                     tracing::warn!(target = %self.target.name(), error = %e, "log reader task failed; planning again");
-                    Some((futures::stream::iter(vec![Err(Stop::Inactive)]), n))
+                    Some((futures::stream::iter(vec![Err(Stop::Retry)]), n))
                 }
             }
             }
