@@ -40,6 +40,11 @@ pub enum Fault {
     LoseAcks,
     /// Panic inside every request (a bug in a store client).
     Panic,
+    /// Do each put this long from now, on a task of its own, and answer
+    /// then: a caller that stops waiting does not stop the write (as with
+    /// a local directory's write on a blocking thread). Other requests
+    /// pass through.
+    DetachedPuts(Duration),
 }
 
 /// The remote control of a [`FaultyStore`]; cheap to clone.
@@ -175,7 +180,7 @@ impl Faults {
         loop {
             let fault = *rx.borrow_and_update();
             match fault {
-                Fault::None | Fault::LoseAcks => return Ok(false),
+                Fault::None | Fault::LoseAcks | Fault::DetachedPuts(_) => return Ok(false),
                 Fault::DropWrites => return Ok(write),
                 Fault::Fail => {
                     if write {
@@ -258,6 +263,20 @@ impl ObjectStore for FaultyStore {
             .as_mut()
         {
             log.push(location.to_string());
+        }
+        if let Fault::DetachedPuts(d) = self.faults.current() {
+            let (inner, loc) = (self.inner.clone(), location.clone());
+            return tokio::spawn(async move {
+                tokio::time::sleep(d).await;
+                inner.put_opts(&loc, payload, opts).await
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(object_store::Error::Generic {
+                    store: "faulty",
+                    source: format!("the detached put did not finish: {e}").into(),
+                })
+            });
         }
         let r = self.inner.put_opts(location, payload, opts).await;
         self.faults.lose_ack(r)

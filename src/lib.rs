@@ -74,6 +74,7 @@ pub use error::{Error, Result};
 pub mod config;
 #[cfg(feature = "testing")]
 pub mod faults;
+mod ordered;
 mod pipeline;
 pub mod quorum;
 pub mod replicator;

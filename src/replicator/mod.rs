@@ -196,6 +196,12 @@ impl Replicator {
                 Some(s) => (s, false),
                 None => (crate::target::build_store(t)?, true),
             };
+            // A local directory's writes to one path land in order, even
+            // those a shipper stopped waiting for (see `ordered`).
+            let store = match crate::config::TargetUrl::parse(&t.url) {
+                Ok(crate::config::TargetUrl::File(_)) => crate::ordered::ordered(store),
+                _ => store,
+            };
             // Every request to the store is counted (what it bills).
             let store = crate::billing::counted(store, &t.name, &metrics);
             let mut cursor = storage.cursor(&t.name)?.unwrap_or(0);

@@ -295,3 +295,80 @@ async fn versions_written_while_one_is_in_flight_wait_and_only_the_newest_follow
         .count();
     assert_eq!(puts, 2, "v0, then only the newest waiting version");
 }
+
+/// Guarantee 5 on a local directory, whose writes run on blocking threads
+/// and have no conditional overwrite: a write the shipper stopped waiting
+/// for (it outlived `sync_timeout_seconds`) still lands, and must not land
+/// after the key's next version. The fault wrapper makes each put happen
+/// late, on a task of its own, as a stalled disk would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_write_given_up_on_never_lands_after_the_next_version() {
+    use std::sync::Arc;
+    use walship::faults::FaultyStore;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r1_dir = dir.path().join("r1");
+    std::fs::create_dir_all(&r1_dir).expect("dir");
+    let text = format!(
+        "data_dir = {:?}\nshutdown_grace_seconds = 1\n[replication]\nmode = \"async\"\n\
+         enable_health_checks = false\nenable_failover = false\n\
+         [primary]\nname = \"p\"\nurl = \"memory://\"\n\
+         [[targets]]\nname = \"r1\"\nurl = {:?}\nsync_timeout_seconds = 0.3\nretry_delay_seconds = 0.05\n",
+        dir.path().join("data"),
+        walship::config::file_url(&r1_dir),
+    );
+    let local = object_store::local::LocalFileSystem::new_with_prefix(&r1_dir).expect("local");
+    let (r1, faults) = FaultyStore::wrap(Arc::new(local));
+    let mut stores: HashMap<String, Arc<dyn object_store::ObjectStore>> = HashMap::new();
+    stores.insert("r1".into(), r1);
+    stores.insert("p".into(), Arc::new(object_store::memory::InMemory::new()));
+    let rep = walship::Replicator::open_with_stores(
+        walship::Config::from_toml(&text).expect("config"),
+        stores,
+    )
+    .await
+    .expect("open");
+    let k = key("k");
+    let caught_up = |rep: &walship::Replicator| {
+        let c = rep.cursors().expect("cursors");
+        c.targets.iter().all(|t| t.cursor == c.head)
+    };
+    // A create, then an overwrite: walship learns the directory has no
+    // conditional overwrite, so later versions go as HEAD + plain put.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for v in ["v0", "v0b"] {
+        rep.put(&k, Bytes::from(v), None).await.expect("put");
+        while !caught_up(&rep) {
+            assert!(tokio::time::Instant::now() < deadline, "{v} not shipped");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    faults.set(Fault::DetachedPuts(Duration::from_millis(1500)));
+    rep.put(&k, Bytes::from("v1"), None).await.expect("put");
+    // The shipper gives up on that put (0.3 s) and retries.
+    while !rep.cursors().expect("cursors").targets.iter().any(|t| {
+        t.name == "r1"
+            && t.error
+                .as_deref()
+                .unwrap_or("")
+                .contains("sync_timeout_seconds")
+    }) {
+        assert!(tokio::time::Instant::now() < deadline, "no timeout seen");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    faults.heal();
+    rep.put(&k, Bytes::from("v2"), None).await.expect("put");
+    while !caught_up(&rep) {
+        assert!(tokio::time::Instant::now() < deadline, "not caught up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Every late write has landed by now.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(
+        std::fs::read_to_string(r1_dir.join("k")).expect("k on r1"),
+        "v2",
+        "an abandoned write of an older version landed last"
+    );
+    rep.shutdown(Duration::from_secs(1))
+        .await
+        .expect("shutdown");
+}
