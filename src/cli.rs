@@ -116,11 +116,13 @@ pub enum Command {
     /// The cursors table plus mode, failover state, metrics summary, conflicts.
     Status,
     /// Stop shipping to a target; it keeps its cursor and sync stops waiting for it.
+    /// Refused (exit 2) while the target is being resynced.
     Pause {
         /// Target name.
         target: String,
     },
-    /// Ship to a paused target again, from its cursor.
+    /// Ship to a paused (or failed) target again, from its cursor.
+    /// Refused (exit 2) while the target is being resynced. it ships by itself after.
     Resume {
         /// Target name.
         target: String,
