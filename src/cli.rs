@@ -122,7 +122,7 @@ pub enum Command {
         target: String,
     },
     /// Ship to a paused (or failed) target again, from its cursor.
-    /// Refused (exit 2) while the target is being resynced. it ships by itself after.
+    /// Refused (exit 2) while the target is being resynced; it ships by itself after.
     Resume {
         /// Target name.
         target: String,
