@@ -83,6 +83,15 @@ pub struct Appended {
     pub ts_ms: u64,
 }
 
+/// What the committer is asked to do.
+enum Msg {
+    Append(Request),
+    /// The storage failed an I/O outside the committer (sled's flusher, a
+    /// shipper's record, the key index): reopen it now, so that nothing
+    /// waits for the next write to find it refusing every write.
+    Recover,
+}
+
 struct Request {
     write: Write,
     reply: oneshot::Sender<Result<Appended>>,
@@ -147,7 +156,7 @@ pub struct Lag {
 /// The durable log.
 pub struct Log {
     storage: Arc<dyn LogStorage>,
-    tx: mpsc::Sender<Request>,
+    tx: mpsc::Sender<Msg>,
     head: Arc<watch::Sender<u64>>,
     first: AtomicU64,
     committer: Option<std::thread::JoinHandle<()>>,
@@ -237,7 +246,16 @@ impl Log {
         }
         rebuild_key_index(storage.as_ref(), head)?;
         let (head_abs, first_abs, rebased) = open_offsets(storage.as_ref(), first, head)?;
-        let (tx, rx) = mpsc::channel::<Request>(MAX_GROUP * 4);
+        let (tx, rx) = mpsc::channel::<Msg>(MAX_GROUP * 4);
+        {
+            // Weak: the hook must not keep the committer's queue open.
+            let tx = tx.downgrade();
+            storage.on_failure(Box::new(move || {
+                if let Some(tx) = tx.upgrade() {
+                    let _ = tx.try_send(Msg::Recover);
+                }
+            }));
+        }
         let head_tx = Arc::new(watch::channel(head).0);
         let stats = Arc::new(CommitStats::default());
         stats.head_offset.store(head_abs, Ordering::Release);
@@ -302,11 +320,11 @@ impl Log {
         let _active = ActiveWriter::enter(&self.stats.active);
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request {
+            .send(Msg::Append(Request {
                 write,
                 reply,
                 _hold: hold,
-            })
+            }))
             .await
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
@@ -1224,20 +1242,48 @@ impl Committer {
         self.storage.sync()
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+    /// A reopen asked for by a failure outside the committer: at most one
+    /// every `RECOVER_EVERY`, and none once the storage is well again.
+    fn recover_asked(
+        &self,
+        poisoned: &mut Option<(String, bool)>,
+        last: &mut Option<std::time::Instant>,
+    ) {
+        if poisoned.is_some() || !self.storage.failed() {
+            return;
+        }
+        if let Some(wait) = last.and_then(|t| RECOVER_EVERY.checked_sub(t.elapsed())) {
+            std::thread::sleep(wait);
+        }
+        *last = Some(std::time::Instant::now());
+        match self.recover() {
+            Ok(()) => tracing::info!(
+                "the log reopened from disk after a failed write outside the committer"
+            ),
+            Err(e) => {
+                let full = e.is_disk_full();
+                tracing::warn!(error = %e, disk_full = full, "the log failed a write and cannot reopen yet; it refuses writes and retries every 500 ms");
+                *poisoned = Some((e.to_string(), full));
+            }
+        }
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
         let mut records: Vec<Vec<u8>> = Vec::with_capacity(MAX_GROUP);
         // Set while the log could not reopen after a failed flush: the
         // error, and whether the disk is full (507 rather than 500).
         let mut poisoned: Option<(String, bool)> = None;
         let mut last_reopen_error: Option<String> = None;
+        let mut last_asked: Option<std::time::Instant> = None;
         let mut last_flush = std::time::Duration::ZERO;
         loop {
             // While the log cannot reopen, try again every 500 ms without
             // waiting for a write (readers need it back too).
             let first = if poisoned.is_some() {
                 match rx.try_recv() {
-                    Ok(r) => r,
+                    Ok(Msg::Append(r)) => r,
+                    Ok(Msg::Recover) => continue,
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
                     Err(mpsc::error::TryRecvError::Empty) => {
                         std::thread::sleep(std::time::Duration::from_millis(500));
@@ -1262,7 +1308,11 @@ impl Committer {
                 }
             } else {
                 match rx.blocking_recv() {
-                    Some(r) => r,
+                    Some(Msg::Append(r)) => r,
+                    Some(Msg::Recover) => {
+                        self.recover_asked(&mut poisoned, &mut last_asked);
+                        continue;
+                    }
                     None => break,
                 }
             };
@@ -1275,12 +1325,14 @@ impl Committer {
             // never delayed.
             let started = std::time::Instant::now();
             let max_wait = (last_flush / 2).min(std::time::Duration::from_micros(500));
+            let mut asked = false;
             while group.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
                 match rx.try_recv() {
-                    Ok(r) => {
+                    Ok(Msg::Append(r)) => {
                         bytes += r.write.value.len();
                         group.push(r);
                     }
+                    Ok(Msg::Recover) => asked = true,
                     Err(_) => {
                         let active = self.stats.active.load(Ordering::Acquire) as usize;
                         if active <= group.len() || started.elapsed() >= max_wait {
@@ -1289,6 +1341,9 @@ impl Committer {
                         std::thread::yield_now();
                     }
                 }
+            }
+            if asked {
+                self.recover_asked(&mut poisoned, &mut last_asked);
             }
             if let Some((why, full)) = &poisoned {
                 // Take writes again once the log reopens cleanly from disk.
@@ -1428,6 +1483,10 @@ impl Committer {
 struct PendingIndex {
     keys: std::collections::HashMap<String, KeyInfo>,
 }
+
+/// Fewest time between two reopens asked for by failures outside the
+/// committer (a disk that stays full fails every write anew).
+const RECOVER_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How often the indexer writes its pending updates to storage.
 const INDEX_CHECKPOINT: std::time::Duration = std::time::Duration::from_millis(200);

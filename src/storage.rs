@@ -213,6 +213,18 @@ pub trait LogStorage: Send + Sync + 'static {
     fn dir(&self) -> PathBuf {
         PathBuf::new()
     }
+    /// Whether the engine failed an I/O since it last opened (after which
+    /// it may refuse every write until [`LogStorage::reopen`], as sled
+    /// does). Default: never.
+    fn failed(&self) -> bool {
+        false
+    }
+    /// Called (from the failing thread, so it must not block) each time
+    /// the engine fails an I/O: the log's committer reopens it then, rather
+    /// than only when its own next write fails. Default: never called.
+    fn on_failure(&self, hook: Box<dyn Fn() + Send + Sync>) {
+        let _ = hook;
+    }
     /// Drops what the engine holds in memory and opens it again from disk
     /// (after a failed flush: what was not made durable is gone).
     /// Default: not possible.
@@ -274,6 +286,11 @@ pub struct SledStorage {
     head_record: AtomicBool,
     blobs_pending: AtomicBool,
     blobs_synced: Mutex<u64>,
+    /// Set by any failed sled I/O, cleared by a reopen: sled's flusher
+    /// thread meeting a full disk makes every later write of any thread
+    /// fail (its "global error") until the database is opened again.
+    failed: AtomicBool,
+    on_failure: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl SledStorage {
@@ -299,6 +316,8 @@ impl SledStorage {
             head_record: AtomicBool::new(true),
             blobs_pending: AtomicBool::new(false),
             blobs_synced: Mutex::new(0),
+            failed: AtomicBool::new(false),
+            on_failure: std::sync::OnceLock::new(),
         })
     }
 
@@ -324,7 +343,34 @@ impl SledStorage {
     }
 
     fn err(&self, op: &'static str) -> impl Fn(sled::Error) -> Error + '_ {
-        move |e| Error::storage(op, &self.path, e)
+        move |e| {
+            if matches!(e, sled::Error::Io(_)) {
+                self.note_failure();
+            }
+            Error::storage(op, &self.path, e)
+        }
+    }
+
+    /// Records a failed I/O and tells whoever asked (see `failed`).
+    fn note_failure(&self) {
+        self.failed.store(true, Ordering::Release);
+        if let Some(hook) = self.on_failure.get() {
+            hook();
+        }
+    }
+
+    /// `r`, noting a failed sled I/O inside it (the key index reports its
+    /// errors itself).
+    fn noted<T>(&self, r: Result<T>) -> Result<T> {
+        if let Err(Error::Storage { source, .. }) = &r
+            && matches!(
+                source.downcast_ref::<sled::Error>(),
+                Some(sled::Error::Io(_))
+            )
+        {
+            self.note_failure();
+        }
+        r
     }
 
     /// fsyncs blob files sled wrote since the last call, and their directory.
@@ -392,7 +438,8 @@ impl LogStorage for SledStorage {
     }
 
     fn index(&self, keys: &[(&str, KeyInfo)], watermark: u64) -> Result<()> {
-        self.s()?.keys.add(keys, watermark)
+        let r = self.s()?.keys.add(keys, watermark);
+        self.noted(r)
     }
 
     fn sync(&self) -> Result<()> {
@@ -588,7 +635,8 @@ impl LogStorage for SledStorage {
     }
 
     fn key_info(&self, key: &str) -> Result<Option<KeyInfo>> {
-        self.s()?.keys.get(key)
+        let r = self.s()?.keys.get(key);
+        self.noted(r)
     }
 
     fn keys_with_prefix(
@@ -597,7 +645,8 @@ impl LogStorage for SledStorage {
         after: &str,
         limit: usize,
     ) -> Result<Vec<(String, KeyInfo)>> {
-        self.s()?.keys.with_prefix(prefix, after, limit)
+        let r = self.s()?.keys.with_prefix(prefix, after, limit);
+        self.noted(r)
     }
 
     fn key_index_watermark(&self) -> Result<u64> {
@@ -680,7 +729,16 @@ impl LogStorage for SledStorage {
             }
         }
         *guard = Some(Arc::new(open_sled(&self.path, self.cache_bytes)?));
+        self.failed.store(false, Ordering::Release);
         Ok(())
+    }
+
+    fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    fn on_failure(&self, hook: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.on_failure.set(hook);
     }
 
     fn remove_above(&self, seq: u64) -> Result<u64> {
