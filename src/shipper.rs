@@ -81,6 +81,9 @@ enum Stop {
 /// A flight that landed: its seq, key, the seqs it covers, its value's size.
 type Landed = (u64, String, Vec<u64>, u64);
 
+/// Pause before applying again after this sidecar's own data dir failed
+/// (full, reopening): short and not growing, as the target is not at fault.
+const LOCAL_RETRY: Duration = Duration::from_millis(200);
 /// Pause before planning again after reading the log failed.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Values held by a shipper at most (in flight and waiting behind a key in
@@ -449,7 +452,7 @@ impl Shipper {
                 () = self.cancel.cancelled() => return Err(Stop::Cancelled),
                 _ = state_rx.wait_for(|s| *s != TargetState::Active) => return Err(Stop::Inactive),
             };
-            let err = match attempt {
+            let (err, local) = match attempt {
                 Ok(Ok(())) => {
                     crate::crash::point("ship");
                     self.target.record_success();
@@ -490,14 +493,26 @@ impl Shipper {
                         self.persist();
                         return Err(Stop::Inactive);
                     }
-                    err.to_string()
+                    // This sidecar's own data dir failed (full, reopening),
+                    // not the target: no backoff, so that shipping goes on
+                    // as soon as the log takes writes again.
+                    let local = matches!(
+                        err,
+                        Error::Storage { .. } | Error::DiskFull(_) | Error::LogPoisoned(_)
+                    );
+                    (err.to_string(), local)
                 }
-                Err(_) => format!(
-                    "no answer within sync_timeout_seconds ({:.1}s)",
-                    cfg.sync_timeout_seconds
+                Err(_) => (
+                    format!(
+                        "no answer within sync_timeout_seconds ({:.1}s)",
+                        cfg.sync_timeout_seconds
+                    ),
+                    false,
                 ),
             };
-            failures += 1;
+            if !local {
+                failures += 1;
+            }
             self.target.counters.failed.fetch_add(1, Ordering::Relaxed);
             self.metrics
                 .failure
@@ -510,7 +525,12 @@ impl Shipper {
                 e.key
             );
             self.target.record_failure(&msg);
-            let delay = base.saturating_mul(1u32 << (failures - 1).min(16)).min(cap);
+            let delay = if local {
+                LOCAL_RETRY
+            } else {
+                base.saturating_mul(1u32 << (failures.max(1) - 1).min(16))
+                    .min(cap)
+            };
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = self.cancel.cancelled() => return Err(Stop::Cancelled),
