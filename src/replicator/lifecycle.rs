@@ -392,12 +392,36 @@ impl Replicator {
                     t.idx != acting
                         && matches!(
                             t.state(),
-                            TargetState::Active | TargetState::Paused | TargetState::Failed
+                            TargetState::Active
+                                | TargetState::Paused
+                                | TargetState::Failed
+                                | TargetState::Syncing
                         )
                 })
                 .filter(|t| t.floor() < head)
                 .min_by_key(|t| t.floor());
             if let Some(t) = holder
+                && t.floor() < in_retention.saturating_sub(1)
+                && t.state() == TargetState::Syncing
+            {
+                // Already syncing: its copy hands over at its floor, which
+                // holds the log past the cap (a copy that takes long, or
+                // keeps failing, while writes go on). The hand-over point
+                // moves to the head; the copy starts over there.
+                let _guard = self.control.lock().await;
+                let floor = t.resync_floor.load(Ordering::Acquire);
+                if t.state() == TargetState::Syncing && floor < head {
+                    t.resync_floor.store(head, Ordering::Release);
+                    tracing::warn!(
+                        target = %t.name(),
+                        from = floor,
+                        to = head,
+                        retained = self.log.retained_bytes(),
+                        max_log_bytes = self.cfg.max_log_bytes,
+                        "log over max_log_bytes during a resync: the resync starts over from the head; if this repeats, raise max_log_bytes"
+                    );
+                }
+            } else if let Some(t) = holder
                 && t.floor() < in_retention.saturating_sub(1)
             {
                 tracing::warn!(
@@ -443,6 +467,8 @@ impl Replicator {
         let task = tokio::spawn(async move {
             let mut delay = Duration::from_millis(200);
             loop {
+                // Read afresh: maintenance may have moved it (see `maintain`).
+                let start = t.resync_floor.load(Ordering::Acquire);
                 // On a task of its own: a panic (a store client's bug) is a
                 // failed attempt, retried, not a target left syncing.
                 let attempt = tokio::spawn(me.clone().run_resync(t.clone(), start))
@@ -454,7 +480,11 @@ impl Replicator {
                         ))
                     });
                 match attempt {
-                    Ok(()) => return,
+                    Ok(true) => return,
+                    Ok(false) => {
+                        tracing::info!(target = %t.name(), from = start, "resync starting over from its moved hand-over point");
+                        continue;
+                    }
                     Err(Error::ShuttingDown) => return,
                     Err(e) => {
                         tracing::warn!(target = %t.name(), error = %e, "resync failed; retrying");
@@ -475,8 +505,11 @@ impl Replicator {
         Ok(start)
     }
 
+    /// One attempt: copies, then hands over at `start`. `Ok(false)` when
+    /// the hand-over point moved meanwhile (the log passed the cap and was
+    /// truncated past `start`): nothing is handed over; start again.
     #[tracing::instrument(name = "resync", skip_all, fields(target = %t.name(), start))]
-    async fn run_resync(self: Arc<Self>, t: Arc<TargetHandle>, start: u64) -> Result<()> {
+    async fn run_resync(self: Arc<Self>, t: Arc<TargetHandle>, start: u64) -> Result<bool> {
         // The source must hold everything up to `start`.
         let source = loop {
             let src = self.acting_primary().clone();
@@ -555,6 +588,9 @@ impl Replicator {
         self.engine.resynced(&t)?;
         // Hand over to the cursor at `start`.
         let _guard = self.control.lock().await;
+        if t.resync_floor.load(Ordering::Acquire) != start {
+            return Ok(false);
+        }
         let offset = self.log.offset_of(start)?;
         t.reset(start, offset);
         self.log.storage().set_cursor(t.name(), start, offset)?;
@@ -567,7 +603,7 @@ impl Replicator {
         t.transition(Event::ResyncDone)?;
         self.progress.send_modify(|p| *p += 1);
         tracing::info!(target = %t.name(), start, objects = total, "resync done; shipping from the log");
-        Ok(())
+        Ok(true)
     }
 
     async fn copy_object(

@@ -130,13 +130,23 @@ async fn over_the_size_cap_the_target_far_behind_is_resynced_and_ends_identical(
     })
     .await;
     assert!(rig.rep.log().first() > 1);
-    // Writes keep flowing during the resync.
-    for i in 0..20 {
+    // Writes keep flowing during the resync, far past the cap while r2's
+    // copy keeps failing: the copy's hand-over point moves up, and the log
+    // stays under the cap.
+    for i in 0..200 {
         rig.rep
-            .put(&key(&format!("during/{i}")), Bytes::from("d"), None)
+            .put(
+                &key(&format!("during/{i}")),
+                Bytes::from(format!("d{i} {}", "y".repeat(100))),
+                None,
+            )
             .await
             .expect("put");
     }
+    eventually("log under the cap while the resync fails", 10, || {
+        rig.rep.log().retained_bytes() <= 8192
+    })
+    .await;
     rig.fault("r2").heal();
     eventually("resync done", 20, || {
         rig.rep
@@ -150,13 +160,11 @@ async fn over_the_size_cap_the_target_far_behind_is_resynced_and_ends_identical(
     rig.wait_caught_up(Duration::from_secs(10)).await;
     let report = rig.rep.verify(None).await.expect("verify");
     assert!(report.ok, "{report:#?}");
-    for k in 0..40 {
-        let path = format!("k{k}");
-        assert_eq!(
-            rig.object("r2", &path).await,
-            rig.object("p", &path).await,
-            "{path}"
-        );
+    for k in (0..40)
+        .map(|k| format!("k{k}"))
+        .chain((0..200).map(|i| format!("during/{i}")))
+    {
+        assert_eq!(rig.object("r2", &k).await, rig.object("p", &k).await, "{k}");
     }
 }
 
