@@ -386,10 +386,12 @@ impl Engine {
         Ok(())
     }
 
-    /// Makes conflict records durable, off the async threads (fdatasync).
-    async fn sync(&self) -> Result<()> {
+    /// Makes conflict records written since `generation` durable, off the
+    /// async threads (fdatasync); fails if the log reopened meanwhile (see
+    /// `LogStorage::sync_since`).
+    async fn sync_since(&self, generation: u64) -> Result<()> {
         let storage = self.log.storage().clone();
-        tokio::task::spawn_blocking(move || storage.sync())
+        tokio::task::spawn_blocking(move || storage.sync_since(generation))
             .await
             .map_err(|e| Error::io("syncing conflict records", std::io::Error::other(e)))?
     }
@@ -863,10 +865,11 @@ impl Engine {
             a.insert(appended.seq, tag);
             a.iter().map(|(s, t)| (*s, t.clone())).collect()
         };
+        let generation = self.log.storage().generation();
         self.log
             .storage()
             .set_meta(ADOPTED_META, &encode_json("the adopted entries", &list)?)?;
-        self.sync().await?;
+        self.sync_since(generation).await?;
         tracing::info!(target = %t.name(), key, seq = appended.seq, "a version walship did not write wins: adopted as a new log entry, so every target converges to it");
         Ok(())
     }
@@ -950,6 +953,7 @@ impl Engine {
     ) -> Result<()> {
         let _g = self.queue.lock().await;
         let storage = self.log.storage();
+        let generation = storage.generation();
         let id = match storage.meta(NEXT_ID_META)? {
             Some(b) => b.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(1),
             None => 1,
@@ -974,7 +978,7 @@ impl Engine {
         theirs.resolving = false;
         theirs.conflict = Some(id);
         self.set_known(t, &e.key, Some(&theirs))?;
-        self.sync().await?;
+        self.sync_since(generation).await?;
         tracing::warn!(target = %t.name(), key = %e.key, id, "conflict waits for `walship conflicts resolve {id} --keep primary|replica`");
         Ok(())
     }
@@ -995,6 +999,7 @@ impl Engine {
     /// `conflicts resolve ID --keep primary|replica`.
     pub(crate) async fn resolve(&self, id: u64, keep: Keep) -> Result<ConflictRecord> {
         let _g = self.queue.lock().await;
+        let generation = self.log.storage().generation();
         let Some(mut rec) = self.record(id)? else {
             return Err(Error::UnknownConflict(id));
         };
@@ -1016,7 +1021,7 @@ impl Engine {
                 rec.replica.size = 0;
             }
             self.set_record(id, Some(&rec))?;
-            self.sync().await?;
+            self.sync_since(generation).await?;
             return Err(Error::Conflict(format!(
                 "key {:?} on target {} changed since conflict {id} was recorded (it is now {}); the record shows the new version: look again with `walship conflicts` and resolve",
                 rec.key,
@@ -1100,7 +1105,7 @@ impl Engine {
             }
         }
         self.set_record(id, None)?;
-        self.sync().await?;
+        self.sync_since(generation).await?;
         self.metrics.conflicts_resolved.inc();
         tracing::info!(target = %rec.target, key = %rec.key, id, ?keep, "conflict resolved");
         Ok(rec)

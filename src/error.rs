@@ -277,6 +277,23 @@ impl Error {
         }
     }
 
+    /// Whether this sidecar's own data dir failed in a way that passes once
+    /// the disk does (full, the log reopening, a failed sled I/O): not the
+    /// fault of a target being written, and worth retrying soon.
+    pub fn is_local_transient(&self) -> bool {
+        match self {
+            Error::DiskFull(_) | Error::LogPoisoned(_) => true,
+            Error::Storage { source, .. } => {
+                matches!(
+                    source.downcast_ref::<sled::Error>(),
+                    Some(sled::Error::Io(_))
+                )
+            }
+            Error::Io { .. } => self.is_disk_full(),
+            _ => false,
+        }
+    }
+
     pub(crate) fn storage(
         op: &'static str,
         path: &std::path::Path,

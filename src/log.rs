@@ -1252,6 +1252,11 @@ impl Committer {
         if poisoned.is_some() || !self.storage.failed() {
             return;
         }
+        // A failed read, or a late error of a handle already replaced,
+        // leaves the storage well: a sync that works says so.
+        if self.storage.sync().is_ok() {
+            return;
+        }
         if let Some(wait) = last.and_then(|t| RECOVER_EVERY.checked_sub(t.elapsed())) {
             std::thread::sleep(wait);
         }
@@ -1342,12 +1347,20 @@ impl Committer {
                     }
                 }
             }
-            if asked {
+            // Also without a message: the hook's queue may have been full.
+            let tried = (asked || self.storage.failed()) && poisoned.is_none();
+            if tried {
                 self.recover_asked(&mut poisoned, &mut last_asked);
             }
             if let Some((why, full)) = &poisoned {
-                // Take writes again once the log reopens cleanly from disk.
-                match self.recover() {
+                // Take writes again once the log reopens cleanly from disk
+                // (not again at once when it just failed to).
+                let reopened = if tried {
+                    Err(Error::LogPoisoned(why.clone()))
+                } else {
+                    self.recover()
+                };
+                match reopened {
                     Ok(()) => {
                         tracing::info!(
                             "the log reopened from disk after a failed flush; taking writes again"

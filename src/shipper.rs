@@ -496,10 +496,7 @@ impl Shipper {
                     // This sidecar's own data dir failed (full, reopening),
                     // not the target: no backoff, so that shipping goes on
                     // as soon as the log takes writes again.
-                    let local = matches!(
-                        err,
-                        Error::Storage { .. } | Error::DiskFull(_) | Error::LogPoisoned(_)
-                    );
+                    let local = err.is_local_transient();
                     (err.to_string(), local)
                 }
                 Err(_) => (

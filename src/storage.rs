@@ -24,7 +24,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::codec::Op;
@@ -225,6 +225,26 @@ pub trait LogStorage: Send + Sync + 'static {
     fn on_failure(&self, hook: Box<dyn Fn() + Send + Sync>) {
         let _ = hook;
     }
+    /// How many times the storage has reopened. A change written before a
+    /// reopen that no sync had made durable is gone: see `sync_since`.
+    /// Default: never reopens.
+    fn generation(&self) -> u64 {
+        0
+    }
+    /// Like [`LogStorage::sync`], for changes written since `generation`
+    /// was read: fails if the storage reopened meanwhile (the changes may
+    /// be gone, so the caller must make them again), even though the sync
+    /// of the reopened storage worked.
+    fn sync_since(&self, generation: u64) -> Result<()> {
+        self.sync()?;
+        if self.generation() != generation {
+            return Err(Error::LogPoisoned(
+                "the log reopened from disk while this change was being made, which may have dropped it"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
     /// Drops what the engine holds in memory and opens it again from disk
     /// (after a failed flush: what was not made durable is gone).
     /// Default: not possible.
@@ -290,7 +310,10 @@ pub struct SledStorage {
     /// thread meeting a full disk makes every later write of any thread
     /// fail (its "global error") until the database is opened again.
     failed: AtomicBool,
-    on_failure: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Replaced by each `Log::open` on this storage.
+    on_failure: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+    /// Counts reopens (see `LogStorage::generation`).
+    generation: AtomicU64,
 }
 
 impl SledStorage {
@@ -317,7 +340,8 @@ impl SledStorage {
             blobs_pending: AtomicBool::new(false),
             blobs_synced: Mutex::new(0),
             failed: AtomicBool::new(false),
-            on_failure: std::sync::OnceLock::new(),
+            on_failure: Mutex::new(None),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -354,7 +378,12 @@ impl SledStorage {
     /// Records a failed I/O and tells whoever asked (see `failed`).
     fn note_failure(&self) {
         self.failed.store(true, Ordering::Release);
-        if let Some(hook) = self.on_failure.get() {
+        if let Some(hook) = self
+            .on_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             hook();
         }
     }
@@ -456,6 +485,8 @@ impl LogStorage for SledStorage {
             self.blobs_pending.store(true, Ordering::Release);
             return Err(e);
         }
+        // sled flushes nothing while its global error is set: it is not.
+        self.failed.store(false, Ordering::Release);
         Ok(())
     }
 
@@ -699,6 +730,8 @@ impl LogStorage for SledStorage {
 
     fn reopen(&self) -> Result<()> {
         let mut guard = self.sled.write().unwrap_or_else(|p| p.into_inner());
+        // What the old handle held in memory goes with it.
+        self.generation.fetch_add(1, Ordering::AcqRel);
         if let Some(mut old) = guard.take() {
             // Readers hold a handle for one call at most: let them finish,
             // so sled's file lock is free for the new open.
@@ -738,7 +771,11 @@ impl LogStorage for SledStorage {
     }
 
     fn on_failure(&self, hook: Box<dyn Fn() + Send + Sync>) {
-        let _ = self.on_failure.set(hook);
+        *self.on_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     fn remove_above(&self, seq: u64) -> Result<u64> {
@@ -910,6 +947,24 @@ mod tests {
             size: 1,
             meta: None,
         }
+    }
+
+    /// A change written before a reopen may be gone with the old handle: a
+    /// sync for it must not report it durable, though the new handle syncs.
+    #[test]
+    fn a_sync_since_a_reopen_refuses_to_vouch_for_earlier_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
+        let before = s.generation();
+        s.set_meta("k", b"v").expect("meta");
+        s.reopen().expect("reopen");
+        let err = s.sync_since(before).expect_err("the change may be gone");
+        assert!(err.to_string().contains("reopened"), "{err}");
+        // Made again since the reopen: durable.
+        let now = s.generation();
+        s.set_meta("k", b"v").expect("meta");
+        s.sync_since(now).expect("sync");
+        assert_eq!(s.meta("k").expect("meta").as_deref(), Some(&b"v"[..]));
     }
 
     #[test]

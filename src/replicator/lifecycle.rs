@@ -454,8 +454,9 @@ impl Replicator {
             t.allows(Event::ResyncStarted)?;
             let start = self.log.head();
             t.resync_floor.store(start, Ordering::Release);
+            let generation = self.log.storage().generation();
             self.log.storage().set_meta(&state_meta(name), b"syncing")?;
-            self.log.storage().sync()?;
+            self.log.storage().sync_since(generation)?;
             t.set_progress(Some("starting".into()));
             t.transition(Event::ResyncStarted)?;
             self.progress.send_modify(|p| *p += 1);
@@ -561,8 +562,10 @@ impl Replicator {
                 let t = t.clone();
                 let copied = copied.clone();
                 async move {
-                    if !same {
-                        me.copy_object(&source, &t, &path).await?;
+                    // A moved hand-over point makes this attempt moot: the
+                    // rest of it is skipped, not copied first.
+                    if !same && t.resync_floor.load(Ordering::Acquire) == start {
+                        me.copy_object(&source, &t, &path, start).await?;
                     }
                     let n = copied.fetch_add(1, Ordering::Relaxed) + 1;
                     t.set_progress(Some(format!(
@@ -576,6 +579,9 @@ impl Replicator {
             .collect()
             .await;
         results.into_iter().collect::<Result<Vec<()>>>()?;
+        if t.resync_floor.load(Ordering::Acquire) != start {
+            return Ok(false);
+        }
         for extra in dst_objects.keys().filter(|p| !keep.contains(*p)) {
             match t.store.delete(extra).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -592,12 +598,13 @@ impl Replicator {
             return Ok(false);
         }
         let offset = self.log.offset_of(start)?;
-        t.reset(start, offset);
+        let generation = self.log.storage().generation();
         self.log.storage().set_cursor(t.name(), start, offset)?;
         self.log
             .storage()
             .set_meta(&state_meta(t.name()), b"active")?;
-        self.log.storage().sync()?;
+        self.log.storage().sync_since(generation)?;
+        t.reset(start, offset);
         t.resync_floor.store(0, Ordering::Release);
         t.set_progress(None);
         t.transition(Event::ResyncDone)?;
@@ -606,11 +613,14 @@ impl Replicator {
         Ok(true)
     }
 
+    /// Copies one object, retrying until it is copied or the resync's
+    /// hand-over point moves from `start` (the attempt is moot then).
     async fn copy_object(
         &self,
         source: &TargetHandle,
         t: &TargetHandle,
         path: &Path,
+        start: u64,
     ) -> Result<()> {
         let mut delay =
             Duration::from_secs_f64(t.cfg.retry_delay_seconds).max(Duration::from_millis(10));
@@ -618,6 +628,7 @@ impl Replicator {
             let attempt = self.engine.copy(source, t, path);
             match attempt.await {
                 Ok(()) => return Ok(()),
+                Err(_) if t.resync_floor.load(Ordering::Acquire) != start => return Ok(()),
                 Err(e) => {
                     tracing::warn!(target = %t.name(), object = %path, error = %e, "resync copy failed; retrying");
                     tokio::select! {
@@ -698,13 +709,14 @@ impl Replicator {
                 .storage()
                 .set_meta(&replay_meta(name), &until.to_be_bytes())?;
             let offset = self.log.offset_of(seq - 1)?;
+            let generation = self.log.storage().generation();
             t.reset(seq - 1, offset);
             self.log.storage().set_cursor(name, seq - 1, offset)?;
             if t.allows(Event::Replayed)? != t.state() {
                 self.log.storage().set_meta(&state_meta(name), b"active")?;
                 t.transition(Event::Replayed)?;
             }
-            self.log.storage().sync()?;
+            self.log.storage().sync_since(generation)?;
             self.progress.send_modify(|p| *p += 1);
             tracing::info!(target = %name, from = seq, to = head, entries, "replay: cursor moved back");
         }

@@ -807,8 +807,9 @@ impl Replicator {
             )));
         }
         t.allows(Event::Pause)?;
+        let generation = self.log.storage().generation();
         self.log.storage().set_meta(&state_meta(name), b"paused")?;
-        self.log.storage().sync()?;
+        self.log.storage().sync_since(generation)?;
         t.transition(Event::Pause)?;
         self.progress.send_modify(|p| *p += 1);
         tracing::info!(target = %name, cursor = t.cursor(), "paused");
@@ -820,8 +821,9 @@ impl Replicator {
         let _guard = self.control.lock().await;
         let t = self.target(name)?;
         t.allows(Event::Resume)?;
+        let generation = self.log.storage().generation();
         self.log.storage().set_meta(&state_meta(name), b"active")?;
-        self.log.storage().sync()?;
+        self.log.storage().sync_since(generation)?;
         t.transition(Event::Resume)?;
         self.progress.send_modify(|p| *p += 1);
         tracing::info!(target = %name, cursor = t.cursor(), head = self.log.head(), "resumed");
@@ -937,8 +939,9 @@ impl Replicator {
                 Error::BadRequest(format!("writing {MARKER_KEY} to {}: no answer", t.name()))
             })?
             .map_err(|e| Error::target(t.name(), e))?;
+        let generation = storage.generation();
         storage.set_meta(&marker_meta(t.name()), b"1")?;
-        storage.sync()?;
+        storage.sync_since(generation)?;
         Ok(())
     }
 
@@ -1210,11 +1213,12 @@ impl Replicator {
     /// the drain exits with this, at once).
     pub fn persist_cursors(&self) -> Result<()> {
         self.accepting.store(false, Ordering::Release);
+        let generation = self.log.storage().generation();
         for t in &self.targets {
             let (cursor, offset) = t.position();
             self.log.storage().set_cursor(t.name(), cursor, offset)?;
         }
-        self.log.storage().sync()
+        self.log.storage().sync_since(generation)
     }
 }
 

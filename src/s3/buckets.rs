@@ -173,8 +173,9 @@ impl Buckets {
             .collect();
         let bytes = serde_json::to_vec(&records)
             .map_err(|e| Error::BadRequest(format!("encoding the created buckets: {e}")))?;
+        let generation = self.storage.generation();
         self.storage.set_meta(CREATED_META, &bytes)?;
-        self.storage.sync()
+        self.storage.sync_since(generation)
     }
 }
 
