@@ -632,10 +632,11 @@ impl Engine {
     }
 
     fn changed_too_often(&self, t: &TargetHandle, key: &str) -> Error {
-        Error::Conflict(format!(
-            "key {key:?} on target {} changed {MAX_ROUNDS} times while walship wrote it; retrying",
-            t.name()
-        ))
+        Error::KeyContended {
+            key: key.to_string(),
+            target: t.name().to_string(),
+            rounds: MAX_ROUNDS,
+        }
     }
 
     /// One write of `bytes`, conditional on `over` (the version expected
@@ -1022,7 +1023,7 @@ impl Engine {
             }
             self.set_record(id, Some(&rec))?;
             self.sync_since(generation).await?;
-            return Err(Error::Conflict(format!(
+            return Err(Error::ResolveRefused(format!(
                 "key {:?} on target {} changed since conflict {id} was recorded (it is now {}); the record shows the new version: look again with `walship conflicts` and resolve",
                 rec.key,
                 rec.target,
@@ -1044,7 +1045,7 @@ impl Engine {
                     .as_ref()
                     .map(|e| ((e.op == Op::Put).then(|| e.value.clone()), self.ours(e)));
                 let (bytes, stamp) = if self.on_primary(&t) {
-                    logged.ok_or_else(|| Error::Conflict(format!(
+                    logged.ok_or_else(|| Error::ResolveRefused(format!(
                         "the log no longer holds seq {} of key {:?}; run `walship resync {}` to copy the acting primary instead",
                         rec.seq, rec.key, rec.target
                     )))?
@@ -1053,7 +1054,7 @@ impl Engine {
                     // this log's entries of the key.
                     let p = self.acting_primary().clone();
                     if p.cursor() < rec.seq {
-                        return Err(Error::Conflict(format!(
+                        return Err(Error::ResolveRefused(format!(
                             "the acting primary {} has not applied seq {} of key {:?} yet; resolve again once it has (walship cursors)",
                             p.name(),
                             rec.seq,
@@ -1094,7 +1095,7 @@ impl Engine {
                     Some(b) => match self.try_put(&t, &path, b, Some(&over), &stamp).await? {
                         Put::Written(r) => self.wrote(&t, &rec.key, None, r, stamp)?,
                         Put::Changed => {
-                            return Err(Error::Conflict(format!(
+                            return Err(Error::ResolveRefused(format!(
                                 "key {:?} on target {} changed while resolving conflict {id}; look again with `walship conflicts`",
                                 rec.key, rec.target
                             )));

@@ -220,9 +220,31 @@ pub enum Error {
     #[error("{0}")]
     UnknownAction(String),
 
-    /// A state change that conflicts with the current state.
+    /// A state change the target's current state does not allow (a pause
+    /// during a resync, a resync of the acting primary, ...): the message
+    /// names the state and what to do.
     #[error("{0}")]
-    Conflict(String),
+    StateRefused(String),
+
+    /// A conflict resolution that cannot be done as asked now: the target
+    /// changed since the record, the acting primary has not applied the
+    /// entry yet, or the log no longer holds it. The message says what to do.
+    #[error("{0}")]
+    ResolveRefused(String),
+
+    /// A key on a target changed every time walship wrote it (someone else
+    /// keeps writing it): the write is retried.
+    #[error(
+        "key {key:?} on target {target} changed {rounds} times while walship wrote it; retrying"
+    )]
+    KeyContended {
+        /// The key.
+        key: String,
+        /// The target.
+        target: String,
+        /// Conditional writes that lost.
+        rounds: usize,
+    },
 
     /// A conflict id that is not in the manual queue.
     #[error("no open conflict with id {0}; `walship conflicts` lists the open ones")]

@@ -58,7 +58,10 @@ fn status_of(e: &Error) -> StatusCode {
             StatusCode::NOT_FOUND
         }
         Error::NoFreshTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        Error::Conflict(_) | Error::KeyDoesNotFit { .. } => StatusCode::CONFLICT,
+        Error::StateRefused(_)
+        | Error::ResolveRefused(_)
+        | Error::KeyContended { .. }
+        | Error::KeyDoesNotFit { .. } => StatusCode::CONFLICT,
         Error::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
         Error::Target { .. } => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,

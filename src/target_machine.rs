@@ -45,7 +45,7 @@ pub(crate) enum Event {
 pub(crate) fn next(name: &str, state: TargetState, event: Event) -> Result<TargetState> {
     use Event as E;
     use TargetState as S;
-    let refused = |why: String| Err(Error::Conflict(why));
+    let refused = |why: String| Err(Error::StateRefused(why));
     match (state, event) {
         (S::Removed, _) => refused(format!(
             "{name} is no longer in the config; add it back to act on it"
@@ -126,7 +126,7 @@ mod tests {
             for e in EVENTS {
                 match (next("r1", s, e), table(s, e)) {
                     (Ok(got), Some(want)) => assert_eq!(got, want, "{s:?} + {e:?}"),
-                    (Err(Error::Conflict(why)), None) => {
+                    (Err(Error::StateRefused(why)), None) => {
                         assert!(why.contains("r1"), "{s:?} + {e:?}: {why}")
                     }
                     (got, want) => panic!("{s:?} + {e:?}: got {got:?}, want {want:?}"),

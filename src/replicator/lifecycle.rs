@@ -444,7 +444,7 @@ impl Replicator {
             let _guard = self.control.lock().await;
             let t = self.target(name)?.clone();
             if t.idx == self.acting.load(Ordering::Acquire) {
-                return Err(Error::Conflict(format!(
+                return Err(Error::StateRefused(format!(
                     "{name} is the acting primary, the source of a resync; it cannot be resynced"
                 )));
             }

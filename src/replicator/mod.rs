@@ -802,7 +802,7 @@ impl Replicator {
         let _guard = self.control.lock().await;
         let t = self.target(name)?;
         if t.idx == self.acting.load(Ordering::Acquire) {
-            return Err(Error::Conflict(format!(
+            return Err(Error::StateRefused(format!(
                 "{name} is the acting primary and every write waits for it; it cannot be paused"
             )));
         }

@@ -358,7 +358,7 @@ async fn resolve_catches_a_second_edit_instead_of_overwriting_it() {
         .resolve_conflict(id, Keep::Primary)
         .await
         .expect_err("the target changed since the record");
-    assert!(matches!(err, Error::Conflict(_)), "{err}");
+    assert!(matches!(err, Error::ResolveRefused(_)), "{err}");
     assert!(err.to_string().contains("changed since"), "{err}");
     assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some("second edit"));
     let rec = &rig.rep.conflicts().expect("list")[0];

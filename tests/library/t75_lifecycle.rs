@@ -385,7 +385,7 @@ async fn pause_and_resume_during_a_resync_are_refused_and_the_hand_over_stands()
         ("resume", rig.rep.resume("r1").await),
     ] {
         match r {
-            Err(walship::Error::Conflict(why)) => {
+            Err(walship::Error::StateRefused(why)) => {
                 assert!(why.contains("being resynced"), "{what}: {why}")
             }
             other => panic!("{what} during a resync: {other:?}"),
