@@ -115,6 +115,49 @@ async fn a_hung_request_is_bounded_by_sync_timeout_and_retried() {
     assert_eq!(rig.object("r1", "a").await, Some(Bytes::from("1")));
 }
 
+/// A resync whose store client panics is a failed attempt, retried, not a
+/// target left `syncing` for good: once the store stops panicking the copy
+/// completes and the target ships again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_that_panics_is_retried_and_completes() {
+    let rig = Rig::new(1, "async", 1, 5.0).await;
+    for i in 0..5 {
+        rig.rep
+            .put(&key(&format!("k{i}")), Bytes::from(format!("v{i}")), None)
+            .await
+            .expect("async put");
+    }
+    rig.wait_caught_up(Duration::from_secs(10)).await;
+    rig.fault("r1").set(Fault::Panic);
+    rig.rep.start_resync("r1").await.expect("resync starts");
+    rig.wait_until(|r| {
+        r.targets.iter().any(|t| {
+            t.name == "r1" && t.progress.as_deref().unwrap_or("").contains("panicked")
+        })
+    })
+    .await;
+    rig.fault("r1").heal();
+    rig.wait_until(|r| {
+        r.targets
+            .iter()
+            .all(|t| t.state == walship::status::TargetState::Active)
+    })
+    .await;
+    rig.rep
+        .put(&key("after"), Bytes::from("a"), None)
+        .await
+        .expect("async put");
+    rig.wait_caught_up(Duration::from_secs(10)).await;
+    for i in 0..5 {
+        assert_eq!(
+            rig.object("r1", &format!("k{i}")).await,
+            Some(Bytes::from(format!("v{i}"))),
+            "k{i}"
+        );
+    }
+    assert_eq!(rig.object("r1", "after").await, Some(Bytes::from("a")));
+}
+
 /// A shipper that panics (here a store client's bug, through the fault
 /// wrapper) is restarted: its target does not silently stop. The panic is
 /// the target's error until shipping succeeds again, and every write
