@@ -91,6 +91,68 @@ async fn a_corrupt_entry_stops_shipping_before_it_and_is_named() {
     }
 }
 
+/// Guarantee 7 on a long backlog: a target catching up on more entries
+/// than one read holds, one of them with a good crc32 but metadata that does
+/// not decode, ships everything before it and then goes `failed` naming it,
+/// instead of planning the stretch again forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_entry_deep_in_a_long_backlog_fails_the_target_naming_it() {
+    use futures::StreamExt;
+    let rig = Rig::new(1, "async", 1, 5.0).await;
+    rig.rep.pause("r1").await.expect("pause");
+    let n = 6000u64;
+    let bad = 5000u64;
+    futures::stream::iter(1..=n)
+        .map(|i| {
+            let rep = &rig.rep;
+            async move {
+                rep.put(&key(&format!("k{i}")), Bytes::from(format!("v{i}")), None)
+                    .await
+                    .expect("put");
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    // Entry `bad` gets one byte of metadata that does not decode, and a crc32
+    // that matches it: the frame is whole, only the entry is wrong.
+    let rig = rig
+        .corrupt_entry(bad, |v| {
+            let body = v.len() - 4;
+            assert_eq!(
+                v[body - 1],
+                0,
+                "an entry without metadata ends in its empty length"
+            );
+            v.truncate(body - 1);
+            v.extend_from_slice(&[1, 0xee]);
+            let crc = crc32fast::hash(v);
+            v.extend_from_slice(&crc.to_le_bytes());
+        })
+        .await;
+    rig.rep.resume("r1").await.expect("resume");
+    rig.wait_until(|r| {
+        r.targets
+            .iter()
+            .any(|t| t.name == "r1" && t.state == TargetState::Failed)
+    })
+    .await;
+    let report = rig.rep.cursors().expect("cursors");
+    let r1 = report.targets.iter().find(|t| t.name == "r1").expect("r1");
+    assert_eq!(
+        r1.cursor,
+        bad - 1,
+        "entries before the corrupt one are shipped"
+    );
+    let err = r1.error.as_deref().expect("error shown");
+    assert!(err.contains(&format!("seq {bad}")), "{err}");
+    assert_eq!(
+        rig.object("r1", &format!("k{}", bad - 1)).await,
+        Some(Bytes::from(format!("v{}", bad - 1)))
+    );
+    assert_eq!(rig.object("r1", &format!("k{bad}")).await, None);
+}
+
 #[tokio::test]
 async fn a_hung_request_is_bounded_by_sync_timeout_and_retried() {
     let rig = Rig::new(1, "async", 1, 0.2).await;
@@ -131,9 +193,9 @@ async fn a_resync_that_panics_is_retried_and_completes() {
     rig.fault("r1").set(Fault::Panic);
     rig.rep.start_resync("r1").await.expect("resync starts");
     rig.wait_until(|r| {
-        r.targets.iter().any(|t| {
-            t.name == "r1" && t.progress.as_deref().unwrap_or("").contains("panicked")
-        })
+        r.targets
+            .iter()
+            .any(|t| t.name == "r1" && t.progress.as_deref().unwrap_or("").contains("panicked"))
     })
     .await;
     rig.fault("r1").heal();
