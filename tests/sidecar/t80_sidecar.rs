@@ -435,12 +435,20 @@ async fn a_log_that_got_shorter_is_refused_and_repair_moves_on_without_reusing_s
         let mut bytes = std::fs::read(&db).expect("read db");
         match damage {
             "flip a byte in entry 150" => {
+                // Every copy: sled's file may also hold stale ones (a
+                // segment rewritten), and flipping only those damages
+                // nothing the log reads.
                 let needle = b"entry-000150-of-the-log";
-                let at = bytes
+                let at: Vec<usize> = bytes
                     .windows(needle.len())
-                    .position(|w| w == needle)
-                    .expect("entry 150 is in sled's file");
-                bytes[at + 3] ^= 0x20;
+                    .enumerate()
+                    .filter(|(_, w)| *w == needle)
+                    .map(|(i, _)| i)
+                    .collect();
+                assert!(!at.is_empty(), "entry 150 is in sled's file");
+                for i in at {
+                    bytes[i + 3] ^= 0x20;
+                }
                 std::fs::write(&db, &bytes).expect("write db");
             }
             "truncate the db file" => {
