@@ -873,11 +873,26 @@ fn open_sled(path: &Path, cache_bytes: u64) -> Result<Sled> {
     // little before calling it another process's.
     let mut waited = 0;
     let db = loop {
-        match sled::Config::new()
-            .path(&path)
-            .cache_capacity(cache_bytes)
-            .open()
-        {
+        // sled's recovery can panic on damaged files instead of answering
+        // an error: that is a damaged log, said as one, not a crash.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sled::Config::new()
+                .path(&path)
+                .cache_capacity(cache_bytes)
+                .open()
+        }))
+        .map_err(|panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "an internal error".into());
+            Error::Damaged(format!(
+                "the log in {} is damaged beyond what sled can recover (it stopped with: {why}); nothing was changed. Move data_dir aside (keep it for inspection) and restore it from a backup",
+                path.display()
+            ))
+        })?;
+        match opened {
             Err(e) if locked(&e) && waited < LOCK_WAIT_TRIES => {
                 waited += 1;
                 std::thread::sleep(std::time::Duration::from_millis(100));

@@ -161,7 +161,20 @@ impl Rig {
         } = self;
         drop(rep);
         {
-            let db = sled::open(dir.path().join("log")).expect("sled");
+            // sled lets go of its file lock from a background thread a
+            // moment after the last handle: wait for it (a busy machine).
+            let mut tries = 0;
+            let db = loop {
+                match sled::open(dir.path().join("log")) {
+                    Ok(db) => break db,
+                    Err(e) if tries < 100 => {
+                        tries += 1;
+                        let _ = e;
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(e) => panic!("sled: {e}"),
+                }
+            };
             let log = db.open_tree("log").expect("tree");
             // The frame holding `seq` starts at or before it.
             let (k, frame) = log
