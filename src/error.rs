@@ -100,6 +100,14 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// The log reopened from disk (after a failed write) between a change
+    /// and the sync meant to make it durable: the change may be gone.
+    #[error(
+        "the log reopened from disk after a failed write while this change was being made, and may have \
+         dropped it; nothing is known to be kept: check the disk of data_dir, then retry"
+    )]
+    LogReopened,
+
     /// The log stopped accepting writes after a failed durable flush.
     #[error(
         "a durable flush of the log failed ({0}); this write was not acknowledged (it may or may not have \
@@ -304,7 +312,7 @@ impl Error {
     /// fault of a target being written, and worth retrying soon.
     pub fn is_local_transient(&self) -> bool {
         match self {
-            Error::DiskFull(_) | Error::LogPoisoned(_) => true,
+            Error::DiskFull(_) | Error::LogPoisoned(_) | Error::LogReopened => true,
             Error::Storage { source, .. } => {
                 matches!(
                     source.downcast_ref::<sled::Error>(),

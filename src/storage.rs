@@ -238,10 +238,7 @@ pub trait LogStorage: Send + Sync + 'static {
     fn sync_since(&self, generation: u64) -> Result<()> {
         self.sync()?;
         if self.generation() != generation {
-            return Err(Error::LogPoisoned(
-                "the log reopened from disk while this change was being made, which may have dropped it"
-                    .into(),
-            ));
+            return Err(Error::LogReopened);
         }
         Ok(())
     }

@@ -62,7 +62,8 @@ pub(super) fn s3_error(e: Error) -> S3Error {
         | Error::ShuttingDown
         | Error::Busy(_)
         | Error::DiskFull(_)
-        | Error::LogPoisoned(_) => with_status(
+        | Error::LogPoisoned(_)
+        | Error::LogReopened => with_status(
             err(S3ErrorCode::ServiceUnavailable, msg),
             StatusCode::SERVICE_UNAVAILABLE,
             &[("retry-after", "1".into())],

@@ -127,19 +127,44 @@ impl Sidecar {
         panic!("walship did not exit within 30 s of SIGTERM");
     }
 
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.base
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {}", self.base))
+    }
+
+    /// `GET /v1/cursors`.
+    pub async fn cursors(&self) -> serde_json::Value {
+        reqwest::Client::new()
+            .get(format!("{}/v1/cursors", self.base))
+            .send()
+            .await
+            .expect("cursors")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// The cursor of target `name`.
+    pub async fn cursor_of(&self, name: &str) -> u64 {
+        let v = self.cursors().await;
+        v["targets"]
+            .as_array()
+            .expect("targets")
+            .iter()
+            .find(|t| t["name"] == name)
+            .and_then(|t| t["cursor"].as_u64())
+            .unwrap_or_else(|| panic!("no cursor for {name}: {v}"))
+    }
+
     /// Polls `/v1/cursors` until every cursor is at the head.
     pub async fn wait_caught_up(&self, within: Duration) -> serde_json::Value {
-        let c = reqwest::Client::new();
         let deadline = std::time::Instant::now() + within;
         loop {
-            let v: serde_json::Value = c
-                .get(format!("{}/v1/cursors", self.base))
-                .send()
-                .await
-                .expect("cursors")
-                .json()
-                .await
-                .expect("json");
+            let v = self.cursors().await;
             let head = v["head"].as_u64().expect("head");
             if v["targets"]
                 .as_array()

@@ -934,6 +934,20 @@ impl Tmpfs {
     }
 }
 
+/// A sidecar (async, local-directory targets) whose `data_dir` is a
+/// tmpfs of `mib` MiB; `None` (the test skipped, and says so) where no tmpfs
+/// can be mounted.
+async fn on_a_tmpfs(mib: u32) -> Option<(tempfile::TempDir, Tmpfs, std::path::PathBuf, Sidecar)> {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path();
+    let tmpfs = Tmpfs::mount(&dir.join("data"), mib)?;
+    let port = free_port();
+    let cfg = dir.join("walship.toml");
+    std::fs::write(&cfg, dir_config(dir, port, "async")).expect("config");
+    let sc = Sidecar::start(&cfg, port).await;
+    Some((root, tmpfs, cfg, sc))
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();
@@ -946,16 +960,12 @@ impl Drop for Tmpfs {
 /// on every target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_data_dir_answers_507_and_resumes_by_itself_once_space_is_freed() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let dir = root.path();
-    let data = dir.join("data");
-    let Some(_tmpfs) = Tmpfs::mount(&data, 8) else {
+    let Some((root, _tmpfs, cfg, sc)) = on_a_tmpfs(8).await else {
         return;
     };
-    let port = free_port();
-    let cfg = dir.join("walship.toml");
-    std::fs::write(&cfg, dir_config(dir, port, "async")).expect("config");
-    let sc = Sidecar::start(&cfg, port).await;
+    let dir = root.path();
+    let data = dir.join("data");
+    let port = sc.port();
     // Leave about 1 MiB free.
     let free = |p: &std::path::Path| {
         let c = std::ffi::CString::new(p.to_str().expect("utf8")).expect("cstr");
@@ -1097,16 +1107,11 @@ async fn a_full_data_dir_answers_507_and_resumes_by_itself_once_space_is_freed()
 /// the replica catches up without any new write and without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_filled_while_a_replica_catches_up_heals_without_a_write() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let dir = root.path();
-    let data = dir.join("data");
-    let Some(_tmpfs) = Tmpfs::mount(&data, 64) else {
+    let Some((root, _tmpfs, _cfg, sc)) = on_a_tmpfs(64).await else {
         return;
     };
-    let port = free_port();
-    let cfg = dir.join("walship.toml");
-    std::fs::write(&cfg, dir_config(dir, port, "async")).expect("config");
-    let sc = Sidecar::start(&cfg, port).await;
+    let dir = root.path();
+    let data = dir.join("data");
     let (code, _, err) = run(&["pause", "replica-2"], dir);
     assert_eq!(code, 0, "{err}");
     let c = reqwest::Client::new();
@@ -1148,22 +1153,7 @@ async fn a_disk_filled_while_a_replica_catches_up_heals_without_a_write() {
     let mut stalled = None;
     for _ in 0..100 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let v: serde_json::Value = c
-            .get(format!("{}/v1/cursors", sc.base))
-            .send()
-            .await
-            .expect("cursors")
-            .json()
-            .await
-            .expect("json");
-        let r2 = v["targets"]
-            .as_array()
-            .expect("targets")
-            .iter()
-            .find(|t| t["name"] == "replica-2")
-            .expect("replica-2")
-            .clone();
-        let cursor = r2["cursor"].as_u64().expect("cursor");
+        let cursor = sc.cursor_of("replica-2").await;
         if stalled == Some(cursor) {
             break;
         }
