@@ -9,11 +9,30 @@
 //!
 //! - a seq is acknowledged only after the flush that covers it (guarantee 1);
 //! - readers (shippers) never see past the durable head;
-//! - seqs are gapless: a failed flush poisons the log, it takes no more
-//!   writes until a restart, and no later batch can reuse or skip a seq.
+//! - seqs are gapless: after a failed flush (or any failed I/O of the
+//!   storage, which can make sled refuse every later write) the committer
+//!   reopens the storage from disk and removes what was not acknowledged
+//!   before it takes writes again, so no later batch reuses or skips a seq.
 //!
-//! Positions: `first ≤ head`, truncation never removes the head entry, so
-//! the next seq survives any truncation and restart.
+//! Positions, written once here (every other module refers to this):
+//!
+//! ```text
+//!   truncated        kept in the log                      next write
+//!   ... first-1 | first ... floor ... cursor ... head | head+1
+//! ```
+//!
+//! - `first ≤ head` once anything was written: truncation never removes the
+//!   head entry, so the next seq survives any truncation and restart;
+//! - a target's `cursor` is the highest seq it has applied, with every seq
+//!   below it; one that ships from the log has `first - 1 ≤ cursor ≤ head`
+//!   (one found below `first - 1` is resynced, never skipped ahead);
+//! - a target's `floor` is its cursor, or while `syncing` the seq its copy
+//!   hands over at; truncation removes only seqs at or below the lowest
+//!   floor (and outside retention), so `first - 1 ≤ floor` for every target;
+//! - the persisted cursor is at or below the published one (a restart ships
+//!   some entries again, never skips one);
+//! - lag is `head - cursor` entries and `offset(head) - offset(cursor)`
+//!   bytes, offsets counted across truncation (see `offset_of`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -7,8 +7,8 @@
 //! `sync_timeout_seconds` answers [`Error::QuorumTimeout`] with the seq and
 //! the acks; nothing is rolled back and shipping goes on.
 //!
-//! Positions, per target: `first ≤ cursor ≤ head`; the persisted cursor is
-//! at or below the published one. Decisions (quorum, health, failover, read
+//! Positions (first, floor, cursor, head) and their order are written once,
+//! in the `log` module's docs. Decisions (quorum, health, failover, read
 //! target) are plain functions in their own modules; this module gathers
 //! their inputs and carries them out.
 
