@@ -110,7 +110,7 @@ impl s3s::host::S3Host for Hosts {
 /// The axum handler the S3 listener serves: s3s does the protocol;
 /// this counts `walship_s3_requests_total{op,status}`, refuses an
 /// `Authorization` that is no AWS signature, and closes connections whose
-/// request body may be left unread (see [`close_after`]).
+/// request body may be left unread (see `close_after`).
 pub fn router(svc: s3s::service::S3Service, rep: Arc<Replicator>) -> axum::Router {
     axum::Router::new().fallback(handle).with_state((svc, rep))
 }
