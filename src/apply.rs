@@ -142,6 +142,14 @@ pub(crate) struct Engine {
     adopted: std::sync::Mutex<std::collections::BTreeMap<u64, Option<Tag>>>,
 }
 
+/// What one pass of `Engine::apply` did.
+enum Applied {
+    /// Applied, or held with its key's conflict.
+    Done,
+    /// The conflict that held the key went meanwhile: apply again.
+    Unheld,
+}
+
 /// Most keys whose known version is cached per target.
 const CACHE_KEYS: usize = 16 * 1024;
 
@@ -428,6 +436,17 @@ impl Engine {
     /// Applies `e` to `t`. An error means "not applied yet": the shipper
     /// retries.
     pub(crate) async fn apply(&self, t: &TargetHandle, e: &Entry) -> Result<()> {
+        loop {
+            match self.apply_once(t, e).await? {
+                Applied::Done => return Ok(()),
+                // The conflict holding the key was resolved meanwhile: what
+                // is known of the key changed; decide again from it.
+                Applied::Unheld => continue,
+            }
+        }
+    }
+
+    async fn apply_once(&self, t: &TargetHandle, e: &Entry) -> Result<Applied> {
         let known = self.known(t, &e.key);
         if e.seq <= t.force_until.load(Ordering::Acquire) {
             // Replay writes over whatever is there, so a damaged record of
@@ -439,12 +458,24 @@ impl Engine {
                 }
                 other => other?,
             };
-            return self.force(t, e, known).await;
+            return self.force(t, e, known).await.map(|()| Applied::Done);
         }
         let known = known?;
         if let Some(k) = &known {
             if let Some(id) = k.conflict {
-                return self.hold(id, e).await;
+                if self.hold(id, e).await? {
+                    return Ok(Applied::Done);
+                }
+                // A record of the key still naming the gone conflict is
+                // stale (the resolution normally rewrites it): clear it, so
+                // that the next pass cannot meet it again.
+                if let Some(mut now) = self.known(t, &e.key)?
+                    && now.conflict == Some(id)
+                {
+                    now.conflict = None;
+                    self.set_known(t, &e.key, Some(&now))?;
+                }
+                return Ok(Applied::Unheld);
             }
             let ours = self.ours(e);
             if k.tag.origin != self.origin
@@ -459,13 +490,17 @@ impl Engine {
                 self.foreign_of(t.idx).insert(e.key.clone());
                 let path = object_path(&e.key);
                 let tag = (!k.tag.origin.is_empty()).then(|| k.tag.clone());
-                return self.adopt(t, &e.key, &path, None, tag).await;
+                return self
+                    .adopt(t, &e.key, &path, None, tag)
+                    .await
+                    .map(|()| Applied::Done);
             }
         }
         match e.op {
             Op::Put => self.put(t, e, known).await,
             Op::Delete => self.delete(t, e, known).await,
         }
+        .map(|()| Applied::Done)
     }
 
     /// Replay: this log's version over whatever the target holds.
@@ -984,17 +1019,22 @@ impl Engine {
         Ok(())
     }
 
-    /// A later entry of a key held by manual conflict `id`: it waits too.
-    async fn hold(&self, id: u64, e: &Entry) -> Result<()> {
+    /// A later entry of a key held by manual conflict `id`: it waits too,
+    /// and the record now stands for it. `false` when the conflict is gone
+    /// by the time the queue is ours (resolved, or settled by a resync,
+    /// meanwhile): the entry is not held and must be applied as usual, or
+    /// the target would keep the resolved, older version.
+    async fn hold(&self, id: u64, e: &Entry) -> Result<bool> {
         let _g = self.queue.lock().await;
-        if let Some(mut rec) = self.record(id)? {
-            rec.seq = e.seq;
-            rec.op = e.op.as_str().to_string();
-            rec.primary.ts_ms = e.ts_ms;
-            rec.primary.size = e.value.len() as u64;
-            self.set_record(id, Some(&rec))?;
-        }
-        Ok(())
+        let Some(mut rec) = self.record(id)? else {
+            return Ok(false);
+        };
+        rec.seq = e.seq;
+        rec.op = e.op.as_str().to_string();
+        rec.primary.ts_ms = e.ts_ms;
+        rec.primary.size = e.value.len() as u64;
+        self.set_record(id, Some(&rec))?;
+        Ok(true)
     }
 
     /// `conflicts resolve ID --keep primary|replica`.

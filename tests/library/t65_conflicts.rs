@@ -344,6 +344,34 @@ async fn manual_keeps_the_replica_records_it_and_resolve_clears_it() {
     );
 }
 
+/// Guarantee 5 across a resolve: a later write of the key, arriving while
+/// its conflict is being resolved, waits for the resolution and then lands
+/// over it; the target does not end on the resolved (older) version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_arriving_during_a_resolve_lands_after_it() {
+    let rig = rig("manual").await;
+    put(&rig, "k", "v1").await;
+    hand_edit(&rig, "r1", "k", "edited").await;
+    put(&rig, "k", "v2").await;
+    settle(&rig).await;
+    let id = rig.rep.conflicts().expect("list")[0].id;
+    // r1 answers slowly: the resolve reads r1 (0.8 s), then writes the
+    // primary's v2 to it (0.8 s more); v3 is written meanwhile.
+    rig.fault("r1")
+        .set(Fault::Delay(Duration::from_millis(800)));
+    let resolving = {
+        let rep = rig.rep.clone();
+        tokio::spawn(async move { rep.resolve_conflict(id, Keep::Primary).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    put(&rig, "k", "v3").await;
+    resolving.await.expect("resolve task").expect("resolve");
+    rig.fault("r1").heal();
+    settle(&rig).await;
+    assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some("v3"));
+    assert!(rig.rep.conflicts().expect("list").is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resolve_catches_a_second_edit_instead_of_overwriting_it() {
     let rig = rig("manual").await;
