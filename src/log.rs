@@ -1587,7 +1587,7 @@ fn run_indexer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::SledStorage;
+    use crate::storage::{LogStore as _, SledStorage, StateStore as _};
 
     fn put(key: &str, value: &str) -> Write {
         Write::put(

@@ -129,15 +129,11 @@ impl KeyInfo {
     }
 }
 
-/// The storage a log needs. Implementations must keep appended records in
+/// The log's records. Implementations must keep appended records in
 /// seq order and make them durable on `sync`.
-pub trait LogStorage: Send + Sync + 'static {
+pub trait LogStore: Send + Sync + 'static {
     /// Stores records. Not durable until `sync`.
     fn append(&self, batch: &[PendingRecord<'_>]) -> Result<()>;
-    /// Records the newest entry of each key and that the index now covers
-    /// every seq up to `watermark` (derived data: rebuilt from the log on
-    /// open, so it needs no sync of its own).
-    fn index(&self, keys: &[(&str, KeyInfo)], watermark: u64) -> Result<()>;
     /// Makes everything appended (and every cursor set) durable.
     fn sync(&self) -> Result<()>;
     /// Calls `f(seq, record)` for stored records with `from <= seq <= to`,
@@ -151,38 +147,6 @@ pub trait LogStorage: Send + Sync + 'static {
     /// Removes every record (repair of a log that lost entries; see
     /// `log::repair`).
     fn clear_log(&self) -> Result<()>;
-    /// A target's persisted cursor.
-    fn cursor(&self, target: &str) -> Result<Option<u64>>;
-    /// Persists a target's cursor and the log offset just after it
-    /// (durable with the next `sync`).
-    fn set_cursor(&self, target: &str, seq: u64, offset: u64) -> Result<()>;
-    /// The log offset persisted with a target's cursor, if any.
-    fn cursor_offset(&self, target: &str) -> Result<Option<u64>>;
-    /// Every persisted cursor.
-    fn cursors(&self) -> Result<Vec<(String, u64)>>;
-    /// The newest entry of a key.
-    fn key_info(&self, key: &str) -> Result<Option<KeyInfo>>;
-    /// Keys starting with `prefix` and greater than `after` ("" for none),
-    /// in key order, at most `limit`.
-    fn keys_with_prefix(
-        &self,
-        prefix: &str,
-        after: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, KeyInfo)>>;
-    /// The highest seq the key index has absorbed.
-    fn key_index_watermark(&self) -> Result<u64>;
-    /// A small named value.
-    fn meta(&self, name: &str) -> Result<Option<Vec<u8>>>;
-    /// Sets a small named value (durable with the next `sync`).
-    fn set_meta(&self, name: &str, value: &[u8]) -> Result<()>;
-    /// A value of a side table.
-    fn side(&self, table: Side, key: &[u8]) -> Result<Option<Vec<u8>>>;
-    /// Sets (`Some`) or removes (`None`) a value of a side table (durable
-    /// with the next `sync`).
-    fn set_side(&self, table: Side, key: &[u8], value: Option<&[u8]>) -> Result<()>;
-    /// Every entry of a side table whose key starts with `prefix`, in order.
-    fn side_scan(&self, table: Side, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
 
     /// A group commit's sync: like [`LogStorage::sync`], and the head
     /// record outside the engine says `acked` (every seq acknowledged so
@@ -257,6 +221,52 @@ pub trait LogStorage: Send + Sync + 'static {
         Ok(0)
     }
 }
+
+/// What is kept next to the log: cursors, the key index, small named
+/// values and the side tables. Durable with the log's next `sync`.
+pub trait StateStore: Send + Sync + 'static {
+    /// Records the newest entry of each key and that the index now covers
+    /// every seq up to `watermark` (derived data: rebuilt from the log on
+    /// open, so it needs no sync of its own).
+    fn index(&self, keys: &[(&str, KeyInfo)], watermark: u64) -> Result<()>;
+    /// A target's persisted cursor.
+    fn cursor(&self, target: &str) -> Result<Option<u64>>;
+    /// Persists a target's cursor and the log offset just after it
+    /// (durable with the next `sync`).
+    fn set_cursor(&self, target: &str, seq: u64, offset: u64) -> Result<()>;
+    /// The log offset persisted with a target's cursor, if any.
+    fn cursor_offset(&self, target: &str) -> Result<Option<u64>>;
+    /// Every persisted cursor.
+    fn cursors(&self) -> Result<Vec<(String, u64)>>;
+    /// The newest entry of a key.
+    fn key_info(&self, key: &str) -> Result<Option<KeyInfo>>;
+    /// Keys starting with `prefix` and greater than `after` ("" for none),
+    /// in key order, at most `limit`.
+    fn keys_with_prefix(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, KeyInfo)>>;
+    /// The highest seq the key index has absorbed.
+    fn key_index_watermark(&self) -> Result<u64>;
+    /// A small named value.
+    fn meta(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    /// Sets a small named value (durable with the next `sync`).
+    fn set_meta(&self, name: &str, value: &[u8]) -> Result<()>;
+    /// A value of a side table.
+    fn side(&self, table: Side, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Sets (`Some`) or removes (`None`) a value of a side table (durable
+    /// with the next `sync`).
+    fn set_side(&self, table: Side, key: &[u8], value: Option<&[u8]>) -> Result<()>;
+    /// Every entry of a side table whose key starts with `prefix`, in order.
+    fn side_scan(&self, table: Side, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+}
+
+/// The storage a log needs: its records and what is kept next to them.
+pub trait LogStorage: LogStore + StateStore {}
+
+impl<T: LogStore + StateStore> LogStorage for T {}
 
 /// The side tables next to the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -441,7 +451,7 @@ impl SledStorage {
     }
 }
 
-impl LogStorage for SledStorage {
+impl LogStore for SledStorage {
     fn append(&self, batch: &[PendingRecord<'_>]) -> Result<()> {
         let mut frames = FrameBuilder::default();
         for r in batch {
@@ -461,11 +471,6 @@ impl LogStorage for SledStorage {
             self.blobs_pending.store(true, Ordering::Release);
         }
         Ok(())
-    }
-
-    fn index(&self, keys: &[(&str, KeyInfo)], watermark: u64) -> Result<()> {
-        let r = self.s()?.keys.add(keys, watermark);
-        self.noted(r)
     }
 
     fn sync(&self) -> Result<()> {
@@ -622,109 +627,6 @@ impl LogStorage for SledStorage {
         }
     }
 
-    fn cursor(&self, target: &str) -> Result<Option<u64>> {
-        let v = self
-            .s()?
-            .cursors
-            .get(target)
-            .map_err(self.err("reading a cursor"))?;
-        Ok(v.and_then(|v| v.get(..8).and_then(seq_of)))
-    }
-
-    fn set_cursor(&self, target: &str, seq: u64, offset: u64) -> Result<()> {
-        let mut v = [0u8; 16];
-        v[..8].copy_from_slice(&seq.to_be_bytes());
-        v[8..].copy_from_slice(&offset.to_be_bytes());
-        self.s()?
-            .cursors
-            .insert(target, &v)
-            .map_err(self.err("persisting a cursor"))?;
-        Ok(())
-    }
-
-    fn cursor_offset(&self, target: &str) -> Result<Option<u64>> {
-        let v = self
-            .s()?
-            .cursors
-            .get(target)
-            .map_err(self.err("reading a cursor"))?;
-        Ok(v.and_then(|v| v.get(8..16).and_then(seq_of)))
-    }
-
-    fn cursors(&self) -> Result<Vec<(String, u64)>> {
-        let mut out = Vec::new();
-        for item in self.s()?.cursors.iter() {
-            let (k, v) = item.map_err(self.err("reading cursors"))?;
-            if let (Ok(name), Some(seq)) = (std::str::from_utf8(&k), v.get(..8).and_then(seq_of)) {
-                out.push((name.to_string(), seq));
-            }
-        }
-        Ok(out)
-    }
-
-    fn key_info(&self, key: &str) -> Result<Option<KeyInfo>> {
-        let r = self.s()?.keys.get(key);
-        self.noted(r)
-    }
-
-    fn keys_with_prefix(
-        &self,
-        prefix: &str,
-        after: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, KeyInfo)>> {
-        let r = self.s()?.keys.with_prefix(prefix, after, limit);
-        self.noted(r)
-    }
-
-    fn key_index_watermark(&self) -> Result<u64> {
-        Ok(self.s()?.keys.watermark())
-    }
-
-    fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let v = self
-            .s()?
-            .meta
-            .get(name)
-            .map_err(self.err("reading metadata"))?;
-        Ok(v.map(|v| v.to_vec()))
-    }
-
-    fn set_meta(&self, name: &str, value: &[u8]) -> Result<()> {
-        self.s()?
-            .meta
-            .insert(name, value)
-            .map_err(self.err("writing metadata"))?;
-        Ok(())
-    }
-
-    fn side(&self, table: Side, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let v = self
-            .side_tree(table)?
-            .get(key)
-            .map_err(self.err("reading a side table"))?;
-        Ok(v.map(|v| v.to_vec()))
-    }
-
-    fn set_side(&self, table: Side, key: &[u8], value: Option<&[u8]>) -> Result<()> {
-        let tree = self.side_tree(table)?;
-        match value {
-            Some(v) => tree.insert(key, v).map(|_| ()),
-            None => tree.remove(key).map(|_| ()),
-        }
-        .map_err(self.err("writing a side table"))
-    }
-
-    fn side_scan(&self, table: Side, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.side_tree(table)?
-            .scan_prefix(prefix)
-            .map(|r| {
-                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .map_err(self.err("scanning a side table"))
-            })
-            .collect()
-    }
-
     fn reopen(&self) -> Result<()> {
         let mut guard = self.sled.write().unwrap_or_else(|p| p.into_inner());
         // What the old handle held in memory goes with it.
@@ -847,6 +749,116 @@ impl LogStorage for SledStorage {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default()
+    }
+}
+
+impl StateStore for SledStorage {
+    fn index(&self, keys: &[(&str, KeyInfo)], watermark: u64) -> Result<()> {
+        let r = self.s()?.keys.add(keys, watermark);
+        self.noted(r)
+    }
+
+    fn cursor(&self, target: &str) -> Result<Option<u64>> {
+        let v = self
+            .s()?
+            .cursors
+            .get(target)
+            .map_err(self.err("reading a cursor"))?;
+        Ok(v.and_then(|v| v.get(..8).and_then(seq_of)))
+    }
+
+    fn set_cursor(&self, target: &str, seq: u64, offset: u64) -> Result<()> {
+        let mut v = [0u8; 16];
+        v[..8].copy_from_slice(&seq.to_be_bytes());
+        v[8..].copy_from_slice(&offset.to_be_bytes());
+        self.s()?
+            .cursors
+            .insert(target, &v)
+            .map_err(self.err("persisting a cursor"))?;
+        Ok(())
+    }
+
+    fn cursor_offset(&self, target: &str) -> Result<Option<u64>> {
+        let v = self
+            .s()?
+            .cursors
+            .get(target)
+            .map_err(self.err("reading a cursor"))?;
+        Ok(v.and_then(|v| v.get(8..16).and_then(seq_of)))
+    }
+
+    fn cursors(&self) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for item in self.s()?.cursors.iter() {
+            let (k, v) = item.map_err(self.err("reading cursors"))?;
+            if let (Ok(name), Some(seq)) = (std::str::from_utf8(&k), v.get(..8).and_then(seq_of)) {
+                out.push((name.to_string(), seq));
+            }
+        }
+        Ok(out)
+    }
+
+    fn key_info(&self, key: &str) -> Result<Option<KeyInfo>> {
+        let r = self.s()?.keys.get(key);
+        self.noted(r)
+    }
+
+    fn keys_with_prefix(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, KeyInfo)>> {
+        let r = self.s()?.keys.with_prefix(prefix, after, limit);
+        self.noted(r)
+    }
+
+    fn key_index_watermark(&self) -> Result<u64> {
+        Ok(self.s()?.keys.watermark())
+    }
+
+    fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let v = self
+            .s()?
+            .meta
+            .get(name)
+            .map_err(self.err("reading metadata"))?;
+        Ok(v.map(|v| v.to_vec()))
+    }
+
+    fn set_meta(&self, name: &str, value: &[u8]) -> Result<()> {
+        self.s()?
+            .meta
+            .insert(name, value)
+            .map_err(self.err("writing metadata"))?;
+        Ok(())
+    }
+
+    fn side(&self, table: Side, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let v = self
+            .side_tree(table)?
+            .get(key)
+            .map_err(self.err("reading a side table"))?;
+        Ok(v.map(|v| v.to_vec()))
+    }
+
+    fn set_side(&self, table: Side, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        let tree = self.side_tree(table)?;
+        match value {
+            Some(v) => tree.insert(key, v).map(|_| ()),
+            None => tree.remove(key).map(|_| ()),
+        }
+        .map_err(self.err("writing a side table"))
+    }
+
+    fn side_scan(&self, table: Side, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.side_tree(table)?
+            .scan_prefix(prefix)
+            .map(|r| {
+                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(self.err("scanning a side table"))
+            })
+            .collect()
     }
 }
 

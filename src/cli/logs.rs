@@ -21,7 +21,7 @@ pub(super) async fn log(cli: &Cli, from: &Option<u64>, limit: &usize) -> Result<
         Err(err) if err.is_connect() => {
             say_offline(&e, "reading", "");
             let storage = open_offline(&e.data_dir)?;
-            let first = crate::storage::LogStorage::bounds(&storage)?
+            let first = crate::storage::LogStore::bounds(&storage)?
                 .map(|(f, _)| f)
                 .unwrap_or(1);
             crate::server::log_json(&storage, from.unwrap_or(first).max(1), *limit)?
@@ -172,7 +172,7 @@ pub(super) async fn restore(
                 (None, Some(t)) => {
                     crate::restore::seq_as_of(storage.as_ref(), crate::server::parse_time(t)?)?
                 }
-                (None, None) => crate::storage::LogStorage::bounds(storage.as_ref())?
+                (None, None) => crate::storage::LogStore::bounds(storage.as_ref())?
                     .map(|(_, h)| h)
                     .unwrap_or(0),
             };
@@ -306,10 +306,10 @@ pub(super) fn repair(e: &Endpoints, accept_loss: bool, json: bool) -> Result<(),
         Some(c) => Some(c.primary.name.clone()),
         None => crate::status::offline_primary(&storage)?,
     };
-    let log_head = crate::storage::LogStorage::bounds(&storage)?
+    let log_head = crate::storage::LogStore::bounds(&storage)?
         .map(|(_, h)| h)
         .unwrap_or(0);
-    let mark = crate::storage::LogStorage::head_mark(&storage);
+    let mark = crate::storage::LogStore::head_mark(&storage);
     if !accept_loss {
         let what = match mark {
             Ok(Some(m)) if m.acked > log_head => format!(

@@ -1274,7 +1274,7 @@ pub use lifecycle::{
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::SledStorage;
+    use crate::storage::{SledStorage, StateStore as _};
 
     #[test]
     fn a_replay_intent_counts_only_past_the_cursor_and_a_damaged_one_is_dropped() {

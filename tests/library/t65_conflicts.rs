@@ -16,6 +16,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use walship::conflict::Keep;
 use walship::faults::{Fault, FaultyStore};
+use walship::storage::StateStore as _;
 use walship::{Config, Error, Replicator};
 
 async fn rig(strategy: &str) -> Rig {
@@ -803,7 +804,7 @@ async fn a_resync_settles_the_targets_open_conflicts() {
 /// version over the target and records it anew.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_version_record_stops_its_target_until_a_replay() {
-    use walship::storage::{LogStorage, Side, SledStorage};
+    use walship::storage::{LogStore as _, Side, SledStorage};
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = local_dir_config(dir.path());
     let file = |k: &str| std::fs::read(dir.path().join("replica").join(k)).expect("read");
