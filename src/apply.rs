@@ -1026,7 +1026,8 @@ impl Engine {
     /// the target would keep the resolved, older version.
     async fn hold(&self, id: u64, e: &Entry) -> Result<bool> {
         let _g = self.queue.lock().await;
-        let Some(mut rec) = self.record(id)? else {
+        // A record of another key under this id is not this key's conflict.
+        let Some(mut rec) = self.record(id)?.filter(|r| r.key == e.key) else {
             return Ok(false);
         };
         rec.seq = e.seq;
@@ -1050,6 +1051,14 @@ impl Engine {
             .find(|t| t.name() == rec.target)
             .ok_or_else(|| Error::UnknownTarget(rec.target.clone()))?
             .clone();
+        if t.state() == crate::status::TargetState::Syncing {
+            // The copy settles the target's conflicts when it ends; a
+            // resolution written meanwhile could land over the copy.
+            return Err(Error::ResolveRefused(format!(
+                "{} is being resynced from the acting primary, which settles conflict {id} when the copy ends; look again with `walship conflicts` afterwards",
+                rec.target
+            )));
+        }
         let path = object_path(&rec.key);
         let cur = self.fetch(&t, &path, false).await?;
         let now = cur.as_ref().and_then(|c| c.etag.clone());

@@ -373,6 +373,40 @@ async fn a_write_arriving_during_a_resolve_lands_after_it() {
     assert!(rig.rep.conflicts().expect("list").is_empty());
 }
 
+/// A resync settles the target's conflicts when its copy ends: a resolve
+/// meanwhile is refused (it could land over the copy), and the conflict is
+/// gone once the resync is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_is_refused_while_the_target_is_resynced_which_settles_it() {
+    let rig = rig("manual").await;
+    put(&rig, "k", "v1").await;
+    hand_edit(&rig, "r1", "k", "edited").await;
+    put(&rig, "k", "v2").await;
+    settle(&rig).await;
+    let id = rig.rep.conflicts().expect("list")[0].id;
+    rig.fault("r1").set(Fault::Fail);
+    rig.rep.start_resync("r1").await.expect("resync starts");
+    let err = rig
+        .rep
+        .resolve_conflict(id, Keep::Primary)
+        .await
+        .expect_err("refused while syncing");
+    assert!(
+        matches!(err, Error::ResolveRefused(_)) && err.to_string().contains("being resynced"),
+        "{err}"
+    );
+    rig.fault("r1").heal();
+    rig.wait_until(|r| {
+        r.targets
+            .iter()
+            .all(|t| t.state == walship::status::TargetState::Active)
+    })
+    .await;
+    settle(&rig).await;
+    assert!(rig.rep.conflicts().expect("list").is_empty());
+    assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some("v2"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resolve_catches_a_second_edit_instead_of_overwriting_it() {
     let rig = rig("manual").await;
