@@ -135,6 +135,11 @@ pub(crate) struct Engine {
     /// a target neither acknowledges writes of the key nor serves it.
     /// Written only by `set_known`, rebuilt from sled by `load_foreign`.
     foreign: Vec<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Per target (by index): recent seqs whose entry lost to a version the
+    /// target kept (adopted as a later entry). Guarantee 9 for the entry
+    /// itself: the target does not acknowledge it, even once the adopted
+    /// version makes the key this log's again. At most `LOST_KEPT` seqs.
+    lost: Vec<std::sync::Mutex<std::collections::BTreeSet<u64>>>,
     /// Largest object the log takes (adoption respects it).
     pub(crate) max_object_bytes: u64,
     /// Seqs of entries that adopt a foreign version (see `adopt`), with the
@@ -149,6 +154,10 @@ enum Applied {
     /// The conflict that held the key went meanwhile: apply again.
     Unheld,
 }
+
+/// Seqs of lost entries remembered per target: far more than can be waited
+/// for within any `sync_timeout_seconds`.
+const LOST_KEPT: usize = 65_536;
 
 /// Most keys whose known version is cached per target.
 const CACHE_KEYS: usize = 16 * 1024;
@@ -224,9 +233,11 @@ impl Engine {
             .map(|_| std::sync::Mutex::new(KnownCache::default()))
             .collect();
         let foreign = targets.iter().map(|_| Default::default()).collect();
+        let lost = targets.iter().map(|_| Default::default()).collect();
         Engine {
             cache,
             foreign,
+            lost,
             adopted: Default::default(),
             max_object_bytes: u64::MAX,
             origin,
@@ -282,6 +293,22 @@ impl Engine {
         idx: usize,
     ) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
         self.foreign[idx].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that entry `seq` lost on target `idx` to a version it kept.
+    fn mark_lost(&self, idx: usize, seq: u64) {
+        let mut set = self.lost[idx].lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(seq);
+        while set.len() > LOST_KEPT {
+            set.pop_first();
+        }
+    }
+
+    /// Whether entry `seq` lost on target `idx` to a version it kept: the
+    /// target does not acknowledge it (guarantee 9).
+    pub(crate) fn lost_at(&self, idx: usize, seq: u64) -> bool {
+        let set = self.lost[idx].lock().unwrap_or_else(|p| p.into_inner());
+        !set.is_empty() && set.contains(&seq)
     }
 
     /// Whether target `idx` holds a version of `key` that is not this
@@ -487,6 +514,7 @@ impl Engine {
                 }
                 // The kept version wins over this entry too: it is not the
                 // log's newest, so it is adopted again (guarantee 9).
+                self.mark_lost(t.idx, e.seq);
                 self.foreign_of(t.idx).insert(e.key.clone());
                 let path = object_path(&e.key);
                 let tag = (!k.tag.origin.is_empty()).then(|| k.tag.clone());
@@ -808,6 +836,7 @@ impl Engine {
         let value = (e.op == Op::Put).then(|| e.value.clone());
         match verdict {
             Verdict::Theirs => {
+                self.mark_lost(t.idx, e.seq);
                 self.settled(t, &e.key, theirs)?;
                 let tag = cur.has_origin.then(|| cur.tag.clone());
                 let found = cur.bytes.clone().map(|b| (b, cur.content.clone()));

@@ -621,7 +621,11 @@ impl Replicator {
             .iter()
             .map(|t| {
                 let cursor = t.cursor();
-                (t.state(), cursor, self.engine.holds_foreign(t.idx, key))
+                (
+                    t.state(),
+                    cursor,
+                    self.engine.holds_foreign(t.idx, key) || self.engine.lost_at(t.idx, seq),
+                )
             })
             .collect();
         let views: Vec<TargetView<'_>> = self
