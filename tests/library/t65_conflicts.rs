@@ -77,6 +77,18 @@ fn counts(rig: &Rig) -> (u64, u64) {
     (m.conflicts_detected.get(), m.conflicts_resolved.get())
 }
 
+/// Under `manual`: v1, a hand edit of `k` on r1, then v2, which opens a
+/// conflict on r1; the rig and the conflict's id.
+async fn manual_conflict_on_r1() -> (Rig, u64) {
+    let rig = rig("manual").await;
+    put(&rig, "k", "v1").await;
+    hand_edit(&rig, "r1", "k", "edited").await;
+    put(&rig, "k", "v2").await;
+    settle(&rig).await;
+    let id = rig.rep.conflicts().expect("list")[0].id;
+    (rig, id)
+}
+
 async fn settle(rig: &Rig) {
     rig.wait_caught_up(Duration::from_secs(10)).await;
 }
@@ -350,12 +362,7 @@ async fn manual_keeps_the_replica_records_it_and_resolve_clears_it() {
 /// over it; the target does not end on the resolved (older) version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_arriving_during_a_resolve_lands_after_it() {
-    let rig = rig("manual").await;
-    put(&rig, "k", "v1").await;
-    hand_edit(&rig, "r1", "k", "edited").await;
-    put(&rig, "k", "v2").await;
-    settle(&rig).await;
-    let id = rig.rep.conflicts().expect("list")[0].id;
+    let (rig, id) = manual_conflict_on_r1().await;
     // r1 answers slowly: the resolve reads r1 (0.8 s), then writes the
     // primary's v2 to it (0.8 s more); v3 is written meanwhile.
     rig.fault("r1")
@@ -378,12 +385,7 @@ async fn a_write_arriving_during_a_resolve_lands_after_it() {
 /// gone once the resync is done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resolve_is_refused_while_the_target_is_resynced_which_settles_it() {
-    let rig = rig("manual").await;
-    put(&rig, "k", "v1").await;
-    hand_edit(&rig, "r1", "k", "edited").await;
-    put(&rig, "k", "v2").await;
-    settle(&rig).await;
-    let id = rig.rep.conflicts().expect("list")[0].id;
+    let (rig, id) = manual_conflict_on_r1().await;
     rig.fault("r1").set(Fault::Fail);
     rig.rep.start_resync("r1").await.expect("resync starts");
     let err = rig
