@@ -218,6 +218,11 @@ pub enum ConflictsAction {
     List,
     /// Keep one version: `primary` (the acting primary's; for a conflict on
     /// the acting primary, this log's) or `replica` (the target's).
+    ///
+    /// Refused (409, exit 2) when the target's version changed since the
+    /// record (the record then shows the new one: look again with `walship
+    /// conflicts`), or while the target is being resynced (the copy settles
+    /// the conflict).
     Resolve {
         /// The conflict id (from `walship conflicts`).
         id: u64,
