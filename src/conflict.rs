@@ -41,7 +41,7 @@ pub const META_TS: &str = "walshipts";
 pub const META_SEQ: &str = "walshipseq";
 
 /// What orders two versions of a key.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Tag {
     /// Entry timestamp (ms since the epoch); for a version without walship
     /// metadata, the object's last-modified time.

@@ -30,7 +30,7 @@ pub(crate) struct Observed {
 }
 
 /// What a target's store lacks, learnt from its answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Caps(u8);
 
 impl Caps {
@@ -43,6 +43,12 @@ impl Caps {
 
     pub(crate) fn contains(self, other: Caps) -> bool {
         self.0 & other.0 == other.0
+    }
+
+    /// Both lacks.
+    #[cfg(test)]
+    pub(crate) fn with(self, other: Caps) -> Caps {
+        Caps(self.0 | other.0)
     }
 }
 
@@ -126,15 +132,7 @@ impl TargetHandle {
 
     /// Learns from a `NotImplemented` answer; returns what it learnt.
     pub(crate) fn learn(&self, operation: &str) -> Option<Caps> {
-        let cap = if operation.contains("PutMode::Update") {
-            Caps::NO_UPDATE
-        } else if operation.contains("PutMode::Create") {
-            Caps::NO_CREATE
-        } else if operation.contains("attributes") {
-            Caps::NO_ATTRS
-        } else {
-            return None;
-        };
+        let cap = crate::apply::missing_cap(operation)?;
         let before = self.caps.fetch_or(cap.0, Ordering::Relaxed);
         if before & cap.0 == 0 {
             tracing::debug!(target = %self.cfg.name, missing = %operation, "this store lacks a feature walship would use (conditional puts or object metadata): it checks with a HEAD before writing there, and tells its own versions apart by their bytes");

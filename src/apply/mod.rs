@@ -24,6 +24,9 @@
 //!    decided, carried out with a conditional write, counted resolved.
 //! 5. A write records its e-tag as this sidecar's version of K on T.
 //!
+//! Each decision on the way is a pure function in [`plan`], tested there;
+//! this module reads and writes, and does what `plan` answers.
+//!
 //! Re-applying an entry is harmless: the version is ours, so step 4 sees no
 //! conflict. Every write carries `walshiporigin`, `walshipts` and
 //! `walshipseq` where the store keeps metadata.
@@ -35,7 +38,7 @@ use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{
     Attribute, AttributeValue, Attributes, GetOptions, ObjectStore, ObjectStoreExt, PutMode,
-    PutOptions, PutPayload, PutResult, UpdateVersion,
+    PutOptions, PutPayload, PutResult,
 };
 
 use crate::codec::{Entry, Op};
@@ -51,6 +54,11 @@ use crate::metrics::Metrics;
 use crate::storage::Side;
 use crate::target_state::{Caps, TargetHandle};
 
+mod plan;
+
+pub(crate) use plan::missing_cap;
+use plan::{Delete, First, Found, Mode, Owner, Refused, Who};
+
 /// Rounds of "the target changed under us" before giving up for now (the
 /// shipper retries with backoff).
 const MAX_ROUNDS: usize = 8;
@@ -61,45 +69,6 @@ const NEXT_ID_META: &str = "conflict_next_id";
 /// At most this many log entries are read to recognise a version this
 /// sidecar wrote on a store without metadata.
 const MAX_OWN_SCAN: u64 = 1_000_000;
-
-/// A version found on a target.
-#[derive(Debug, Clone)]
-struct Found {
-    etag: Option<String>,
-    version: Option<String>,
-    size: u64,
-    tag: Tag,
-    /// `walshipseq`, when present.
-    seq: Option<u64>,
-    /// Whether it carried `walshiporigin`.
-    has_origin: bool,
-    bytes: Option<Bytes>,
-    /// Its attributes other than walship's own.
-    content: Attributes,
-}
-
-impl Found {
-    fn known(&self, seq: u64) -> Known {
-        Known {
-            etag: self.etag.clone(),
-            version: self.version.clone(),
-            tag: self.tag.clone(),
-            seq,
-            resolving: false,
-            conflict: None,
-            in_sled: false,
-        }
-    }
-
-    fn info(&self) -> VersionInfo {
-        VersionInfo {
-            etag: self.etag.clone(),
-            ts_ms: self.tag.ts_ms,
-            size: self.size,
-            origin: self.tag.origin.clone(),
-        }
-    }
-}
 
 /// The outcome of one conditional write.
 enum Put {
@@ -330,6 +299,15 @@ impl Engine {
     /// that adopted another sidecar's version, that version's tag (its
     /// origin kept, so that sidecar sees its own version, not a conflict).
     fn ours(&self, e: &Entry) -> Stamp {
+        Stamp {
+            tag: self.our_tag(e),
+            seq: e.seq,
+            content: e.meta.as_ref().map(|m| m.attributes()).unwrap_or_default(),
+        }
+    }
+
+    /// The tag of [`Engine::ours`].
+    fn our_tag(&self, e: &Entry) -> Tag {
         let adopted = {
             let a = self.adopted.lock().unwrap_or_else(|p| p.into_inner());
             if a.is_empty() {
@@ -338,14 +316,7 @@ impl Engine {
                 a.get(&e.seq).cloned().flatten()
             }
         };
-        Stamp {
-            tag: adopted.unwrap_or_else(|| Tag {
-                ts_ms: e.ts_ms,
-                origin: self.origin.clone(),
-            }),
-            seq: e.seq,
-            content: e.meta.as_ref().map(|m| m.attributes()).unwrap_or_default(),
-        }
+        plan::stamp_tag(&self.origin, e, adopted)
     }
 
     // ---- side tables ----
@@ -473,62 +444,64 @@ impl Engine {
         }
     }
 
+    fn who(&self, t: &TargetHandle) -> Who<'_> {
+        Who {
+            origin: &self.origin,
+            strategy: self.strategy,
+            on_primary: self.on_primary(t),
+        }
+    }
+
     async fn apply_once(&self, t: &TargetHandle, e: &Entry) -> Result<Applied> {
-        let known = self.known(t, &e.key);
-        if e.seq <= t.force_until.load(Ordering::Acquire) {
+        let forced = e.seq <= t.force_until.load(Ordering::Acquire);
+        let known = match self.known(t, &e.key) {
             // Replay writes over whatever is there, so a damaged record of
             // the key's version is no obstacle: the write records it anew.
-            let known = match known {
-                Err(Error::Damaged(reason)) => {
-                    tracing::warn!(target = %t.name(), key = %e.key, %reason, "replay writes over a damaged version record");
-                    None
-                }
-                other => other?,
-            };
-            return self.force(t, e, known).await.map(|()| Applied::Done);
-        }
-        let known = known?;
-        if let Some(k) = &known {
-            if let Some(id) = k.conflict {
-                if self.hold(id, e).await? {
-                    return Ok(Applied::Done);
-                }
-                // A record of the key still naming the gone conflict is
-                // stale (the resolution normally rewrites it): clear it, so
-                // that the next pass cannot meet it again.
-                if let Some(mut now) = self.known(t, &e.key)?
-                    && now.conflict == Some(id)
-                {
-                    now.conflict = None;
-                    self.set_known(t, &e.key, Some(&now))?;
-                }
-                return Ok(Applied::Unheld);
+            Err(Error::Damaged(reason)) if forced => {
+                tracing::warn!(target = %t.name(), key = %e.key, %reason, "replay writes over a damaged version record");
+                None
             }
-            let ours = self.ours(e);
-            if k.tag.origin != self.origin
-                && !conflict::may_replace(self.strategy, &ours.tag, &k.tag, self.on_primary(t))
-                && !self.is_adopted(e.seq)
-            {
-                if k.resolving {
-                    self.settled(t, &e.key, k.clone())?;
+            other => other?,
+        };
+        match plan::first_step(
+            self.who(t),
+            forced,
+            self.is_adopted(e.seq),
+            &self.our_tag(e),
+            known.as_ref(),
+        ) {
+            First::Force => self.force(t, e, known).await?,
+            First::Hold(id) => {
+                if !self.hold(id, e).await? {
+                    // A record of the key still naming the gone conflict
+                    // is stale (the resolution normally rewrites it):
+                    // clear it, so that the next pass cannot meet it again.
+                    if let Some(mut now) = self.known(t, &e.key)?
+                        && now.conflict == Some(id)
+                    {
+                        now.conflict = None;
+                        self.set_known(t, &e.key, Some(&now))?;
+                    }
+                    return Ok(Applied::Unheld);
+                }
+            }
+            First::KeepTheirs { settle, tag } => {
+                if let Some(k) = known.filter(|_| settle) {
+                    self.settled(t, &e.key, k)?;
                 }
                 // The kept version wins over this entry too: it is not the
                 // log's newest, so it is adopted again (guarantee 9).
                 self.mark_lost(t.idx, e.seq);
                 self.foreign_of(t.idx).insert(e.key.clone());
-                let path = object_path(&e.key);
-                let tag = (!k.tag.origin.is_empty()).then(|| k.tag.clone());
-                return self
-                    .adopt(t, &e.key, &path, None, tag)
-                    .await
-                    .map(|()| Applied::Done);
+                self.adopt(t, &e.key, &object_path(&e.key), None, tag)
+                    .await?;
             }
+            First::Write => match e.op {
+                Op::Put => self.put(t, e, known).await?,
+                Op::Delete => self.delete(t, e, known).await?,
+            },
         }
-        match e.op {
-            Op::Put => self.put(t, e, known).await,
-            Op::Delete => self.delete(t, e, known).await,
-        }
-        .map(|()| Applied::Done)
+        Ok(Applied::Done)
     }
 
     /// Replay: this log's version over whatever the target holds.
@@ -556,9 +529,8 @@ impl Engine {
 
     async fn put(&self, t: &TargetHandle, e: &Entry, mut known: Option<Known>) -> Result<()> {
         let path = object_path(&e.key);
-        // A create refused as "exists" where a HEAD then finds nothing: a
-        // directory stands at the path (a local directory target).
-        let mut exists_yet_absent = 0;
+        // Creates refused as "exists" where a HEAD then found nothing.
+        let mut absent_seen = 0;
         for _ in 0..MAX_ROUNDS {
             let stamp = self.ours(e);
             let created = known.is_none();
@@ -568,42 +540,42 @@ impl Engine {
             {
                 return self.wrote(t, &e.key, known.as_ref(), r, stamp);
             }
-            // Metadata says whose it is; only without it are the bytes read.
             let cur = match self.fetch(t, &path, false).await? {
-                Some(head) if head.has_origin => Some(head),
-                Some(_) => self.fetch(t, &path, true).await?,
-                None => None,
+                Some(head) if plan::read_body(&head) => self.fetch(t, &path, true).await?,
+                other => other,
             };
-            let Some(cur) = cur else {
-                if created {
-                    exists_yet_absent += 1;
-                    if exists_yet_absent >= 2 {
-                        return Err(Error::Rejected {
-                            target: t.name().to_string(),
-                            seq: e.seq,
-                            key: e.key.clone(),
-                            reason: "the store says something exists at the key's path but holds no object there (a directory of other keys stands at it)".into(),
-                        });
-                    }
+            let mine = match &cur {
+                Some(c) => Some(self.is_ours(t, c, e).await?),
+                None => {
+                    absent_seen += u32::from(created);
+                    None
                 }
-                known = None;
-                continue;
             };
-            if self.is_ours(t, &cur, e).await? {
-                let mut mine = cur.known(cur.seq.unwrap_or(0));
-                mine.tag.origin = self.origin.clone();
-                if cur.seq == Some(e.seq) || cur.bytes.as_ref() == Some(&e.value) {
-                    // Already there (a re-ship): record it, nothing to write.
-                    mine.tag.ts_ms = e.ts_ms;
-                    mine.seq = e.seq;
-                    self.set_known(t, &e.key, Some(&mine))?;
-                    return Ok(());
+            match plan::after_refused(
+                &self.origin,
+                e,
+                created,
+                absent_seen,
+                cur.as_ref().zip(mine),
+            ) {
+                Refused::Absent => known = None,
+                Refused::Blocked => {
+                    return Err(Error::Rejected {
+                        target: t.name().to_string(),
+                        seq: e.seq,
+                        key: e.key.clone(),
+                        reason: "the store says something exists at the key's path but holds no object there (a directory of other keys stands at it)".into(),
+                    });
                 }
-                known = Some(mine);
-                continue;
+                // Already there (a re-ship): record it, nothing to write.
+                Refused::There(mine) => return self.set_known(t, &e.key, Some(&mine)),
+                Refused::Over(mine) => known = Some(mine),
+                Refused::Conflict => {
+                    let before = known.and_then(|k| k.etag);
+                    let cur = cur.ok_or_else(|| self.changed_too_often(t, &e.key))?;
+                    return self.conflict(t, e, cur, before).await;
+                }
             }
-            let before = known.and_then(|k| k.etag);
-            return self.conflict(t, e, cur, before).await;
         }
         Err(self.changed_too_often(t, &e.key))
     }
@@ -611,23 +583,18 @@ impl Engine {
     async fn delete(&self, t: &TargetHandle, e: &Entry, known: Option<Known>) -> Result<()> {
         let path = object_path(&e.key);
         let resolving = known.as_ref().is_some_and(|k| k.resolving);
-        let Some(head) = self.fetch(t, &path, false).await? else {
-            self.set_known(t, &e.key, None)?;
-            if resolving {
-                self.metrics.conflicts_resolved.inc();
+        let head = self.fetch(t, &path, false).await?;
+        let cur = match plan::delete_step(&self.origin, known.as_ref(), head.as_ref()) {
+            Delete::Gone => {
+                self.set_known(t, &e.key, None)?;
+                if resolving {
+                    self.metrics.conflicts_resolved.inc();
+                }
+                return Ok(());
             }
-            return Ok(());
-        };
-        let expected = known
-            .as_ref()
-            .is_some_and(|k| k.etag.is_some() && k.etag == head.etag);
-        if expected || (head.has_origin && head.tag.origin == self.origin) {
-            return self.remove(t, &e.key, &path, resolving).await;
-        }
-        let cur = if head.has_origin {
-            Some(head)
-        } else {
-            self.fetch(t, &path, true).await?
+            Delete::Remove => return self.remove(t, &e.key, &path, resolving).await,
+            Delete::Judge => head,
+            Delete::ReadBody => self.fetch(t, &path, true).await?,
         };
         let Some(cur) = cur else {
             return self.remove(t, &e.key, &path, resolving).await;
@@ -665,20 +632,13 @@ impl Engine {
         r: PutResult,
         stamp: Stamp,
     ) -> Result<()> {
-        let seq = if stamp.tag.origin == self.origin || self.is_adopted(stamp.seq) {
-            stamp.seq
-        } else {
-            0
-        };
-        let k = Known {
-            etag: r.e_tag,
-            version: r.version,
-            tag: stamp.tag,
-            seq,
-            resolving: false,
-            conflict: None,
-            in_sled: false,
-        };
+        let seq = plan::recorded_seq(
+            &self.origin,
+            &stamp.tag,
+            stamp.seq,
+            self.is_adopted(stamp.seq),
+        );
+        let k = plan::written(r.e_tag, r.version, stamp.tag, seq);
         self.set_known(t, key, Some(&k))?;
         if before.is_some_and(|b| b.resolving) {
             self.metrics.conflicts_resolved.inc();
@@ -713,35 +673,17 @@ impl Engine {
         stamp: &Stamp,
     ) -> Result<Put> {
         loop {
-            let caps = t.caps();
-            let mode = match over {
-                Some(Known {
-                    etag: Some(etag),
-                    version,
-                    ..
-                }) if !caps.contains(Caps::NO_UPDATE) => PutMode::Update(UpdateVersion {
-                    e_tag: Some(etag.clone()),
-                    version: version.clone(),
-                }),
-                None if !caps.contains(Caps::NO_CREATE) => PutMode::Create,
-                _ => {
+            let mode = match plan::put_mode(over, t.caps()) {
+                Mode::Store(mode) => mode,
+                Mode::HeadFirst => {
                     let cur = self.fetch(t, path, false).await?;
-                    let expected = match (over, &cur) {
-                        (_, None) => true,
-                        (Some(k), Some(c)) => k.etag.is_some() && k.etag == c.etag,
-                        (None, Some(_)) => false,
-                    };
-                    if !expected {
+                    if !plan::holds_expected(over, cur.as_ref()) {
                         return Ok(Put::Changed);
                     }
                     PutMode::Overwrite
                 }
             };
-            let wanted = match &mode {
-                PutMode::Update(_) => Some(Caps::NO_UPDATE),
-                PutMode::Create => Some(Caps::NO_CREATE),
-                PutMode::Overwrite => None,
-            };
+            let wanted = plan::lacked_by(&mode);
             match self.put_with(t, path, bytes.clone(), mode, stamp).await {
                 Ok(r) => return Ok(Put::Written(r)),
                 Err(Error::Target { source, .. })
@@ -771,28 +713,22 @@ impl Engine {
 
     /// Whether `cur` is a version this sidecar wrote (see the module doc).
     async fn is_ours(&self, t: &TargetHandle, cur: &Found, e: &Entry) -> Result<bool> {
-        if cur.has_origin {
-            // An entry adopting another sidecar's version carries its tag:
-            // finding that very version is finding this entry's.
-            return Ok(cur.tag.origin == self.origin || self.ours(e).tag == cur.tag);
-        }
+        let (from, to) = match plan::owner(&self.origin, &self.our_tag(e), e, cur) {
+            Owner::Ours => return Ok(true),
+            Owner::Theirs => return Ok(false),
+            Owner::AskLog => {
+                match plan::own_scan(t.opened_cursor, self.log.first(), e.seq, MAX_OWN_SCAN) {
+                    Some(range) => range,
+                    None => return Ok(false),
+                }
+            }
+        };
         let Some(bytes) = &cur.bytes else {
             return Ok(false);
         };
-        if e.op == Op::Put && *bytes == e.value {
-            return Ok(true);
-        }
-        // A crash between a put and recording it: the bytes are those of an
-        // entry of this key shipped since this process opened.
-        let from = (t.opened_cursor + 1)
-            .max(self.log.first())
-            .max(e.seq.saturating_sub(MAX_OWN_SCAN));
-        if from >= e.seq {
-            return Ok(false);
-        }
         // Up to a million entries: on a blocking thread, not an async one.
         let (crc, len) = (crc32fast::hash(bytes), bytes.len());
-        let (storage, key, to) = (self.log.storage().clone(), e.key.clone(), e.seq - 1);
+        let (storage, key) = (self.log.storage().clone(), e.key.clone());
         tokio::task::spawn_blocking(move || {
             let mut found = false;
             storage.scan(from, to, &mut |seq, rec| {
@@ -864,7 +800,7 @@ impl Engine {
                 }
                 let merged = match (&value, &cur.bytes) {
                     (Some(mine), Some(other)) => {
-                        let (newer, older) = if ours.tag > cur.tag {
+                        let (newer, older) = if plan::merge_order(&ours.tag, &cur.tag) {
                             (mine, other)
                         } else {
                             (other, mine)
@@ -876,10 +812,7 @@ impl Engine {
                 match merged {
                     Some(m) => {
                         let stamp = Stamp {
-                            tag: Tag {
-                                ts_ms: ours.tag.ts_ms.max(cur.tag.ts_ms),
-                                origin: self.origin.clone(),
-                            },
+                            tag: plan::merged_tag(&self.origin, &ours.tag, &cur.tag),
                             seq: e.seq,
                             content: ours.content.clone(),
                         };
@@ -990,11 +923,7 @@ impl Engine {
         let p = self.acting_primary().clone();
         match self.fetch(&p, &object_path(key), true).await? {
             Some(pv) if pv.tag > ours.tag => {
-                let seq = if pv.tag.origin == self.origin {
-                    pv.seq.unwrap_or(0)
-                } else {
-                    0
-                };
+                let seq = plan::found_seq(&self.origin, &pv);
                 Ok((
                     pv.bytes,
                     Stamp {
@@ -1141,11 +1070,7 @@ impl Engine {
                     }
                     match self.fetch(&p, &path, true).await? {
                         Some(pv) => {
-                            let seq = if pv.tag.origin == self.origin {
-                                pv.seq.unwrap_or(0)
-                            } else {
-                                0
-                            };
+                            let seq = plan::found_seq(&self.origin, &pv);
                             (
                                 pv.bytes,
                                 Stamp {
@@ -1219,15 +1144,7 @@ impl Engine {
             // Deleted since the listing: the log ships the delete.
             return Ok(());
         };
-        let mut tag = v.tag.clone();
-        if !v.has_origin {
-            tag.origin = self.origin.clone();
-        }
-        let seq = if tag.origin == self.origin {
-            v.seq.unwrap_or(0)
-        } else {
-            0
-        };
+        let (tag, seq) = plan::copied(&self.origin, &v);
         let stamp = Stamp {
             tag,
             seq,
