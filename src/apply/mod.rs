@@ -32,7 +32,7 @@
 //! `walshipseq` where the store keeps metadata.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use object_store::path::Path;
@@ -114,6 +114,9 @@ pub(crate) struct Engine {
     /// Seqs of entries that adopt a foreign version (see `adopt`), with the
     /// tag they are written with when it is another sidecar's.
     adopted: std::sync::Mutex<std::collections::BTreeMap<u64, Option<Tag>>>,
+    /// Whether `adopted` holds anything: most logs never adopt, and their
+    /// writes then skip its lock.
+    any_adopted: AtomicBool,
 }
 
 /// What one pass of `Engine::apply` did.
@@ -208,6 +211,7 @@ impl Engine {
             foreign,
             lost,
             adopted: Default::default(),
+            any_adopted: AtomicBool::new(false),
             max_object_bytes: u64::MAX,
             origin,
             strategy,
@@ -308,13 +312,11 @@ impl Engine {
 
     /// The tag of [`Engine::ours`].
     fn our_tag(&self, e: &Entry) -> Tag {
-        let adopted = {
+        let adopted = if self.any_adopted.load(Ordering::Acquire) {
             let a = self.adopted.lock().unwrap_or_else(|p| p.into_inner());
-            if a.is_empty() {
-                None
-            } else {
-                a.get(&e.seq).cloned().flatten()
-            }
+            a.get(&e.seq).cloned().flatten()
+        } else {
+            None
         };
         plan::stamp_tag(&self.origin, e, adopted)
     }
@@ -861,6 +863,7 @@ impl Engine {
         let list: Vec<(u64, Option<Tag>)> = {
             let mut a = self.adopted.lock().unwrap_or_else(|p| p.into_inner());
             a.insert(appended.seq, tag);
+            self.any_adopted.store(true, Ordering::Release);
             a.iter().map(|(s, t)| (*s, t.clone())).collect()
         };
         let generation = self.log.storage().generation();
@@ -876,18 +879,21 @@ impl Engine {
     /// foreign version it copies whatever the strategy says (the bytes are
     /// that version's).
     fn is_adopted(&self, seq: u64) -> bool {
-        let a = self.adopted.lock().unwrap_or_else(|p| p.into_inner());
-        !a.is_empty() && a.contains_key(&seq)
+        self.any_adopted.load(Ordering::Acquire)
+            && self
+                .adopted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&seq)
     }
 
     /// Loads the adopted entries recorded in the log's metadata.
     pub(crate) fn load_adopted(&self) -> Result<()> {
         if let Some(b) = self.log.storage().meta(ADOPTED_META)? {
             let list: Vec<(u64, Option<Tag>)> = decode_json("the adopted entries", &b)?;
-            self.adopted
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(list);
+            let mut a = self.adopted.lock().unwrap_or_else(|p| p.into_inner());
+            a.extend(list);
+            self.any_adopted.store(!a.is_empty(), Ordering::Release);
         }
         Ok(())
     }

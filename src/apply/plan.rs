@@ -528,52 +528,62 @@ mod tests {
         }
     }
 
+    /// Whether a kept foreign version stops an entry (ours at ts 5), per
+    /// the strategies' meaning in SPEC.md: last_write_wins and
+    /// primary_wins keep the newer, first_write_wins the older; merge and
+    /// manual decide again at the write.
+    fn kept(s: ConflictResolution, theirs_newer: bool) -> bool {
+        match s {
+            ConflictResolution::LastWriteWins | ConflictResolution::PrimaryWins => theirs_newer,
+            ConflictResolution::FirstWriteWins => !theirs_newer,
+            ConflictResolution::Merge | ConflictResolution::Manual => false,
+        }
+    }
+
     #[test]
     fn a_kept_foreign_version_stops_an_entry_exactly_when_the_strategy_keeps_it() {
+        let ours = tag(5, ME);
         for s in ALL {
             for p in [false, true] {
-                for (theirs, ours) in [(tag(9, "other"), tag(5, ME)), (tag(1, ""), tag(5, ME))] {
-                    let k = Known {
-                        resolving: true,
-                        ..known("x", theirs.clone(), 0)
-                    };
-                    let step = first_step(who(s, p), false, false, &ours, Some(&k));
-                    if conflict::may_replace(s, &ours, &theirs, p) {
-                        assert_eq!(step, First::Write, "{s:?} on_primary={p}");
-                    } else {
+                for (theirs, newer) in [
+                    (tag(9, "other"), true),
+                    (tag(1, "other"), false),
+                    (tag(9, ""), true),
+                    (tag(1, ""), false),
+                ] {
+                    for resolving in [false, true] {
+                        let k = Known {
+                            resolving,
+                            ..known("x", theirs.clone(), 0)
+                        };
+                        let step = first_step(who(s, p), false, false, &ours, Some(&k));
+                        let case = format!("{s:?} on_primary={p} theirs={theirs:?}");
+                        if kept(s, newer) {
+                            let other = theirs.origin == "other";
+                            assert_eq!(
+                                step,
+                                First::KeepTheirs {
+                                    settle: resolving,
+                                    // Adopted with another sidecar's tag; a
+                                    // hand edit's entry is ours.
+                                    tag: other.then(|| tag(theirs.ts_ms, "other")),
+                                },
+                                "{case}"
+                            );
+                        } else {
+                            assert_eq!(step, First::Write, "{case}");
+                        }
+                        // An adopting entry carries that very version: it
+                        // is written whatever the strategy keeps.
                         assert_eq!(
-                            step,
-                            First::KeepTheirs {
-                                settle: true,
-                                tag: (!theirs.origin.is_empty()).then(|| theirs.clone())
-                            },
-                            "{s:?} on_primary={p}"
+                            first_step(who(s, p), false, true, &ours, Some(&k)),
+                            First::Write,
+                            "{case}"
                         );
                     }
-                    // An adopting entry carries that very version: written.
-                    assert_eq!(
-                        first_step(who(s, p), false, true, &ours, Some(&k)),
-                        First::Write
-                    );
                 }
             }
         }
-        // Spelled out for one case, so the loop above cannot agree with a
-        // `may_replace` that always says yes.
-        let k = known("x", tag(9, "other"), 0);
-        assert_eq!(
-            first_step(
-                who(ConflictResolution::LastWriteWins, false),
-                false,
-                false,
-                &tag(5, ME),
-                Some(&k)
-            ),
-            First::KeepTheirs {
-                settle: false,
-                tag: Some(tag(9, "other"))
-            }
-        );
     }
 
     // ---- step 2 ----
@@ -603,11 +613,19 @@ mod tests {
             }
             // A known version without an e-tag cannot be a condition.
             assert_eq!(put_mode(Some(&no_etag), caps), Mode::HeadFirst);
-            // Never an overwrite the store is trusted with.
-            for m in [update, create] {
-                assert_ne!(m, Mode::Store(PutMode::Overwrite));
-            }
         }
+        // The store's object version goes with the e-tag.
+        let versioned = Known {
+            version: Some("v7".into()),
+            ..over
+        };
+        assert_eq!(
+            put_mode(Some(&versioned), Caps::default()),
+            Mode::Store(PutMode::Update(UpdateVersion {
+                e_tag: Some("e1".into()),
+                version: Some("v7".into())
+            }))
+        );
     }
 
     #[test]
@@ -653,13 +671,6 @@ mod tests {
     }
 
     // ---- step 3 ----
-
-    #[test]
-    fn only_a_version_without_origin_is_read_whole() {
-        for (name, f) in found_kinds() {
-            assert_eq!(read_body(&f), !f.has_origin, "{name}");
-        }
-    }
 
     #[test]
     fn whose_a_found_version_is() {
@@ -745,7 +756,23 @@ mod tests {
         let Refused::Over(k) = after_refused(ME, &e, false, 0, Some((older, true))) else {
             panic!("an older version of ours is written over");
         };
-        assert_eq!((k.seq, k.etag.as_deref()), (3, Some("e3")));
+        assert_eq!(
+            (k.seq, k.etag.as_deref(), k.tag.clone()),
+            (3, Some("e3"), tag(3, ME))
+        );
+        // An adopted version carrying another sidecar's tag, found as ours
+        // (its entry's very version): it is recorded as this sidecar's.
+        let adopted = Found {
+            etag: Some("x9".into()),
+            tag: tag(9, "other"),
+            seq: Some(4),
+            has_origin: true,
+            ..Found::default()
+        };
+        let Refused::Over(k) = after_refused(ME, &e, false, 0, Some((&adopted, true))) else {
+            panic!("an earlier entry's version is written over");
+        };
+        assert_eq!((k.seq, k.tag.clone()), (4, tag(9, ME)));
         // Without metadata: the same bytes are this entry's version.
         let bare = Found {
             etag: Some("b".into()),
@@ -829,6 +856,11 @@ mod tests {
             ..Found::default()
         };
         assert_eq!(copied(ME, &bare), (tag(7, ME), 0));
+        let bare_with_seq = Found {
+            seq: Some(6),
+            ..bare
+        };
+        assert_eq!(copied(ME, &bare_with_seq), (tag(7, ME), 6));
     }
 
     #[test]
@@ -849,21 +881,29 @@ mod tests {
     // ---- every strategy × store capability × found version ----
 
     /// One put walked through the planner as the executor walks it: the
-    /// entry meets `found` on a store lacking `caps`, with no version known
-    /// (a first write) or an older one of ours known. The requests and the
-    /// outcome, as words.
-    fn walk(s: ConflictResolution, caps: Caps, known: Option<&Known>, found: &Found) -> String {
+    /// entry (ts 5) meets `found` on a store lacking `caps`, with no version
+    /// known (a first write) or an older one of ours known (e-tag `e3`). The
+    /// store is modelled: a put-if-match succeeds when the e-tag matches, a
+    /// put-if-absent is refused (something is there), and a log search
+    /// finds nothing. The requests and the outcome, as words.
+    fn walk(
+        s: ConflictResolution,
+        on_primary: bool,
+        caps: Caps,
+        known: Option<&Known>,
+        found: &Found,
+    ) -> String {
         let e = entry(5, 5, Op::Put, b"v5");
         let ours = tag(5, ME);
         let mut steps = vec![];
-        match first_step(who(s, false), false, false, &ours, known) {
+        match first_step(who(s, on_primary), false, false, &ours, known) {
             First::Write => {}
             other => return format!("{other:?}"),
         }
         match put_mode(known, caps) {
-            Mode::Store(PutMode::Update(_)) => {
+            Mode::Store(PutMode::Update(u)) => {
                 steps.push("put-if-match");
-                if known.and_then(|k| k.etag.clone()) == found.etag {
+                if u.e_tag == found.etag {
                     steps.push("written");
                     return steps.join(" ");
                 }
@@ -872,12 +912,13 @@ mod tests {
             Mode::HeadFirst => {
                 steps.push("head");
                 if holds_expected(known, Some(found)) {
-                    steps.push("put");
-                    steps.push("written");
+                    steps.push("put written");
                     return steps.join(" ");
                 }
             }
         }
+        // Refused: what is there?
+        steps.push("head");
         let found = if read_body(found) {
             steps.push("get");
             Found {
@@ -885,7 +926,6 @@ mod tests {
                 ..found.clone()
             }
         } else {
-            steps.push("head");
             found.clone()
         };
         let mine = match owner(ME, &ours, &e, &found) {
@@ -896,95 +936,109 @@ mod tests {
                 false
             }
         };
-        match after_refused(ME, &e, known.is_none(), 0, Some((&found, mine))) {
-            Refused::Conflict => {
-                let v = decide(s, &ours, &found.tag, false);
-                steps.push("conflict");
-                steps.push(match v {
-                    Verdict::Ours => "ours",
-                    Verdict::Theirs => "theirs",
-                    Verdict::Primary => "primary",
-                    Verdict::Merge => "merge",
-                    Verdict::Manual => "manual",
-                });
-            }
-            Refused::There(k) => {
-                assert_eq!(k.seq, 5);
-                steps.push("there");
-            }
-            Refused::Over(k) => {
-                assert_eq!(k.tag.origin, ME);
-                steps.push("over");
-            }
-            other => steps.push(if other == Refused::Absent {
-                "absent"
-            } else {
-                "blocked"
-            }),
-        }
+        steps.push(
+            match after_refused(ME, &e, known.is_none(), 0, Some((&found, mine))) {
+                Refused::Conflict => match decide(s, &ours, &found.tag, on_primary) {
+                    Verdict::Ours => "conflict ours",
+                    Verdict::Theirs => "conflict theirs",
+                    Verdict::Primary => "conflict primary",
+                    Verdict::Merge => "conflict merge",
+                    Verdict::Manual => "conflict manual",
+                },
+                Refused::There(k) if k.seq == 5 && k.tag == ours => "there",
+                Refused::Over(k) if k.tag.origin == ME => "over",
+                other => panic!("{other:?} after finding {found:?}"),
+            },
+        );
         steps.join(" ")
+    }
+
+    /// The verdict on a version of another writer (ours at ts 5), per the
+    /// strategies' meaning in SPEC.md.
+    fn verdict_wanted(s: ConflictResolution, on_primary: bool, name: &str) -> &'static str {
+        let newer = name.ends_with("newer");
+        let hand = name.starts_with("a hand edit");
+        let newer_wins = if newer { "theirs" } else { "ours" };
+        match s {
+            ConflictResolution::LastWriteWins => newer_wins,
+            ConflictResolution::FirstWriteWins => {
+                if newer {
+                    "ours"
+                } else {
+                    "theirs"
+                }
+            }
+            ConflictResolution::PrimaryWins if hand && !on_primary => "primary",
+            ConflictResolution::PrimaryWins => newer_wins,
+            ConflictResolution::Merge => "merge",
+            ConflictResolution::Manual => "manual",
+        }
     }
 
     #[test]
     fn every_strategy_store_and_found_version() {
         let older_ours = known("e3", tag(3, ME), 3);
         for s in ALL {
-            for caps in caps_all() {
-                for (name, f) in found_kinds() {
-                    for k in [None, Some(&older_ours)] {
-                        let w = walk(s, caps, k, &f);
-                        let case = format!("{s:?} {caps:?} {name} known={}", k.is_some());
-                        // What was found decides, never the store's means.
-                        let end = w.rsplit(' ').next().unwrap_or_default();
-                        let want: &[&str] = match name {
-                            "ours, this entry" => &["there"],
-                            "ours, older" if k.is_some() => &["written"],
-                            "ours, older" => &["over"],
-                            _ => match s {
-                                ConflictResolution::Merge => &["merge"],
-                                ConflictResolution::Manual => &["manual"],
-                                _ => &["ours", "theirs", "primary"],
-                            },
-                        };
-                        assert!(want.contains(&end), "{case}: {w}");
-                        // A version of another writer is a conflict, and its
-                        // strategy's verdict, on every store.
-                        if !name.starts_with("ours") {
-                            assert!(w.contains("conflict"), "{case}: {w}");
+            for p in [false, true] {
+                for caps in caps_all() {
+                    for (name, f) in found_kinds() {
+                        for k in [None, Some(&older_ours)] {
+                            let w = walk(s, p, caps, k, &f);
+                            let case = format!(
+                                "{s:?} on_primary={p} {caps:?} {name} known={}",
+                                k.is_some()
+                            );
+                            // A store lacking the mode is asked by HEAD
+                            // first; one that has it, never.
+                            let lacks = if k.is_some() {
+                                caps.contains(Caps::NO_UPDATE)
+                            } else {
+                                caps.contains(Caps::NO_CREATE)
+                            };
+                            assert_eq!(w.starts_with("head"), lacks, "{case}: {w}");
+                            let end = w.trim_start_matches("head ");
+                            let end = end
+                                .trim_start_matches("put-if-match ")
+                                .trim_start_matches("put-if-absent ")
+                                .trim_start_matches("head ");
+                            // What was found decides, never the store's means.
+                            let want = match (name, k.is_some()) {
+                                ("ours, this entry", _) => "there".to_string(),
+                                ("ours, older", true) if lacks => "put written".to_string(),
+                                ("ours, older", true) => "written".to_string(),
+                                ("ours, older", false) => "over".to_string(),
+                                (n, _) if n.starts_with("a hand edit") => {
+                                    format!("get search-log conflict {}", verdict_wanted(s, p, n))
+                                }
+                                (n, _) => format!("conflict {}", verdict_wanted(s, p, n)),
+                            };
+                            assert_eq!(end, want, "{case}: {w}");
                         }
-                        // A hand edit is read whole before it is judged.
-                        if name.starts_with("a hand edit") {
-                            assert!(w.contains("get"), "{case}: {w}");
-                        }
-                        // A store lacking the mode is asked by HEAD first.
-                        let lacks = if k.is_some() {
-                            caps.contains(Caps::NO_UPDATE)
-                        } else {
-                            caps.contains(Caps::NO_CREATE)
-                        };
-                        assert_eq!(w.starts_with("head"), lacks, "{case}: {w}");
                     }
                 }
             }
         }
-        // Two outcomes spelled out.
+        // Two walks spelled out whole.
+        let hand_newer = &found_kinds()[4].1;
         assert_eq!(
             walk(
                 ConflictResolution::LastWriteWins,
+                false,
                 Caps::default(),
                 None,
-                &found_kinds()[4].1
+                hand_newer
             ),
-            "put-if-absent get search-log conflict theirs"
+            "put-if-absent head get search-log conflict theirs"
         );
         assert_eq!(
             walk(
                 ConflictResolution::FirstWriteWins,
+                false,
                 Caps::NO_CREATE,
                 None,
-                &found_kinds()[4].1
+                hand_newer
             ),
-            "head get search-log conflict ours"
+            "head head get search-log conflict ours"
         );
     }
 }
