@@ -64,6 +64,7 @@ pub mod error;
 pub mod frame;
 pub mod headfile;
 pub mod key;
+mod keyed;
 mod keyfit;
 mod keyindex;
 pub mod log;

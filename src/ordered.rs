@@ -15,10 +15,9 @@
 //! a task of its own that holds the lock until the store answers, whether
 //! or not anyone still waits for the answer. Reads pass through.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -30,12 +29,12 @@ use object_store::{
     PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 
-type PathLock = Arc<tokio::sync::Mutex<()>>;
+use crate::keyed::KeyedLocks;
 
 /// The wrapper; see the module docs.
 pub(crate) struct Ordered {
     inner: Arc<dyn ObjectStore>,
-    locks: Arc<Mutex<HashMap<Path, Weak<tokio::sync::Mutex<()>>>>>,
+    locks: Arc<KeyedLocks<Path>>,
 }
 
 /// Wraps a local directory's store.
@@ -46,23 +45,7 @@ pub(crate) fn ordered(inner: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
     })
 }
 
-/// Above this many entries the table drops those no write holds.
-const PRUNE_AT: usize = 1024;
-
 impl Ordered {
-    fn lock_of(&self, p: &Path) -> PathLock {
-        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(l) = locks.get(p).and_then(Weak::upgrade) {
-            return l;
-        }
-        if locks.len() >= PRUNE_AT {
-            locks.retain(|_, l| l.strong_count() > 0);
-        }
-        let l = PathLock::default();
-        locks.insert(p.clone(), Arc::downgrade(&l));
-        l
-    }
-
     /// Runs `write` for `p` after every earlier write of `p`, on a task that
     /// finishes it even if this caller goes away.
     async fn in_order<T, F>(&self, p: &Path, write: F) -> object_store::Result<T>
@@ -70,7 +53,7 @@ impl Ordered {
         T: Send + 'static,
         F: Future<Output = object_store::Result<T>> + Send + 'static,
     {
-        let guard = self.lock_of(p).lock_owned().await;
+        let guard = self.locks.lock(p).await;
         tokio::spawn(async move {
             let out = write.await;
             drop(guard);

@@ -49,6 +49,7 @@ use crate::conflict::{
 };
 use crate::error::{Error, Result};
 use crate::key::object_path;
+use crate::keyed::KeyedLocks;
 use crate::log::{Log, now_ms};
 use crate::metrics::Metrics;
 use crate::storage::Side;
@@ -86,7 +87,7 @@ struct Stamp {
     content: Attributes,
 }
 
-/// Applies entries with conflict detection; owns the conflict queue.
+/// Applies entries with conflict detection; owns the conflict records.
 pub(crate) struct Engine {
     pub(crate) origin: String,
     pub(crate) strategy: ConflictResolution,
@@ -95,8 +96,13 @@ pub(crate) struct Engine {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) targets: Vec<Arc<TargetHandle>>,
     pub(crate) acting: Arc<AtomicUsize>,
-    /// Serialises conflict-record changes (ids, resolve).
-    queue: tokio::sync::Mutex<()>,
+    /// Per conflict id: serialises the changes of its record (a later
+    /// entry held by it, a replay clearing it, its resolution). A resolve
+    /// waiting on its target's store thus holds up only its own key on its
+    /// own target, never another conflict.
+    claims: KeyedLocks<u64>,
+    /// Serialises the allocation of conflict ids.
+    ids: std::sync::Mutex<()>,
     /// Per target (by index): recently known versions.
     cache: Vec<std::sync::Mutex<KnownCache>>,
     /// Per target (by index): keys it holds a version of that is not this
@@ -220,7 +226,8 @@ impl Engine {
             metrics,
             targets,
             acting,
-            queue: tokio::sync::Mutex::new(()),
+            claims: KeyedLocks::default(),
+            ids: std::sync::Mutex::new(()),
         }
     }
 
@@ -520,7 +527,7 @@ impl Engine {
             Op::Delete => self.remove(t, &e.key, &path, false).await?,
         }
         if let Some(id) = known.and_then(|k| k.conflict) {
-            let _g = self.queue.lock().await;
+            let _g = self.claims.lock(&id).await;
             if self.record(id)?.is_some() {
                 self.set_record(id, None)?;
                 self.metrics.conflicts_resolved.inc();
@@ -951,13 +958,18 @@ impl Engine {
         mut theirs: Known,
         before: Option<String>,
     ) -> Result<()> {
-        let _g = self.queue.lock().await;
         let storage = self.log.storage();
         let generation = storage.generation();
-        let id = match storage.meta(NEXT_ID_META)? {
-            Some(b) => b.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(1),
-            None => 1,
+        let id = {
+            let _ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+            let id = match storage.meta(NEXT_ID_META)? {
+                Some(b) => b.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(1),
+                None => 1,
+            };
+            storage.set_meta(NEXT_ID_META, &(id + 1).to_be_bytes())?;
+            id
         };
+        let _g = self.claims.lock(&id).await;
         let rec = ConflictRecord {
             id,
             key: e.key.clone(),
@@ -973,7 +985,6 @@ impl Engine {
             },
             replica: cur.info(),
         };
-        storage.set_meta(NEXT_ID_META, &(id + 1).to_be_bytes())?;
         self.set_record(id, Some(&rec))?;
         theirs.resolving = false;
         theirs.conflict = Some(id);
@@ -985,11 +996,11 @@ impl Engine {
 
     /// A later entry of a key held by manual conflict `id`: it waits too,
     /// and the record now stands for it. `false` when the conflict is gone
-    /// by the time the queue is ours (resolved, or settled by a resync,
+    /// by the time its lock is ours (resolved, or settled by a resync,
     /// meanwhile): the entry is not held and must be applied as usual, or
     /// the target would keep the resolved, older version.
     async fn hold(&self, id: u64, e: &Entry) -> Result<bool> {
-        let _g = self.queue.lock().await;
+        let _g = self.claims.lock(&id).await;
         // A record of another key under this id is not this key's conflict.
         let Some(mut rec) = self.record(id)?.filter(|r| r.key == e.key) else {
             return Ok(false);
@@ -1004,7 +1015,7 @@ impl Engine {
 
     /// `conflicts resolve ID --keep primary|replica`.
     pub(crate) async fn resolve(&self, id: u64, keep: Keep) -> Result<ConflictRecord> {
-        let _g = self.queue.lock().await;
+        let _g = self.claims.lock(&id).await;
         let generation = self.log.storage().generation();
         let Some(mut rec) = self.record(id)? else {
             return Err(Error::UnknownConflict(id));

@@ -380,6 +380,79 @@ async fn a_write_arriving_during_a_resolve_lands_after_it() {
     assert!(rig.rep.conflicts().expect("list").is_empty());
 }
 
+/// A resolve waits on its own conflict only: while the resolve's write to
+/// r1 goes unanswered, a later write of a key held by another conflict, on
+/// r2, is still taken in by that conflict and passed by r2's cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolve_waiting_on_its_target_does_not_stall_another_conflict() {
+    let rig = Rig::with(
+        2,
+        "semi_sync",
+        1,
+        2.0,
+        "",
+        "conflict_resolution = \"manual\"",
+    )
+    .await;
+    put(&rig, "a", "v1").await;
+    hand_edit(&rig, "r1", "a", "edited").await;
+    put(&rig, "a", "v2").await;
+    put(&rig, "b", "v1").await;
+    hand_edit(&rig, "r2", "b", "edited").await;
+    put(&rig, "b", "v2").await;
+    settle(&rig).await;
+    let open = rig.rep.conflicts().expect("list");
+    let id_of = |k: &str, t: &str| {
+        open.iter()
+            .find(|c| c.key == k && c.target == t)
+            .unwrap_or_else(|| panic!("a conflict on {k} at {t}: {open:?}"))
+            .id
+    };
+    let (a, b) = (id_of("a", "r1"), id_of("b", "r2"));
+    rig.fault("r1").hold_puts("a");
+    let resolving = {
+        let rep = rig.rep.clone();
+        tokio::spawn(async move { rep.resolve_conflict(a, Keep::Primary).await })
+    };
+    for _ in 0..500 {
+        if rig.fault("r1").holding() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rig.fault("r1").holding(), 1, "the resolve's write waits");
+    let seq = put(&rig, "b", "v3").await;
+    let mut passed = false;
+    for _ in 0..500 {
+        let r2 = rig.rep.cursors().expect("cursors").targets[2].clone();
+        assert_eq!(r2.name, "r2");
+        if r2.cursor >= seq {
+            passed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        passed,
+        "r2 stalled behind a resolve on r1 that waits for its store"
+    );
+    let held = rig.rep.conflicts().expect("list");
+    let rec = held.iter().find(|c| c.id == b).expect("b's conflict");
+    assert_eq!(rec.seq, seq, "the conflict now stands for the later write");
+    rig.fault("r1").release_puts();
+    resolving.await.expect("resolve task").expect("resolve");
+    settle(&rig).await;
+    assert_eq!(value(&rig, "r1", "a").await.as_deref(), Some("v2"));
+    let left: Vec<u64> = rig
+        .rep
+        .conflicts()
+        .expect("list")
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(left, vec![b]);
+}
+
 /// A resync settles the target's conflicts when its copy ends: a resolve
 /// meanwhile is refused (it could land over the copy), and the conflict is
 /// gone once the resync is done.
