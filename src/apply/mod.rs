@@ -123,14 +123,38 @@ pub(crate) struct Engine {
     /// Whether `adopted` holds anything: most logs never adopt, and their
     /// writes then skip its lock.
     any_adopted: AtomicBool,
+    /// Adoptions between their append and their record in `adopted` (see
+    /// `plan::First::Wait`).
+    adopting: AtomicUsize,
 }
 
 /// What one pass of `Engine::apply` did.
 enum Applied {
     /// Applied, or held with its key's conflict.
     Done,
-    /// The conflict that held the key went meanwhile: apply again.
-    Unheld,
+    /// The conflict that held the key went meanwhile, or an adoption was
+    /// under way: apply again.
+    Again,
+}
+
+/// How long an entry that may be an adoption under way waits before it is
+/// decided again.
+const ADOPTING_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// One adoption under way, counted in `Engine::adopting` while it lives.
+struct Adopting<'a>(&'a AtomicUsize);
+
+impl<'a> Adopting<'a> {
+    fn start(n: &'a AtomicUsize) -> Adopting<'a> {
+        n.fetch_add(1, Ordering::SeqCst);
+        Adopting(n)
+    }
+}
+
+impl Drop for Adopting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Seqs of lost entries remembered per target: far more than can be waited
@@ -218,6 +242,7 @@ impl Engine {
             lost,
             adopted: Default::default(),
             any_adopted: AtomicBool::new(false),
+            adopting: AtomicUsize::new(0),
             max_object_bytes: u64::MAX,
             origin,
             strategy,
@@ -446,9 +471,10 @@ impl Engine {
         loop {
             match self.apply_once(t, e).await? {
                 Applied::Done => return Ok(()),
-                // The conflict holding the key was resolved meanwhile: what
-                // is known of the key changed; decide again from it.
-                Applied::Unheld => continue,
+                // The conflict holding the key was resolved meanwhile (what
+                // is known of the key changed), or an adoption was under
+                // way: decide again.
+                Applied::Again => continue,
             }
         }
     }
@@ -472,10 +498,14 @@ impl Engine {
             }
             other => other?,
         };
+        // Read before `is_adopted`: an adoption done by then has recorded
+        // its entry, one under way is seen as such.
+        let adopting = self.adopting.load(Ordering::SeqCst) > 0;
         match plan::first_step(
             self.who(t),
             forced,
             self.is_adopted(e.seq),
+            adopting,
             &self.our_tag(e),
             known.as_ref(),
         ) {
@@ -491,8 +521,12 @@ impl Engine {
                         now.conflict = None;
                         self.set_known(t, &e.key, Some(&now))?;
                     }
-                    return Ok(Applied::Unheld);
+                    return Ok(Applied::Again);
                 }
+            }
+            First::Wait => {
+                tokio::time::sleep(ADOPTING_PAUSE).await;
+                return Ok(Applied::Again);
             }
             First::KeepTheirs { settle, tag } => {
                 if let Some(k) = known.filter(|_| settle) {
@@ -866,6 +900,9 @@ impl Engine {
             return Ok(());
         }
         let k = crate::key::Key::parse(key)?;
+        // From before the entry is readable in the log until it is
+        // recorded as adopted (an error or a drop ends it too).
+        let adopting = Adopting::start(&self.adopting);
         let appended = self.log.append(adopted_write(k, bytes, &attrs)).await?;
         let list: Vec<(u64, Option<Tag>)> = {
             let mut a = self.adopted.lock().unwrap_or_else(|p| p.into_inner());
@@ -873,6 +910,7 @@ impl Engine {
             self.any_adopted.store(true, Ordering::Release);
             a.iter().map(|(s, t)| (*s, t.clone())).collect()
         };
+        drop(adopting);
         let generation = self.log.storage().generation();
         self.log
             .storage()

@@ -102,17 +102,24 @@ pub(super) enum First {
     /// as carried out. `tag`: the tag the adopted entry carries (another
     /// sidecar's; `None` for a hand edit).
     KeepTheirs { settle: bool, tag: Option<Tag> },
+    /// As `KeepTheirs`, but an adoption is under way: this entry may be
+    /// the one it is appending, readable in the log a moment before it is
+    /// recorded as adopted. Decide again once it is recorded (else the
+    /// entry would be taken for one that lost, and adopted once more).
+    Wait,
     /// Write the entry (a put or a delete, by its op).
     Write,
 }
 
 /// Step 1. `forced`: the entry is within a replay; `adopted`: it is an
 /// entry that adopted a foreign version (it replaces that version whatever
-/// the strategy says); `ours`: the tag a write of it carries.
+/// the strategy says); `adopting`: an adoption was under way when
+/// `adopted` was read; `ours`: the tag a write of it carries.
 pub(super) fn first_step(
     who: Who<'_>,
     forced: bool,
     adopted: bool,
+    adopting: bool,
     ours: &Tag,
     known: Option<&Known>,
 ) -> First {
@@ -129,6 +136,9 @@ pub(super) fn first_step(
         && !conflict::may_replace(who.strategy, ours, &k.tag, who.on_primary)
         && !adopted
     {
+        if adopting {
+            return First::Wait;
+        }
         return First::KeepTheirs {
             settle: k.resolving,
             tag: (!k.tag.origin.is_empty()).then(|| k.tag.clone()),
@@ -489,7 +499,7 @@ mod tests {
         for s in ALL {
             for k in [None, Some(&held)] {
                 assert_eq!(
-                    first_step(who(s, false), true, false, &tag(5, ME), k),
+                    first_step(who(s, false), true, false, false, &tag(5, ME), k),
                     First::Force
                 );
             }
@@ -505,7 +515,14 @@ mod tests {
         for s in ALL {
             for adopted in [false, true] {
                 assert_eq!(
-                    first_step(who(s, false), false, adopted, &tag(5, ME), Some(&held)),
+                    first_step(
+                        who(s, false),
+                        false,
+                        adopted,
+                        true,
+                        &tag(5, ME),
+                        Some(&held)
+                    ),
                     First::Hold(7)
                 );
             }
@@ -517,10 +534,13 @@ mod tests {
         for s in ALL {
             for p in [false, true] {
                 let w = who(s, p);
-                assert_eq!(first_step(w, false, false, &tag(5, ME), None), First::Write);
+                assert_eq!(
+                    first_step(w, false, false, false, &tag(5, ME), None),
+                    First::Write
+                );
                 let mine = known("e", tag(9, ME), 3);
                 assert_eq!(
-                    first_step(w, false, false, &tag(5, ME), Some(&mine)),
+                    first_step(w, false, false, true, &tag(5, ME), Some(&mine)),
                     First::Write,
                     "{s:?}: our own version, even a later-stamped one, never stops our entry"
                 );
@@ -556,7 +576,7 @@ mod tests {
                             resolving,
                             ..known("x", theirs.clone(), 0)
                         };
-                        let step = first_step(who(s, p), false, false, &ours, Some(&k));
+                        let step = first_step(who(s, p), false, false, false, &ours, Some(&k));
                         let case = format!("{s:?} on_primary={p} theirs={theirs:?}");
                         if kept(s, newer) {
                             let other = theirs.origin == "other";
@@ -573,10 +593,22 @@ mod tests {
                         } else {
                             assert_eq!(step, First::Write, "{case}");
                         }
+                        // While an adoption is under way, the entry may be
+                        // the one appended: decided again, never taken for
+                        // one that lost.
+                        assert_eq!(
+                            first_step(who(s, p), false, false, true, &ours, Some(&k)),
+                            if kept(s, newer) {
+                                First::Wait
+                            } else {
+                                First::Write
+                            },
+                            "{case}"
+                        );
                         // An adopting entry carries that very version: it
                         // is written whatever the strategy keeps.
                         assert_eq!(
-                            first_step(who(s, p), false, true, &ours, Some(&k)),
+                            first_step(who(s, p), false, true, true, &ours, Some(&k)),
                             First::Write,
                             "{case}"
                         );
@@ -896,7 +928,7 @@ mod tests {
         let e = entry(5, 5, Op::Put, b"v5");
         let ours = tag(5, ME);
         let mut steps = vec![];
-        match first_step(who(s, on_primary), false, false, &ours, known) {
+        match first_step(who(s, on_primary), false, false, false, &ours, known) {
             First::Write => {}
             other => return format!("{other:?}"),
         }
