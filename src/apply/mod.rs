@@ -177,6 +177,16 @@ impl KnownCache {
         self.map.get(key)
     }
 
+    /// `k`, read from sled, unless the key was cached meanwhile: then what
+    /// was cached (newer). What the key's entry is now.
+    fn fill(&mut self, key: &str, k: Option<Known>) -> Option<Known> {
+        if let Some(now) = self.map.get(key) {
+            return now.clone();
+        }
+        self.insert(key, k.clone());
+        k
+    }
+
     fn insert(&mut self, key: &str, k: Option<Known>) {
         if self.map.len() >= CACHE_KEYS && !self.map.contains_key(key) {
             let drop: Vec<String> = self.map.keys().take(CACHE_KEYS / 4).cloned().collect();
@@ -364,8 +374,9 @@ impl Engine {
             k.in_sled = true;
             k
         });
-        self.cache(t).insert(key, k.clone());
-        Ok(k)
+        // Read without the cache's lock: a `set_known` meanwhile is newer
+        // than what was read, and stays.
+        Ok(self.cache(t).fill(key, k))
     }
 
     /// Records what `t` holds for `key`. Kept in sled when a restart needs
@@ -1344,4 +1355,28 @@ pub fn list_conflicts(storage: &dyn crate::storage::LogStorage) -> Result<Vec<Co
         .into_iter()
         .map(|(_, v)| decode_json("a conflict record", &v))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(etag: &str) -> Known {
+        plan::written(Some(etag.into()), None, Tag::default(), 1)
+    }
+
+    #[test]
+    fn a_version_read_from_sled_does_not_replace_one_recorded_meanwhile() {
+        let mut c = KnownCache::default();
+        // Read "old" from sled, while a write recorded "new".
+        c.insert("key", Some(k("new")));
+        assert_eq!(c.fill("key", Some(k("old"))), Some(k("new")));
+        assert_eq!(c.get("key"), Some(&Some(k("new"))));
+        // Recorded absent meanwhile: absent it is.
+        c.insert("gone", None);
+        assert_eq!(c.fill("gone", Some(k("old"))), None);
+        // Nothing cached: what was read is cached.
+        assert_eq!(c.fill("other", Some(k("read"))), Some(k("read")));
+        assert_eq!(c.get("other"), Some(&Some(k("read"))));
+    }
 }
