@@ -73,6 +73,18 @@ pub(crate) fn next(name: &str, state: TargetState, event: Event) -> Result<Targe
     }
 }
 
+/// What a restart reads back of `state` (the `state/NAME` meta record), or
+/// `None` when it is not kept: a failed target ships again after a restart
+/// and meets its fault again (or not), and a removed one is not opened.
+pub(crate) fn persisted(state: TargetState) -> Option<&'static [u8]> {
+    match state {
+        TargetState::Active => Some(b"active"),
+        TargetState::Paused => Some(b"paused"),
+        TargetState::Syncing => Some(b"syncing"),
+        TargetState::Failed | TargetState::Removed => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +145,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn what_a_restart_reads_back() {
+        let kept: Vec<(S, Option<&[u8]>)> = STATES.iter().map(|s| (*s, persisted(*s))).collect();
+        assert_eq!(
+            kept,
+            vec![
+                (S::Active, Some(&b"active"[..])),
+                (S::Paused, Some(&b"paused"[..])),
+                (S::Syncing, Some(&b"syncing"[..])),
+                (S::Failed, None),
+                (S::Removed, None),
+            ]
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
-use super::{Replicator, replay_meta, state_meta};
+use super::{Replicator, replay_meta};
 use crate::codec::Op;
 use crate::error::{Error, Result};
 use crate::key::{RESERVED_PREFIX, object_path};
@@ -451,15 +451,16 @@ impl Replicator {
             if t.state() == TargetState::Syncing {
                 return Ok(t.resync_floor.load(Ordering::Acquire));
             }
-            t.allows(Event::ResyncStarted)?;
             let start = self.log.head();
-            t.resync_floor.store(start, Ordering::Release);
-            let generation = self.log.storage().generation();
-            self.log.storage().set_meta(&state_meta(name), b"syncing")?;
-            self.log.storage().sync_since(generation)?;
-            t.set_progress(Some("starting".into()));
-            t.transition(Event::ResyncStarted)?;
-            self.progress.send_modify(|p| *p += 1);
+            self.change_state(
+                &t,
+                Event::ResyncStarted,
+                |_| Ok(()),
+                || {
+                    t.resync_floor.store(start, Ordering::Release);
+                    t.set_progress(Some("starting".into()));
+                },
+            )?;
             t
         };
         let start = t.resync_floor.load(Ordering::Acquire);
@@ -598,17 +599,16 @@ impl Replicator {
             return Ok(false);
         }
         let offset = self.log.offset_of(start)?;
-        let generation = self.log.storage().generation();
-        self.log.storage().set_cursor(t.name(), start, offset)?;
-        self.log
-            .storage()
-            .set_meta(&state_meta(t.name()), b"active")?;
-        self.log.storage().sync_since(generation)?;
-        t.reset(start, offset);
-        t.resync_floor.store(0, Ordering::Release);
-        t.set_progress(None);
-        t.transition(Event::ResyncDone)?;
-        self.progress.send_modify(|p| *p += 1);
+        self.change_state(
+            &t,
+            Event::ResyncDone,
+            |storage| storage.set_cursor(t.name(), start, offset),
+            || {
+                t.reset(start, offset);
+                t.resync_floor.store(0, Ordering::Release);
+                t.set_progress(None);
+            },
+        )?;
         tracing::info!(target = %t.name(), start, objects = total, "resync done; shipping from the log");
         Ok(true)
     }
@@ -702,22 +702,23 @@ impl Replicator {
             executed: execute,
         };
         if execute {
-            // A repair: this log's versions go over whatever is there.
-            let until = t.force_until.fetch_max(head, Ordering::AcqRel).max(head);
-            // Durable with the cursor below (one sync), before shipping.
-            self.log
-                .storage()
-                .set_meta(&replay_meta(name), &until.to_be_bytes())?;
+            // A repair: this log's versions go over whatever is there. The
+            // intent is durable with the moved-back cursor (one sync),
+            // before anything ships.
+            let until = t.force_until.load(Ordering::Acquire).max(head);
             let offset = self.log.offset_of(seq - 1)?;
-            let generation = self.log.storage().generation();
-            t.reset(seq - 1, offset);
-            self.log.storage().set_cursor(name, seq - 1, offset)?;
-            if t.allows(Event::Replayed)? != t.state() {
-                self.log.storage().set_meta(&state_meta(name), b"active")?;
-                t.transition(Event::Replayed)?;
-            }
-            self.log.storage().sync_since(generation)?;
-            self.progress.send_modify(|p| *p += 1);
+            self.change_state(
+                &t,
+                Event::Replayed,
+                |storage| {
+                    storage.set_meta(&replay_meta(name), &until.to_be_bytes())?;
+                    storage.set_cursor(name, seq - 1, offset)
+                },
+                || {
+                    t.force_until.fetch_max(until, Ordering::AcqRel);
+                    t.reset(seq - 1, offset);
+                },
+            )?;
             tracing::info!(target = %name, from = seq, to = head, entries, "replay: cursor moved back");
         }
         Ok(plan)

@@ -810,28 +810,51 @@ impl Replicator {
                 "{name} is the acting primary and every write waits for it; it cannot be paused"
             )));
         }
-        t.allows(Event::Pause)?;
-        let generation = self.log.storage().generation();
-        self.log.storage().set_meta(&state_meta(name), b"paused")?;
-        self.log.storage().sync_since(generation)?;
-        t.transition(Event::Pause)?;
-        self.progress.send_modify(|p| *p += 1);
+        let state = self.change_state(t, Event::Pause, |_| Ok(()), || {})?;
         tracing::info!(target = %name, cursor = t.cursor(), "paused");
-        Ok(TargetState::Paused)
+        Ok(state)
     }
 
     /// Resumes a paused (or failed) target: it ships from its cursor.
     pub async fn resume(&self, name: &str) -> Result<TargetState> {
         let _guard = self.control.lock().await;
         let t = self.target(name)?;
-        t.allows(Event::Resume)?;
-        let generation = self.log.storage().generation();
-        self.log.storage().set_meta(&state_meta(name), b"active")?;
-        self.log.storage().sync_since(generation)?;
-        t.transition(Event::Resume)?;
-        self.progress.send_modify(|p| *p += 1);
+        let state = self.change_state(t, Event::Resume, |_| Ok(()), || {})?;
         tracing::info!(target = %name, cursor = t.cursor(), head = self.log.head(), "resumed");
-        Ok(TargetState::Active)
+        Ok(state)
+    }
+
+    /// The one way a command or a resync changes a target's state (which
+    /// changes are legal: `target_machine`). Called under `control`:
+    ///
+    /// 1. the event is checked against the state (refused: nothing done);
+    /// 2. `records` (what the change depends on: a cursor, a replay
+    ///    intent) and the new state are written where a restart reads
+    ///    them, and made durable in one sync (a reopen meanwhile:
+    ///    `LogReopened`, nothing published);
+    /// 3. only then `publish` sets what the new state needs in memory, the
+    ///    state changes, and the shippers wake.
+    pub(crate) fn change_state(
+        &self,
+        t: &TargetHandle,
+        event: Event,
+        records: impl FnOnce(&dyn LogStorage) -> Result<()>,
+        publish: impl FnOnce(),
+    ) -> Result<TargetState> {
+        let next = t.allows(event)?;
+        let storage = self.log.storage();
+        let generation = storage.generation();
+        records(storage.as_ref())?;
+        if next != t.state()
+            && let Some(kept) = crate::target_machine::persisted(next)
+        {
+            storage.set_meta(&state_meta(t.name()), kept)?;
+        }
+        storage.sync_since(generation)?;
+        publish();
+        let state = t.transition(event)?;
+        self.progress.send_modify(|p| *p += 1);
+        Ok(state)
     }
 
     // ---- health checks and failover ----
