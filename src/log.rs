@@ -1159,6 +1159,36 @@ impl Committer {
     /// indexer is waited for) and the writes of this group before it. The
     /// committer is the one appender, so this is atomic with every other
     /// write.
+    /// Answers `DiskFull` to the writes of `group` large enough to be
+    /// written as files of their own when the disk lacks room for them
+    /// (see `storage::MAY_BE_BLOB_BYTES`); the others go on.
+    fn check_room(&self, group: &mut Vec<Request>) {
+        let large: u64 = group
+            .iter()
+            .map(|r| r.write.value.len())
+            .filter(|n| *n >= crate::storage::MAY_BE_BLOB_BYTES)
+            .map(|n| n as u64)
+            .sum();
+        if large == 0 {
+            return;
+        }
+        let Err(e) = self.storage.room_for(large) else {
+            return;
+        };
+        let why = e.to_string();
+        tracing::warn!(error = %why, "large writes refused: the data dir lacks room for them");
+        let (refused, kept): (Vec<Request>, Vec<Request>) = group
+            .drain(..)
+            .partition(|r| r.write.value.len() >= crate::storage::MAY_BE_BLOB_BYTES);
+        *group = kept;
+        for r in refused {
+            let _ = r.reply.send(Err(match &e {
+                Error::DiskFull(_) => Error::DiskFull(why.clone()),
+                _ => Error::LogPoisoned(why.clone()),
+            }));
+        }
+    }
+
     fn check_conditions(&self, group: &mut Vec<Request>) {
         if group.iter().all(|r| r.write.cond.is_none()) {
             return;
@@ -1401,6 +1431,7 @@ impl Committer {
                 }
             }
             self.check_conditions(&mut group);
+            self.check_room(&mut group);
             if group.is_empty() {
                 continue;
             }

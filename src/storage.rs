@@ -134,6 +134,14 @@ impl KeyInfo {
 pub trait LogStore: Send + Sync + 'static {
     /// Stores records. Not durable until `sync`.
     fn append(&self, batch: &[PendingRecord<'_>]) -> Result<()>;
+    /// Whether records of `large` bytes, each at least
+    /// [`MAY_BE_BLOB_BYTES`] long, can be appended now without leaving the
+    /// engine stuck: `DiskFull`, naming the space needed, when not.
+    /// Default: always.
+    fn room_for(&self, large: u64) -> Result<()> {
+        let _ = large;
+        Ok(())
+    }
     /// Makes everything appended (and every cursor set) durable.
     fn sync(&self) -> Result<()>;
     /// Calls `f(seq, record)` for stored records with `from <= seq <= to`,
@@ -289,6 +297,25 @@ const LOCK_WAIT_TRIES: u32 = 30;
 /// own fsync.
 const BLOB_CANDIDATE_BYTES: usize = 16 * 1024;
 
+/// Records at least this long may be written by sled as blob files (sled
+/// 0.34 stores a value of over a quarter of its 512 KiB segment in a file
+/// of its own; this is half of that, to be safe).
+///
+/// sled does not survive a failed blob write: it leaves the write's slot
+/// in its I/O buffer reserved for good, so every later flush, and the
+/// drop of the database, waits forever (a full disk made the whole
+/// sidecar hang). Such records are therefore appended only with room for
+/// them on the disk ([`LogStore::room_for`]); what is left is the race
+/// with another process filling the disk in the same instant.
+pub const MAY_BE_BLOB_BYTES: usize = 64 * 1024;
+
+/// Free space kept beyond large records: sled's own writes that follow
+/// them (its log buffers, the cursors) must fit too.
+const ROOM_RESERVE: u64 = 4 << 20;
+
+/// How long a reopen waits for sled to let go of the old database.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The sled handles of one open of the database (replaced whole by
 /// [`LogStorage::reopen`]).
 struct Sled {
@@ -313,6 +340,9 @@ pub struct SledStorage {
     head_record: AtomicBool,
     blobs_pending: AtomicBool,
     blobs_synced: Mutex<u64>,
+    /// Why the log cannot reopen until walship restarts (sled stuck; see
+    /// `release`).
+    stuck: Mutex<Option<String>>,
     /// Set by any failed sled I/O, cleared by a reopen: sled's flusher
     /// thread meeting a full disk makes every later write of any thread
     /// fail (its "global error") until the database is opened again.
@@ -346,6 +376,7 @@ impl SledStorage {
             head_record: AtomicBool::new(true),
             blobs_pending: AtomicBool::new(false),
             blobs_synced: Mutex::new(0),
+            stuck: Mutex::new(None),
             failed: AtomicBool::new(false),
             on_failure: Mutex::new(None),
             generation: AtomicU64::new(0),
@@ -452,6 +483,23 @@ impl SledStorage {
 }
 
 impl LogStore for SledStorage {
+    fn room_for(&self, large: u64) -> Result<()> {
+        let free = fs2::available_space(&self.path).map_err(|e| {
+            Error::io(
+                format!("reading the free space of {}", self.path.display()),
+                e,
+            )
+        })?;
+        let needed = large + ROOM_RESERVE;
+        if free < needed {
+            return Err(Error::DiskFull(format!(
+                "{} has {free} bytes free; a write of {large} bytes needs {needed} there (the value itself and room for what follows it). Free space in data_dir, or write smaller objects",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
     fn append(&self, batch: &[PendingRecord<'_>]) -> Result<()> {
         let mut frames = FrameBuilder::default();
         for r in batch {
@@ -628,6 +676,9 @@ impl LogStore for SledStorage {
     }
 
     fn reopen(&self) -> Result<()> {
+        if let Some(why) = self.stuck.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Err(Error::LogPoisoned(why));
+        }
         let mut guard = self.sled.write().unwrap_or_else(|p| p.into_inner());
         // What the old handle held in memory goes with it.
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -637,7 +688,11 @@ impl LogStore for SledStorage {
             for _ in 0..100 {
                 match Arc::try_unwrap(old) {
                     Ok(s) => {
-                        drop(s);
+                        if let Err(e) = release(s, &self.path) {
+                            *self.stuck.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some(e.to_string());
+                            return Err(e);
+                        }
                         break;
                     }
                     Err(shared) => {
@@ -873,6 +928,32 @@ impl SledStorage {
 }
 
 /// Opens sled's database at `path` and its trees.
+/// Drops an old database, flushing what sled still holds, on a thread of
+/// its own: a sled left stuck by a failed blob write never finishes its
+/// flush (see [`MAY_BE_BLOB_BYTES`]). After [`RELEASE_WAIT`] this gives up
+/// and says so; the log stays closed (every request answers an error, none
+/// hangs) until walship restarts.
+fn release(old: Sled, path: &Path) -> Result<()> {
+    let (done, released) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("walship-release".into())
+        .spawn(move || {
+            drop(old);
+            let _ = done.send(());
+        });
+    if let Err(e) = spawned {
+        return Err(Error::io("starting a thread to close the log", e));
+    }
+    match released.recv_timeout(RELEASE_WAIT) {
+        Ok(()) => Ok(()),
+        Err(_) => Err(Error::LogPoisoned(format!(
+            "sled did not let go of the log in {} within {} s after a failed write (it can stay stuck after a large write met a full disk); nothing acknowledged is lost: free space in data_dir and restart walship",
+            path.display(),
+            RELEASE_WAIT.as_secs()
+        ))),
+    }
+}
+
 fn open_sled(path: &Path, cache_bytes: u64) -> Result<Sled> {
     let path = path.to_path_buf();
     let locked = |e: &sled::Error| matches!(e, sled::Error::Io(io) if is_lock_error(io));
@@ -989,6 +1070,28 @@ mod tests {
         s.set_meta("k", b"v").expect("meta");
         s.sync_since(now).expect("sync");
         assert_eq!(s.meta("k").expect("meta").as_deref(), Some(&b"v"[..]));
+    }
+
+    /// A large write is refused, naming the data dir and the room it
+    /// needs, unless the disk has that room and some to spare.
+    #[test]
+    fn room_for_a_large_write_is_the_disks_free_space_less_a_reserve() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
+        s.room_for(MAY_BE_BLOB_BYTES as u64)
+            .expect("room for 64 KiB");
+        let free = fs2::available_space(dir.path()).expect("free");
+        let err = s.room_for(free).expect_err("no room beyond the free space");
+        assert!(matches!(err, Error::DiskFull(_)), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&dir.path().display().to_string()) && msg.contains("Free space"),
+            "{msg}"
+        );
+        let err = s
+            .room_for(free.saturating_sub(ROOM_RESERVE / 2))
+            .expect_err("the reserve is kept");
+        assert!(matches!(err, Error::DiskFull(_)), "{err}");
     }
 
     #[test]

@@ -1183,6 +1183,115 @@ async fn a_disk_filled_while_a_replica_catches_up_heals_without_a_write() {
     assert!(sc.term().success());
 }
 
+/// A full data dir, met by a write large enough for sled to store as a
+/// file of its own: the write answers 507 and the sidecar stays responsive
+/// (sled left stuck by a failed blob write used to hang every request);
+/// a replay asked meanwhile is refused and changes nothing, or is taken
+/// whole; once space is freed, large writes are taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_write_on_a_full_data_dir_answers_507_and_nothing_hangs() {
+    let Some((root, _tmpfs, _cfg, sc)) = on_a_tmpfs(8).await else {
+        return;
+    };
+    let dir = root.path();
+    let data = dir.join("data");
+    let c = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(20))
+        .build()
+        .expect("client");
+    let n: u64 = 20;
+    for i in 1..=n {
+        let r = c
+            .put(format!("{}/v1/objects/k{i}", sc.base))
+            .body(format!("v{i}"))
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(r.status(), 200, "put {i}");
+    }
+    sc.wait_caught_up(std::time::Duration::from_secs(30)).await;
+    // A hand edit a replay would write over.
+    let edited = dir.join("targets/replica-2/k1");
+    std::fs::write(&edited, "edited by hand").expect("edit");
+    let filler = data.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0u8; 64 << 10];
+        while f.write_all(&chunk).is_ok() {}
+        while f.write_all(&[0u8; 512]).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let big = vec![b'x'; 256 << 10];
+    let r = c
+        .put(format!("{}/v1/objects/big", sc.base))
+        .body(big.clone())
+        .send()
+        .await
+        .expect("the large write is answered");
+    assert_eq!(r.status(), 507, "the data dir is full");
+    let body = r.text().await.expect("body");
+    assert!(body.contains("free"), "the answer says what to do: {body}");
+    // Everything else is still answered (200 where sled still has room).
+    let r = c
+        .put(format!("{}/v1/objects/small", sc.base))
+        .body("s")
+        .send()
+        .await
+        .expect("a small write is answered, not hung");
+    assert!([200, 507].contains(&r.status().as_u16()), "{}", r.status());
+    sc.wait_caught_up(std::time::Duration::from_secs(30)).await;
+    let before = sc.cursor_of("replica-2").await;
+    let (code, out, err) = run(&["replay", "replica-2", "--from", "1", "--execute"], dir);
+    if code == 0 {
+        eprintln!(
+            "a_large_write_on_a_full_data_dir: sled still had room for the replay's records, which was taken ({out}); the refused-replay path was not exercised this run"
+        );
+    } else {
+        assert!(
+            err.contains("space") || err.contains("full") || err.contains("retry"),
+            "the error says why: {err}"
+        );
+        assert_eq!(
+            sc.cursor_of("replica-2").await,
+            before,
+            "a refused replay moved the cursor"
+        );
+    }
+    std::fs::remove_file(&filler).expect("free the space");
+    let mut taken = false;
+    for _ in 0..50 {
+        let r = c
+            .put(format!("{}/v1/objects/big", sc.base))
+            .body(big.clone())
+            .send()
+            .await
+            .expect("put");
+        if r.status() == 200 {
+            taken = true;
+            break;
+        }
+        assert_eq!(r.status(), 507);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(taken, "large writes are taken again once space is freed");
+    sc.wait_caught_up(std::time::Duration::from_secs(30)).await;
+    let hand = std::fs::read_to_string(&edited).expect("read");
+    if code == 0 {
+        assert_eq!(hand, "v1", "the replay that was taken wrote over the edit");
+    } else {
+        assert_eq!(
+            hand, "edited by hand",
+            "nothing was replayed over the target"
+        );
+    }
+    assert_eq!(
+        std::fs::read(dir.join("targets/replica-2/big")).expect("big"),
+        big
+    );
+    assert!(sc.term().success());
+}
+
 /// Guarantee 11, after the door: a target that rejects an entry for good
 /// (here a directory made by hand where the key's file must go) goes
 /// `failed` naming the seq and the key, the other targets go on, `verify`
