@@ -91,6 +91,11 @@ pub(crate) struct TargetHandle {
     pub(crate) opened_cursor: u64,
     /// Entries up to this seq are written unconditionally (replay).
     pub(crate) force_until: AtomicU64,
+    /// Held while the target's persisted record (cursor, state, replay
+    /// intent) is changed and synced: the shipper's periodic save of its
+    /// cursor waits its turn instead of overwriting a moved-back cursor
+    /// in the same sync (see `Replicator::change_state`).
+    pub(crate) record: Mutex<()>,
 }
 
 impl TargetHandle {
@@ -123,6 +128,7 @@ impl TargetHandle {
             caps: AtomicU8::new(0),
             opened_cursor: cursor,
             force_until: AtomicU64::new(0),
+            record: Mutex::new(()),
         }
     }
 

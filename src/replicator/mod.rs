@@ -834,6 +834,10 @@ impl Replicator {
     ///    `LogReopened`, nothing published);
     /// 3. only then `publish` sets what the new state needs in memory, the
     ///    state changes, and the shippers wake.
+    ///
+    /// The target's record lock is held throughout, so its shipper cannot
+    /// save its (older) cursor over the one written here before `publish`
+    /// moves it.
     pub(crate) fn change_state(
         &self,
         t: &TargetHandle,
@@ -843,11 +847,12 @@ impl Replicator {
     ) -> Result<TargetState> {
         let next = t.allows(event)?;
         let storage = self.log.storage();
+        let _record = t.record.lock().unwrap_or_else(|p| p.into_inner());
         let generation = storage.generation();
         records(storage.as_ref())?;
-        if next != t.state()
-            && let Some(kept) = crate::target_machine::persisted(next)
-        {
+        // Written even when the state stays: what is stored may be behind
+        // (a pause whose sync failed, a resync refused at restart).
+        if let Some(kept) = crate::target_machine::persisted(next) {
             storage.set_meta(&state_meta(t.name()), kept)?;
         }
         storage.sync_since(generation)?;
@@ -1242,6 +1247,7 @@ impl Replicator {
         self.accepting.store(false, Ordering::Release);
         let generation = self.log.storage().generation();
         for t in &self.targets {
+            let _record = t.record.lock().unwrap_or_else(|p| p.into_inner());
             let (cursor, offset) = t.position();
             self.log.storage().set_cursor(t.name(), cursor, offset)?;
         }
