@@ -1154,41 +1154,47 @@ struct IndexJob {
 }
 
 impl Committer {
-    /// Refuses the group's writes whose precondition does not hold against
-    /// the key's newest version: the log up to the published head (the
-    /// indexer is waited for) and the writes of this group before it. The
-    /// committer is the one appender, so this is atomic with every other
-    /// write.
-    /// Answers `DiskFull` to the writes of `group` large enough to be
-    /// written as files of their own when the disk lacks room for them
-    /// (see `storage::MAY_BE_BLOB_BYTES`); the others go on.
+    /// Answers `DiskFull` to what `data_dir` lacks room for (see
+    /// `LogStore::room_for`), before sled is touched: every write of the
+    /// group while even the reserve is not free, else the writes large
+    /// enough to be stored as files of their own (`MAY_BE_BLOB_BYTES`)
+    /// when there is no room for them; the others go on.
     fn check_room(&self, group: &mut Vec<Request>) {
+        let refuse = |group: &mut Vec<Request>, e: Error, all: bool| {
+            let why = match e {
+                Error::DiskFull(why) => why,
+                other => other.to_string(),
+            };
+            tracing::warn!(error = %why, all, "writes refused: data_dir lacks room for them");
+            let (refused, kept): (Vec<Request>, Vec<Request>) = group
+                .drain(..)
+                .partition(|r| all || r.write.value.len() >= crate::storage::MAY_BE_BLOB_BYTES);
+            *group = kept;
+            for r in refused {
+                let _ = r.reply.send(Err(Error::DiskFull(why.clone())));
+            }
+        };
+        if let Err(e) = self.storage.room_for(0) {
+            return refuse(group, e, true);
+        }
         let large: u64 = group
             .iter()
             .map(|r| r.write.value.len())
             .filter(|n| *n >= crate::storage::MAY_BE_BLOB_BYTES)
             .map(|n| n as u64)
             .sum();
-        if large == 0 {
-            return;
-        }
-        let Err(e) = self.storage.room_for(large) else {
-            return;
-        };
-        let why = e.to_string();
-        tracing::warn!(error = %why, "large writes refused: the data dir lacks room for them");
-        let (refused, kept): (Vec<Request>, Vec<Request>) = group
-            .drain(..)
-            .partition(|r| r.write.value.len() >= crate::storage::MAY_BE_BLOB_BYTES);
-        *group = kept;
-        for r in refused {
-            let _ = r.reply.send(Err(match &e {
-                Error::DiskFull(_) => Error::DiskFull(why.clone()),
-                _ => Error::LogPoisoned(why.clone()),
-            }));
+        if large > 0
+            && let Err(e) = self.storage.room_for(large)
+        {
+            refuse(group, e, false);
         }
     }
 
+    /// Refuses the group's writes whose precondition does not hold against
+    /// the key's newest version: the log up to the published head (the
+    /// indexer is waited for) and the writes of this group before it. The
+    /// committer is the one appender, so this is atomic with every other
+    /// write.
     fn check_conditions(&self, group: &mut Vec<Request>) {
         if group.iter().all(|r| r.write.cond.is_none()) {
             return;
@@ -1430,8 +1436,10 @@ impl Committer {
                     }
                 }
             }
-            self.check_conditions(&mut group);
+            // Room first: a write refused for room must not count as the
+            // key's newest version for a condition after it.
             self.check_room(&mut group);
+            self.check_conditions(&mut group);
             if group.is_empty() {
                 continue;
             }

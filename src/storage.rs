@@ -134,10 +134,10 @@ impl KeyInfo {
 pub trait LogStore: Send + Sync + 'static {
     /// Stores records. Not durable until `sync`.
     fn append(&self, batch: &[PendingRecord<'_>]) -> Result<()>;
-    /// Whether records of `large` bytes, each at least
-    /// [`MAY_BE_BLOB_BYTES`] long, can be appended now without leaving the
-    /// engine stuck: `DiskFull`, naming the space needed, when not.
-    /// Default: always.
+    /// Whether records of `large` bytes (each at least
+    /// [`MAY_BE_BLOB_BYTES`] long; 0: small records only) can be appended
+    /// now without the engine meeting a full disk: `DiskFull`, naming the
+    /// space needed, when not. Default: always.
     fn room_for(&self, large: u64) -> Result<()> {
         let _ = large;
         Ok(())
@@ -309,8 +309,13 @@ const BLOB_CANDIDATE_BYTES: usize = 16 * 1024;
 /// with another process filling the disk in the same instant.
 pub const MAY_BE_BLOB_BYTES: usize = 64 * 1024;
 
-/// Free space kept beyond large records: sled's own writes that follow
-/// them (its log buffers, the cursors) must fit too.
+/// Free space the committer keeps in `data_dir` beyond large records: a
+/// write is refused (507) before it would leave less. sled's own writes
+/// must still fit (its log buffers, the cursors and version records
+/// written by the shippers, the key index), and so must the pages it
+/// rewrites whole: a leaf of up to 16 records of up to 64 KiB is itself
+/// stored as a file of its own, with the same fate as a large value when
+/// the disk is full.
 const ROOM_RESERVE: u64 = 4 << 20;
 
 /// How long a reopen waits for sled to let go of the old database.
@@ -492,10 +497,17 @@ impl LogStore for SledStorage {
         })?;
         let needed = large + ROOM_RESERVE;
         if free < needed {
-            return Err(Error::DiskFull(format!(
-                "{} has {free} bytes free; a write of {large} bytes needs {needed} there (the value itself and room for what follows it). Free space in data_dir, or write smaller objects",
-                self.path.display()
-            )));
+            return Err(Error::DiskFull(if large == 0 {
+                format!(
+                    "{} has {free} bytes free, less than the {ROOM_RESERVE} walship keeps free for the log's own writes",
+                    self.path.display()
+                )
+            } else {
+                format!(
+                    "{} has {free} bytes free; a write of {large} bytes needs {needed} there (itself and the {ROOM_RESERVE} walship keeps free); write smaller objects or free space",
+                    self.path.display()
+                )
+            }));
         }
         Ok(())
     }
