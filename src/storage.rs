@@ -344,6 +344,11 @@ pub struct SledStorage {
     /// Off only in `benches/append`, to measure what the head record costs.
     head_record: AtomicBool,
     blobs_pending: AtomicBool,
+    /// The blob directory's modification time when it was last listed
+    /// (`None`: list it at the next sync). sled also writes pages it
+    /// rewrites whole as blob files, after any append: a changed directory
+    /// is how those are found.
+    blobs_listed: Mutex<Option<std::time::SystemTime>>,
     blobs_synced: Mutex<u64>,
     /// Why the log cannot reopen until walship restarts (sled stuck; see
     /// `release`).
@@ -380,6 +385,7 @@ impl SledStorage {
             head,
             head_record: AtomicBool::new(true),
             blobs_pending: AtomicBool::new(false),
+            blobs_listed: Mutex::new(None),
             blobs_synced: Mutex::new(0),
             stuck: Mutex::new(None),
             failed: AtomicBool::new(false),
@@ -445,6 +451,24 @@ impl SledStorage {
         r
     }
 
+    /// `Some(what to remember)` when the blob directory changed since it was
+    /// last listed (one `stat`). A modification time within the last
+    /// 50 ms is not remembered: file times are coarse, and a blob written
+    /// in the same tick after the listing would leave it unchanged.
+    fn blobs_changed(&self) -> Option<Option<std::time::SystemTime>> {
+        let mtime = std::fs::metadata(self.path.join("blobs"))
+            .and_then(|m| m.modified())
+            .ok()?;
+        let listed = *self.blobs_listed.lock().unwrap_or_else(|p| p.into_inner());
+        if listed == Some(mtime) {
+            return None;
+        }
+        let settled = std::time::SystemTime::now()
+            .duration_since(mtime)
+            .is_ok_and(|age| age > std::time::Duration::from_millis(50));
+        Some(settled.then_some(mtime))
+    }
+
     /// fsyncs blob files sled wrote since the last call, and their directory.
     fn sync_new_blobs(&self) -> Result<()> {
         let dir = self.path.join("blobs");
@@ -478,6 +502,10 @@ impl SledStorage {
                 }
             }
             highest = highest.max(id);
+        }
+        if highest == *synced {
+            // Nothing new (a blob removed, or none written yet).
+            return Ok(());
         }
         File::open(&dir)
             .and_then(|d| d.sync_all())
@@ -541,11 +569,15 @@ impl LogStore for SledStorage {
                 e,
             )
         })?;
-        if self.blobs_pending.swap(false, Ordering::AcqRel)
+        let changed = self.blobs_changed();
+        if (self.blobs_pending.swap(false, Ordering::AcqRel) || changed.is_some())
             && let Err(e) = self.sync_new_blobs()
         {
             self.blobs_pending.store(true, Ordering::Release);
             return Err(e);
+        }
+        if let Some(seen) = changed {
+            *self.blobs_listed.lock().unwrap_or_else(|p| p.into_inner()) = seen;
         }
         // sled flushes nothing while its global error is set: it is not.
         self.failed.store(false, Ordering::Release);
@@ -1104,6 +1136,26 @@ mod tests {
             .room_for(free.saturating_sub(ROOM_RESERVE / 2))
             .expect_err("the reserve is kept");
         assert!(matches!(err, Error::DiskFull(_)), "{err}");
+    }
+
+    /// A blob file sled writes on its own (a page it rewrote whole) is
+    /// made durable by the next sync, though no large value was appended.
+    #[test]
+    fn a_sync_makes_blob_files_durable_whoever_wrote_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
+        s.append(&[rec(1, b"small", "k")]).expect("append");
+        s.sync().expect("sync");
+        let blobs = dir.path().join("log/blobs");
+        std::fs::create_dir_all(&blobs).expect("mkdir");
+        std::fs::write(blobs.join("4242"), b"a page").expect("blob");
+        s.append(&[rec(2, b"small", "k")]).expect("append");
+        s.sync().expect("sync");
+        assert_eq!(
+            *s.blobs_synced.lock().expect("lock"),
+            4242,
+            "the new blob was fsynced"
+        );
     }
 
     #[test]
