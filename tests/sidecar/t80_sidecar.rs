@@ -948,6 +948,16 @@ async fn on_a_tmpfs(mib: u32) -> Option<(tempfile::TempDir, Tmpfs, std::path::Pa
     Some((root, tmpfs, cfg, sc))
 }
 
+/// Writes `filler` until its file system has not a byte left.
+fn fill_to_the_last_byte(filler: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(filler).expect("filler");
+    let chunk = vec![0u8; 64 << 10];
+    while f.write_all(&chunk).is_ok() {}
+    while f.write_all(&[0u8; 512]).is_ok() {}
+    let _ = f.sync_all();
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();
@@ -1146,14 +1156,7 @@ async fn a_disk_filled_while_a_replica_catches_up_heals_without_a_write() {
     assert_eq!(code, 0, "{err}");
     // Fill the data dir to the last byte while replica-2 catches up.
     let filler = data.join("filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).expect("filler");
-        let chunk = vec![0u8; 64 << 10];
-        while f.write_all(&chunk).is_ok() {}
-        while f.write_all(&[0u8; 512]).is_ok() {}
-        let _ = f.sync_all();
-    }
+    fill_to_the_last_byte(&filler);
     // The fault happened: replica-2 stops short of the head.
     let mut stalled = None;
     for _ in 0..100 {
@@ -1219,14 +1222,7 @@ async fn a_large_write_on_a_full_data_dir_answers_507_and_nothing_hangs() {
     let edited = dir.join("targets/replica-2/k1");
     std::fs::write(&edited, "edited by hand").expect("edit");
     let filler = data.join("filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).expect("filler");
-        let chunk = vec![0u8; 64 << 10];
-        while f.write_all(&chunk).is_ok() {}
-        while f.write_all(&[0u8; 512]).is_ok() {}
-        let _ = f.sync_all();
-    }
+    fill_to_the_last_byte(&filler);
     let big = vec![b'x'; 256 << 10];
     let r = c
         .put(format!("{}/v1/objects/big", sc.base))
