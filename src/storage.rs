@@ -318,6 +318,11 @@ pub const MAY_BE_BLOB_BYTES: usize = 64 * 1024;
 /// the disk is full.
 const ROOM_RESERVE: u64 = 4 << 20;
 
+/// Free space is read at least this often by `room_for`, and at every
+/// write once less than `ROOM_SLACK` beyond what is needed is left.
+const ROOM_READ_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+const ROOM_SLACK: u64 = 64 << 20;
+
 /// How long a reopen waits for sled to let go of the old database.
 const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -349,6 +354,11 @@ pub struct SledStorage {
     /// rewrites whole as blob files, after any append: a changed directory
     /// is how those are found.
     blobs_listed: Mutex<Option<std::time::SystemTime>>,
+    /// The last free-space reading of `room_for`: when, how much was
+    /// free, and `appended` then.
+    room_seen: Mutex<Option<(std::time::Instant, u64, u64)>>,
+    /// Bytes appended to the log since open.
+    appended: AtomicU64,
     blobs_synced: Mutex<u64>,
     /// Why the log cannot reopen until walship restarts (sled stuck; see
     /// `release`).
@@ -386,6 +396,8 @@ impl SledStorage {
             head_record: AtomicBool::new(true),
             blobs_pending: AtomicBool::new(false),
             blobs_listed: Mutex::new(None),
+            room_seen: Mutex::new(None),
+            appended: AtomicU64::new(0),
             blobs_synced: Mutex::new(0),
             stuck: Mutex::new(None),
             failed: AtomicBool::new(false),
@@ -517,12 +529,28 @@ impl SledStorage {
 
 impl LogStore for SledStorage {
     fn room_for(&self, large: u64) -> Result<()> {
+        let appended = self.appended.load(Ordering::Acquire);
+        let mut seen = self.room_seen.lock().unwrap_or_else(|p| p.into_inner());
+        // Far from full, and read lately: no need to read it again. What
+        // sled writes per appended byte (pages rewritten, cursors, the
+        // index) is allowed for fourfold.
+        if let Some((at, free, then)) = *seen
+            && at.elapsed() < ROOM_READ_EVERY
+            && free
+                > ROOM_RESERVE
+                    .saturating_add(ROOM_SLACK)
+                    .saturating_add(large)
+                    .saturating_add(appended.saturating_sub(then).saturating_mul(4))
+        {
+            return Ok(());
+        }
         let free = fs2::available_space(&self.path).map_err(|e| {
             Error::io(
                 format!("reading the free space of {}", self.path.display()),
                 e,
             )
         })?;
+        *seen = Some((std::time::Instant::now(), free, appended));
         let needed = large + ROOM_RESERVE;
         if free < needed {
             return Err(Error::DiskFull(if large == 0 {
@@ -547,14 +575,17 @@ impl LogStore for SledStorage {
         }
         let mut log_batch = sled::Batch::default();
         let mut large = false;
+        let mut bytes = 0;
         for (first, frame) in frames.finish() {
             large |= frame.len() >= BLOB_CANDIDATE_BYTES;
+            bytes += frame.len() as u64;
             log_batch.insert(&first.to_be_bytes(), frame);
         }
         self.s()?
             .log
             .apply_batch(log_batch)
             .map_err(self.err("appending to the log"))?;
+        self.appended.fetch_add(bytes, Ordering::AcqRel);
         if large {
             self.blobs_pending.store(true, Ordering::Release);
         }
