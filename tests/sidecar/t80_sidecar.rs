@@ -458,24 +458,40 @@ async fn a_log_that_got_shorter_is_refused_and_repair_moves_on_without_reusing_s
                 // page state (it refuses to open at all). Flip one copy at a
                 // time, newest offset first, on the data dir as it was,
                 // until the log opens shorter.
+                // sled may also hold the leaf as a file of its own (a page
+                // rewritten whole, over its blob threshold): its copies
+                // are tried first, newest file first.
                 let needle = b"entry-000150-of-the-log";
-                let at: Vec<usize> = bytes
-                    .windows(needle.len())
-                    .enumerate()
-                    .filter(|(_, w)| *w == needle)
-                    .map(|(i, _)| i)
-                    .collect();
-                assert!(!at.is_empty(), "entry 150 is in sled's file");
+                let mut files: Vec<std::path::PathBuf> =
+                    std::fs::read_dir(dir.join("data/log/blobs"))
+                        .map(|d| d.flatten().map(|e| e.path()).collect())
+                        .unwrap_or_default();
+                files.sort();
+                files.reverse();
+                files.push(db.clone());
+                let mut at: Vec<(std::path::PathBuf, Vec<u8>, usize)> = Vec::new();
+                for f in &files {
+                    let content = std::fs::read(f).expect("read sled file");
+                    let mut here: Vec<usize> = content
+                        .windows(needle.len())
+                        .enumerate()
+                        .filter(|(_, w)| *w == needle)
+                        .map(|(i, _)| i)
+                        .collect();
+                    here.reverse();
+                    at.extend(here.into_iter().map(|i| (f.clone(), content.clone(), i)));
+                }
+                assert!(!at.is_empty(), "entry 150 is in sled's files");
                 let pristine = dir.join("data.pristine");
                 copy_dir(&dir.join("data"), &pristine);
                 let mut tried = Vec::new();
                 let mut refused = None;
-                for i in at.iter().rev() {
+                for (file, content, i) in &at {
                     let _ = std::fs::remove_dir_all(dir.join("data"));
                     copy_dir(&pristine, &dir.join("data"));
-                    let mut flipped = bytes.clone();
+                    let mut flipped = content.clone();
                     flipped[i + 3] ^= 0x20;
-                    std::fs::write(&db, &flipped).expect("write db");
+                    std::fs::write(file, &flipped).expect("write sled file");
                     let (code, err) = serve_once(&cfg);
                     if code == 1 && err.contains("are missing") {
                         refused = Some((code, err));
@@ -483,11 +499,12 @@ async fn a_log_that_got_shorter_is_refused_and_repair_moves_on_without_reusing_s
                     }
                     if err.contains("damaged beyond what sled can recover") {
                         assert!(
-                            std::fs::read(&db).expect("read db") == flipped,
+                            std::fs::read(file).expect("read sled file") == flipped,
                             "a log sled cannot recover is refused without a change"
                         );
                     }
-                    tried.push(format!("offset {i}: exit {code}: {err}"));
+                    let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+                    tried.push(format!("{name:?} offset {i}: exit {code}: {err}"));
                 }
                 match refused {
                     Some(r) => r,
