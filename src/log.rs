@@ -1154,40 +1154,42 @@ struct IndexJob {
 }
 
 impl Committer {
-    /// Answers `DiskFull` to what `data_dir` lacks room for (see
-    /// `LogStore::room_for`), before sled is touched: every write of the
-    /// group while even the reserve is not free, else the writes large
-    /// enough to be stored as files of their own (`MAY_BE_BLOB_BYTES`)
-    /// when there is no room for them; the others go on.
+    /// Answers `DiskFull`, before sled is touched, to the writes of
+    /// `group` that `data_dir` lacks room for (`LogStore::room`: its free
+    /// space less the reserve sled needs): taken in order while they fit,
+    /// the others refused, so that sled never meets a full disk in the
+    /// middle of a write (a large value, or a page sled rewrites whole,
+    /// left it stuck for good: see `storage::ROOM_RESERVE`).
     fn check_room(&self, group: &mut Vec<Request>) {
-        let refuse = |group: &mut Vec<Request>, e: Error, all: bool| {
-            let why = match e {
-                Error::DiskFull(why) => why,
-                other => other.to_string(),
-            };
-            tracing::warn!(error = %why, all, "writes refused: data_dir lacks room for them");
-            let (refused, kept): (Vec<Request>, Vec<Request>) = group
-                .drain(..)
-                .partition(|r| all || r.write.value.len() >= crate::storage::MAY_BE_BLOB_BYTES);
-            *group = kept;
-            for r in refused {
-                let _ = r.reply.send(Err(Error::DiskFull(why.clone())));
+        let mut room = match self.storage.room() {
+            Ok(Some(room)) => room,
+            Ok(None) => return,
+            Err(e) => {
+                // Not a reason to refuse writes: sled answers for itself.
+                tracing::warn!(error = %e, "could not read the free space of data_dir; writing without the check");
+                return;
             }
         };
-        if let Err(e) = self.storage.room_for(0) {
-            return refuse(group, e, true);
+        let dir = self.storage.dir();
+        let mut kept = Vec::with_capacity(group.len());
+        for r in group.drain(..) {
+            // The record and its share of sled's framing, twice over for
+            // the pages sled rewrites as it goes.
+            let need = 2 * (r.write.value.len() + r.write.key.as_str().len() + 128) as u64;
+            if need <= room {
+                room -= need;
+                kept.push(r);
+                continue;
+            }
+            let why = format!(
+                "{} has room for about {room} more bytes beyond the {} walship keeps free for the log's own writes; this write needs {need}",
+                dir.display(),
+                crate::storage::ROOM_RESERVE
+            );
+            tracing::warn!(error = %why, "a write refused: data_dir lacks room for it");
+            let _ = r.reply.send(Err(Error::DiskFull(why)));
         }
-        let large: u64 = group
-            .iter()
-            .map(|r| r.write.value.len())
-            .filter(|n| *n >= crate::storage::MAY_BE_BLOB_BYTES)
-            .map(|n| n as u64)
-            .sum();
-        if large > 0
-            && let Err(e) = self.storage.room_for(large)
-        {
-            refuse(group, e, false);
-        }
+        *group = kept;
     }
 
     /// Refuses the group's writes whose precondition does not hold against
@@ -1426,10 +1428,12 @@ impl Committer {
                         tracing::debug!(error = %e, "the log cannot reopen yet");
                         let full = *full || e.is_disk_full();
                         for r in group.drain(..) {
-                            let _ = r.reply.send(Err(if full {
-                                Error::DiskFull(why.clone())
-                            } else {
-                                Error::LogPoisoned(why.clone())
+                            let _ = r.reply.send(Err(match &e {
+                                // It will not reopen by itself (sled is
+                                // stuck): say so, not "retry".
+                                Error::LogPoisoned(stuck) => Error::LogPoisoned(stuck.clone()),
+                                _ if full => Error::DiskFull(why.clone()),
+                                _ => Error::LogPoisoned(why.clone()),
                             }));
                         }
                         continue;

@@ -134,13 +134,11 @@ impl KeyInfo {
 pub trait LogStore: Send + Sync + 'static {
     /// Stores records. Not durable until `sync`.
     fn append(&self, batch: &[PendingRecord<'_>]) -> Result<()>;
-    /// Whether records of `large` bytes (each at least
-    /// [`MAY_BE_BLOB_BYTES`] long; 0: small records only) can be appended
-    /// now without the engine meeting a full disk: `DiskFull`, naming the
-    /// space needed, when not. Default: always.
-    fn room_for(&self, large: u64) -> Result<()> {
-        let _ = large;
-        Ok(())
+    /// About how many bytes can still be appended now without leaving less
+    /// than the reserve the engine needs free (see [`ROOM_RESERVE`]), from
+    /// a recent reading of the disk; `None`: no bound. Default: none.
+    fn room(&self) -> Result<Option<u64>> {
+        Ok(None)
     }
     /// Makes everything appended (and every cursor set) durable.
     fn sync(&self) -> Result<()>;
@@ -297,29 +295,23 @@ const LOCK_WAIT_TRIES: u32 = 30;
 /// own fsync.
 const BLOB_CANDIDATE_BYTES: usize = 16 * 1024;
 
-/// Records at least this long may be written by sled as blob files (sled
-/// 0.34 stores a value of over a quarter of its 512 KiB segment in a file
-/// of its own; this is half of that, to be safe).
+/// Free space the committer keeps in `data_dir`: a write is refused (507)
+/// before it would leave less ([`LogStore::room`]).
 ///
-/// sled does not survive a failed blob write: it leaves the write's slot
-/// in its I/O buffer reserved for good, so every later flush, and the
-/// drop of the database, waits forever (a full disk made the whole
-/// sidecar hang). Such records are therefore appended only with room for
-/// them on the disk ([`LogStore::room_for`]); what is left is the race
-/// with another process filling the disk in the same instant.
-pub const MAY_BE_BLOB_BYTES: usize = 64 * 1024;
+/// sled 0.34 stores a value of over a quarter of its 512 KiB segment, and a
+/// page it rewrites whole when that large (16 records of 8–64 KiB), in a
+/// file of its own, and it does not survive a failed write of such a file:
+/// it leaves the write's slot in its I/O buffer reserved for good, so every
+/// later flush, and the drop of the database, waits forever (a full disk
+/// made the whole sidecar hang). So sled must never meet a full disk: the
+/// reserve leaves room for what it writes besides the appended records
+/// (pages rewritten, the cursors and version records the shippers write,
+/// the key index). What is left is the race with another process filling
+/// the disk in the same instant.
+pub const ROOM_RESERVE: u64 = 4 << 20;
 
-/// Free space the committer keeps in `data_dir` beyond large records: a
-/// write is refused (507) before it would leave less. sled's own writes
-/// must still fit (its log buffers, the cursors and version records
-/// written by the shippers, the key index), and so must the pages it
-/// rewrites whole: a leaf of up to 16 records of up to 64 KiB is itself
-/// stored as a file of its own, with the same fate as a large value when
-/// the disk is full.
-const ROOM_RESERVE: u64 = 4 << 20;
-
-/// Free space is read at least this often by `room_for`, and at every
-/// write once less than `ROOM_SLACK` beyond what is needed is left.
+/// Free space is read at least this often by `room`, and at every group
+/// once less than `ROOM_SLACK` beyond the reserve is left.
 const ROOM_READ_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 const ROOM_SLACK: u64 = 64 << 20;
 
@@ -354,7 +346,7 @@ pub struct SledStorage {
     /// rewrites whole as blob files, after any append: a changed directory
     /// is how those are found.
     blobs_listed: Mutex<Option<std::time::SystemTime>>,
-    /// The last free-space reading of `room_for`: when, how much was
+    /// The last free-space reading of `room`: when, how much was
     /// free, and `appended` then.
     room_seen: Mutex<Option<(std::time::Instant, u64, u64)>>,
     /// Bytes appended to the log since open.
@@ -411,12 +403,15 @@ impl SledStorage {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-            .ok_or_else(|| {
-                Error::DiskFull(format!(
-                    "the log in {} is being reopened after a failed flush",
-                    self.path.display()
-                ))
-            })
+            .ok_or_else(
+                || match self.stuck.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                    Some(why) => Error::LogPoisoned(why),
+                    None => Error::DiskFull(format!(
+                        "the log in {} is being reopened after a failed flush",
+                        self.path.display()
+                    )),
+                },
+            )
     }
 
     /// For `benches/append` only: group commits skip the head record, as
@@ -528,21 +523,19 @@ impl SledStorage {
 }
 
 impl LogStore for SledStorage {
-    fn room_for(&self, large: u64) -> Result<()> {
+    fn room(&self) -> Result<Option<u64>> {
         let appended = self.appended.load(Ordering::Acquire);
         let mut seen = self.room_seen.lock().unwrap_or_else(|p| p.into_inner());
-        // Far from full, and read lately: no need to read it again. What
-        // sled writes per appended byte (pages rewritten, cursors, the
-        // index) is allowed for fourfold.
+        // Far from full, and read lately: the reading less what was
+        // appended since, fourfold (what sled writes per appended byte:
+        // pages rewritten, cursors, the index).
         if let Some((at, free, then)) = *seen
             && at.elapsed() < ROOM_READ_EVERY
-            && free
-                > ROOM_RESERVE
-                    .saturating_add(ROOM_SLACK)
-                    .saturating_add(large)
-                    .saturating_add(appended.saturating_sub(then).saturating_mul(4))
         {
-            return Ok(());
+            let left = free.saturating_sub(appended.saturating_sub(then).saturating_mul(4));
+            if left > ROOM_RESERVE.saturating_add(ROOM_SLACK) {
+                return Ok(Some(left - ROOM_RESERVE));
+            }
         }
         let free = fs2::available_space(&self.path).map_err(|e| {
             Error::io(
@@ -551,21 +544,7 @@ impl LogStore for SledStorage {
             )
         })?;
         *seen = Some((std::time::Instant::now(), free, appended));
-        let needed = large + ROOM_RESERVE;
-        if free < needed {
-            return Err(Error::DiskFull(if large == 0 {
-                format!(
-                    "{} has {free} bytes free, less than the {ROOM_RESERVE} walship keeps free for the log's own writes",
-                    self.path.display()
-                )
-            } else {
-                format!(
-                    "{} has {free} bytes free; a write of {large} bytes needs {needed} there (itself and the {ROOM_RESERVE} walship keeps free); write smaller objects or free space",
-                    self.path.display()
-                )
-            }));
-        }
-        Ok(())
+        Ok(Some(free.saturating_sub(ROOM_RESERVE)))
     }
 
     fn append(&self, batch: &[PendingRecord<'_>]) -> Result<()> {
@@ -1005,7 +984,7 @@ impl SledStorage {
 /// Opens sled's database at `path` and its trees.
 /// Drops an old database, flushing what sled still holds, on a thread of
 /// its own: a sled left stuck by a failed blob write never finishes its
-/// flush (see [`MAY_BE_BLOB_BYTES`]). After [`RELEASE_WAIT`] this gives up
+/// flush (see [`ROOM_RESERVE`]). After [`RELEASE_WAIT`] this gives up
 /// and says so; the log stays closed (every request answers an error, none
 /// hangs) until walship restarts.
 fn release(old: Sled, path: &Path) -> Result<()> {
@@ -1147,26 +1126,30 @@ mod tests {
         assert_eq!(s.meta("k").expect("meta").as_deref(), Some(&b"v"[..]));
     }
 
-    /// A large write is refused, naming the data dir and the room it
-    /// needs, unless the disk has that room and some to spare.
+    /// The room left is the disk's free space less the reserve, and a
+    /// reading is reused only while far from full, less what was appended.
     #[test]
-    fn room_for_a_large_write_is_the_disks_free_space_less_a_reserve() {
+    fn room_is_the_disks_free_space_less_the_reserve() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
-        s.room_for(MAY_BE_BLOB_BYTES as u64)
-            .expect("room for 64 KiB");
         let free = fs2::available_space(dir.path()).expect("free");
-        let err = s.room_for(free).expect_err("no room beyond the free space");
-        assert!(matches!(err, Error::DiskFull(_)), "{err}");
-        let msg = err.to_string();
-        assert!(
-            msg.contains(&dir.path().display().to_string()) && msg.contains("Free space"),
-            "{msg}"
+        let room = s.room().expect("room").expect("a bound");
+        assert!(room < free, "{room} of {free}");
+        // A reading taken near full is not reused.
+        *s.room_seen.lock().expect("lock") = Some((std::time::Instant::now(), ROOM_RESERVE + 1, 0));
+        let again = s.room().expect("room").expect("a bound");
+        assert!(again > 1, "read again: {again}");
+        // A reading far from full is reused, less four times what was
+        // appended since.
+        let far = ROOM_RESERVE + ROOM_SLACK + (100 << 20);
+        *s.room_seen.lock().expect("lock") = Some((std::time::Instant::now(), far, 0));
+        s.append(&[rec(1, &[7u8; 1000], "k")]).expect("append");
+        let appended = s.appended.load(Ordering::Acquire);
+        assert!(appended >= 1000, "{appended}");
+        assert_eq!(
+            s.room().expect("room"),
+            Some(far - 4 * appended - ROOM_RESERVE)
         );
-        let err = s
-            .room_for(free.saturating_sub(ROOM_RESERVE / 2))
-            .expect_err("the reserve is kept");
-        assert!(matches!(err, Error::DiskFull(_)), "{err}");
     }
 
     /// A blob file sled writes on its own (a page it rewrote whole) is
