@@ -517,7 +517,7 @@ impl Engine {
             forced,
             self.is_adopted(e.seq),
             adopting,
-            &self.our_tag(e),
+            || self.our_tag(e),
             known.as_ref(),
         ) {
             First::Force => self.force(t, e, known).await?,

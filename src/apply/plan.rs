@@ -114,13 +114,14 @@ pub(super) enum First {
 /// Step 1. `forced`: the entry is within a replay; `adopted`: it is an
 /// entry that adopted a foreign version (it replaces that version whatever
 /// the strategy says); `adopting`: an adoption was under way when
-/// `adopted` was read; `ours`: the tag a write of it carries.
+/// `adopted` was read; `ours`: the tag a write of it carries (asked for
+/// only when a foreign version is known: most entries never build it).
 pub(super) fn first_step(
     who: Who<'_>,
     forced: bool,
     adopted: bool,
     adopting: bool,
-    ours: &Tag,
+    ours: impl FnOnce() -> Tag,
     known: Option<&Known>,
 ) -> First {
     if forced {
@@ -133,8 +134,8 @@ pub(super) fn first_step(
         return First::Hold(id);
     }
     if k.tag.origin != who.origin
-        && !conflict::may_replace(who.strategy, ours, &k.tag, who.on_primary)
         && !adopted
+        && !conflict::may_replace(who.strategy, &ours(), &k.tag, who.on_primary)
     {
         if adopting {
             return First::Wait;
@@ -499,7 +500,7 @@ mod tests {
         for s in ALL {
             for k in [None, Some(&held)] {
                 assert_eq!(
-                    first_step(who(s, false), true, false, false, &tag(5, ME), k),
+                    first_step(who(s, false), true, false, false, || tag(5, ME), k),
                     First::Force
                 );
             }
@@ -520,7 +521,7 @@ mod tests {
                         false,
                         adopted,
                         true,
-                        &tag(5, ME),
+                        || tag(5, ME),
                         Some(&held)
                     ),
                     First::Hold(7)
@@ -535,12 +536,12 @@ mod tests {
             for p in [false, true] {
                 let w = who(s, p);
                 assert_eq!(
-                    first_step(w, false, false, false, &tag(5, ME), None),
+                    first_step(w, false, false, false, || tag(5, ME), None),
                     First::Write
                 );
                 let mine = known("e", tag(9, ME), 3);
                 assert_eq!(
-                    first_step(w, false, false, true, &tag(5, ME), Some(&mine)),
+                    first_step(w, false, false, true, || tag(5, ME), Some(&mine)),
                     First::Write,
                     "{s:?}: our own version, even a later-stamped one, never stops our entry"
                 );
@@ -576,7 +577,8 @@ mod tests {
                             resolving,
                             ..known("x", theirs.clone(), 0)
                         };
-                        let step = first_step(who(s, p), false, false, false, &ours, Some(&k));
+                        let step =
+                            first_step(who(s, p), false, false, false, || ours.clone(), Some(&k));
                         let case = format!("{s:?} on_primary={p} theirs={theirs:?}");
                         if kept(s, newer) {
                             let other = theirs.origin == "other";
@@ -597,7 +599,7 @@ mod tests {
                         // the one appended: decided again, never taken for
                         // one that lost.
                         assert_eq!(
-                            first_step(who(s, p), false, false, true, &ours, Some(&k)),
+                            first_step(who(s, p), false, false, true, || ours.clone(), Some(&k)),
                             if kept(s, newer) {
                                 First::Wait
                             } else {
@@ -608,7 +610,7 @@ mod tests {
                         // An adopting entry carries that very version: it
                         // is written whatever the strategy keeps.
                         assert_eq!(
-                            first_step(who(s, p), false, true, true, &ours, Some(&k)),
+                            first_step(who(s, p), false, true, true, || ours.clone(), Some(&k)),
                             First::Write,
                             "{case}"
                         );
@@ -928,7 +930,14 @@ mod tests {
         let e = entry(5, 5, Op::Put, b"v5");
         let ours = tag(5, ME);
         let mut steps = vec![];
-        match first_step(who(s, on_primary), false, false, false, &ours, known) {
+        match first_step(
+            who(s, on_primary),
+            false,
+            false,
+            false,
+            || ours.clone(),
+            known,
+        ) {
             First::Write => {}
             other => return format!("{other:?}"),
         }
