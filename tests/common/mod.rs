@@ -235,6 +235,16 @@ impl Rig {
         }
     }
 
+    /// Waits (bounded) until every target is `active` again.
+    pub async fn wait_all_active(&self) {
+        self.wait_until(|r| {
+            r.targets
+                .iter()
+                .all(|t| t.state == walship::status::TargetState::Active)
+        })
+        .await;
+    }
+
     /// Waits (bounded) until every target's cursor reaches the head.
     pub async fn wait_caught_up(&self, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;

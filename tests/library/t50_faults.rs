@@ -199,12 +199,7 @@ async fn a_resync_that_panics_is_retried_and_completes() {
     })
     .await;
     rig.fault("r1").heal();
-    rig.wait_until(|r| {
-        r.targets
-            .iter()
-            .all(|t| t.state == walship::status::TargetState::Active)
-    })
-    .await;
+    rig.wait_all_active().await;
     rig.rep
         .put(&key("after"), Bytes::from("a"), None)
         .await

@@ -471,12 +471,7 @@ async fn resolve_is_refused_while_the_target_is_resynced_which_settles_it() {
         "{err}"
     );
     rig.fault("r1").heal();
-    rig.wait_until(|r| {
-        r.targets
-            .iter()
-            .all(|t| t.state == walship::status::TargetState::Active)
-    })
-    .await;
+    rig.wait_all_active().await;
     settle(&rig).await;
     assert!(rig.rep.conflicts().expect("list").is_empty());
     assert_eq!(value(&rig, "r1", "k").await.as_deref(), Some("v2"));
@@ -484,12 +479,7 @@ async fn resolve_is_refused_while_the_target_is_resynced_which_settles_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resolve_catches_a_second_edit_instead_of_overwriting_it() {
-    let rig = rig("manual").await;
-    put(&rig, "k", "v1").await;
-    hand_edit(&rig, "r1", "k", "first edit").await;
-    put(&rig, "k", "v2").await;
-    settle(&rig).await;
-    let id = rig.rep.conflicts().expect("list")[0].id;
+    let (rig, id) = manual_conflict_on_r1().await;
     hand_edit(&rig, "r1", "k", "second edit").await;
     let err = rig
         .rep

@@ -645,15 +645,7 @@ async fn keys_a_local_directory_cannot_hold_are_refused_and_stall_nothing() {
         );
     }
     let head = |v: serde_json::Value| v["head"].as_u64().expect("head");
-    let cursors: serde_json::Value = c
-        .get(format!("{}/v1/cursors", sc.base))
-        .send()
-        .await
-        .expect("cursors")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(head(cursors), 2, "a refused key appends nothing");
+    assert_eq!(head(sc.cursors().await), 2, "a refused key appends nothing");
     for mode in ["sync", "semi_sync", "async"] {
         let r = tokio::time::timeout(
             std::time::Duration::from_secs(10),
