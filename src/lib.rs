@@ -99,6 +99,7 @@ pub mod restore;
 pub mod s3;
 pub mod server;
 mod target_machine;
+pub mod target_record;
 mod target_state;
 
 /// Caps glibc malloc at two arenas. With one arena per thread, memory freed

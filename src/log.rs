@@ -46,6 +46,7 @@ use crate::error::{Error, Result};
 use crate::headfile::HeadMark;
 use crate::key::Key;
 use crate::storage::{KeyInfo, LogStorage, PendingRecord};
+use crate::target_record::TargetRecord;
 
 /// Most entries one flush covers.
 const MAX_GROUP: usize = 2048;
@@ -852,16 +853,23 @@ pub fn repair(storage: &dyn LogStorage, primary: Option<&str>) -> Result<Option<
     // Offsets restart from the empty log.
     storage.set_meta(HEAD_OFFSET_META, &pair(acked, 0))?;
     storage.set_meta(FIRST_OFFSET_META, &pair(acked + 1, 0))?;
+    let mut records = storage.targets()?;
     if let Some(p) = primary
-        && storage.cursor(p)?.unwrap_or(0) < acked
+        && !records.iter().any(|(n, _)| n == p)
     {
-        storage.set_cursor(p, acked, 0)?;
+        records.push((p.to_string(), Ok(TargetRecord::default())));
     }
-    for (name, cursor) in storage.cursors()? {
-        if cursor >= acked && Some(name.as_str()) != primary {
-            // It holds everything: its offset restarts with the log's.
-            storage.set_cursor(&name, cursor, 0)?;
+    for (name, record) in records {
+        // A damaged record is left to the open: it resyncs that target.
+        let Ok(mut record) = record else { continue };
+        if Some(name.as_str()) == primary && record.cursor < acked {
+            record.cursor = acked;
+        } else if record.cursor < acked {
+            continue;
         }
+        // It holds everything: its offset restarts with the log's.
+        record.offset = Some(0);
+        storage.set_target(&name, &record)?;
     }
     storage.clear_log()?;
     storage.sync()?;

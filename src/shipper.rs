@@ -211,13 +211,10 @@ impl Shipper {
 
     fn persist(&self) {
         crate::crash::point("cursor");
-        // A state change is writing this target's record: it publishes the
-        // position it wrote; the next save is soon enough.
-        let Ok(_record) = self.target.record.try_lock() else {
-            return;
-        };
-        let (c, offset) = self.target.position();
-        if let Err(e) = self.log.storage().set_cursor(self.target.name(), c, offset) {
+        if let Err(e) = self
+            .target
+            .save_position(self.log.storage().as_ref(), false)
+        {
             tracing::warn!(target = %self.target.name(), error = %e, "could not persist cursor; it will be persisted later");
         }
     }

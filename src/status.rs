@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::log::lag_of;
 use crate::storage::LogStorage;
+use crate::target_record::TargetRecord;
 
 /// A target's configured role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +97,7 @@ pub struct CursorsReport {
 
 /// What a sidecar records of its targets so offline tools can name them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct TargetRecord {
+pub(crate) struct TargetListing {
     pub(crate) name: String,
     pub(crate) role: Role,
     pub(crate) region: String,
@@ -106,7 +107,7 @@ pub(crate) const TARGETS_META: &str = "targets";
 
 /// The configured primary's name as the data directory last recorded it.
 pub fn offline_primary(storage: &dyn LogStorage) -> Result<Option<String>> {
-    let records: Vec<TargetRecord> = storage
+    let records: Vec<TargetListing> = storage
         .meta(TARGETS_META)?
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
@@ -119,25 +120,28 @@ pub fn offline_primary(storage: &dyn LogStorage) -> Result<Option<String>> {
 /// The cursors report read straight from a data directory's storage.
 pub fn offline_report(storage: &dyn LogStorage) -> Result<CursorsReport> {
     let head = storage.bounds()?.map(|(_, h)| h).unwrap_or(0);
-    let records: Vec<TargetRecord> = storage
+    let records: Vec<TargetListing> = storage
         .meta(TARGETS_META)?
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    let cursors = storage.cursors()?;
+    let stored = storage.targets()?;
     let mut rows = Vec::new();
+    let row = |name: &str, role, region: &str| -> Result<TargetRow> {
+        let record = stored.iter().find(|(n, _)| n == name).map(|(_, r)| r);
+        let mut row = offline_row(storage, name, role, region, record, head)?;
+        if let Some(Err(why)) = record {
+            row.error = Some(format!(
+                "its persisted record is damaged ({why}); walship resyncs it when it opens"
+            ));
+        }
+        Ok(row)
+    };
     for r in &records {
-        let cursor = cursors
-            .iter()
-            .find(|(n, _)| n == &r.name)
-            .map(|(_, c)| *c)
-            .unwrap_or(0);
-        rows.push(offline_row(
-            storage, &r.name, r.role, &r.region, cursor, head,
-        )?);
+        rows.push(row(&r.name, r.role, &r.region)?);
     }
-    for (name, cursor) in &cursors {
+    for (name, _) in &stored {
         if !records.iter().any(|r| &r.name == name) {
-            let mut row = offline_row(storage, name, Role::Replica, "", *cursor, head)?;
+            let mut row = row(name, Role::Replica, "")?;
             row.state = TargetState::Removed;
             rows.push(row);
         }
@@ -154,16 +158,17 @@ fn offline_row(
     name: &str,
     role: Role,
     region: &str,
-    cursor: u64,
+    record: Option<&std::result::Result<TargetRecord, String>>,
     head: u64,
 ) -> Result<TargetRow> {
+    let record = record
+        .and_then(|r| r.as_ref().ok())
+        .copied()
+        .unwrap_or_default();
+    let cursor = record.cursor;
     let lag = lag_of(storage, cursor, head)?;
     // The state the sidecar persisted (paused and syncing survive restarts).
-    let state = match storage.meta(&format!("state/{name}"))?.as_deref() {
-        Some(b"paused") => TargetState::Paused,
-        Some(b"syncing") => TargetState::Syncing,
-        _ => TargetState::Active,
-    };
+    let state = record.state;
     Ok(TargetRow {
         name: name.to_string(),
         role,

@@ -15,9 +15,11 @@
 //!   frame's first record → the frame (consecutive records, see `frame`)
 //! - tree `keys`:    key → [`KeyInfo`] of its newest entry, as sorted runs
 //!   with a watermark (see `keyindex`)
-//! - tree `cursors`: target name → cursor seq, then the log offset after it
-//!   (u64 big-endian each; older data dirs hold the seq alone)
-//! - tree `meta`:    small named values (target list, states)
+//! - tree `cursors`: target name → its [`TargetRecord`] (cursor, offset,
+//!   state, replay intent, marked; see `target_record`). Older data dirs
+//!   held the cursor alone there and the rest in `meta`: they are
+//!   rewritten as records at open
+//! - tree `meta`:    small named values (target list, origin, head)
 //! - tree `versions`: target NUL key → the version walship knows a target
 //!   holds (see `conflict`)
 //! - tree `conflicts`: id (u64 big-endian) → an open manual conflict
@@ -32,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::frame::{self, FrameBuilder};
 use crate::headfile::{HeadFile, HeadMark};
 use crate::keyindex::KeyIndex;
+use crate::target_record::{self, TargetRecord};
 
 /// A record ready to be appended.
 #[derive(Debug)]
@@ -235,15 +238,14 @@ pub trait StateStore: Send + Sync + 'static {
     /// every seq up to `watermark` (derived data: rebuilt from the log on
     /// open, so it needs no sync of its own).
     fn index(&self, keys: &[(&str, KeyInfo)], watermark: u64) -> Result<()>;
-    /// A target's persisted cursor.
-    fn cursor(&self, target: &str) -> Result<Option<u64>>;
-    /// Persists a target's cursor and the log offset just after it
-    /// (durable with the next `sync`).
-    fn set_cursor(&self, target: &str, seq: u64, offset: u64) -> Result<()>;
-    /// The log offset persisted with a target's cursor, if any.
-    fn cursor_offset(&self, target: &str) -> Result<Option<u64>>;
-    /// Every persisted cursor.
-    fn cursors(&self) -> Result<Vec<(String, u64)>>;
+    /// A target's persisted record; `Damaged` when its bytes do not
+    /// decode.
+    fn target(&self, target: &str) -> Result<Option<TargetRecord>>;
+    /// Persists a target's record whole (durable with the next `sync`).
+    fn set_target(&self, target: &str, record: &TargetRecord) -> Result<()>;
+    /// Every persisted target record, by name; a damaged one is `Err`
+    /// (with what is wrong), the others still listed.
+    fn targets(&self) -> Result<Vec<(String, std::result::Result<TargetRecord, String>)>>;
     /// The newest entry of a key.
     fn key_info(&self, key: &str) -> Result<Option<KeyInfo>>;
     /// Keys starting with `prefix` and greater than `after` ("" for none),
@@ -867,42 +869,32 @@ impl StateStore for SledStorage {
         self.noted(r)
     }
 
-    fn cursor(&self, target: &str) -> Result<Option<u64>> {
+    fn target(&self, target: &str) -> Result<Option<TargetRecord>> {
         let v = self
             .s()?
             .cursors
             .get(target)
-            .map_err(self.err("reading a cursor"))?;
-        Ok(v.and_then(|v| v.get(..8).and_then(seq_of)))
+            .map_err(self.err("reading a target's record"))?;
+        v.map(|v| TargetRecord::decode(&v).map_err(|why| damaged_record(target, &why)))
+            .transpose()
     }
 
-    fn set_cursor(&self, target: &str, seq: u64, offset: u64) -> Result<()> {
-        let mut v = [0u8; 16];
-        v[..8].copy_from_slice(&seq.to_be_bytes());
-        v[8..].copy_from_slice(&offset.to_be_bytes());
+    fn set_target(&self, target: &str, record: &TargetRecord) -> Result<()> {
         self.s()?
             .cursors
-            .insert(target, &v)
-            .map_err(self.err("persisting a cursor"))?;
+            .insert(target, &record.encode())
+            .map_err(self.err("persisting a target's record"))?;
         Ok(())
     }
 
-    fn cursor_offset(&self, target: &str) -> Result<Option<u64>> {
-        let v = self
-            .s()?
-            .cursors
-            .get(target)
-            .map_err(self.err("reading a cursor"))?;
-        Ok(v.and_then(|v| v.get(8..16).and_then(seq_of)))
-    }
-
-    fn cursors(&self) -> Result<Vec<(String, u64)>> {
+    fn targets(&self) -> Result<Vec<(String, std::result::Result<TargetRecord, String>)>> {
         let mut out = Vec::new();
         for item in self.s()?.cursors.iter() {
-            let (k, v) = item.map_err(self.err("reading cursors"))?;
-            if let (Ok(name), Some(seq)) = (std::str::from_utf8(&k), v.get(..8).and_then(seq_of)) {
-                out.push((name.to_string(), seq));
-            }
+            let (k, v) = item.map_err(self.err("reading the target records"))?;
+            out.push((
+                String::from_utf8_lossy(&k).into_owned(),
+                TargetRecord::decode(&v),
+            ));
         }
         Ok(out)
     }
@@ -1062,6 +1054,8 @@ fn open_sled(path: &Path, cache_bytes: u64) -> Result<Sled> {
     let keys = KeyIndex::open(tree("keys")?, &path)?;
     let cursors = tree("cursors")?;
     let meta = tree("meta")?;
+    migrate_target_records(&cursors, &meta)
+        .map_err(|e| Error::storage("rewriting the target records as one each", &path, e))?;
     let versions = tree("versions")?;
     let conflicts = tree("conflicts")?;
     let data_file = File::open(path.join("db"))
@@ -1076,6 +1070,64 @@ fn open_sled(path: &Path, cache_bytes: u64) -> Result<Sled> {
         conflicts,
         data_file,
     })
+}
+
+/// The error for a target record that does not decode.
+fn damaged_record(target: &str, why: &str) -> Error {
+    Error::Damaged(format!(
+        "the persisted record of target {target} (its cursor and state) is damaged ({why}); \
+         walship resyncs a replica whose record is damaged when it opens, and ships the log to \
+         a primary again"
+    ))
+}
+
+/// Rewrites the target records of a data dir from before records (a
+/// cursor value of 8 or 16 bytes, the rest in `meta`) as one record each,
+/// and removes the old meta records. Each record is inserted before its
+/// old parts are removed, so a crash midway leaves either the old parts
+/// or the whole record (a record wins over old parts).
+fn migrate_target_records(cursors: &sled::Tree, meta: &sled::Tree) -> sled::Result<()> {
+    let mut names: Vec<String> = Vec::new();
+    for item in cursors.iter() {
+        let (k, v) = item?;
+        if v.len() != target_record::RECORD_LEN {
+            names.push(String::from_utf8_lossy(&k).into_owned());
+        }
+    }
+    for prefix in ["state/", "replay/", "marker/"] {
+        for item in meta.scan_prefix(prefix) {
+            let (k, _) = item?;
+            let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    for name in names {
+        let metas = target_record::legacy_meta(&name);
+        let cursor = cursors.get(&name)?;
+        if cursor
+            .as_ref()
+            .is_none_or(|c| c.len() != target_record::RECORD_LEN)
+        {
+            let parts = [
+                meta.get(&metas[0])?,
+                meta.get(&metas[1])?,
+                meta.get(&metas[2])?,
+            ];
+            let record = TargetRecord::from_legacy(
+                cursor.as_deref(),
+                parts[0].as_deref(),
+                parts[1].as_deref(),
+                parts[2].as_deref(),
+            );
+            cursors.insert(name.as_str(), &record.encode())?;
+        }
+        for m in &metas {
+            meta.remove(m.as_str())?;
+        }
+    }
+    Ok(())
 }
 
 /// The seq a log key stands for, or a corrupt error (reported at `near`).
@@ -1093,6 +1145,89 @@ fn seq_of(b: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rec_at(cursor: u64, offset: u64) -> TargetRecord {
+        TargetRecord {
+            cursor,
+            offset: Some(offset),
+            ..TargetRecord::default()
+        }
+    }
+
+    #[test]
+    fn a_data_dir_from_before_records_opens_with_one_record_per_target() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = sled::open(dir.path().join("log")).expect("sled");
+            let cursors = db.open_tree("cursors").expect("tree");
+            let meta = db.open_tree("meta").expect("tree");
+            let mut v = [0u8; 16];
+            v[..8].copy_from_slice(&41u64.to_be_bytes());
+            v[8..].copy_from_slice(&900u64.to_be_bytes());
+            cursors.insert("r1", &v).expect("cursor");
+            cursors.insert("r2", &7u64.to_be_bytes()).expect("cursor");
+            meta.insert("state/r1", b"paused").expect("state");
+            meta.insert("replay/r1", &77u64.to_be_bytes())
+                .expect("replay");
+            meta.insert("marker/r1", b"1").expect("marker");
+            // A target with a state and no cursor yet.
+            meta.insert("state/r3", b"syncing").expect("state");
+            meta.insert("origin", b"abc").expect("other meta");
+            db.flush().expect("flush");
+        }
+        let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
+        let r1 = TargetRecord {
+            cursor: 41,
+            offset: Some(900),
+            state: crate::status::TargetState::Paused,
+            replay_until: 77,
+            marked: true,
+        };
+        let r2 = TargetRecord {
+            cursor: 7,
+            ..TargetRecord::default()
+        };
+        let r3 = TargetRecord {
+            state: crate::status::TargetState::Syncing,
+            ..TargetRecord::default()
+        };
+        assert_eq!(s.target("r1").expect("r1"), Some(r1));
+        assert_eq!(s.target("r2").expect("r2"), Some(r2));
+        assert_eq!(s.target("r3").expect("r3"), Some(r3));
+        for old in ["state/r1", "replay/r1", "marker/r1", "state/r3"] {
+            assert_eq!(s.meta(old).expect("meta"), None, "{old} left behind");
+        }
+        assert_eq!(
+            s.meta("origin").expect("meta").as_deref(),
+            Some(&b"abc"[..])
+        );
+        s.sync().expect("sync");
+        drop(s);
+        // Opened again: the records are as they were (nothing rewritten
+        // from defaults).
+        let s = SledStorage::open(dir.path(), 8 << 20).expect("reopen");
+        assert_eq!(s.target("r1").expect("r1"), Some(r1));
+        assert_eq!(s.targets().expect("all").len(), 3);
+    }
+
+    #[test]
+    fn a_damaged_target_record_is_an_error_naming_the_target() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
+        s.set_target("r1", &rec_at(5, 50)).expect("record");
+        let mut bad = rec_at(6, 60).encode();
+        bad[3] ^= 0x10;
+        s.s()
+            .expect("sled")
+            .cursors
+            .insert("r2", &bad)
+            .expect("raw");
+        let err = s.target("r2").expect_err("damaged").to_string();
+        assert!(err.contains("target r2") && err.contains("crc32"), "{err}");
+        let all = s.targets().expect("all");
+        assert_eq!(all[0], ("r1".to_string(), Ok(rec_at(5, 50))));
+        assert!(all[1].1.is_err());
+    }
 
     fn rec<'a>(seq: u64, record: &'a [u8], key: &'a str) -> PendingRecord<'a> {
         let _ = key;
@@ -1185,7 +1320,7 @@ mod tests {
             .expect("append");
             s.index(&[("a", info(1)), ("b", info(2)), ("a", info(3))], 3)
                 .expect("index");
-            s.set_cursor("t", 2, 77).expect("cursor");
+            s.set_target("t", &rec_at(2, 77)).expect("record");
             s.sync().expect("sync");
             assert_eq!(s.bounds().expect("bounds"), Some((1, 3)));
             assert_eq!(s.key_info("a").expect("ki").map(|i| i.seq), Some(3));
@@ -1202,9 +1337,11 @@ mod tests {
         }
         let s = SledStorage::open(dir.path(), 8 << 20).expect("reopen");
         assert_eq!(s.bounds().expect("bounds"), Some((3, 3)));
-        assert_eq!(s.cursor("t").expect("cursor"), Some(2));
-        assert_eq!(s.cursor_offset("t").expect("offset"), Some(77));
-        assert_eq!(s.cursors().expect("cursors"), vec![("t".to_string(), 2)]);
+        assert_eq!(s.target("t").expect("record"), Some(rec_at(2, 77)));
+        assert_eq!(
+            s.targets().expect("records"),
+            vec![("t".to_string(), Ok(rec_at(2, 77)))]
+        );
         let keys = s.keys_with_prefix("", "", 10).expect("keys");
         assert_eq!(
             keys.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),

@@ -73,14 +73,13 @@ pub(crate) fn next(name: &str, state: TargetState, event: Event) -> Result<Targe
     }
 }
 
-/// What a restart reads back of `state` (the `state/NAME` meta record), or
-/// `None` when it is not kept: a failed target ships again after a restart
-/// and meets its fault again (or not), and a removed one is not opened.
-pub(crate) fn persisted(state: TargetState) -> Option<&'static [u8]> {
+/// The state a restart reads back of `state` (in the target's record), or
+/// `None` when it is not kept (the record keeps the state before): a
+/// failed target ships again after a restart and meets its fault again (or
+/// not), and a removed one is not opened.
+pub(crate) fn persisted(state: TargetState) -> Option<TargetState> {
     match state {
-        TargetState::Active => Some(b"active"),
-        TargetState::Paused => Some(b"paused"),
-        TargetState::Syncing => Some(b"syncing"),
+        TargetState::Active | TargetState::Paused | TargetState::Syncing => Some(state),
         TargetState::Failed | TargetState::Removed => None,
     }
 }
@@ -149,13 +148,13 @@ mod tests {
 
     #[test]
     fn what_a_restart_reads_back() {
-        let kept: Vec<(S, Option<&[u8]>)> = STATES.iter().map(|s| (*s, persisted(*s))).collect();
+        let kept: Vec<(S, Option<S>)> = STATES.iter().map(|s| (*s, persisted(*s))).collect();
         assert_eq!(
             kept,
             vec![
-                (S::Active, Some(&b"active"[..])),
-                (S::Paused, Some(&b"paused"[..])),
-                (S::Syncing, Some(&b"syncing"[..])),
+                (S::Active, Some(S::Active)),
+                (S::Paused, Some(S::Paused)),
+                (S::Syncing, Some(S::Syncing)),
                 (S::Failed, None),
                 (S::Removed, None),
             ]

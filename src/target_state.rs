@@ -5,9 +5,11 @@
 //! (replay and resync move it explicitly), and `offset` is the log offset
 //! just after `cursor`, so lag bytes are `head offset - offset`.
 
+use crate::storage::LogStorage;
 use crate::target_machine::{Event, next};
+use crate::target_record::TargetRecord;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use object_store::ObjectStore;
 use tokio::sync::watch;
@@ -91,11 +93,12 @@ pub(crate) struct TargetHandle {
     pub(crate) opened_cursor: u64,
     /// Entries up to this seq are written unconditionally (replay).
     pub(crate) force_until: AtomicU64,
-    /// Held while the target's persisted record (cursor, state, replay
-    /// intent) is changed and synced: the shipper's periodic save of its
-    /// cursor waits its turn instead of overwriting a moved-back cursor
-    /// in the same sync (see `Replicator::change_state`).
-    pub(crate) record: Mutex<()>,
+    /// The target's persisted record as last written (see
+    /// `target_record`), and the lock every write of it takes: a state
+    /// change holds it while it writes and syncs, so the shipper's
+    /// periodic save of its cursor waits its turn instead of overwriting a
+    /// moved-back cursor in the same sync (see `Replicator::change_state`).
+    pub(crate) record: Mutex<TargetRecord>,
 }
 
 impl TargetHandle {
@@ -104,10 +107,11 @@ impl TargetHandle {
         cfg: TargetConfig,
         role: Role,
         store: Arc<dyn ObjectStore>,
-        cursor: u64,
-        offset: u64,
+        record: TargetRecord,
         state: TargetState,
     ) -> TargetHandle {
+        let cursor = record.cursor;
+        let offset = record.offset.unwrap_or(0);
         TargetHandle {
             idx,
             cfg,
@@ -128,7 +132,7 @@ impl TargetHandle {
             caps: AtomicU8::new(0),
             opened_cursor: cursor,
             force_until: AtomicU64::new(0),
-            record: Mutex::new(()),
+            record: Mutex::new(record),
         }
     }
 
@@ -167,6 +171,31 @@ impl TargetHandle {
     pub(crate) fn position(&self) -> (u64, u64) {
         let _e = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
         (self.cursor(), self.offset())
+    }
+
+    /// Writes the target's record with its position as it stands (durable
+    /// with the next sync). With `wait` false, a state change writing the
+    /// record meanwhile wins: it publishes the position it wrote, and the
+    /// next save is soon enough.
+    pub(crate) fn save_position(&self, storage: &dyn LogStorage, wait: bool) -> crate::Result<()> {
+        let mut kept = if wait {
+            self.record.lock().unwrap_or_else(|p| p.into_inner())
+        } else {
+            match self.record.try_lock() {
+                Ok(g) => g,
+                Err(TryLockError::WouldBlock) => return Ok(()),
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            }
+        };
+        let (cursor, offset) = self.position();
+        let next = TargetRecord {
+            cursor,
+            offset: Some(offset),
+            ..*kept
+        };
+        storage.set_target(self.name(), &next)?;
+        *kept = next;
+        Ok(())
     }
 
     /// Moves the cursor by hand (replay, end of resync).

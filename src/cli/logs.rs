@@ -377,7 +377,15 @@ async fn offline_verify(e: &Endpoints, only: Option<&str>) -> Result<VerifyRepor
                 targets.push(crate::replicator::VerifyTarget {
                     name: t.name.clone(),
                     store: crate::target::build_store(t)?,
-                    cursor: storage.cursor(&t.name)?.unwrap_or(0),
+                    cursor: match storage.target(&t.name) {
+                        Ok(r) => r.map_or(0, |r| r.cursor),
+                        // Its cursor is not known: every entry is checked.
+                        Err(crate::Error::Damaged(why)) => {
+                            eprintln!("{}: {why}", t.name);
+                            0
+                        }
+                        Err(e) => return Err(e.into()),
+                    },
                 });
             }
             if let Some(n) = only

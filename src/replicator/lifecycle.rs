@@ -23,7 +23,7 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
-use super::{Replicator, replay_meta};
+use super::Replicator;
 use crate::codec::Op;
 use crate::error::{Error, Result};
 use crate::key::{RESERVED_PREFIX, object_path};
@@ -455,7 +455,7 @@ impl Replicator {
             self.change_state(
                 &t,
                 Event::ResyncStarted,
-                |_| Ok(()),
+                |_| {},
                 || {
                     t.resync_floor.store(start, Ordering::Release);
                     t.set_progress(Some("starting".into()));
@@ -602,7 +602,10 @@ impl Replicator {
         self.change_state(
             &t,
             Event::ResyncDone,
-            |storage| storage.set_cursor(t.name(), start, offset),
+            |r| {
+                r.cursor = start;
+                r.offset = Some(offset);
+            },
             || {
                 t.reset(start, offset);
                 t.resync_floor.store(0, Ordering::Release);
@@ -710,9 +713,10 @@ impl Replicator {
             self.change_state(
                 &t,
                 Event::Replayed,
-                |storage| {
-                    storage.set_meta(&replay_meta(name), &until.to_be_bytes())?;
-                    storage.set_cursor(name, seq - 1, offset)
+                |r| {
+                    r.replay_until = until;
+                    r.cursor = seq - 1;
+                    r.offset = Some(offset);
                 },
                 || {
                     t.force_until.fetch_max(until, Ordering::AcqRel);

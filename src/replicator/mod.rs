@@ -38,10 +38,11 @@ use crate::reads::{self, ReadCandidate};
 use crate::shipper::Shipper;
 use crate::status::{
     CursorsReport, FailoverReport, Health, Role, SeedMetrics, StatusReport, TARGETS_META,
-    TargetRecord, TargetRow, TargetState,
+    TargetListing, TargetRow, TargetState,
 };
 use crate::storage::{KeyInfo, LogStorage, SledStorage};
 use crate::target_machine::Event;
+use crate::target_record::TargetRecord;
 use crate::target_state::{PROBE_FAILURES_UNHEALTHY, TargetHandle};
 
 /// Requests in flight per target on a store across a network: enough to
@@ -64,11 +65,6 @@ const PROBE_KEY: &str = ".walship/health";
 /// Each target's marker (guarantee 10): written once, its absence on a
 /// target that held entries means the target lost what it held.
 const MARKER_KEY: &str = ".walship/target.json";
-/// Meta, per target: walship wrote that target's marker (so a missing one
-/// is a loss, not a target from before markers).
-fn marker_meta(name: &str) -> String {
-    format!("marker/{name}")
-}
 
 /// The answer to an acknowledged write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -93,37 +89,6 @@ pub struct Read<T> {
     /// The key's newest entry as the log knows it (its metadata: ETag,
     /// Content-Type, …), read before the target was.
     pub info: Option<KeyInfo>,
-}
-
-fn state_meta(name: &str) -> String {
-    format!("state/{name}")
-}
-
-/// Meta name of a target's replay intent: the last seq a replay writes
-/// over whatever the target holds (8 bytes, big-endian). Persisted with
-/// the moved-back cursor, so a replay cut short by a crash finishes as a
-/// replay after the restart.
-fn replay_meta(name: &str) -> String {
-    format!("replay/{name}")
-}
-
-/// The persisted replay intent of `name`, if it still covers entries past
-/// its cursor. A damaged record is logged and dropped.
-fn replay_intent(
-    storage: &dyn crate::storage::LogStorage,
-    name: &str,
-    cursor: u64,
-) -> Result<Option<u64>> {
-    let Some(bytes) = storage.meta(&replay_meta(name))? else {
-        return Ok(None);
-    };
-    match <[u8; 8]>::try_from(bytes.as_slice()) {
-        Ok(b) => Ok(Some(u64::from_be_bytes(b)).filter(|until| *until > cursor)),
-        Err(_) => {
-            tracing::error!(target = %name, bytes = bytes.len(), "the record of an unfinished replay is damaged and is ignored: entries still to ship go as ordinary writes; run `walship replay {name} --from SEQ --execute` again to finish it");
-            Ok(None)
-        }
-    }
 }
 
 /// The running replicator (library entry point).
@@ -182,6 +147,7 @@ impl Replicator {
         let head = log.head();
         let mut targets = Vec::new();
         let mut records = Vec::new();
+        let mut opened = Vec::new();
         let metrics = Arc::new(Metrics::new());
         for (i, t) in std::iter::once(&cfg.primary)
             .chain(&cfg.targets)
@@ -204,7 +170,25 @@ impl Replicator {
             };
             // Every request to the store is counted (what it bills).
             let store = crate::billing::counted(store, &t.name, &metrics);
-            let mut cursor = storage.cursor(&t.name)?.unwrap_or(0);
+            let stored = match storage.target(&t.name) {
+                Ok(r) => r.unwrap_or_default(),
+                Err(Error::Damaged(why)) => {
+                    // What the target holds is not known: a replica is
+                    // copied afresh (resynced below), a primary gets the
+                    // log again (writes it already holds are told apart).
+                    tracing::error!(target = %t.name, error = %why, "{}", if i == 0 { "shipping the log to it again from the start" } else { "resyncing it from the acting primary" });
+                    TargetRecord {
+                        state: if i == 0 {
+                            TargetState::Active
+                        } else {
+                            TargetState::Syncing
+                        },
+                        ..TargetRecord::default()
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+            let mut cursor = stored.cursor;
             // Guarantee 10: a memory:// store walship made starts empty at
             // every open, so its cursor starts over (from the log, or by a
             // resync when the log no longer has everything).
@@ -222,13 +206,12 @@ impl Replicator {
                 tracing::warn!(target = %t.name, cursor, head, "persisted cursor is past the head; using the head");
                 cursor = head;
             }
-            let state = match storage.meta(&state_meta(&t.name))?.as_deref() {
-                Some(b"paused") if i != 0 => TargetState::Paused,
+            let state = match stored.state {
+                TargetState::Paused if i != 0 => TargetState::Paused,
                 _ => TargetState::Active,
             };
-            let offset = 0; // set below, for every target in one scan
-            let replaying = replay_intent(storage.as_ref(), &t.name, cursor)?;
-            records.push(TargetRecord {
+            let replaying = TargetRecord { cursor, ..stored }.replaying();
+            records.push(TargetListing {
                 name: t.name.clone(),
                 role,
                 region: t.region.clone(),
@@ -238,8 +221,12 @@ impl Replicator {
                 t.clone(),
                 role,
                 store,
-                cursor,
-                offset,
+                // The offset is placed below, for every target in one scan.
+                TargetRecord {
+                    cursor,
+                    offset: None,
+                    ..stored
+                },
                 state,
             ));
             if let Some(until) = replaying {
@@ -249,17 +236,15 @@ impl Replicator {
                     .store(until, std::sync::atomic::Ordering::Release);
             }
             targets.push(handle);
+            opened.push(stored);
         }
         // Each cursor's offset was persisted with it; older data dirs (or a
         // log whose offsets were measured afresh) place them in one scan.
         let mut unplaced = Vec::new();
-        for t in &targets {
-            let persisted = storage
-                .cursor_offset(t.name())?
-                .filter(|_| {
-                    log.offsets_persisted()
-                        && t.cursor() == storage.cursor(t.name()).ok().flatten().unwrap_or(0)
-                })
+        for (t, stored) in targets.iter().zip(&opened) {
+            let persisted = stored
+                .offset
+                .filter(|_| log.offsets_persisted() && t.cursor() == stored.cursor)
                 .filter(|o| *o <= log.head_offset());
             match persisted {
                 Some(o) => t.offset.store(o, std::sync::atomic::Ordering::Release),
@@ -347,9 +332,8 @@ impl Replicator {
         // A resync cut short by a restart starts again; a target whose
         // cursor is below the oldest kept entry is resynced, never skipped.
         let first = r.log.first();
-        for t in &r.targets {
-            let interrupted =
-                storage.meta(&state_meta(t.name()))?.as_deref() == Some(&b"syncing"[..]);
+        for (t, stored) in r.targets.iter().zip(&opened) {
+            let interrupted = stored.state == TargetState::Syncing;
             let cut_off = t.cursor() + 1 < first && t.idx != 0;
             if interrupted || cut_off {
                 tracing::warn!(target = %t.name(), cursor = t.cursor(), first, "target needs entries the log no longer has (or its resync was interrupted): resyncing");
@@ -810,7 +794,7 @@ impl Replicator {
                 "{name} is the acting primary and every write waits for it; it cannot be paused"
             )));
         }
-        let state = self.change_state(t, Event::Pause, |_| Ok(()), || {})?;
+        let state = self.change_state(t, Event::Pause, |_| {}, || {})?;
         tracing::info!(target = %name, cursor = t.cursor(), "paused");
         Ok(state)
     }
@@ -819,7 +803,7 @@ impl Replicator {
     pub async fn resume(&self, name: &str) -> Result<TargetState> {
         let _guard = self.control.lock().await;
         let t = self.target(name)?;
-        let state = self.change_state(t, Event::Resume, |_| Ok(()), || {})?;
+        let state = self.change_state(t, Event::Resume, |_| {}, || {})?;
         tracing::info!(target = %name, cursor = t.cursor(), head = self.log.head(), "resumed");
         Ok(state)
     }
@@ -842,20 +826,31 @@ impl Replicator {
         &self,
         t: &TargetHandle,
         event: Event,
-        records: impl FnOnce(&dyn LogStorage) -> Result<()>,
+        records: impl FnOnce(&mut TargetRecord),
         publish: impl FnOnce(),
     ) -> Result<TargetState> {
         let next = t.allows(event)?;
         let storage = self.log.storage();
-        let _record = t.record.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kept = t.record.lock().unwrap_or_else(|p| p.into_inner());
         let generation = storage.generation();
-        records(storage.as_ref())?;
+        let (cursor, offset) = t.position();
+        let mut record = TargetRecord {
+            cursor,
+            offset: Some(offset),
+            ..*kept
+        };
+        records(&mut record);
         // Written even when the state stays: what is stored may be behind
-        // (a pause whose sync failed, a resync refused at restart).
-        if let Some(kept) = crate::target_machine::persisted(next) {
-            storage.set_meta(&state_meta(t.name()), kept)?;
+        // (a resync refused at restart).
+        if let Some(state) = crate::target_machine::persisted(next) {
+            record.state = state;
         }
+        storage.set_target(t.name(), &record)?;
         storage.sync_since(generation)?;
+        // Only now what later writes of the record start from: after a
+        // failed sync, the next save of the position writes the record as
+        // it was over the change that failed.
+        *kept = record;
         publish();
         let state = t.transition(event)?;
         self.progress.send_modify(|p| *p += 1);
@@ -936,7 +931,7 @@ impl Replicator {
     /// then marked, so a crash in between notices the loss again.
     async fn marker_missing(self: &Arc<Self>, t: &Arc<TargetHandle>) -> Result<()> {
         let storage = self.log.storage();
-        let marked = storage.meta(&marker_meta(t.name()))?.is_some();
+        let marked = t.record.lock().unwrap_or_else(|p| p.into_inner()).marked;
         if marked && t.state() == TargetState::Paused {
             // Left as it is (and unmarked) until it is resumed: a resync
             // would end the operator's pause.
@@ -971,9 +966,18 @@ impl Replicator {
                 Error::BadRequest(format!("writing {MARKER_KEY} to {}: no answer", t.name()))
             })?
             .map_err(|e| Error::target(t.name(), e))?;
+        let mut kept = t.record.lock().unwrap_or_else(|p| p.into_inner());
         let generation = storage.generation();
-        storage.set_meta(&marker_meta(t.name()), b"1")?;
+        let (cursor, offset) = t.position();
+        let record = TargetRecord {
+            cursor,
+            offset: Some(offset),
+            marked: true,
+            ..*kept
+        };
+        storage.set_target(t.name(), &record)?;
         storage.sync_since(generation)?;
+        *kept = record;
         Ok(())
     }
 
@@ -1247,9 +1251,7 @@ impl Replicator {
         self.accepting.store(false, Ordering::Release);
         let generation = self.log.storage().generation();
         for t in &self.targets {
-            let _record = t.record.lock().unwrap_or_else(|p| p.into_inner());
-            let (cursor, offset) = t.position();
-            self.log.storage().set_cursor(t.name(), cursor, offset)?;
+            t.save_position(self.log.storage().as_ref(), true)?;
         }
         self.log.storage().sync_since(generation)
     }
@@ -1303,27 +1305,3 @@ mod lifecycle;
 pub use lifecycle::{
     Progress, ReplayFrom, ReplayPlan, VerifyReport, VerifyTarget, latest_keys, verify,
 };
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::storage::{SledStorage, StateStore as _};
-
-    #[test]
-    fn a_replay_intent_counts_only_past_the_cursor_and_a_damaged_one_is_dropped() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = SledStorage::open(dir.path(), 1 << 20).expect("open");
-        assert_eq!(replay_intent(&s, "r1", 0).expect("read"), None);
-        s.set_meta(&replay_meta("r1"), &40u64.to_be_bytes())
-            .expect("set");
-        assert_eq!(replay_intent(&s, "r1", 10).expect("read"), Some(40));
-        assert_eq!(replay_intent(&s, "r1", 40).expect("read"), None, "finished");
-        assert_eq!(
-            replay_intent(&s, "r2", 10).expect("read"),
-            None,
-            "another target's"
-        );
-        s.set_meta(&replay_meta("r1"), b"\x01\x02").expect("set");
-        assert_eq!(replay_intent(&s, "r1", 10).expect("read"), None, "damaged");
-    }
-}

@@ -151,6 +151,28 @@ impl Rig {
     /// Stops, changes the stored bytes of entry `seq` in the sled database
     /// (as a bad disk would), and reopens.
     pub async fn corrupt_entry(self, seq: u64, edit: impl FnOnce(&mut Vec<u8>)) -> Rig {
+        self.edit_db(|db| {
+            let log = db.open_tree("log").expect("tree");
+            // The frame holding `seq` starts at or before it.
+            let (k, frame) = log
+                .range(..=seq.to_be_bytes())
+                .next_back()
+                .expect("a frame")
+                .expect("read");
+            let first = u64::from_be_bytes(k.as_ref().try_into().expect("seq key"));
+            let mut records: Vec<Vec<u8>> = walship::frame::records(&frame)
+                .map(|r| r.expect("record").to_vec())
+                .collect();
+            edit(&mut records[(seq - first) as usize]);
+            let frame = walship::frame::frame_of(records.iter().map(|r| r.as_slice()));
+            log.insert(k, frame).expect("insert");
+        })
+        .await
+    }
+
+    /// Stops, changes the sled database behind walship's back (as a bad
+    /// disk would), and reopens.
+    pub async fn edit_db(self, edit: impl FnOnce(&sled::Db)) -> Rig {
         self.rep.shutdown(Duration::ZERO).await.expect("shutdown");
         let Rig {
             dir,
@@ -175,20 +197,7 @@ impl Rig {
                     Err(e) => panic!("sled: {e}"),
                 }
             };
-            let log = db.open_tree("log").expect("tree");
-            // The frame holding `seq` starts at or before it.
-            let (k, frame) = log
-                .range(..=seq.to_be_bytes())
-                .next_back()
-                .expect("a frame")
-                .expect("read");
-            let first = u64::from_be_bytes(k.as_ref().try_into().expect("seq key"));
-            let mut records: Vec<Vec<u8>> = walship::frame::records(&frame)
-                .map(|r| r.expect("record").to_vec())
-                .collect();
-            edit(&mut records[(seq - first) as usize]);
-            let frame = walship::frame::frame_of(records.iter().map(|r| r.as_slice()));
-            log.insert(k, frame).expect("insert");
+            edit(&db);
             db.flush().expect("flush");
         }
         Rig::open(dir, cfg, stores).await

@@ -406,3 +406,49 @@ async fn pause_and_resume_during_a_resync_are_refused_and_the_hand_over_stands()
     assert_eq!(rig.object("r1", "k3").await, Some(Bytes::from("v3")));
     assert_eq!(rig.object("r1", "after").await, Some(Bytes::from("a")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_persisted_record_is_damaged_is_resynced_when_walship_opens() {
+    let rig = Rig::new(2, "sync", 2, 2.0).await;
+    for i in 0..10 {
+        rig.rep
+            .put(&key(&format!("k{i}")), Bytes::from(format!("v{i}")), None)
+            .await
+            .expect("put");
+    }
+    rig.wait_caught_up(Duration::from_secs(10)).await;
+    // r1 lost an object meanwhile: only a copy from the primary brings it
+    // back without a write.
+    rig.stores["r1"]
+        .delete(&object_store::path::Path::from("k3"))
+        .await
+        .expect("delete");
+    let rig = rig
+        .edit_db(|db| {
+            let records = db.open_tree("cursors").expect("tree");
+            let mut bytes = records
+                .get("r1")
+                .expect("read")
+                .expect("r1's record")
+                .to_vec();
+            bytes[4] ^= 0x20;
+            records.insert("r1", bytes).expect("write");
+        })
+        .await;
+    assert_eq!(rig.cursor("r2"), 10, "r2's record is read as it was");
+    eventually("r1 resynced and active", 20, || {
+        let c = rig.rep.cursors().expect("cursors");
+        c.targets[1].state == TargetState::Active && c.targets[1].cursor == 10
+    })
+    .await;
+    for i in 0..10 {
+        assert_eq!(
+            rig.object("r1", &format!("k{i}")).await.as_deref(),
+            Some(format!("v{i}").as_bytes()),
+            "k{i} on r1"
+        );
+    }
+    // Its record is whole again: a restart reads it as it stands.
+    let rig = rig.restart().await;
+    assert_eq!(rig.cursor("r1"), 10);
+}
