@@ -39,7 +39,6 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 
 use crate::apply::Engine;
 use crate::codec::Entry;
@@ -107,45 +106,9 @@ pub(crate) struct Shipper {
 }
 
 impl Shipper {
-    /// Runs the shipper, and runs it again when it panics (a bug, or a
-    /// store client's): its target never silently stops. The restart
-    /// replans from the published cursor; the panic is logged and is the
-    /// target's last error until a request succeeds.
-    #[tracing::instrument(name = "shipper", skip_all, fields(target = %self.target.name()))]
-    pub(crate) async fn supervise(self) {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let started = Instant::now();
-            let run = tokio::spawn(self.clone().run().instrument(tracing::Span::current())).await;
-            let Err(e) = run else { return };
-            if !e.is_panic() || self.cancel.is_cancelled() {
-                return;
-            }
-            let payload = e.into_panic();
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".into());
-            let msg = format!(
-                "the shipper panicked ({what}); restarted from cursor {}",
-                self.target.cursor()
-            );
-            tracing::error!(target = %self.target.name(), error = %msg, "shipper restarted");
-            self.target.record_failure(&msg);
-            if started.elapsed() > MAX_BACKOFF {
-                // It ran a good while: this is a new fault, not the same one.
-                delay = Duration::from_millis(100);
-            }
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = self.cancel.cancelled() => return,
-            }
-            delay = (delay * 2).min(MAX_BACKOFF);
-        }
-    }
-
-    async fn run(self) {
+    /// Ships until shutdown (its owner, `replicator::owner`, starts it
+    /// again when it panics).
+    pub(crate) async fn run(self) {
         let name = self.target.name().to_string();
         let mut head_rx = self.log.subscribe();
         let mut state_rx = self.target.state_tx.subscribe();

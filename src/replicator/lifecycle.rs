@@ -408,19 +408,11 @@ impl Replicator {
                 // holds the log past the cap (a copy that takes long, or
                 // keeps failing, while writes go on). The hand-over point
                 // moves to the head; the copy starts over there.
-                let _guard = self.control.lock().await;
-                let floor = t.resync_floor.load(Ordering::Acquire);
-                if t.state() == TargetState::Syncing && floor < head {
-                    t.resync_floor.store(head, Ordering::Release);
-                    tracing::warn!(
-                        target = %t.name(),
-                        from = floor,
-                        to = head,
-                        retained = self.log.retained_bytes(),
-                        max_log_bytes = self.cfg.max_log_bytes,
-                        "log over max_log_bytes during a resync: the resync starts over from the head; if this repeats, raise max_log_bytes"
-                    );
-                }
+                self.ask(t, |reply| super::owner::Command::MoveResyncFloor {
+                    to: head,
+                    reply,
+                })
+                .await?;
             } else if let Some(t) = holder
                 && t.floor() < in_retention.saturating_sub(1)
             {
@@ -440,78 +432,64 @@ impl Replicator {
     /// Starts copying everything from the acting primary to `name`; the
     /// target is `syncing` until it hands over to its cursor.
     pub async fn start_resync(self: &Arc<Self>, name: &str) -> Result<u64> {
-        let t = {
-            let _guard = self.control.lock().await;
-            let t = self.target(name)?.clone();
-            if t.idx == self.acting.load(Ordering::Acquire) {
-                return Err(Error::StateRefused(format!(
-                    "{name} is the acting primary, the source of a resync; it cannot be resynced"
-                )));
-            }
-            if t.state() == TargetState::Syncing {
-                return Ok(t.resync_floor.load(Ordering::Acquire));
-            }
-            let start = self.log.head();
-            self.change_state(
-                &t,
-                Event::ResyncStarted,
-                |_| {},
-                || {
-                    t.resync_floor.store(start, Ordering::Release);
-                    t.set_progress(Some("starting".into()));
-                },
-            )?;
-            t
-        };
-        let start = t.resync_floor.load(Ordering::Acquire);
-        tracing::info!(target = %name, start, "resync started");
-        let me = self.clone();
-        let task = tokio::spawn(async move {
-            let mut delay = Duration::from_millis(200);
-            loop {
-                // Read afresh: maintenance may have moved it (see `maintain`).
-                let start = t.resync_floor.load(Ordering::Acquire);
-                // On a task of its own: a panic (a store client's bug) is a
-                // failed attempt, retried, not a target left syncing.
-                let attempt = tokio::spawn(me.clone().run_resync(t.clone(), start))
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(Error::io(
-                            "resyncing",
-                            std::io::Error::other(format!("the resync task panicked: {e}")),
-                        ))
-                    });
-                match attempt {
-                    Ok(true) => return,
-                    Ok(false) => {
-                        tracing::info!(target = %t.name(), from = start, "resync starting over from its moved hand-over point");
-                        continue;
-                    }
-                    Err(Error::ShuttingDown) => return,
-                    Err(e) => {
-                        tracing::warn!(target = %t.name(), error = %e, "resync failed; retrying");
-                        t.set_progress(Some(format!("retrying after: {e}")));
-                    }
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = me.cancel.cancelled() => return,
-                }
-                delay = (delay * 2).min(Duration::from_secs(30));
-            }
-        });
-        self.tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(task);
-        Ok(start)
+        let t = self.target(name)?;
+        self.ask(t, super::owner::Command::StartResync).await
     }
 
-    /// One attempt: copies, then hands over at `start`. `Ok(false)` when
-    /// the hand-over point moved meanwhile (the log passed the cap and was
-    /// truncated past `start`): nothing is handed over; start again.
+    /// [`Replicator::start_resync`], on the target's owner: the hand-over
+    /// point, and whether a resync began (the owner then starts copying).
+    pub(super) fn begin_resync(&self, t: &TargetHandle) -> Result<(u64, bool)> {
+        let name = t.name();
+        if t.idx == self.acting.load(Ordering::Acquire) {
+            return Err(Error::StateRefused(format!(
+                "{name} is the acting primary, the source of a resync; it cannot be resynced"
+            )));
+        }
+        if t.state() == TargetState::Syncing {
+            return Ok((t.resync_floor.load(Ordering::Acquire), false));
+        }
+        let start = self.log.head();
+        self.change_state(
+            t,
+            Event::ResyncStarted,
+            |_| {},
+            || {
+                t.resync_floor.store(start, Ordering::Release);
+                t.set_progress(Some("starting".into()));
+            },
+        )?;
+        tracing::info!(target = %name, start, "resync started");
+        Ok((start, true))
+    }
+
+    /// On the target's owner: the log passed `max_log_bytes` during a
+    /// resync, whose hand-over point holds it. The point moves to `to`
+    /// (the head); the copy under way sees it and starts over there.
+    pub(super) fn move_resync_floor(&self, t: &TargetHandle, to: u64) {
+        let floor = t.resync_floor.load(Ordering::Acquire);
+        if t.state() == TargetState::Syncing && floor < to {
+            t.resync_floor.store(to, Ordering::Release);
+            tracing::warn!(
+                target = %t.name(),
+                from = floor,
+                to,
+                retained = self.log.retained_bytes(),
+                max_log_bytes = self.cfg.max_log_bytes,
+                "log over max_log_bytes during a resync: the resync starts over from the head; if this repeats, raise max_log_bytes"
+            );
+        }
+    }
+
+    /// One attempt, on a task of the owner's: copies everything the
+    /// acting primary holds at `start`. `Ok(true)` when copied (the owner
+    /// then hands over), `Ok(false)` when the hand-over point moved
+    /// meanwhile (the log passed the cap): start again.
     #[tracing::instrument(name = "resync", skip_all, fields(target = %t.name(), start))]
-    async fn run_resync(self: Arc<Self>, t: Arc<TargetHandle>, start: u64) -> Result<bool> {
+    pub(super) async fn run_resync(
+        self: Arc<Self>,
+        t: Arc<TargetHandle>,
+        start: u64,
+    ) -> Result<bool> {
         // The source must hold everything up to `start`.
         let source = loop {
             let src = self.acting_primary().clone();
@@ -593,14 +571,19 @@ impl Replicator {
             self.engine.set_known(&t, extra.as_ref(), None)?;
         }
         self.engine.resynced(&t)?;
-        // Hand over to the cursor at `start`.
-        let _guard = self.control.lock().await;
+        Ok(true)
+    }
+
+    /// On the target's owner, once a copy towards `start` is done: hands
+    /// over to the cursor at `start`, unless the hand-over point moved
+    /// (`Ok(false)`: copy again).
+    pub(super) fn hand_over(&self, t: &TargetHandle, start: u64) -> Result<bool> {
         if t.resync_floor.load(Ordering::Acquire) != start {
             return Ok(false);
         }
         let offset = self.log.offset_of(start)?;
         self.change_state(
-            &t,
+            t,
             Event::ResyncDone,
             |r| {
                 r.cursor = start;
@@ -612,7 +595,7 @@ impl Replicator {
                 t.set_progress(None);
             },
         )?;
-        tracing::info!(target = %t.name(), start, objects = total, "resync done; shipping from the log");
+        tracing::info!(target = %t.name(), start, "resync done; shipping from the log");
         Ok(true)
     }
 
@@ -646,8 +629,24 @@ impl Replicator {
 
     /// Plans (and with `execute`, performs) a replay of `name` from `from`.
     pub async fn replay(&self, name: &str, from: ReplayFrom, execute: bool) -> Result<ReplayPlan> {
-        let _guard = self.control.lock().await;
-        let t = self.target(name)?.clone();
+        let t = self.target(name)?;
+        self.ask(t, |reply| super::owner::Command::Replay {
+            from,
+            execute,
+            reply,
+        })
+        .await
+    }
+
+    /// [`Replicator::replay`], on the target's owner.
+    pub(super) async fn replay_now(
+        &self,
+        t: &Arc<TargetHandle>,
+        from: ReplayFrom,
+        execute: bool,
+    ) -> Result<ReplayPlan> {
+        let name = t.name();
+        let t = t.clone();
         let storage = self.log.storage().clone();
         let head = self.log.head();
         let first = self.log.first();

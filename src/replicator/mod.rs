@@ -103,7 +103,8 @@ pub struct Replicator {
     accepting: AtomicBool,
     cancel: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    control: tokio::sync::Mutex<()>,
+    /// Each target's owner's mailbox, by index (see `owner`).
+    owners: Vec<tokio::sync::mpsc::Sender<owner::Command>>,
     /// The first `file://` target, whose paths limit keys (guarantee 11).
     file_target: Option<String>,
     in_flight: crate::keyfit::InFlight,
@@ -293,6 +294,10 @@ impl Replicator {
             .map(|(_, t)| t.name.clone());
         engine.load_adopted()?;
         engine.load_foreign()?;
+        let (owners, mut mailboxes): (Vec<_>, Vec<_>) = targets
+            .iter()
+            .map(|_| tokio::sync::mpsc::channel(owner::MAILBOX))
+            .unzip();
         let r = Arc::new(Replicator {
             cfg,
             log,
@@ -304,7 +309,7 @@ impl Replicator {
             accepting: AtomicBool::new(true),
             cancel: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
-            control: tokio::sync::Mutex::new(()),
+            owners,
             file_target,
             in_flight: Default::default(),
         });
@@ -322,7 +327,13 @@ impl Replicator {
                     _ => SHIP_WINDOW,
                 },
             };
-            tasks.push(tokio::spawn(shipper.supervise()));
+            tasks.push(tokio::spawn(owner::run(
+                Arc::downgrade(&r),
+                t.clone(),
+                shipper,
+                mailboxes.remove(0),
+                r.cancel.clone(),
+            )));
         }
         tasks.push(tokio::spawn(Replicator::supervise_manager(
             Arc::downgrade(&r),
@@ -787,8 +798,13 @@ impl Replicator {
     /// Pauses a target: it keeps its cursor, `sync` stops waiting for it,
     /// and the state survives restarts. The acting primary cannot be paused.
     pub async fn pause(&self, name: &str) -> Result<TargetState> {
-        let _guard = self.control.lock().await;
         let t = self.target(name)?;
+        self.ask(t, owner::Command::Pause).await
+    }
+
+    /// [`Replicator::pause`], on the target's owner.
+    fn pause_now(&self, t: &TargetHandle) -> Result<TargetState> {
+        let name = t.name();
         if t.idx == self.acting.load(Ordering::Acquire) {
             return Err(Error::StateRefused(format!(
                 "{name} is the acting primary and every write waits for it; it cannot be paused"
@@ -801,15 +817,20 @@ impl Replicator {
 
     /// Resumes a paused (or failed) target: it ships from its cursor.
     pub async fn resume(&self, name: &str) -> Result<TargetState> {
-        let _guard = self.control.lock().await;
         let t = self.target(name)?;
+        self.ask(t, owner::Command::Resume).await
+    }
+
+    /// [`Replicator::resume`], on the target's owner.
+    fn resume_now(&self, t: &TargetHandle) -> Result<TargetState> {
+        let name = t.name();
         let state = self.change_state(t, Event::Resume, |_| {}, || {})?;
         tracing::info!(target = %name, cursor = t.cursor(), head = self.log.head(), "resumed");
         Ok(state)
     }
 
     /// The one way a command or a resync changes a target's state (which
-    /// changes are legal: `target_machine`). Called under `control`:
+    /// changes are legal: `target_machine`). Called by the target's owner (`owner`), one change at a time:
     ///
     /// 1. the event is checked against the state (refused: nothing done);
     /// 2. `records` (what the change depends on: a cursor, a replay
@@ -1302,6 +1323,7 @@ impl Drop for Replicator {
     }
 }
 mod lifecycle;
+mod owner;
 pub use lifecycle::{
     Progress, ReplayFrom, ReplayPlan, VerifyReport, VerifyTarget, latest_keys, verify,
 };
