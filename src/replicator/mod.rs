@@ -146,129 +146,26 @@ impl Replicator {
                 .map(Arc::new)?;
         let log = Log::open(storage.clone())?;
         let head = log.head();
-        let mut targets = Vec::new();
-        let mut records = Vec::new();
-        let mut opened = Vec::new();
         let metrics = Arc::new(Metrics::new());
+        let mut targets = Vec::new();
+        let mut listing = Vec::new();
+        let mut opened = Vec::new();
         for (i, t) in std::iter::once(&cfg.primary)
             .chain(&cfg.targets)
             .enumerate()
         {
-            let role = match (i, t.is_read_replica) {
-                (0, _) => Role::Primary,
-                (_, true) => Role::ReadReplica,
-                (_, false) => Role::Replica,
-            };
-            let (store, built_here) = match stores.remove(&t.name) {
-                Some(s) => (s, false),
-                None => (crate::target::build_store(t)?, true),
-            };
-            // A local directory's writes to one path land in order, even
-            // those a shipper stopped waiting for (see `ordered`).
-            let store = match crate::config::TargetUrl::parse(&t.url) {
-                Ok(crate::config::TargetUrl::File(_)) => crate::ordered::ordered(store),
-                _ => store,
-            };
-            // Every request to the store is counted (what it bills).
-            let store = crate::billing::counted(store, &t.name, &metrics);
-            let stored = match storage.target(&t.name) {
-                Ok(r) => r.unwrap_or_default(),
-                Err(Error::Damaged(why)) => {
-                    // What the target holds is not known: a replica is
-                    // copied afresh (resynced below), a primary gets the
-                    // log again (writes it already holds are told apart).
-                    tracing::error!(target = %t.name, error = %why, "{}", if i == 0 { "shipping the log to it again from the start" } else { "resyncing it from the acting primary" });
-                    TargetRecord {
-                        state: if i == 0 {
-                            TargetState::Active
-                        } else {
-                            TargetState::Syncing
-                        },
-                        ..TargetRecord::default()
-                    }
-                }
-                Err(e) => return Err(e),
-            };
-            let mut cursor = stored.cursor;
-            // Guarantee 10: a memory:// store walship made starts empty at
-            // every open, so its cursor starts over (from the log, or by a
-            // resync when the log no longer has everything).
-            if built_here
-                && cursor > 0
-                && matches!(
-                    crate::config::TargetUrl::parse(&t.url),
-                    Ok(crate::config::TargetUrl::Memory)
-                )
-            {
-                tracing::info!(target = %t.name, cursor, "memory:// target starts empty: shipping it again from the start of the log");
-                cursor = 0;
-            }
-            if cursor > head {
-                tracing::warn!(target = %t.name, cursor, head, "persisted cursor is past the head; using the head");
-                cursor = head;
-            }
-            let state = match stored.state {
-                TargetState::Paused if i != 0 => TargetState::Paused,
-                _ => TargetState::Active,
-            };
-            let replaying = TargetRecord { cursor, ..stored }.replaying();
-            records.push(TargetListing {
-                name: t.name.clone(),
-                role,
-                region: t.region.clone(),
-            });
-            let handle = Arc::new(TargetHandle::new(
-                i,
-                t.clone(),
-                role,
-                store,
-                // The offset is placed below, for every target in one scan.
-                TargetRecord {
-                    cursor,
-                    offset: None,
-                    ..stored
-                },
-                state,
-            ));
-            if let Some(until) = replaying {
-                tracing::info!(target = %t.name, from = cursor + 1, to = until, "finishing a replay cut short: these entries go over whatever the target holds");
-                handle
-                    .force_until
-                    .store(until, std::sync::atomic::Ordering::Release);
-            }
+            let given = stores.remove(&t.name);
+            let (handle, listed, stored) =
+                open_target(i, t, given, storage.as_ref(), &metrics, head)?;
             targets.push(handle);
+            listing.push(listed);
             opened.push(stored);
         }
-        // Each cursor's offset was persisted with it; older data dirs (or a
-        // log whose offsets were measured afresh) place them in one scan.
-        let mut unplaced = Vec::new();
-        for (t, stored) in targets.iter().zip(&opened) {
-            let persisted = stored
-                .offset
-                .filter(|_| log.offsets_persisted() && t.cursor() == stored.cursor)
-                .filter(|o| *o <= log.head_offset());
-            match persisted {
-                Some(o) => t.offset.store(o, std::sync::atomic::Ordering::Release),
-                None => unplaced.push(t.clone()),
-            }
-        }
-        if !unplaced.is_empty() {
-            let cursors: Vec<u64> = unplaced.iter().map(|t| t.cursor()).collect();
-            for (t, offset) in unplaced.iter().zip(log.offsets_of(&cursors)?) {
-                t.offset.store(offset, std::sync::atomic::Ordering::Release);
-            }
-        }
-        let meta = serde_json::to_vec(&records)
+        place_offsets(&log, &targets, &opened)?;
+        let meta = serde_json::to_vec(&listing)
             .map_err(|e| Error::io("encoding the target list", std::io::Error::other(e)))?;
         storage.set_meta(TARGETS_META, &meta)?;
-        let origin = match storage.meta(ORIGIN_META)? {
-            Some(id) => String::from_utf8_lossy(&id).into_owned(),
-            None => {
-                let id = format!("{:016x}", rand::random::<u64>());
-                storage.set_meta(ORIGIN_META, id.as_bytes())?;
-                id
-            }
-        };
+        let origin = origin_of(storage.as_ref())?;
         storage.sync()?;
         let acting = Arc::new(AtomicUsize::new(0));
         let engine = Arc::new(
@@ -294,7 +191,7 @@ impl Replicator {
             .map(|(_, t)| t.name.clone());
         engine.load_adopted()?;
         engine.load_foreign()?;
-        let (owners, mut mailboxes): (Vec<_>, Vec<_>) = targets
+        let (owners, mailboxes): (Vec<_>, Vec<_>) = targets
             .iter()
             .map(|_| tokio::sync::mpsc::channel(owner::MAILBOX))
             .unzip();
@@ -313,33 +210,7 @@ impl Replicator {
             file_target,
             in_flight: Default::default(),
         });
-        let mut tasks = Vec::new();
-        for t in &r.targets {
-            let shipper = Shipper {
-                target: t.clone(),
-                log: r.log.clone(),
-                progress: r.progress.clone(),
-                metrics: r.metrics.clone(),
-                engine: r.engine.clone(),
-                cancel: r.cancel.clone(),
-                window: match crate::config::TargetUrl::parse(&t.cfg.url) {
-                    Ok(crate::config::TargetUrl::File(_)) => SHIP_WINDOW_LOCAL,
-                    _ => SHIP_WINDOW,
-                },
-            };
-            tasks.push(tokio::spawn(owner::run(
-                Arc::downgrade(&r),
-                t.clone(),
-                shipper,
-                mailboxes.remove(0),
-                r.cancel.clone(),
-            )));
-        }
-        tasks.push(tokio::spawn(Replicator::supervise_manager(
-            Arc::downgrade(&r),
-            r.cancel.clone(),
-        )));
-        *r.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
+        start_tasks(&r, mailboxes);
         // A resync cut short by a restart starts again; a target whose
         // cursor is below the oldest kept entry is resynced, never skipped.
         let first = r.log.first();
@@ -1276,6 +1147,170 @@ impl Replicator {
         }
         self.log.storage().sync_since(generation)
     }
+}
+
+/// A target's record as an open reads it. A damaged one stands for "what
+/// it holds is not known": a replica is resynced, a primary gets the log
+/// shipped again (its own versions are told apart). See docs/recovery.md.
+fn stored_record(storage: &dyn LogStorage, name: &str, primary: bool) -> Result<TargetRecord> {
+    match storage.target(name) {
+        Ok(r) => Ok(r.unwrap_or_default()),
+        Err(Error::Damaged(why)) => {
+            let then = if primary {
+                "shipping the log to it again from the start"
+            } else {
+                "resyncing it from the acting primary"
+            };
+            tracing::error!(target = %name, error = %why, "{then}");
+            Ok(TargetRecord {
+                state: if primary {
+                    TargetState::Active
+                } else {
+                    TargetState::Syncing
+                },
+                ..TargetRecord::default()
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Builds target `i` at open: its store (`given`, or built from its URL)
+/// wrapped for ordering and counting, and its handle from its record read
+/// back. Returns the handle, its line of the target list and the record
+/// as stored (the offset is placed by `place_offsets`).
+fn open_target(
+    i: usize,
+    t: &crate::config::TargetConfig,
+    given: Option<Arc<dyn ObjectStore>>,
+    storage: &dyn LogStorage,
+    metrics: &Arc<Metrics>,
+    head: u64,
+) -> Result<(Arc<TargetHandle>, TargetListing, TargetRecord)> {
+    let role = match (i, t.is_read_replica) {
+        (0, _) => Role::Primary,
+        (_, true) => Role::ReadReplica,
+        (_, false) => Role::Replica,
+    };
+    let url = crate::config::TargetUrl::parse(&t.url);
+    let (store, built_here) = match given {
+        Some(s) => (s, false),
+        None => (crate::target::build_store(t)?, true),
+    };
+    // A local directory's writes to one path land in order, even those a
+    // shipper stopped waiting for (see `ordered`).
+    let store = match url {
+        Ok(crate::config::TargetUrl::File(_)) => crate::ordered::ordered(store),
+        _ => store,
+    };
+    // Every request to the store is counted (what it bills).
+    let store = crate::billing::counted(store, &t.name, metrics);
+    let stored = stored_record(storage, &t.name, i == 0)?;
+    let mut cursor = stored.cursor;
+    // Guarantee 10: a memory:// store walship made starts empty at every
+    // open, so its cursor starts over (from the log, or by a resync when
+    // the log no longer has everything).
+    if built_here && cursor > 0 && matches!(url, Ok(crate::config::TargetUrl::Memory)) {
+        tracing::info!(target = %t.name, cursor, "memory:// target starts empty: shipping it again from the start of the log");
+        cursor = 0;
+    }
+    if cursor > head {
+        tracing::warn!(target = %t.name, cursor, head, "persisted cursor is past the head; using the head");
+        cursor = head;
+    }
+    let state = match stored.state {
+        TargetState::Paused if i != 0 => TargetState::Paused,
+        _ => TargetState::Active,
+    };
+    let handle = Arc::new(TargetHandle::new(
+        i,
+        t.clone(),
+        role,
+        store,
+        TargetRecord {
+            cursor,
+            offset: None,
+            ..stored
+        },
+        state,
+    ));
+    if let Some(until) = (TargetRecord { cursor, ..stored }).replaying() {
+        tracing::info!(target = %t.name, from = cursor + 1, to = until, "finishing a replay cut short: these entries go over whatever the target holds");
+        handle.force_until.store(until, Ordering::Release);
+    }
+    let listed = TargetListing {
+        name: t.name.clone(),
+        role,
+        region: t.region.clone(),
+    };
+    Ok((handle, listed, stored))
+}
+
+/// Places each target's offset: the one persisted with its cursor, or,
+/// for older data dirs (or a log whose offsets were measured afresh), all
+/// of them in one scan of the log.
+fn place_offsets(log: &Log, targets: &[Arc<TargetHandle>], opened: &[TargetRecord]) -> Result<()> {
+    let mut unplaced = Vec::new();
+    for (t, stored) in targets.iter().zip(opened) {
+        let persisted = stored
+            .offset
+            .filter(|_| log.offsets_persisted() && t.cursor() == stored.cursor)
+            .filter(|o| *o <= log.head_offset());
+        match persisted {
+            Some(o) => t.offset.store(o, Ordering::Release),
+            None => unplaced.push(t.clone()),
+        }
+    }
+    if !unplaced.is_empty() {
+        let cursors: Vec<u64> = unplaced.iter().map(|t| t.cursor()).collect();
+        for (t, offset) in unplaced.iter().zip(log.offsets_of(&cursors)?) {
+            t.offset.store(offset, Ordering::Release);
+        }
+    }
+    Ok(())
+}
+
+/// This sidecar's origin id, made once and kept in the log's database.
+fn origin_of(storage: &dyn LogStorage) -> Result<String> {
+    Ok(match storage.meta(ORIGIN_META)? {
+        Some(id) => String::from_utf8_lossy(&id).into_owned(),
+        None => {
+            let id = format!("{:016x}", rand::random::<u64>());
+            storage.set_meta(ORIGIN_META, id.as_bytes())?;
+            id
+        }
+    })
+}
+
+/// Starts each target's owner (with its shipper) and the manager.
+fn start_tasks(r: &Arc<Replicator>, mailboxes: Vec<tokio::sync::mpsc::Receiver<owner::Command>>) {
+    let mut tasks = Vec::new();
+    for (t, mailbox) in r.targets.iter().zip(mailboxes) {
+        let shipper = Shipper {
+            target: t.clone(),
+            log: r.log.clone(),
+            progress: r.progress.clone(),
+            metrics: r.metrics.clone(),
+            engine: r.engine.clone(),
+            cancel: r.cancel.clone(),
+            window: match crate::config::TargetUrl::parse(&t.cfg.url) {
+                Ok(crate::config::TargetUrl::File(_)) => SHIP_WINDOW_LOCAL,
+                _ => SHIP_WINDOW,
+            },
+        };
+        tasks.push(tokio::spawn(owner::run(
+            Arc::downgrade(r),
+            t.clone(),
+            shipper,
+            mailbox,
+            r.cancel.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(Replicator::supervise_manager(
+        Arc::downgrade(r),
+        r.cancel.clone(),
+    )));
+    *r.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
 }
 
 /// One health probe: a HEAD of the target's marker. Returns whether the
