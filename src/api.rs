@@ -11,7 +11,7 @@ use crate::status::TargetState;
 
 /// `PUT`/`DELETE /v1/objects/{key}`: the write's acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WriteAnswer {
+pub(crate) struct WriteAnswer {
     /// The entry's seq.
     pub seq: u64,
     /// Every target that had applied it when it was acknowledged.
@@ -32,7 +32,7 @@ impl From<crate::WriteAck> for WriteAnswer {
 
 /// Any refused request. A quorum miss also says how far the write got.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorAnswer {
+pub(crate) struct ErrorAnswer {
     /// What happened and what to do.
     pub error: String,
     /// Quorum miss: the entry's seq (it is in the log and will ship).
@@ -51,7 +51,7 @@ pub struct ErrorAnswer {
 
 impl ErrorAnswer {
     /// An error without quorum details.
-    pub fn new(error: impl Into<String>) -> Self {
+    pub(crate) fn new(error: impl Into<String>) -> Self {
         ErrorAnswer {
             error: error.into(),
             seq: None,
@@ -64,7 +64,7 @@ impl ErrorAnswer {
 
 /// `GET /v1/objects`: one page of live keys in key order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ListAnswer {
+pub(crate) struct ListAnswer {
     /// The keys of this page.
     pub keys: Vec<ListedKey>,
     /// Whether more keys follow.
@@ -76,7 +76,7 @@ pub struct ListAnswer {
 
 /// One key of a listing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ListedKey {
+pub(crate) struct ListedKey {
     /// The key.
     pub key: String,
     /// Seq of its newest entry.
@@ -87,7 +87,7 @@ pub struct ListedKey {
 
 /// `POST /v1/targets/{name}/pause|resume|resync`: the target's state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StateAnswer {
+pub(crate) struct StateAnswer {
     /// The target.
     pub target: String,
     /// Its state now.
@@ -120,14 +120,14 @@ pub struct LogEntryRow {
 
 /// `GET /v1/conflicts`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ConflictsAnswer {
+pub(crate) struct ConflictsAnswer {
     /// Open manual conflicts, oldest first.
     pub conflicts: Vec<ConflictRecord>,
 }
 
 /// `POST /v1/conflicts/{id}/resolve`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ResolvedAnswer {
+pub(crate) struct ResolvedAnswer {
     /// The conflict as it was resolved.
     pub resolved: ConflictRecord,
     /// The version kept.

@@ -8,7 +8,7 @@
 
 /// Aborts here if `WALSHIP_CRASH_AT` names this point and its count is up.
 #[inline]
-pub fn point(name: &'static str) {
+pub(crate) fn point(name: &'static str) {
     #[cfg(feature = "crash-points")]
     imp::hit(name);
     #[cfg(not(feature = "crash-points"))]

@@ -14,7 +14,7 @@ use crate::status::{Health, TargetState};
 
 /// What the decision needs to know of one target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FailoverView {
+pub(crate) struct FailoverView {
     /// Configured with `is_read_replica`.
     pub read_replica: bool,
     /// Current health.
@@ -29,7 +29,7 @@ pub struct FailoverView {
 
 /// What to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Nothing.
     Stay,
     /// Make this target the acting primary (a failover, or a failback when
@@ -41,7 +41,7 @@ pub enum Decision {
 }
 
 /// Decides who should be acting primary. Index 0 is the configured primary.
-pub fn decide(acting: usize, t: &[FailoverView], enabled: bool) -> Decision {
+pub(crate) fn decide(acting: usize, t: &[FailoverView], enabled: bool) -> Decision {
     let ok = |v: &FailoverView| v.health == Health::Healthy && v.state == TargetState::Active;
     if acting != 0 && ok(&t[0]) && t[0].cursor >= t[acting].cursor {
         return Decision::Promote(0);

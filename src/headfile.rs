@@ -93,7 +93,7 @@ struct Inner {
 }
 
 /// The head file of a data directory, with a thread that syncs it.
-pub struct HeadFile {
+pub(crate) struct HeadFile {
     path: PathBuf,
     inner: Mutex<Inner>,
     sync_tx: Mutex<mpsc::Sender<mpsc::SyncSender<std::io::Result<()>>>>,
@@ -102,7 +102,7 @@ pub struct HeadFile {
 impl HeadFile {
     /// Opens (or creates) `dir/head`. A file whose slots are both damaged
     /// opens, and [`HeadFile::found`] says so (the next write replaces it).
-    pub fn open(dir: &Path) -> Result<HeadFile> {
+    pub(crate) fn open(dir: &Path) -> Result<HeadFile> {
         let path = dir.join("head");
         let existed = path.exists();
         let file = OpenOptions::new()
@@ -148,20 +148,15 @@ impl HeadFile {
 
     /// What the file says (`None`: no record yet); an error naming the
     /// file when both slots were found damaged and nothing was written since.
-    pub fn found(&self) -> Result<Option<HeadMark>> {
+    pub(crate) fn found(&self) -> Result<Option<HeadMark>> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.current.map_err(|()| Error::HeadRecordDamaged {
             path: self.path.clone(),
         })
     }
 
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Writes `mark` into the other slot (no sync).
-    pub fn write(&self, mark: HeadMark) -> Result<()> {
+    pub(crate) fn write(&self, mark: HeadMark) -> Result<()> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let slot = 1 - inner.slot;
         inner
@@ -180,7 +175,7 @@ impl HeadFile {
 
     /// Starts an fdatasync of the file on its own thread; the returned
     /// receiver answers when it is done.
-    pub fn start_sync(&self) -> mpsc::Receiver<std::io::Result<()>> {
+    pub(crate) fn start_sync(&self) -> mpsc::Receiver<std::io::Result<()>> {
         let (tx, rx) = mpsc::sync_channel(1);
         let sent = self
             .sync_tx
@@ -194,7 +189,7 @@ impl HeadFile {
     }
 
     /// Waits for a sync started by [`HeadFile::start_sync`].
-    pub fn finish_sync(&self, rx: mpsc::Receiver<std::io::Result<()>>) -> Result<()> {
+    pub(crate) fn finish_sync(&self, rx: mpsc::Receiver<std::io::Result<()>>) -> Result<()> {
         rx.recv()
             .unwrap_or_else(|_| Err(std::io::Error::other("the head record thread stopped")))
             .map_err(|e| {
@@ -206,7 +201,7 @@ impl HeadFile {
     }
 
     /// Writes `mark` and makes it durable before returning.
-    pub fn write_durable(&self, mark: HeadMark) -> Result<()> {
+    pub(crate) fn write_durable(&self, mark: HeadMark) -> Result<()> {
         self.write(mark)?;
         let rx = self.start_sync();
         self.finish_sync(rx)

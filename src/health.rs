@@ -14,7 +14,7 @@ use crate::status::Health;
 
 /// What health is decided from.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct HealthInputs {
+pub(crate) struct HealthInputs {
     /// Health probes failed in a row.
     pub probe_failures: u32,
     /// Shipping requests failed in a row.
@@ -32,7 +32,7 @@ pub struct HealthInputs {
 }
 
 /// Decides a target's health.
-pub fn decide(i: HealthInputs) -> Health {
+pub(crate) fn decide(i: HealthInputs) -> Health {
     if i.probe_failures >= i.probe_limit.max(1) || i.ship_failures >= i.max_failures.max(1) {
         Health::Unhealthy
     } else if !i.heard_from {
@@ -49,11 +49,11 @@ const RTT_ALPHA: f64 = 0.3;
 
 /// Moving average of round-trip times in ms.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Rtt(Option<f64>);
+pub(crate) struct Rtt(Option<f64>);
 
 impl Rtt {
     /// Adds a sample.
-    pub fn add(&mut self, ms: f64) {
+    pub(crate) fn add(&mut self, ms: f64) {
         self.0 = Some(match self.0 {
             None => ms,
             Some(avg) => avg + RTT_ALPHA * (ms - avg),
@@ -61,7 +61,7 @@ impl Rtt {
     }
 
     /// The average, once there is one.
-    pub fn ms(&self) -> Option<f64> {
+    pub(crate) fn ms(&self) -> Option<f64> {
         self.0
     }
 }

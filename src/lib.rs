@@ -55,14 +55,14 @@
 //! ```
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 
-pub mod api;
+mod api;
 mod apply;
 mod billing;
 pub mod codec;
 pub mod conflict;
 pub mod error;
 pub mod frame;
-pub mod headfile;
+mod headfile;
 pub mod key;
 mod keyed;
 mod keyfit;
@@ -77,7 +77,7 @@ pub mod config;
 pub mod faults;
 mod ordered;
 mod pipeline;
-pub mod quorum;
+mod quorum;
 pub mod replicator;
 mod shipper;
 pub mod status;
@@ -87,19 +87,23 @@ pub use apply::list_conflicts;
 pub use config::{Config, Mode};
 pub use conflict::{JsonMerge, Merge};
 pub use replicator::{Replicator, WriteAck};
+// Types the public API hands out, from modules kept private.
+pub use api::{LogAnswer, LogEntryRow};
+pub use metrics::Metrics;
+pub use restore::{RestorePlan, RestoreRequest};
 pub mod cli;
-pub mod crash;
-pub mod failover;
-pub mod health;
-pub mod metrics;
+mod crash;
+mod failover;
+mod health;
+mod metrics;
 #[cfg(feature = "testing")]
 pub mod model;
-pub mod reads;
-pub mod restore;
+mod reads;
+mod restore;
 pub mod s3;
 pub mod server;
 mod target_machine;
-pub mod target_record;
+mod target_record;
 mod target_state;
 
 /// Caps glibc malloc at two arenas. With one arena per thread, memory freed

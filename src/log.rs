@@ -1338,6 +1338,156 @@ impl Committer {
         }
     }
 
+    /// Takes what is queued behind the group's first write (adaptive
+    /// batching): while more writers are inside `append` than queued
+    /// (just answered, about to send again), waits for them up to
+    /// `max_wait`. A lone writer is never delayed. Returns whether a
+    /// reopen was asked for meanwhile.
+    fn gather(
+        &self,
+        rx: &mut mpsc::Receiver<Msg>,
+        group: &mut Vec<Request>,
+        mut bytes: usize,
+        started: std::time::Instant,
+        max_wait: std::time::Duration,
+    ) -> bool {
+        let mut asked = false;
+        while group.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
+            match rx.try_recv() {
+                Ok(Msg::Append(r)) => {
+                    bytes += r.write.value.len();
+                    group.push(r);
+                }
+                Ok(Msg::Recover) => asked = true,
+                Err(_) => {
+                    let active = self.stats.active.load(Ordering::Acquire) as usize;
+                    if active <= group.len() || started.elapsed() >= max_wait {
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+            }
+        }
+        asked
+    }
+
+    /// Encodes the group's writes with the next seqs, appends them, makes
+    /// them durable (and the head record) and answers each writer. When
+    /// that fails every writer gets the error and the log reopens from
+    /// disk; returns the error (and whether the disk is full) when the
+    /// reopen failed too.
+    fn commit(
+        &mut self,
+        group: &mut Vec<Request>,
+        records: &mut Vec<Vec<u8>>,
+        started: std::time::Instant,
+        last_flush: &mut std::time::Duration,
+    ) -> Option<(String, bool)> {
+        let ts = crate::log::now_ms().max(self.last_ts);
+        let first_seq = self.next_seq;
+        records.clear();
+        for (i, r) in group.iter().enumerate() {
+            let w = &r.write;
+            records.push(codec::encode_with(
+                first_seq + i as u64,
+                ts,
+                w.op,
+                w.key.as_str(),
+                &w.value,
+                w.meta.as_deref(),
+            ));
+        }
+        let pending: Vec<PendingRecord<'_>> = records
+            .iter()
+            .enumerate()
+            .map(|(i, rec)| PendingRecord {
+                seq: first_seq + i as u64,
+                record: rec,
+            })
+            .collect();
+        let flush_started = std::time::Instant::now();
+        let group_bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
+        let head_offset = self.stats.head_offset.load(Ordering::Acquire) + group_bytes;
+        let last_seq = first_seq + records.len() as u64 - 1;
+        let result = self
+            .storage
+            .append(&pending)
+            .and_then(|()| {
+                self.storage
+                    .set_meta(HEAD_OFFSET_META, &pair(last_seq, head_offset))
+            })
+            .and_then(|()| {
+                crate::crash::point("append");
+                self.storage.sync_group(first_seq - 1, last_seq)
+            })
+            .and_then(|()| self.storage.mark_acked(last_seq));
+        if result.is_ok() {
+            crate::crash::point("flush");
+        }
+        *last_flush = flush_started.elapsed();
+        self.stats
+            .flush_us
+            .fetch_add(last_flush.as_micros() as u64, Ordering::Relaxed);
+        self.stats.gather_us.fetch_add(
+            (flush_started - started).as_micros() as u64,
+            Ordering::Relaxed,
+        );
+        drop(pending);
+        match result {
+            Ok(()) => {
+                self.next_seq += group.len() as u64;
+                self.last_ts = ts;
+                self.stats.head_offset.store(head_offset, Ordering::Release);
+                self.head.send_replace(self.next_seq - 1);
+                self.stats
+                    .entries
+                    .fetch_add(group.len() as u64, Ordering::Relaxed);
+                self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+                let mut keys = Vec::with_capacity(group.len());
+                for (i, Request { write, reply, .. }) in group.drain(..).enumerate() {
+                    let seq = first_seq + i as u64;
+                    let _ = reply.send(Ok(Appended { seq, ts_ms: ts }));
+                    let meta = write.meta.map(|mut m| {
+                        // The writer's copy is unique: stamped in place.
+                        std::sync::Arc::make_mut(&mut m).ts_ms = ts;
+                        m
+                    });
+                    let info = KeyInfo {
+                        seq,
+                        op: write.op,
+                        size: write.value.len() as u64,
+                        meta,
+                    };
+                    keys.push((write.key, info));
+                }
+                let _ = self.indexer.send(IndexJob {
+                    keys,
+                    last: self.next_seq - 1,
+                });
+            }
+            Err(e) => {
+                let why = e.to_string();
+                let full = e.is_disk_full();
+                tracing::error!(error = %why, disk_full = full, "durable append failed; the log reopens from disk before it takes writes again");
+                for r in group.drain(..) {
+                    let _ = r.reply.send(Err(if full {
+                        Error::DiskFull(why.clone())
+                    } else {
+                        Error::LogPoisoned(why.clone())
+                    }));
+                }
+                // What the failed group left in memory (or partly on
+                // disk) goes: the log is what was made durable and
+                // answered, and the next group continues its seqs.
+                if let Err(again) = self.recover() {
+                    tracing::warn!(error = %again, "reopening the log failed; trying again with the next write");
+                    return Some((why, full));
+                }
+            }
+        }
+        None
+    }
+
     fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
         let mut records: Vec<Vec<u8>> = Vec::with_capacity(MAX_GROUP);
@@ -1387,31 +1537,12 @@ impl Committer {
                 }
             };
             group.clear();
-            let mut bytes = first.write.value.len();
+            let bytes = first.write.value.len();
             group.push(first);
-            // Adaptive batching: take what is queued; while more writers are
-            // inside `append` than queued (just answered, about to send
-            // again), wait for them up to half a flush. A lone writer is
-            // never delayed.
+            // Adaptive batching (see `gather`), waiting up to half a flush.
             let started = std::time::Instant::now();
             let max_wait = (last_flush / 2).min(std::time::Duration::from_micros(500));
-            let mut asked = false;
-            while group.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
-                match rx.try_recv() {
-                    Ok(Msg::Append(r)) => {
-                        bytes += r.write.value.len();
-                        group.push(r);
-                    }
-                    Ok(Msg::Recover) => asked = true,
-                    Err(_) => {
-                        let active = self.stats.active.load(Ordering::Acquire) as usize;
-                        if active <= group.len() || started.elapsed() >= max_wait {
-                            break;
-                        }
-                        std::thread::yield_now();
-                    }
-                }
-            }
+            let asked = self.gather(&mut rx, &mut group, bytes, started, max_wait);
             // Also without a message: the hook's queue may have been full.
             let tried = (asked || self.storage.failed()) && poisoned.is_none();
             if tried {
@@ -1455,107 +1586,8 @@ impl Committer {
             if group.is_empty() {
                 continue;
             }
-            let ts = crate::log::now_ms().max(self.last_ts);
-            let first_seq = self.next_seq;
-            records.clear();
-            for (i, r) in group.iter().enumerate() {
-                let w = &r.write;
-                records.push(codec::encode_with(
-                    first_seq + i as u64,
-                    ts,
-                    w.op,
-                    w.key.as_str(),
-                    &w.value,
-                    w.meta.as_deref(),
-                ));
-            }
-            let pending: Vec<PendingRecord<'_>> = records
-                .iter()
-                .enumerate()
-                .map(|(i, rec)| PendingRecord {
-                    seq: first_seq + i as u64,
-                    record: rec,
-                })
-                .collect();
-            let flush_started = std::time::Instant::now();
-            let group_bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
-            let head_offset = self.stats.head_offset.load(Ordering::Acquire) + group_bytes;
-            let last_seq = first_seq + records.len() as u64 - 1;
-            let result = self
-                .storage
-                .append(&pending)
-                .and_then(|()| {
-                    self.storage
-                        .set_meta(HEAD_OFFSET_META, &pair(last_seq, head_offset))
-                })
-                .and_then(|()| {
-                    crate::crash::point("append");
-                    self.storage.sync_group(first_seq - 1, last_seq)
-                })
-                .and_then(|()| self.storage.mark_acked(last_seq));
-            if result.is_ok() {
-                crate::crash::point("flush");
-            }
-            last_flush = flush_started.elapsed();
-            self.stats
-                .flush_us
-                .fetch_add(last_flush.as_micros() as u64, Ordering::Relaxed);
-            self.stats.gather_us.fetch_add(
-                (flush_started - started).as_micros() as u64,
-                Ordering::Relaxed,
-            );
-            drop(pending);
-            match result {
-                Ok(()) => {
-                    self.next_seq += group.len() as u64;
-                    self.last_ts = ts;
-                    self.stats.head_offset.store(head_offset, Ordering::Release);
-                    self.head.send_replace(self.next_seq - 1);
-                    self.stats
-                        .entries
-                        .fetch_add(group.len() as u64, Ordering::Relaxed);
-                    self.stats.flushes.fetch_add(1, Ordering::Relaxed);
-                    let mut keys = Vec::with_capacity(group.len());
-                    for (i, Request { write, reply, .. }) in group.drain(..).enumerate() {
-                        let seq = first_seq + i as u64;
-                        let _ = reply.send(Ok(Appended { seq, ts_ms: ts }));
-                        let meta = write.meta.map(|mut m| {
-                            // The writer's copy is unique: stamped in place.
-                            std::sync::Arc::make_mut(&mut m).ts_ms = ts;
-                            m
-                        });
-                        let info = KeyInfo {
-                            seq,
-                            op: write.op,
-                            size: write.value.len() as u64,
-                            meta,
-                        };
-                        keys.push((write.key, info));
-                    }
-                    let _ = self.indexer.send(IndexJob {
-                        keys,
-                        last: self.next_seq - 1,
-                    });
-                }
-                Err(e) => {
-                    let why = e.to_string();
-                    let full = e.is_disk_full();
-                    tracing::error!(error = %why, disk_full = full, "durable append failed; the log reopens from disk before it takes writes again");
-                    for r in group.drain(..) {
-                        let _ = r.reply.send(Err(if full {
-                            Error::DiskFull(why.clone())
-                        } else {
-                            Error::LogPoisoned(why.clone())
-                        }));
-                    }
-                    // What the failed group left in memory (or partly on
-                    // disk) goes: the log is what was made durable and
-                    // answered, and the next group continues its seqs.
-                    if let Err(again) = self.recover() {
-                        tracing::warn!(error = %again, "reopening the log failed; trying again with the next write");
-                        poisoned = Some((why, full));
-                    }
-                }
+            if let Some(poison) = self.commit(&mut group, &mut records, started, &mut last_flush) {
+                poisoned = Some(poison);
             }
         }
     }

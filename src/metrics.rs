@@ -249,7 +249,7 @@ impl Metrics {
 /// scrapers that do not ask for OpenMetrics: counter families are named
 /// with their `_total` suffix (a 0.0.4 parser matches TYPE lines to sample
 /// names), and `# UNIT` and `# EOF` lines go.
-pub fn text_004(openmetrics: &str) -> String {
+pub(crate) fn text_004(openmetrics: &str) -> String {
     let counters: std::collections::HashSet<&str> = openmetrics
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -21,7 +21,7 @@ use crate::config::Mode;
 
 /// What the decision needs to know of one target.
 #[derive(Debug, Clone, Copy)]
-pub struct TargetView<'a> {
+pub(crate) struct TargetView<'a> {
     /// Target name.
     pub name: &'a str,
     /// Whether it is the acting primary.
@@ -36,7 +36,7 @@ pub struct TargetView<'a> {
 
 /// The outcome for one write.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     /// The write is acknowledged.
     pub done: bool,
     /// Required targets that acknowledged.
@@ -50,7 +50,7 @@ pub struct Verdict {
 }
 
 /// Decides whether the write at `seq` is acknowledged under `mode`.
-pub fn evaluate(
+pub(crate) fn evaluate(
     mode: Mode,
     min_sync_replicas: usize,
     seq: u64,

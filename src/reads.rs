@@ -18,11 +18,11 @@
 use crate::config::ReadPreference;
 
 /// Latency window of `nearest`.
-pub const LOCAL_THRESHOLD_MS: f64 = 15.0;
+pub(crate) const LOCAL_THRESHOLD_MS: f64 = 15.0;
 
 /// What a read decision needs to know of a target.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ReadCandidate {
+pub(crate) struct ReadCandidate {
     /// Acting primary.
     pub acting_primary: bool,
     /// Configured with `is_read_replica`.
@@ -35,7 +35,7 @@ pub struct ReadCandidate {
 
 /// Picks the index of the target to read from; `roll` is a random number
 /// used to break ties among equals.
-pub fn pick(pref: ReadPreference, c: &[ReadCandidate], roll: u64) -> Option<usize> {
+pub(crate) fn pick(pref: ReadPreference, c: &[ReadCandidate], roll: u64) -> Option<usize> {
     let eligible: Vec<usize> = (0..c.len()).filter(|&i| c[i].eligible).collect();
     if eligible.is_empty() {
         return None;

@@ -53,7 +53,7 @@ pub struct RestoreRequest {
 
 /// The store to restore into: `url`, which must not be a configured
 /// target's (restore never writes over a live target).
-pub fn destination(cfg: &crate::config::Config, url: &str) -> Result<Arc<dyn ObjectStore>> {
+pub(crate) fn destination(cfg: &crate::config::Config, url: &str) -> Result<Arc<dyn ObjectStore>> {
     let norm = |u: &str| u.trim_end_matches('/').to_string();
     if let Some((_, t)) = cfg.all_targets().find(|(_, t)| norm(&t.url) == norm(url)) {
         return Err(Error::BadRequest(format!(
@@ -79,13 +79,13 @@ pub fn destination(cfg: &crate::config::Config, url: &str) -> Result<Arc<dyn Obj
 }
 
 /// The point of `--as-of TIME`: the last entry appended at or before it.
-pub fn seq_as_of(storage: &dyn LogStorage, ts_ms: u64) -> Result<u64> {
+pub(crate) fn seq_as_of(storage: &dyn LogStorage, ts_ms: u64) -> Result<u64> {
     Ok(crate::log::first_seq_since(storage, ts_ms.saturating_add(1))?.saturating_sub(1))
 }
 
 /// Plans, and with `execute` carries out, a restore into `to`, reading
 /// what the log does not keep from `primary`.
-pub async fn restore(
+pub(crate) async fn restore(
     storage: Arc<dyn LogStorage>,
     primary: Arc<dyn ObjectStore>,
     to: Arc<dyn ObjectStore>,

@@ -32,9 +32,11 @@ use std::sync::{Arc, Mutex};
 use crate::codec::Op;
 use crate::error::{Error, Result};
 use crate::frame::{self, FrameBuilder};
-use crate::headfile::{HeadFile, HeadMark};
+use crate::headfile::HeadFile;
+pub use crate::headfile::HeadMark;
 use crate::keyindex::KeyIndex;
-use crate::target_record::{self, TargetRecord};
+use crate::target_record;
+pub use crate::target_record::TargetRecord;
 
 /// A record ready to be appended.
 #[derive(Debug)]
@@ -157,7 +159,7 @@ pub trait LogStore: Send + Sync + 'static {
     /// `log::repair`).
     fn clear_log(&self) -> Result<()>;
 
-    /// A group commit's sync: like [`LogStorage::sync`], and the head
+    /// A group commit's sync: like [`LogStore::sync`], and the head
     /// record outside the engine says `acked` (every seq acknowledged so
     /// far) and `committing` (this group's last seq), durably, by the time
     /// it returns (see `headfile`). Default: a plain sync (no head record).
@@ -187,7 +189,7 @@ pub trait LogStore: Send + Sync + 'static {
         PathBuf::new()
     }
     /// Whether the engine failed an I/O since it last opened (after which
-    /// it may refuse every write until [`LogStorage::reopen`], as sled
+    /// it may refuse every write until [`LogStore::reopen`], as sled
     /// does). Default: never.
     fn failed(&self) -> bool {
         false
@@ -204,7 +206,7 @@ pub trait LogStore: Send + Sync + 'static {
     fn generation(&self) -> u64 {
         0
     }
-    /// Like [`LogStorage::sync`], for changes written since `generation`
+    /// Like [`LogStore::sync`], for changes written since `generation`
     /// was read: fails if the storage reopened meanwhile (the changes may
     /// be gone, so the caller must make them again), even though the sync
     /// of the reopened storage worked.
@@ -321,7 +323,7 @@ const ROOM_SLACK: u64 = 64 << 20;
 const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The sled handles of one open of the database (replaced whole by
-/// [`LogStorage::reopen`]).
+/// [`LogStore::reopen`]).
 struct Sled {
     db: sled::Db,
     log: sled::Tree,
