@@ -860,9 +860,15 @@ pub fn repair(storage: &dyn LogStorage, primary: Option<&str>) -> Result<Option<
         records.push((p.to_string(), Ok(TargetRecord::default())));
     }
     for (name, record) in records {
-        // A damaged record is left to the open: it resyncs that target.
-        let Ok(mut record) = record else { continue };
-        if Some(name.as_str()) == primary && record.cursor < acked {
+        let is_primary = Some(name.as_str()) == primary;
+        let mut record = match record {
+            Ok(r) => r,
+            // The primary is moved to the head whatever its record held.
+            Err(_) if is_primary => TargetRecord::default(),
+            // A replica's damaged record is left to the open: it resyncs it.
+            Err(_) => continue,
+        };
+        if is_primary && record.cursor < acked {
             record.cursor = acked;
         } else if record.cursor < acked {
             continue;

@@ -126,22 +126,25 @@ pub fn offline_report(storage: &dyn LogStorage) -> Result<CursorsReport> {
         .unwrap_or_default();
     let stored = storage.targets()?;
     let mut rows = Vec::new();
-    let row = |name: &str, role, region: &str| -> Result<TargetRow> {
+    let row = |name: &str, role, region: &str, listed: bool| -> Result<TargetRow> {
         let record = stored.iter().find(|(n, _)| n == name).map(|(_, r)| r);
         let mut row = offline_row(storage, name, role, region, record, head)?;
         if let Some(Err(why)) = record {
-            row.error = Some(format!(
-                "its persisted record is damaged ({why}); walship resyncs it when it opens"
-            ));
+            let then = match (listed, role) {
+                (false, _) => "it is no longer configured, so nothing acts on it",
+                (_, Role::Primary) => "walship ships the kept log to it again when it opens",
+                _ => "walship resyncs it from the acting primary when it opens",
+            };
+            row.error = Some(format!("its persisted record is damaged ({why}); {then}"));
         }
         Ok(row)
     };
     for r in &records {
-        rows.push(row(&r.name, r.role, &r.region)?);
+        rows.push(row(&r.name, r.role, &r.region, true)?);
     }
     for (name, _) in &stored {
         if !records.iter().any(|r| &r.name == name) {
-            let mut row = row(name, Role::Replica, "")?;
+            let mut row = row(name, Role::Replica, "", false)?;
             row.state = TargetState::Removed;
             rows.push(row);
         }

@@ -1078,21 +1078,24 @@ fn open_sled(path: &Path, cache_bytes: u64) -> Result<Sled> {
 fn damaged_record(target: &str, why: &str) -> Error {
     Error::Damaged(format!(
         "the persisted record of target {target} (its cursor and state) is damaged ({why}); \
-         walship resyncs a replica whose record is damaged when it opens, and ships the log to \
-         a primary again"
+         when walship opens it resyncs such a replica from the acting primary, and ships the \
+         kept log to such a primary again"
     ))
 }
 
 /// Rewrites the target records of a data dir from before records (a
 /// cursor value of 8 or 16 bytes, the rest in `meta`) as one record each,
-/// and removes the old meta records. Each record is inserted before its
-/// old parts are removed, so a crash midway leaves either the old parts
-/// or the whole record (a record wins over old parts).
+/// and removes the old meta records. The records are flushed before any
+/// old part is removed, so a crash midway leaves the old parts, or the
+/// records with some old parts (a record wins over old parts).
 fn migrate_target_records(cursors: &sled::Tree, meta: &sled::Tree) -> sled::Result<()> {
+    // Only a cursor of the old lengths is one: any other value is a record
+    // (`decode` says what is wrong with a damaged one).
+    let legacy = |v: &[u8]| v.len() == 8 || v.len() == 16;
     let mut names: Vec<String> = Vec::new();
     for item in cursors.iter() {
         let (k, v) = item?;
-        if v.len() != target_record::RECORD_LEN {
+        if legacy(&v) {
             names.push(String::from_utf8_lossy(&k).into_owned());
         }
     }
@@ -1105,13 +1108,13 @@ fn migrate_target_records(cursors: &sled::Tree, meta: &sled::Tree) -> sled::Resu
             }
         }
     }
-    for name in names {
-        let metas = target_record::legacy_meta(&name);
-        let cursor = cursors.get(&name)?;
-        if cursor
-            .as_ref()
-            .is_none_or(|c| c.len() != target_record::RECORD_LEN)
-        {
+    if names.is_empty() {
+        return Ok(());
+    }
+    for name in &names {
+        let metas = target_record::legacy_meta(name);
+        let cursor = cursors.get(name)?;
+        if cursor.as_ref().is_none_or(|c| legacy(c)) {
             let parts = [
                 meta.get(&metas[0])?,
                 meta.get(&metas[1])?,
@@ -1125,7 +1128,11 @@ fn migrate_target_records(cursors: &sled::Tree, meta: &sled::Tree) -> sled::Resu
             );
             cursors.insert(name.as_str(), &record.encode())?;
         }
-        for m in &metas {
+    }
+    // The records are on disk before any old part goes.
+    cursors.flush()?;
+    for name in &names {
+        for m in &target_record::legacy_meta(name) {
             meta.remove(m.as_str())?;
         }
     }
@@ -1224,11 +1231,20 @@ mod tests {
             .cursors
             .insert("r2", &bad)
             .expect("raw");
+        // A record cut short is not taken for a cursor of older data dirs.
+        s.s()
+            .expect("sled")
+            .cursors
+            .insert("r3", &rec_at(7, 70).encode()[..30])
+            .expect("raw");
+        drop(s);
+        let s = SledStorage::open(dir.path(), 8 << 20).expect("reopen");
+        assert!(s.target("r3").is_err(), "a short record must stay damaged");
         let err = s.target("r2").expect_err("damaged").to_string();
         assert!(err.contains("target r2") && err.contains("crc32"), "{err}");
         let all = s.targets().expect("all");
         assert_eq!(all[0], ("r1".to_string(), Ok(rec_at(5, 50))));
-        assert!(all[1].1.is_err());
+        assert!(all[1].1.is_err() && all[2].1.is_err());
     }
 
     fn rec<'a>(seq: u64, record: &'a [u8], key: &'a str) -> PendingRecord<'a> {

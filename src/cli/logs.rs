@@ -379,10 +379,11 @@ async fn offline_verify(e: &Endpoints, only: Option<&str>) -> Result<VerifyRepor
                     store: crate::target::build_store(t)?,
                     cursor: match storage.target(&t.name) {
                         Ok(r) => r.map_or(0, |r| r.cursor),
-                        // Its cursor is not known: every entry is checked.
+                        // Its cursor is not known: every key is checked as
+                        // if it had everything (none counts as pending).
                         Err(crate::Error::Damaged(why)) => {
-                            eprintln!("{}: {why}", t.name);
-                            0
+                            eprintln!("{}: {why}; checking every key on it", t.name);
+                            u64::MAX
                         }
                         Err(e) => return Err(e.into()),
                     },

@@ -156,7 +156,7 @@ impl Replicator {
         {
             let given = stores.remove(&t.name);
             let (handle, listed, stored) =
-                open_target(i, t, given, storage.as_ref(), &metrics, head)?;
+                open_target(i, t, given, storage.as_ref(), &metrics, &log)?;
             targets.push(handle);
             listing.push(listed);
             opened.push(stored);
@@ -210,22 +210,24 @@ impl Replicator {
             file_target,
             in_flight: Default::default(),
         });
-        start_tasks(&r, mailboxes);
         // A resync cut short by a restart starts again; a target whose
         // cursor is below the oldest kept entry is resynced, never skipped.
+        // Begun here, before the owners start (they start the copies), so
+        // no such target ships from its cursor first.
         let first = r.log.first();
         for (t, stored) in r.targets.iter().zip(&opened) {
             let interrupted = stored.state == TargetState::Syncing;
             let cut_off = t.cursor() + 1 < first && t.idx != 0;
             if interrupted || cut_off {
                 tracing::warn!(target = %t.name(), cursor = t.cursor(), first, "target needs entries the log no longer has (or its resync was interrupted): resyncing");
-                if let Err(e) = r.start_resync(t.name()).await {
+                if let Err(e) = r.begin_resync(t) {
                     // The acting primary is the source of a resync and
                     // cannot be one: it catches up from the log instead.
                     tracing::error!(target = %t.name(), error = %e, "cannot resume this target's resync now");
                 }
             }
         }
+        start_tasks(&r, mailboxes);
         tracing::info!(head, targets = r.targets.len(), "replicator open");
         Ok(r)
     }
@@ -798,6 +800,9 @@ impl Replicator {
                     () = cancel.cancelled() => return,
                 };
                 for (t, marker) in r.targets.clone().iter().zip(markers) {
+                    if marker == Some(true) {
+                        r.marker_seen(t);
+                    }
                     if marker == Some(false)
                         && let Err(e) = r.marker_missing(t).await
                     {
@@ -811,6 +816,29 @@ impl Replicator {
                 if let Err(e) = r.maintain().await {
                     tracing::warn!(error = %e, "log maintenance failed; retrying");
                 }
+            }
+        }
+    }
+
+    /// `t`'s marker is there: recorded, if its record does not say so yet
+    /// (a damaged record read back, a data dir from before the record),
+    /// so that a later loss of it is noticed. Left to the next probe
+    /// while a state change holds the record.
+    fn marker_seen(&self, t: &TargetHandle) {
+        let Ok(mut kept) = t.record.try_lock() else {
+            return;
+        };
+        if kept.marked {
+            return;
+        }
+        let record = TargetRecord {
+            marked: true,
+            ..*kept
+        };
+        match self.log.storage().set_target(t.name(), &record) {
+            Ok(()) => *kept = record,
+            Err(e) => {
+                tracing::warn!(target = %t.name(), error = %e, "could not record that the target's marker is there; trying again at the next probe")
             }
         }
     }
@@ -1150,19 +1178,28 @@ impl Replicator {
 }
 
 /// A target's record as an open reads it. A damaged one stands for "what
-/// it holds is not known": a replica is resynced, a primary gets the log
-/// shipped again (its own versions are told apart). See docs/recovery.md.
-fn stored_record(storage: &dyn LogStorage, name: &str, primary: bool) -> Result<TargetRecord> {
+/// it holds is not known": a replica is resynced, a primary gets the kept
+/// log shipped again (its own versions are told apart). Either starts
+/// from the oldest kept entry: truncation never passes a target's floor,
+/// so every target that was not syncing held everything below it. See
+/// docs/recovery.md.
+fn stored_record(
+    storage: &dyn LogStorage,
+    name: &str,
+    primary: bool,
+    first: u64,
+) -> Result<TargetRecord> {
     match storage.target(name) {
         Ok(r) => Ok(r.unwrap_or_default()),
         Err(Error::Damaged(why)) => {
             let then = if primary {
-                "shipping the log to it again from the start"
+                "shipping the kept log to it again from its oldest entry"
             } else {
                 "resyncing it from the acting primary"
             };
             tracing::error!(target = %name, error = %why, "{then}");
             Ok(TargetRecord {
+                cursor: first.saturating_sub(1),
                 state: if primary {
                     TargetState::Active
                 } else {
@@ -1185,8 +1222,9 @@ fn open_target(
     given: Option<Arc<dyn ObjectStore>>,
     storage: &dyn LogStorage,
     metrics: &Arc<Metrics>,
-    head: u64,
+    log: &Log,
 ) -> Result<(Arc<TargetHandle>, TargetListing, TargetRecord)> {
+    let head = log.head();
     let role = match (i, t.is_read_replica) {
         (0, _) => Role::Primary,
         (_, true) => Role::ReadReplica,
@@ -1205,7 +1243,7 @@ fn open_target(
     };
     // Every request to the store is counted (what it bills).
     let store = crate::billing::counted(store, &t.name, metrics);
-    let stored = stored_record(storage, &t.name, i == 0)?;
+    let stored = stored_record(storage, &t.name, i == 0, log.first())?;
     let mut cursor = stored.cursor;
     // Guarantee 10: a memory:// store walship made starts empty at every
     // open, so its cursor starts over (from the log, or by a resync when
@@ -1230,6 +1268,12 @@ fn open_target(
         TargetRecord {
             cursor,
             offset: None,
+            // What later writes of the record keep: the state it opens
+            // with (a resync cut short is begun again by the open).
+            state: match stored.state {
+                TargetState::Syncing => TargetState::Syncing,
+                _ => state,
+            },
             ..stored
         },
         state,

@@ -144,7 +144,12 @@ pub(super) async fn run(
     let mut shipping = Some(Child::spawn(shipper.clone().run()));
     let mut ship_again: Option<tokio::time::Instant> = None;
     let mut ship_delay = FIRST_BACKOFF;
-    let mut resync: Option<Child<Result<bool>>> = None;
+    // A resync the open began (cut short by a restart, or a target below
+    // the oldest kept entry) is copied from the start.
+    let mut resync: Option<Child<Result<bool>>> = match me.upgrade() {
+        Some(r) if t.state() == TargetState::Syncing => Some(attempt(&r, &t)),
+        _ => None,
+    };
     let mut resync_again: Option<tokio::time::Instant> = None;
     let mut resync_delay = RESYNC_FIRST_BACKOFF;
     loop {
