@@ -18,8 +18,12 @@
 //! - Pausing or resuming a target already in that state changes nothing
 //!   and is not an error.
 //!
-//! `next` is pure; `TargetHandle::transition` applies it atomically to the
-//! published state.
+//! `on` is pure: the state an event leads to and the commands that carry
+//! it out, in the order they run. `Replicator::change_state` runs them
+//! (the record written and synced before anything is published, so a
+//! restart never reads back less than was answered), the owner task starts
+//! the resync a `StartResync` asks for, and `TargetHandle::transition`
+//! applies the state atomically to the published one.
 
 use crate::error::{Error, Result};
 use crate::status::TargetState;
@@ -39,6 +43,56 @@ pub(crate) enum Event {
     ShipFailed,
     /// `walship replay --execute` moved the cursor back.
     Replayed,
+}
+
+/// What carries out an event, in the order the commands are listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Command {
+    /// Write the target's record (its kept state, what the event moved:
+    /// cursor, replay intent) and sync it.
+    PersistRecord,
+    /// Publish the new state and what the event moved (cursor, hand-over
+    /// point, progress).
+    Publish,
+    /// Start copying from the acting primary (the owner's first attempt).
+    StartResync,
+    /// Wake what waits on a target's progress: the shippers, and writers
+    /// waiting for their mode's acknowledgements.
+    Notify,
+}
+
+/// An event taken: the state it leads to, and the commands, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Step {
+    pub(crate) to: TargetState,
+    pub(crate) commands: &'static [Command],
+}
+
+impl Step {
+    /// Whether running this step starts a resync.
+    pub(crate) fn starts_resync(&self) -> bool {
+        self.commands.contains(&Command::StartResync)
+    }
+}
+
+/// What `event` does in `state`, or why it is refused.
+pub(crate) fn on(name: &str, state: TargetState, event: Event) -> Result<Step> {
+    use Command as C;
+    let to = next(name, state, event)?;
+    let commands: &'static [Command] = match (state, event) {
+        // Already copying: the resync under way goes on.
+        (TargetState::Syncing, Event::ResyncStarted) => &[],
+        (_, Event::ResyncStarted) => &[C::PersistRecord, C::Publish, C::StartResync, C::Notify],
+        // A failure is not kept (a restart ships again and meets it again,
+        // or not): the error and the state are published only.
+        (_, Event::ShipFailed) => &[C::Publish],
+        // Written even when the state stays: what is stored may be behind
+        // (a change whose sync failed).
+        (_, Event::Pause | Event::Resume | Event::ResyncDone | Event::Replayed) => {
+            &[C::PersistRecord, C::Publish, C::Notify]
+        }
+    };
+    Ok(Step { to, commands })
 }
 
 /// The state after `event`, or why the event is refused in `state`.
@@ -141,6 +195,66 @@ mod tests {
                         assert!(why.contains("r1"), "{s:?} + {e:?}: {why}")
                     }
                     (got, want) => panic!("{s:?} + {e:?}: got {got:?}, want {want:?}"),
+                }
+            }
+        }
+    }
+
+    /// The commands of every legal (state, event) pair, written out.
+    fn commands(s: S, e: E) -> Vec<Command> {
+        use Command as C;
+        match (s, e) {
+            (S::Syncing, E::ResyncStarted) => vec![],
+            (_, E::ResyncStarted) => vec![C::PersistRecord, C::Publish, C::StartResync, C::Notify],
+            (_, E::ShipFailed) => vec![C::Publish],
+            _ => vec![C::PersistRecord, C::Publish, C::Notify],
+        }
+    }
+
+    #[test]
+    fn every_legal_event_runs_its_commands_and_an_illegal_one_runs_none() {
+        for s in STATES {
+            for e in EVENTS {
+                match (on("r1", s, e), table(s, e)) {
+                    (Ok(step), Some(want)) => {
+                        assert_eq!(step.to, want, "{s:?} + {e:?}");
+                        assert_eq!(step.commands.to_vec(), commands(s, e), "{s:?} + {e:?}");
+                        assert_eq!(
+                            step.starts_resync(),
+                            e == E::ResyncStarted && s != S::Syncing
+                        );
+                    }
+                    (Err(Error::StateRefused(why)), None) => {
+                        assert!(why.contains("r1"), "{s:?} + {e:?}: {why}")
+                    }
+                    (got, want) => panic!("{s:?} + {e:?}: got {got:?}, want {want:?}"),
+                }
+            }
+        }
+    }
+
+    /// What a restart reads back is never less than what was answered: a
+    /// step whose new state is kept writes and syncs the record before it
+    /// publishes anything.
+    #[test]
+    fn a_kept_state_is_persisted_before_it_is_published() {
+        for s in STATES {
+            for e in EVENTS {
+                let Ok(step) = on("r1", s, e) else { continue };
+                let persist = step
+                    .commands
+                    .iter()
+                    .position(|c| *c == Command::PersistRecord);
+                let publish = step.commands.iter().position(|c| *c == Command::Publish);
+                if step.to != s && persisted(step.to).is_some() {
+                    assert!(
+                        persist.is_some(),
+                        "{s:?} + {e:?} keeps {:?} unwritten",
+                        step.to
+                    );
+                }
+                if let (Some(w), Some(p)) = (persist, publish) {
+                    assert!(w < p, "{s:?} + {e:?} publishes before it persists");
                 }
             }
         }

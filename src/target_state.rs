@@ -6,7 +6,7 @@
 //! just after `cursor`, so lag bytes are `head offset - offset`.
 
 use crate::storage::LogStorage;
-use crate::target_machine::{Event, next};
+use crate::target_machine::{Event, Step, next, on};
 use crate::target_record::TargetRecord;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
@@ -312,9 +312,9 @@ impl TargetHandle {
         out
     }
 
-    /// Whether `event` would be taken now (checked before persisting what
-    /// it depends on; `transition` applies it).
-    pub(crate) fn allows(&self, event: Event) -> crate::Result<TargetState> {
-        next(self.name(), self.state(), event)
+    /// What `event` would do now (checked before persisting what it
+    /// depends on; `transition` applies its state).
+    pub(crate) fn step(&self, event: Event) -> crate::Result<Step> {
+        on(self.name(), self.state(), event)
     }
 }

@@ -449,7 +449,7 @@ impl Replicator {
             return Ok((t.resync_floor.load(Ordering::Acquire), false));
         }
         let start = self.log.head();
-        self.change_state(
+        let step = self.change_state(
             t,
             Event::ResyncStarted,
             |_| {},
@@ -459,7 +459,7 @@ impl Replicator {
             },
         )?;
         tracing::info!(target = %name, start, "resync started");
-        Ok((start, true))
+        Ok((start, step.starts_resync()))
     }
 
     /// On the target's owner: the log passed `max_log_bytes` during a
@@ -677,7 +677,7 @@ impl Replicator {
                 "nothing to replay: seq {seq} is past the head ({head})"
             )));
         }
-        t.allows(Event::Replayed)?;
+        t.step(Event::Replayed)?;
         let (entries, bytes, keys) = tokio::task::spawn_blocking(move || {
             let mut n = 0u64;
             let mut b = 0u64;

@@ -41,7 +41,7 @@ use crate::status::{
     TargetListing, TargetRow, TargetState,
 };
 use crate::storage::{KeyInfo, LogStorage, SledStorage};
-use crate::target_machine::Event;
+use crate::target_machine::{Event, Step};
 use crate::target_record::TargetRecord;
 use crate::target_state::{PROBE_FAILURES_UNHEALTHY, TargetHandle};
 
@@ -683,9 +683,9 @@ impl Replicator {
                 "{name} is the acting primary and every write waits for it; it cannot be paused"
             )));
         }
-        let state = self.change_state(t, Event::Pause, |_| {}, || {})?;
+        let step = self.change_state(t, Event::Pause, |_| {}, || {})?;
         tracing::info!(target = %name, cursor = t.cursor(), "paused");
-        Ok(state)
+        Ok(step.to)
     }
 
     /// Resumes a paused (or failed) target: it ships from its cursor.
@@ -697,21 +697,25 @@ impl Replicator {
     /// [`Replicator::resume`], on the target's owner.
     fn resume_now(&self, t: &TargetHandle) -> Result<TargetState> {
         let name = t.name();
-        let state = self.change_state(t, Event::Resume, |_| {}, || {})?;
+        let step = self.change_state(t, Event::Resume, |_| {}, || {})?;
         tracing::info!(target = %name, cursor = t.cursor(), head = self.log.head(), "resumed");
-        Ok(state)
+        Ok(step.to)
     }
 
-    /// The one way a command or a resync changes a target's state (which
-    /// changes are legal: `target_machine`). Called by the target's owner (`owner`), one change at a time:
+    /// The one way a command or a resync changes a target's state. Called
+    /// by the target's owner (`owner`), one change at a time. The event is
+    /// checked against the state (`target_machine::on`; refused: nothing
+    /// done), then the step's commands run in their order:
     ///
-    /// 1. the event is checked against the state (refused: nothing done);
-    /// 2. `records` (what the change depends on: a cursor, a replay
-    ///    intent) and the new state are written where a restart reads
-    ///    them, and made durable in one sync (a reopen meanwhile:
-    ///    `LogReopened`, nothing published);
-    /// 3. only then `publish` sets what the new state needs in memory, the
-    ///    state changes, and the shippers wake.
+    /// - `PersistRecord`: `records` (what the change depends on: a cursor,
+    ///   a replay intent) and the kept state are written where a restart
+    ///   reads them, and made durable in one sync (a reopen meanwhile:
+    ///   `LogReopened`, nothing published);
+    /// - `Publish`: `publish` sets what the new state needs in memory, and
+    ///   the state changes;
+    /// - `Notify`: the shippers and waiting writers wake;
+    /// - `StartResync`: left to the owner, which starts the copy
+    ///   (`Step::starts_resync`).
     ///
     /// The target's record lock is held throughout, so its shipper cannot
     /// save its (older) cursor over the one written here before `publish`
@@ -722,33 +726,48 @@ impl Replicator {
         event: Event,
         records: impl FnOnce(&mut TargetRecord),
         publish: impl FnOnce(),
-    ) -> Result<TargetState> {
-        let next = t.allows(event)?;
+    ) -> Result<Step> {
+        use crate::target_machine::Command;
+        let mut step = t.step(event)?;
         let storage = self.log.storage();
         let mut kept = t.record.lock().unwrap_or_else(|p| p.into_inner());
-        let generation = storage.generation();
-        let (cursor, offset) = t.position();
-        let mut record = TargetRecord {
-            cursor,
-            offset: Some(offset),
-            ..*kept
-        };
-        records(&mut record);
-        // Written even when the state stays: what is stored may be behind
-        // (a resync refused at restart).
-        if let Some(state) = crate::target_machine::persisted(next) {
-            record.state = state;
+        let mut records = Some(records);
+        let mut publish = Some(publish);
+        for command in step.commands {
+            match command {
+                Command::PersistRecord => {
+                    let generation = storage.generation();
+                    let (cursor, offset) = t.position();
+                    let mut record = TargetRecord {
+                        cursor,
+                        offset: Some(offset),
+                        ..*kept
+                    };
+                    if let Some(f) = records.take() {
+                        f(&mut record);
+                    }
+                    if let Some(state) = crate::target_machine::persisted(step.to) {
+                        record.state = state;
+                    }
+                    storage.set_target(t.name(), &record)?;
+                    storage.sync_since(generation)?;
+                    // Only now what later writes of the record start from:
+                    // after a failed sync, the next save of the position
+                    // writes the record as it was over the change that
+                    // failed.
+                    *kept = record;
+                }
+                Command::Publish => {
+                    if let Some(f) = publish.take() {
+                        f();
+                    }
+                    step.to = t.transition(event)?;
+                }
+                Command::Notify => self.progress.send_modify(|p| *p += 1),
+                Command::StartResync => {}
+            }
         }
-        storage.set_target(t.name(), &record)?;
-        storage.sync_since(generation)?;
-        // Only now what later writes of the record start from: after a
-        // failed sync, the next save of the position writes the record as
-        // it was over the change that failed.
-        *kept = record;
-        publish();
-        let state = t.transition(event)?;
-        self.progress.send_modify(|p| *p += 1);
-        Ok(state)
+        Ok(step)
     }
 
     // ---- health checks and failover ----
