@@ -60,6 +60,9 @@ pub struct Faults {
     held: Arc<watch::Sender<Option<String>>>,
     /// Puts waiting under [`Faults::hold_puts`] now.
     holding: Arc<AtomicU64>,
+    /// Deletes of a path that ends with this wait (see
+    /// [`Faults::hold_deletes`]).
+    held_deletes: Arc<watch::Sender<Option<String>>>,
 }
 
 impl Default for Faults {
@@ -72,6 +75,7 @@ impl Default for Faults {
             log: Arc::default(),
             held: Arc::new(watch::channel(None).0),
             holding: Arc::default(),
+            held_deletes: Arc::new(watch::channel(None).0),
         }
     }
 }
@@ -130,13 +134,29 @@ impl Faults {
         self.holding.load(Ordering::Acquire)
     }
 
+    /// Deletes of a path ending with `suffix` wait, unanswered, until
+    /// [`Faults::release_deletes`] (counted in [`Faults::holding`]).
+    pub fn hold_deletes(&self, suffix: &str) {
+        self.held_deletes.send_replace(Some(suffix.to_string()));
+    }
+
+    /// Lets the deletes held by [`Faults::hold_deletes`] go on.
+    pub fn release_deletes(&self) {
+        self.held_deletes.send_replace(None);
+    }
+
     /// Waits while puts to `location` are held.
     async fn held(&self, location: &Path) {
+        self.wait_free(&self.held, location).await
+    }
+
+    /// Waits while `hold` holds requests to `location`.
+    async fn wait_free(&self, hold: &watch::Sender<Option<String>>, location: &Path) {
         let free = |h: &Option<String>| {
             h.as_ref()
                 .is_none_or(|s| !location.as_ref().ends_with(s.as_str()))
         };
-        let mut rx = self.held.subscribe();
+        let mut rx = hold.subscribe();
         if free(&rx.borrow_and_update()) {
             return;
         }
@@ -321,6 +341,7 @@ impl ObjectStore for FaultyStore {
                 let faults = faults.clone();
                 async move {
                     let loc = loc?;
+                    faults.wait_free(&faults.held_deletes, &loc).await;
                     if faults.gate(true).await? {
                         return Ok(loc);
                     }

@@ -146,8 +146,9 @@ pub(super) async fn run(
     let mut ship_delay = FIRST_BACKOFF;
     // A resync the open began (cut short by a restart, or a target below
     // the oldest kept entry) is copied from the start.
+    let mut resync_start = 0;
     let mut resync: Option<Child<Result<bool>>> = match me.upgrade() {
-        Some(r) if t.state() == TargetState::Syncing => Some(attempt(&r, &t)),
+        Some(r) if t.state() == TargetState::Syncing => Some(attempt(&r, &t, &mut resync_start)),
         _ => None,
     };
     let mut resync_again: Option<tokio::time::Instant> = None;
@@ -161,7 +162,7 @@ pub(super) async fn run(
                 if r.handle(&t, command).await && resync.is_none() {
                     resync_again = None;
                     resync_delay = RESYNC_FIRST_BACKOFF;
-                    resync = Some(attempt(&r, &t));
+                    resync = Some(attempt(&r, &t, &mut resync_start));
                 }
             }
             result = ended(&mut shipping) => {
@@ -196,12 +197,14 @@ pub(super) async fn run(
                         std::io::Error::other(format!("the resync task panicked: {}", panic_text(e))),
                     ))
                 });
-                let start = t.resync_floor.load(std::sync::atomic::Ordering::Acquire);
+                // The point this attempt copied towards, not the one now:
+                // a point moved as the copy ended is copied to again.
+                let start = resync_start;
                 match result.and_then(|copied| if copied { r.hand_over(&t, start) } else { Ok(false) }) {
                     Ok(true) => resync_delay = RESYNC_FIRST_BACKOFF,
                     Ok(false) => {
                         tracing::info!(target = %t.name(), from = start, "resync starting over from its moved hand-over point");
-                        resync = Some(attempt(&r, &t));
+                        resync = Some(attempt(&r, &t, &mut resync_start));
                     }
                     Err(Error::ShuttingDown) => break,
                     Err(e) => {
@@ -216,7 +219,7 @@ pub(super) async fn run(
                 resync_again = None;
                 let Some(r) = me.upgrade() else { break };
                 if t.state() == TargetState::Syncing {
-                    resync = Some(attempt(&r, &t));
+                    resync = Some(attempt(&r, &t, &mut resync_start));
                 }
             }
         }
@@ -231,10 +234,11 @@ pub(super) async fn run(
     }
 }
 
-/// Starts one resync attempt towards the hand-over point as it stands.
-fn attempt(r: &Arc<Replicator>, t: &Arc<TargetHandle>) -> Child<Result<bool>> {
-    let start = t.resync_floor.load(std::sync::atomic::Ordering::Acquire);
-    Child::spawn(r.clone().run_resync(t.clone(), start))
+/// Starts one resync attempt towards the hand-over point as it stands
+/// (kept in `start`: the hand-over is made at that point, or not at all).
+fn attempt(r: &Arc<Replicator>, t: &Arc<TargetHandle>, start: &mut u64) -> Child<Result<bool>> {
+    *start = t.resync_floor.load(std::sync::atomic::Ordering::Acquire);
+    Child::spawn(r.clone().run_resync(t.clone(), *start))
 }
 
 impl Replicator {

@@ -168,6 +168,69 @@ async fn over_the_size_cap_the_target_far_behind_is_resynced_and_ends_identical(
     }
 }
 
+/// A copy that finished towards its hand-over point while the point moved
+/// (the log passed the cap as the copy deleted what the source lacks) is
+/// not handed over at the moved point: the writes between the two were
+/// never copied, so it copies again, and the replica ends holding them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_whose_hand_over_point_moves_as_it_ends_copies_again() {
+    let rig = Rig::with_top(
+        1,
+        "async",
+        1,
+        0.5,
+        "retention_seconds = 0\nmax_log_bytes = 8192",
+    )
+    .await;
+    for i in 0..5 {
+        rig.rep
+            .put(&key(&format!("k{i}")), Bytes::from(format!("v{i}")), None)
+            .await
+            .expect("put");
+    }
+    rig.wait_caught_up(Duration::from_secs(10)).await;
+    // An object the source lacks: the copy's last step deletes it, and
+    // that delete is held.
+    rig.stores["r1"]
+        .put(&"stray".into(), "not the primary's".into())
+        .await
+        .expect("put");
+    rig.fault("r1").hold_deletes("stray");
+    let start = rig.rep.start_resync("r1").await.expect("resync");
+    eventually("the copy deleting the stray object", 10, || {
+        rig.fault("r1").holding() == 1
+    })
+    .await;
+    // Writes pass the cap: the hand-over point moves up to the head, and
+    // the log is truncated past the point the copy was made for.
+    for i in 0..200 {
+        rig.rep
+            .put(
+                &key(&format!("during/{i}")),
+                Bytes::from(format!("d{i} {}", "y".repeat(100))),
+                None,
+            )
+            .await
+            .expect("put");
+    }
+    eventually(
+        "the log truncated past the first hand-over point",
+        10,
+        || rig.rep.log().first() > start + 1,
+    )
+    .await;
+    rig.fault("r1").release_deletes();
+    rig.wait_all_active().await;
+    rig.wait_caught_up(Duration::from_secs(10)).await;
+    assert_eq!(rig.object("r1", "stray").await, None);
+    for k in (0..5)
+        .map(|k| format!("k{k}"))
+        .chain((0..200).map(|i| format!("during/{i}")))
+    {
+        assert_eq!(rig.object("r1", &k).await, rig.object("p", &k).await, "{k}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_names_hand_edits_and_replay_repairs_them() {
     let rig = Rig::new(1, "sync", 1, 1.0).await;
