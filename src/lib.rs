@@ -55,6 +55,7 @@
 //! ```
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 
+mod acting;
 mod api;
 mod apply;
 mod billing;

@@ -95,7 +95,7 @@ pub(crate) struct Engine {
     pub(crate) log: Arc<Log>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) targets: Vec<Arc<TargetHandle>>,
-    pub(crate) acting: Arc<AtomicUsize>,
+    pub(crate) acting: Arc<crate::acting::Acting>,
     /// Per conflict id: serialises the changes of its record (a later
     /// entry held by it, a replay clearing it, its resolution). A resolve
     /// waiting on its target's store thus holds up only its own key on its
@@ -238,7 +238,7 @@ impl Engine {
         log: Arc<Log>,
         metrics: Arc<Metrics>,
         targets: Vec<Arc<TargetHandle>>,
-        acting: Arc<AtomicUsize>,
+        acting: Arc<crate::acting::Acting>,
     ) -> Engine {
         let cache = targets
             .iter()
@@ -334,11 +334,11 @@ impl Engine {
     }
 
     fn on_primary(&self, t: &TargetHandle) -> bool {
-        t.idx == self.acting.load(Ordering::Acquire)
+        self.acting.is(t.idx)
     }
 
     fn acting_primary(&self) -> &Arc<TargetHandle> {
-        &self.targets[self.acting.load(Ordering::Acquire)]
+        &self.targets[self.acting.get()]
     }
 
     /// What a write of `e` carries: this sidecar's tag, or for an entry

@@ -383,7 +383,7 @@ impl Replicator {
             tracing::debug!(removed, below, "log truncated");
         }
         if self.log.retained_bytes() > self.cfg.max_log_bytes {
-            let acting = self.acting.load(Ordering::Acquire);
+            let acting = self.acting.get();
             let head = self.log.head();
             let holder = self
                 .targets
@@ -440,24 +440,30 @@ impl Replicator {
     /// point, and whether a resync began (the owner then starts copying).
     pub(super) fn begin_resync(&self, t: &TargetHandle) -> Result<(u64, bool)> {
         let name = t.name();
-        if t.idx == self.acting.load(Ordering::Acquire) {
-            return Err(Error::StateRefused(format!(
+        let refused = || {
+            Error::StateRefused(format!(
                 "{name} is the acting primary, the source of a resync; it cannot be resynced"
-            )));
-        }
-        if t.state() == TargetState::Syncing {
+            ))
+        };
+        let begun = self.acting.unless_acting(t.idx, refused, || {
+            if t.state() == TargetState::Syncing {
+                return Ok(None);
+            }
+            let start = self.log.head();
+            let step = self.change_state(
+                t,
+                Event::ResyncStarted,
+                |_| {},
+                || {
+                    t.resync_floor.store(start, Ordering::Release);
+                    t.set_progress(Some("starting".into()));
+                },
+            )?;
+            Ok(Some((start, step)))
+        })?;
+        let Some((start, step)) = begun else {
             return Ok((t.resync_floor.load(Ordering::Acquire), false));
-        }
-        let start = self.log.head();
-        let step = self.change_state(
-            t,
-            Event::ResyncStarted,
-            |_| {},
-            || {
-                t.resync_floor.store(start, Ordering::Release);
-                t.set_progress(Some("starting".into()));
-            },
-        )?;
+        };
         tracing::info!(target = %name, start, "resync started");
         Ok((start, step.starts_resync()))
     }

@@ -13,7 +13,7 @@
 //! their inputs and carries them out.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -96,7 +96,7 @@ pub struct Replicator {
     cfg: Config,
     log: Arc<Log>,
     targets: Vec<Arc<TargetHandle>>,
-    acting: Arc<AtomicUsize>,
+    acting: Arc<crate::acting::Acting>,
     engine: Arc<Engine>,
     progress: Arc<watch::Sender<u64>>,
     metrics: Arc<Metrics>,
@@ -167,7 +167,7 @@ impl Replicator {
         storage.set_meta(TARGETS_META, &meta)?;
         let origin = origin_of(storage.as_ref())?;
         storage.sync()?;
-        let acting = Arc::new(AtomicUsize::new(0));
+        let acting = Arc::new(crate::acting::Acting::default());
         let engine = Arc::new(
             Engine::new(
                 origin,
@@ -255,7 +255,7 @@ impl Replicator {
     }
 
     fn acting_primary(&self) -> &Arc<TargetHandle> {
-        &self.targets[self.acting.load(Ordering::Acquire)]
+        &self.targets[self.acting.get()]
     }
 
     /// This sidecar's id: the origin its writes carry.
@@ -481,7 +481,7 @@ impl Replicator {
         deadlines: &[tokio::time::Instant],
         now: tokio::time::Instant,
     ) -> quorum::Verdict {
-        let acting = self.acting.load(Ordering::Acquire);
+        let acting = self.acting.get();
         // The cursor first, then the foreign check: a target's apply marks
         // a key foreign before its cursor passes the entry.
         let snapshot: Vec<(TargetState, u64, bool)> = self
@@ -535,7 +535,7 @@ impl Replicator {
 
     /// Targets in the order a read should try them for a key at `seq`.
     fn read_order(&self, pref: ReadPreference, key: &str, seq: u64) -> Vec<usize> {
-        let acting = self.acting.load(Ordering::Acquire);
+        let acting = self.acting.get();
         let mut c: Vec<ReadCandidate> = self
             .targets
             .iter()
@@ -678,12 +678,14 @@ impl Replicator {
     /// [`Replicator::pause`], on the target's owner.
     fn pause_now(&self, t: &TargetHandle) -> Result<TargetState> {
         let name = t.name();
-        if t.idx == self.acting.load(Ordering::Acquire) {
-            return Err(Error::StateRefused(format!(
+        let refused = || {
+            Error::StateRefused(format!(
                 "{name} is the acting primary and every write waits for it; it cannot be paused"
-            )));
-        }
-        let step = self.change_state(t, Event::Pause, |_| {}, || {})?;
+            ))
+        };
+        let step = self.acting.unless_acting(t.idx, refused, || {
+            self.change_state(t, Event::Pause, |_| {}, || {})
+        })?;
         tracing::info!(target = %name, cursor = t.cursor(), "paused");
         Ok(step.to)
     }
@@ -819,7 +821,11 @@ impl Replicator {
                     () = cancel.cancelled() => return,
                 };
                 for (t, marker) in r.targets.clone().iter().zip(markers) {
-                    if marker == Some(true) {
+                    if marker == Some(true) && r.copy_unfinished(t) {
+                        if let Err(e) = r.recover_lost(t).await {
+                            tracing::warn!(target = %t.name(), error = %e, "acting on an unfinished copy failed; retrying at the next probe");
+                        }
+                    } else if marker == Some(true) {
                         r.marker_seen(t);
                     }
                     if marker == Some(false)
@@ -862,6 +868,37 @@ impl Replicator {
         }
     }
 
+    /// Whether `t` opened from a copy that never finished: its record says
+    /// syncing while it ships from the log. Only the configured primary
+    /// opens so (a resync cut short by a restart while another target was
+    /// acting; at open it is the acting primary again, which cannot be
+    /// resynced).
+    fn copy_unfinished(&self, t: &TargetHandle) -> bool {
+        t.state() != TargetState::Syncing
+            && t.record.lock().unwrap_or_else(|p| p.into_inner()).state == TargetState::Syncing
+    }
+
+    /// `t` does not hold what its cursor says (wiped, or a copy cut
+    /// short): it is resynced from the acting primary; the acting primary
+    /// itself fails over first, and without a replica to take its place
+    /// gets the kept log again when the log has every entry. `false` when
+    /// nothing could be done yet (the next probe tries again).
+    async fn recover_lost(self: &Arc<Self>, t: &Arc<TargetHandle>) -> Result<bool> {
+        if self.acting.is(t.idx) && !self.fail_over_from(t.idx) {
+            if self.log.first() > 1 {
+                // The kept log no longer has everything: shipping it again
+                // would leave older keys missing.
+                tracing::error!(target = %t.name(), first = self.log.first(), "the acting primary lost what it held and no replica can take its place yet (none healthy and caught up); failover is tried again at the next probe");
+                return Ok(false);
+            }
+            tracing::error!(target = %t.name(), "the acting primary lost what it held and no replica can take its place: the log has every entry, shipping it to the primary again");
+            self.replay(t.name(), ReplayFrom::Seq(1), true).await?;
+        } else {
+            self.start_resync(t.name()).await?;
+        }
+        Ok(true)
+    }
+
     /// Guarantee 10: `t` has no marker. A target walship never marked (new,
     /// or from before markers) gets one. One that had a marker and holds
     /// entries (cursor > 0) lost what it held: it is resynced from the
@@ -878,18 +915,9 @@ impl Replicator {
         }
         if marked && t.cursor() > 0 && t.state() != TargetState::Syncing {
             tracing::warn!(target = %t.name(), cursor = t.cursor(), "the target's marker {MARKER_KEY} is gone: it lost what it held (wiped, replaced or restored from an old backup); resyncing it from the acting primary");
-            if t.idx == self.acting.load(Ordering::Acquire) && !self.fail_over_from(t.idx) {
-                if self.log.first() > 1 {
-                    // The kept log no longer has everything: shipping it
-                    // again would leave older keys missing. Left unmarked,
-                    // so the next probe tries the failover again.
-                    tracing::error!(target = %t.name(), first = self.log.first(), "the acting primary lost what it held and no replica can take its place yet (none healthy and caught up); failover is tried again at the next probe");
-                    return Ok(());
-                }
-                tracing::error!(target = %t.name(), "the acting primary lost what it held and no replica can take its place: the log has every entry, shipping it to the primary again");
-                self.replay(t.name(), ReplayFrom::Seq(1), true).await?;
-            } else {
-                self.start_resync(t.name()).await?;
+            if !self.recover_lost(t).await? {
+                // Left unmarked, so the next probe tries again.
+                return Ok(());
             }
         }
         let body = serde_json::json!({
@@ -921,15 +949,37 @@ impl Replicator {
     }
 
     /// Promotes another target in place of the acting primary `from`, as
-    /// though it were unhealthy; false when failover is off or no replica
-    /// qualifies.
+    /// though it were unhealthy; false when `from` is still the acting
+    /// primary after (failover is off, or no replica qualifies).
     fn fail_over_from(&self, from: usize) -> bool {
-        let views: Vec<FailoverView> = self
-            .targets
+        let promoted = self.acting.promote(|acting| {
+            if acting != from {
+                return None;
+            }
+            let views = self.failover_views(Some(from));
+            match failover::decide(from, &views, self.cfg.replication.enable_failover) {
+                Decision::Promote(i) => Some(i),
+                _ => None,
+            }
+        });
+        let Some((_, to)) = promoted else {
+            // Another target took its place meanwhile, or none can.
+            return !self.acting.is(from);
+        };
+        self.metrics.failovers.inc();
+        tracing::warn!(from = %self.targets[from].name(), to = %self.targets[to].name(), "failover: the acting primary lost what it held");
+        self.progress.send_modify(|p| *p += 1);
+        true
+    }
+
+    /// What failover decides on, for each target; `lost` is taken for
+    /// unhealthy whatever its probes said.
+    fn failover_views(&self, lost: Option<usize>) -> Vec<FailoverView> {
+        self.targets
             .iter()
             .map(|t| FailoverView {
                 read_replica: t.cfg.is_read_replica,
-                health: if t.idx == from {
+                health: if Some(t.idx) == lost {
                     Health::Unhealthy
                 } else {
                     self.health_of(t)
@@ -938,49 +988,38 @@ impl Replicator {
                 priority: t.cfg.priority,
                 cursor: t.cursor(),
             })
-            .collect();
-        match failover::decide(from, &views, self.cfg.replication.enable_failover) {
-            Decision::Promote(i) if i != from => {
-                self.acting.store(i, Ordering::Release);
-                self.metrics.failovers.inc();
-                tracing::warn!(from = %self.targets[from].name(), to = %self.targets[i].name(), "failover: the acting primary lost what it held");
-                self.progress.send_modify(|p| *p += 1);
-                true
-            }
-            _ => false,
-        }
+            .collect()
     }
 
     fn consider_failover(&self) {
-        let acting = self.acting.load(Ordering::Acquire);
-        let views: Vec<FailoverView> = self
-            .targets
-            .iter()
-            .map(|t| FailoverView {
-                read_replica: t.cfg.is_read_replica,
-                health: self.health_of(t),
-                state: t.state(),
-                priority: t.cfg.priority,
-                cursor: t.cursor(),
-            })
-            .collect();
-        match failover::decide(acting, &views, self.cfg.replication.enable_failover) {
-            Decision::Promote(i) if i != acting => {
-                self.acting.store(i, Ordering::Release);
-                if i == 0 {
-                    self.metrics.failbacks.inc();
-                    tracing::warn!(from = %self.targets[acting].name(), to = %self.targets[0].name(), cursor = views[0].cursor, "failback: the configured primary is caught up and acting primary again");
-                } else {
-                    self.metrics.failovers.inc();
-                    tracing::warn!(from = %self.targets[acting].name(), to = %self.targets[i].name(), cursor = views[i].cursor, "failover: acting primary is unhealthy");
+        let mut waiting = None;
+        let mut cursor = 0;
+        let promoted = self.acting.promote(|acting| {
+            let views = self.failover_views(None);
+            match failover::decide(acting, &views, self.cfg.replication.enable_failover) {
+                Decision::Promote(i) => {
+                    cursor = views[i].cursor;
+                    Some(i)
                 }
-                self.progress.send_modify(|p| *p += 1);
+                Decision::Waiting(i) => {
+                    waiting = Some(i);
+                    None
+                }
+                _ => None,
             }
-            Decision::Waiting(i) => {
-                tracing::debug!(candidate = %self.targets[i].name(), "failover waits for the candidate to catch up");
-            }
-            _ => {}
+        });
+        if let Some(i) = waiting {
+            tracing::debug!(candidate = %self.targets[i].name(), "failover waits for the candidate to catch up");
         }
+        let Some((from, to)) = promoted else { return };
+        if to == 0 {
+            self.metrics.failbacks.inc();
+            tracing::warn!(from = %self.targets[from].name(), to = %self.targets[0].name(), cursor, "failback: the configured primary is caught up and acting primary again");
+        } else {
+            self.metrics.failovers.inc();
+            tracing::warn!(from = %self.targets[from].name(), to = %self.targets[to].name(), cursor, "failover: acting primary is unhealthy");
+        }
+        self.progress.send_modify(|p| *p += 1);
     }
 
     // ---- reports ----
@@ -989,7 +1028,7 @@ impl Replicator {
         let cursor = t.cursor();
         let lag = self.log.lag_at(cursor, t.offset());
         let health = self.health_of(t);
-        let acting = self.acting.load(Ordering::Acquire);
+        let acting = self.acting.get();
         let role = match (t.idx == acting, t.role) {
             (true, _) => Role::Primary,
             (false, Role::Primary) => Role::Replica,

@@ -24,6 +24,9 @@
 //!
 //! Commands for different targets run concurrently; what spans targets
 //! (the acting primary, failover) is the manager's (`Replicator::manage`).
+//! A pause or a resync, which the acting primary may not take, is decided
+//! under `Acting::unless_acting`, so a promotion never lands between its
+//! check and its change (`crate::acting`).
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};

@@ -604,3 +604,83 @@ async fn a_replica_opened_from_a_damaged_record_still_has_a_later_wipe_noticed()
     }
     panic!("the wipe of r1 was not noticed: k3 is still missing after 10 s");
 }
+
+/// A configured primary wiped and failed over from is resynced from the
+/// replica that took its place; a restart during that copy (its marker
+/// already back) makes it the acting primary again at open, where it
+/// cannot be resynced. It must not be taken for whole: the first probe
+/// finds its copy unfinished, fails over again and copies it, so it ends
+/// holding every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_restarted_during_its_resync_is_not_served_half_copied() {
+    use futures::TryStreamExt;
+    use object_store::ObjectStore as _;
+    let rig = Rig::with(1, "sync", 1, 2.0, "", "health_check_interval_seconds = 0.1").await;
+    for i in 0..10 {
+        rig.rep
+            .put(&key(&format!("k{i}")), Bytes::from(format!("v{i}")), None)
+            .await
+            .expect("put");
+    }
+    rig.wait_caught_up(Duration::from_secs(10)).await;
+    let marker = object_store::path::Path::from(".walship/target.json");
+    for _ in 0..250 {
+        if rig.stores["p"].head(&marker).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // p is wiped; its copy from r1 is held on k3 (the marker goes through).
+    rig.fault("p").hold_puts("k3");
+    let all: Vec<_> = rig.stores["p"]
+        .list(None)
+        .try_collect()
+        .await
+        .expect("list");
+    for m in all {
+        rig.stores["p"].delete(&m.location).await.expect("delete");
+    }
+    eventually("p syncing from r1, marked again", 20, || {
+        let c = rig.rep.cursors().expect("cursors");
+        c.targets[0].state == TargetState::Syncing && rig.fault("p").holding() == 1
+    })
+    .await;
+    for _ in 0..250 {
+        if rig.stores["p"].head(&marker).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        rig.stores["p"].head(&marker).await.is_ok(),
+        "p's marker is back"
+    );
+    // The held put fails (so the shutdown does not wait on it), and the
+    // sidecar restarts with p's copy unfinished.
+    rig.fault("p").set(Fault::Fail);
+    rig.fault("p").release_puts();
+    let rig = rig.restart().await;
+    rig.wait_all_active().await;
+    rig.wait_caught_up(Duration::from_secs(20)).await;
+    for _ in 0..500 {
+        let c = rig.rep.cursors().expect("cursors");
+        if c.targets.iter().all(|t| t.state == TargetState::Active) {
+            let mut whole = true;
+            for i in 0..10 {
+                whole &= rig.object("p", &format!("k{i}")).await.is_some();
+            }
+            if whole {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut missing = Vec::new();
+    for i in 0..10 {
+        if rig.object("p", &format!("k{i}")).await.is_none() {
+            missing.push(i);
+        }
+    }
+    panic!("p serves as acting primary half copied: k{missing:?} missing after 10 s");
+}
