@@ -254,6 +254,18 @@ impl Rig {
         .await;
     }
 
+    /// Writes `k0 .. k{n-1}` (values `v0 ..`) and waits until every target
+    /// holds them.
+    pub async fn put_keys(&self, n: usize) {
+        for i in 0..n {
+            self.rep
+                .put(&key(&format!("k{i}")), Bytes::from(format!("v{i}")), None)
+                .await
+                .expect("put");
+        }
+        self.wait_caught_up(Duration::from_secs(10)).await;
+    }
+
     /// Waits (bounded) until every target's cursor reaches the head.
     pub async fn wait_caught_up(&self, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;

@@ -182,13 +182,7 @@ async fn a_resync_whose_hand_over_point_moves_as_it_ends_copies_again() {
         "retention_seconds = 0\nmax_log_bytes = 8192",
     )
     .await;
-    for i in 0..5 {
-        rig.rep
-            .put(&key(&format!("k{i}")), Bytes::from(format!("v{i}")), None)
-            .await
-            .expect("put");
-    }
-    rig.wait_caught_up(Duration::from_secs(10)).await;
+    rig.put_keys(5).await;
     // An object the source lacks: the copy's last step deletes it, and
     // that delete is held.
     rig.stores["r1"]
@@ -418,13 +412,7 @@ async fn lag_bytes_and_retained_bytes_are_exact_across_restarts_and_truncation()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_and_resume_during_a_resync_are_refused_and_the_hand_over_stands() {
     let rig = Rig::new(1, "async", 1, 5.0).await;
-    for i in 0..10 {
-        rig.rep
-            .put(&key(&format!("k{i}")), Bytes::from(format!("v{i}")), None)
-            .await
-            .expect("put");
-    }
-    rig.wait_caught_up(Duration::from_secs(10)).await;
+    rig.put_keys(10).await;
     // r1's copy of k3 differs, so the resync copies it; that put is held.
     rig.stores["r1"]
         .put(&object_store::path::Path::from("k3"), "edited".into())
@@ -473,13 +461,7 @@ async fn pause_and_resume_during_a_resync_are_refused_and_the_hand_over_stands()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_persisted_record_is_damaged_is_resynced_when_walship_opens() {
     let rig = Rig::new(2, "sync", 2, 2.0).await;
-    for i in 0..10 {
-        rig.rep
-            .put(&key(&format!("k{i}")), Bytes::from(format!("v{i}")), None)
-            .await
-            .expect("put");
-    }
-    rig.wait_caught_up(Duration::from_secs(10)).await;
+    rig.put_keys(10).await;
     // r1 lost an object meanwhile: only a copy from the primary brings it
     // back without a write.
     rig.stores["r1"]
@@ -564,13 +546,7 @@ async fn a_replica_opened_from_a_damaged_record_still_has_a_later_wipe_noticed()
         "health_check_interval_seconds = 0.1\nenable_failover = false",
     )
     .await;
-    for i in 0..10 {
-        rig.rep
-            .put(&key(&format!("k{i}")), Bytes::from(format!("v{i}")), None)
-            .await
-            .expect("put");
-    }
-    rig.wait_caught_up(Duration::from_secs(10)).await;
+    rig.put_keys(10).await;
     let marker = object_store::path::Path::from(".walship/target.json");
     for _ in 0..250 {
         if rig.stores["r1"].head(&marker).await.is_ok() {
@@ -616,13 +592,7 @@ async fn a_primary_restarted_during_its_resync_is_not_served_half_copied() {
     use futures::TryStreamExt;
     use object_store::ObjectStore as _;
     let rig = Rig::with(1, "sync", 1, 2.0, "", "health_check_interval_seconds = 0.1").await;
-    for i in 0..10 {
-        rig.rep
-            .put(&key(&format!("k{i}")), Bytes::from(format!("v{i}")), None)
-            .await
-            .expect("put");
-    }
-    rig.wait_caught_up(Duration::from_secs(10)).await;
+    rig.put_keys(10).await;
     let marker = object_store::path::Path::from(".walship/target.json");
     for _ in 0..250 {
         if rig.stores["p"].head(&marker).await.is_ok() {
