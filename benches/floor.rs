@@ -13,8 +13,13 @@
 //!   a durable local put is); in `sync` it answers after all three, in
 //!   `async` after the primary's (the replicas' puts still run, unawaited).
 //!
-//! Rounds alternate the sides' order; the table gives writes/s and ack p50
-//! per side and round, and the median ratio per mode and writers.
+//! - the floor in order: the same, but a write is answered only once every
+//!   earlier write has landed in each directory it waits for (a cursor's
+//!   promise: what walship acknowledges is a prefix of the log). Its ratio
+//!   says what answering in log order costs by itself.
+//!
+//! Rounds rotate the sides' order; the table gives writes/s and ack p50
+//! per side and round, and the median ratios per mode and writers.
 
 mod common;
 
@@ -33,7 +38,42 @@ use walship::{Config, Replicator};
 
 struct Group {
     value: Bytes,
-    done: tokio::sync::oneshot::Sender<()>,
+    /// Answered with the write's seq once it is durable.
+    done: tokio::sync::oneshot::Sender<u64>,
+}
+
+/// Which seqs have landed in one directory: the prefix all landed
+/// (published), and those landed beyond it.
+struct Landed {
+    beyond: std::sync::Mutex<(u64, std::collections::BTreeSet<u64>)>,
+    prefix: tokio::sync::watch::Sender<u64>,
+}
+
+impl Landed {
+    fn new() -> Landed {
+        Landed {
+            beyond: std::sync::Mutex::new((0, Default::default())),
+            prefix: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    fn land(&self, seq: u64) {
+        let mut g = self.beyond.lock().expect("landed");
+        let (prefix, beyond) = &mut *g;
+        beyond.insert(seq);
+        let before = *prefix;
+        while beyond.remove(&(*prefix + 1)) {
+            *prefix += 1;
+        }
+        if *prefix != before {
+            self.prefix.send_replace(*prefix);
+        }
+    }
+
+    async fn wait(&self, seq: u64) {
+        let mut rx = self.prefix.subscribe();
+        let _ = rx.wait_for(|p| *p >= seq).await;
+    }
 }
 
 /// A group-committed log file: one write and one fdatasync per group.
@@ -44,6 +84,7 @@ fn committer(path: PathBuf, rx: std::sync::mpsc::Receiver<Group>) {
         .open(&path)
         .expect("log file");
     let mut buf = Vec::new();
+    let mut seq = 0u64;
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while let Ok(g) = rx.try_recv() {
@@ -58,7 +99,8 @@ fn committer(path: PathBuf, rx: std::sync::mpsc::Receiver<Group>) {
         f.write_all(&buf).expect("write");
         f.sync_data().expect("fdatasync");
         for g in group {
-            let _ = g.done.send(());
+            seq += 1;
+            let _ = g.done.send(seq);
         }
     }
 }
@@ -89,6 +131,8 @@ struct Floor {
     log: std::sync::mpsc::SyncSender<Group>,
     dirs: Arc<Vec<PathBuf>>,
     sync: bool,
+    /// Per directory, when writes are answered in log order.
+    ordered: Option<Arc<Vec<Landed>>>,
 }
 
 async fn floor_put(
@@ -103,11 +147,17 @@ async fn floor_put(
             done,
         })
         .expect("committer");
-    rx.await.expect("committed");
+    let seq = rx.await.expect("committed");
     let mut puts = Vec::new();
     for (i, d) in f.dirs.iter().enumerate() {
         let (d, key, body) = (d.clone(), key.clone(), body.clone());
-        let h = tokio::task::spawn_blocking(move || durable_put(&d, &key, &body));
+        let ordered = f.ordered.clone();
+        let h = tokio::task::spawn_blocking(move || {
+            durable_put(&d, &key, &body);
+            if let Some(o) = ordered {
+                o[i].land(seq);
+            }
+        });
         if f.sync || i == 0 {
             puts.push(h);
         }
@@ -115,10 +165,16 @@ async fn floor_put(
     for p in puts {
         p.await.expect("put");
     }
+    if let Some(o) = &f.ordered {
+        let waited = if f.sync { o.len() } else { 1 };
+        for landed in &o[..waited] {
+            landed.wait(seq).await;
+        }
+    }
     "ok"
 }
 
-async fn serve_floor(root: &Path, sync: bool) -> String {
+async fn serve_floor(root: &Path, sync: bool, in_order: bool) -> String {
     let dirs: Vec<PathBuf> = ["p", "r1", "r2"].iter().map(|n| root.join(n)).collect();
     for d in &dirs {
         std::fs::create_dir_all(d).expect("dir");
@@ -130,6 +186,7 @@ async fn serve_floor(root: &Path, sync: bool) -> String {
         .route("/v1/objects/{*key}", axum::routing::put(floor_put))
         .with_state(Floor {
             log: tx,
+            ordered: in_order.then(|| Arc::new(dirs.iter().map(|_| Landed::new()).collect())),
             dirs: Arc::new(dirs),
             sync,
         });
@@ -231,17 +288,20 @@ async fn main() {
         // removed before the end (see benches/e2e.rs on deleted inodes).
         let root = tmp.path().join(mode);
         let (wbase, rep) = serve_walship(&root.join("walship"), mode).await;
-        let fbase = serve_floor(&root.join("floor"), mode == "sync").await;
+        let fbase = serve_floor(&root.join("floor"), mode == "sync", false).await;
+        let obase = serve_floor(&root.join("floor-ordered"), mode == "sync", true).await;
         for writers in [1usize, 16] {
             let n = if writers == 1 { 1000 } else { 4000 };
             let mut ratios = Vec::new();
+            let mut ordered_ratios = Vec::new();
             for round in 0..rounds {
-                let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-                let mut got = [0.0f64; 2];
+                let mut order = [0usize, 1, 2];
+                order.rotate_left(round % 3);
+                let mut got = [0.0f64; 3];
                 for side in order {
                     // `WALSHIP_FLOOR_ONLY=sync:16:walship` runs one side of
                     // one row (for a profiler).
-                    let name = if side == 0 { "walship" } else { "floor" };
+                    let name = ["walship", "floor", "in order"][side];
                     if std::env::var("WALSHIP_FLOOR_ONLY")
                         .is_ok_and(|only| only != format!("{mode}:{writers}:{name}"))
                     {
@@ -254,11 +314,8 @@ async fn main() {
                         stats.flush_us.load(Ordering::Relaxed),
                         stats.entries.load(Ordering::Relaxed),
                     );
-                    let r = if side == 0 {
-                        write_all(&wbase, &tag, writers, n, value.clone()).await
-                    } else {
-                        write_all(&fbase, &tag, writers, n, value.clone()).await
-                    };
+                    let base = [&wbase, &fbase, &obase][side];
+                    let r = write_all(base, &tag, writers, n, value.clone()).await;
                     // walship's committer: time per group and writes per group.
                     let groups = (stats.flushes.load(Ordering::Relaxed) - before.0).max(1);
                     let commit = if side == 0 {
@@ -278,20 +335,30 @@ async fn main() {
                     );
                     got[side] = r.per_sec;
                 }
-                if got[1] > 0.0 {
+                if got[0] > 0.0 && got[1] > 0.0 {
                     ratios.push(got[0] / got[1]);
+                }
+                if got[0] > 0.0 && got[2] > 0.0 {
+                    ordered_ratios.push(got[0] / got[2]);
                 }
             }
             if !ratios.is_empty() {
-                table.push((mode, writers, median(ratios)));
+                let ordered = if ordered_ratios.is_empty() {
+                    f64::NAN
+                } else {
+                    median(ordered_ratios)
+                };
+                table.push((mode, writers, median(ratios), ordered));
             }
         }
         rep.shutdown(Duration::from_secs(5))
             .await
             .expect("shutdown");
     }
-    println!("\n| mode | writers | walship / floor |\n| --- | --- | --- |");
-    for (mode, writers, r) in table {
-        println!("| {mode} | {writers} | {r:.2} |");
+    println!(
+        "\n| mode | writers | walship / floor | walship / floor in order |\n| --- | --- | --- | --- |"
+    );
+    for (mode, writers, r, o) in table {
+        println!("| {mode} | {writers} | {r:.2} | {o:.2} |");
     }
 }
