@@ -499,13 +499,17 @@ impl Replicator {
         // The source must hold everything up to `start`.
         let source = loop {
             let src = self.acting_primary().clone();
-            if src.cursor() >= start {
+            // A primary whose own copy never finished holds less than its
+            // cursor says: never copied from (it is failed over first).
+            let whole = !self.copy_unfinished(&src);
+            if whole && src.cursor() >= start {
                 break src;
             }
-            t.set_progress(Some(format!(
-                "waiting for {} to reach seq {start}",
-                src.name()
-            )));
+            t.set_progress(Some(if whole {
+                format!("waiting for {} to reach seq {start}", src.name())
+            } else {
+                format!("waiting for {} to be copied itself", src.name())
+            }));
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(100)) => {}
                 () = self.cancel.cancelled() => return Err(Error::ShuttingDown),

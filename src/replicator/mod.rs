@@ -545,7 +545,8 @@ impl Replicator {
                 eligible: t.state() == TargetState::Active
                     && t.cursor() >= seq
                     && !self.engine.holds_foreign(t.idx, key)
-                    && self.health_of(t) != Health::Unhealthy,
+                    && self.health_of(t) != Health::Unhealthy
+                    && !self.copy_unfinished(t),
                 rtt_ms: t.observed().rtt.ms(),
             })
             .collect();
@@ -812,7 +813,10 @@ impl Replicator {
                 () = tokio::time::sleep(FAILOVER_TICK) => {}
             }
             let Some(r) = me.upgrade() else { return };
-            if (checks || first) && tokio::time::Instant::now() >= next_probe {
+            // A copy found unfinished at open is acted on at the probes,
+            // health checks on or off.
+            let unfinished = r.targets.iter().any(|t| r.copy_unfinished(t));
+            if (checks || first || unfinished) && tokio::time::Instant::now() >= next_probe {
                 first = false;
                 next_probe = tokio::time::Instant::now() + interval;
                 let probes = r.targets.iter().map(|t| probe(t.clone()));
@@ -972,14 +976,15 @@ impl Replicator {
         true
     }
 
-    /// What failover decides on, for each target; `lost` is taken for
-    /// unhealthy whatever its probes said.
+    /// What failover decides on, for each target; `lost`, and a target
+    /// whose copy never finished, are taken for unhealthy whatever their
+    /// probes said (failed over from, never failed back to).
     fn failover_views(&self, lost: Option<usize>) -> Vec<FailoverView> {
         self.targets
             .iter()
             .map(|t| FailoverView {
                 read_replica: t.cfg.is_read_replica,
-                health: if Some(t.idx) == lost {
+                health: if Some(t.idx) == lost || self.copy_unfinished(t) {
                     Health::Unhealthy
                 } else {
                     self.health_of(t)

@@ -584,14 +584,15 @@ async fn a_replica_opened_from_a_damaged_record_still_has_a_later_wipe_noticed()
 /// A configured primary wiped and failed over from is resynced from the
 /// replica that took its place; a restart during that copy (its marker
 /// already back) makes it the acting primary again at open, where it
-/// cannot be resynced. It must not be taken for whole: the first probe
-/// finds its copy unfinished, fails over again and copies it, so it ends
-/// holding every write.
+/// cannot be resynced. It must not be taken for whole: not read from, not
+/// the source of another replica's resync begun at open (r2's, cut short
+/// too), not failed back to; the first probe finds its copy unfinished,
+/// fails over again and copies it, so both end holding every write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_restarted_during_its_resync_is_not_served_half_copied() {
     use futures::TryStreamExt;
     use object_store::ObjectStore as _;
-    let rig = Rig::with(1, "sync", 1, 2.0, "", "health_check_interval_seconds = 0.1").await;
+    let rig = Rig::with(2, "sync", 1, 2.0, "", "health_check_interval_seconds = 0.1").await;
     rig.put_keys(10).await;
     let marker = object_store::path::Path::from(".walship/target.json");
     for _ in 0..250 {
@@ -626,10 +627,21 @@ async fn a_primary_restarted_during_its_resync_is_not_served_half_copied() {
         rig.stores["p"].head(&marker).await.is_ok(),
         "p's marker is back"
     );
-    // The held put fails (so the shutdown does not wait on it), and the
-    // sidecar restarts with p's copy unfinished.
-    rig.fault("p").set(Fault::Fail);
-    rig.fault("p").release_puts();
+    // r2's resync is under way too (its k5 differs; that put is held): at
+    // the restart it begins again at open, and must not copy from p.
+    rig.stores["r2"]
+        .put(&"k5".into(), "edited".into())
+        .await
+        .expect("edit");
+    rig.fault("r2").hold_puts("k5");
+    rig.rep.start_resync("r2").await.expect("resync r2");
+    eventually("r2's copy held", 10, || rig.fault("r2").holding() == 1).await;
+    // The held puts fail (so the shutdown does not wait on them), and the
+    // sidecar restarts with both copies unfinished.
+    for t in ["p", "r2"] {
+        rig.fault(t).set(Fault::Fail);
+        rig.fault(t).release_puts();
+    }
     let rig = rig.restart().await;
     rig.wait_all_active().await;
     rig.wait_caught_up(Duration::from_secs(20)).await;
@@ -638,7 +650,9 @@ async fn a_primary_restarted_during_its_resync_is_not_served_half_copied() {
         if c.targets.iter().all(|t| t.state == TargetState::Active) {
             let mut whole = true;
             for i in 0..10 {
-                whole &= rig.object("p", &format!("k{i}")).await.is_some();
+                let k = format!("k{i}");
+                whole &= rig.object("p", &k).await.is_some();
+                whole &= rig.object("r2", &k).await == Some(Bytes::from(format!("v{i}")));
             }
             if whole {
                 return;
@@ -647,10 +661,13 @@ async fn a_primary_restarted_during_its_resync_is_not_served_half_copied() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut missing = Vec::new();
-    for i in 0..10 {
-        if rig.object("p", &format!("k{i}")).await.is_none() {
-            missing.push(i);
+    for t in ["p", "r2"] {
+        for i in 0..10 {
+            let k = format!("k{i}");
+            if rig.object(t, &k).await != Some(Bytes::from(format!("v{i}"))) {
+                missing.push(format!("{t}/{k}"));
+            }
         }
     }
-    panic!("p serves as acting primary half copied: k{missing:?} missing after 10 s");
+    panic!("a half-copied primary was served or copied from: {missing:?} wrong after 10 s");
 }
