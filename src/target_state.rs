@@ -99,6 +99,11 @@ pub(crate) struct TargetHandle {
     /// periodic save of its cursor waits its turn instead of overwriting a
     /// moved-back cursor in the same sync (see `Replicator::change_state`).
     pub(crate) record: Mutex<TargetRecord>,
+    /// Opened from a copy that never finished: the record says syncing
+    /// while the target ships (the configured primary, acting again at
+    /// open). Cleared by the next state change written. Read on the read
+    /// and failover paths, so kept apart from the record's lock.
+    pub(crate) copy_unfinished: AtomicBool,
 }
 
 impl TargetHandle {
@@ -132,6 +137,9 @@ impl TargetHandle {
             caps: AtomicU8::new(0),
             opened_cursor: cursor,
             force_until: AtomicU64::new(0),
+            copy_unfinished: AtomicBool::new(
+                record.state == TargetState::Syncing && state != TargetState::Syncing,
+            ),
             record: Mutex::new(record),
         }
     }

@@ -754,6 +754,8 @@ impl Replicator {
                     }
                     storage.set_target(t.name(), &record)?;
                     storage.sync_since(generation)?;
+                    // The record now says what the target is.
+                    t.copy_unfinished.store(false, Ordering::Release);
                     // Only now what later writes of the record start from:
                     // after a failed sync, the next save of the position
                     // writes the record as it was over the change that
@@ -878,8 +880,7 @@ impl Replicator {
     /// acting; at open it is the acting primary again, which cannot be
     /// resynced).
     fn copy_unfinished(&self, t: &TargetHandle) -> bool {
-        t.state() != TargetState::Syncing
-            && t.record.lock().unwrap_or_else(|p| p.into_inner()).state == TargetState::Syncing
+        t.copy_unfinished.load(Ordering::Acquire)
     }
 
     /// `t` does not hold what its cursor says (wiped, or a copy cut
