@@ -22,15 +22,20 @@ async fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     panic!("not within {secs} s: {what}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_keeps_young_entries_even_when_every_cursor_passed_them() {
-    let rig = Rig::with_top(1, "sync", 1, 1.0, "retention_seconds = 3600").await;
-    for i in 0..20 {
+/// Writes `k0 .. k{n-1}`, each the value "v" (no wait for the targets).
+async fn put_v(rig: &Rig, n: usize) {
+    for i in 0..n {
         rig.rep
             .put(&key(&format!("k{i}")), Bytes::from("v"), None)
             .await
             .expect("put");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_young_entries_even_when_every_cursor_passed_them() {
+    let rig = Rig::with_top(1, "sync", 1, 1.0, "retention_seconds = 3600").await;
+    put_v(&rig, 20).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(
         rig.rep.log().first(),
@@ -39,12 +44,7 @@ async fn retention_keeps_young_entries_even_when_every_cursor_passed_them() {
     );
 
     let rig = Rig::with_top(1, "sync", 1, 1.0, "retention_seconds = 0").await;
-    for i in 0..20 {
-        rig.rep
-            .put(&key(&format!("k{i}")), Bytes::from("v"), None)
-            .await
-            .expect("put");
-    }
+    put_v(&rig, 20).await;
     eventually("truncation without retention", 5, || {
         rig.rep.log().first() == 20
     })
@@ -64,12 +64,7 @@ async fn retention_keeps_young_entries_even_when_every_cursor_passed_them() {
 async fn truncation_waits_for_the_slowest_target() {
     let rig = Rig::with_top(2, "async", 1, 0.5, "retention_seconds = 0").await;
     rig.fault("r2").set(Fault::Fail);
-    for i in 0..30 {
-        rig.rep
-            .put(&key(&format!("k{i}")), Bytes::from("v"), None)
-            .await
-            .expect("put");
-    }
+    put_v(&rig, 30).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(rig.rep.log().first(), 1, "r2 still needs every entry");
     assert_eq!(
@@ -305,12 +300,7 @@ async fn verify_names_hand_edits_and_replay_repairs_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_below_the_oldest_kept_entry_is_refused_with_a_resync_hint() {
     let rig = Rig::with_top(1, "sync", 1, 1.0, "retention_seconds = 0").await;
-    for i in 0..10 {
-        rig.rep
-            .put(&key(&format!("k{i}")), Bytes::from("v"), None)
-            .await
-            .expect("put");
-    }
+    put_v(&rig, 10).await;
     eventually("truncated", 5, || rig.rep.log().first() == 10).await;
     let err = rig
         .rep
@@ -509,12 +499,7 @@ fn flip_record(db: &sled::Db, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_whose_persisted_record_is_damaged_gets_the_kept_log_again_and_writes_go_on() {
     let rig = Rig::with_top(1, "sync", 1, 2.0, "retention_seconds = 0").await;
-    for i in 0..20 {
-        rig.rep
-            .put(&key(&format!("k{i}")), Bytes::from("v"), None)
-            .await
-            .expect("put");
-    }
+    put_v(&rig, 20).await;
     eventually("truncated", 5, || rig.rep.log().first() == 20).await;
     let rig = rig.edit_db(|db| flip_record(db, "p")).await;
     let ack = rig
