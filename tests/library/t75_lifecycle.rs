@@ -22,6 +22,21 @@ async fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     panic!("not within {secs} s: {what}");
 }
 
+/// Writes `during/0 .. during/199`, about 100 bytes each: enough to pass
+/// an 8 KiB `max_log_bytes` many times over.
+async fn put_during(rig: &Rig) {
+    for i in 0..200 {
+        rig.rep
+            .put(
+                &key(&format!("during/{i}")),
+                Bytes::from(format!("d{i} {}", "y".repeat(100))),
+                None,
+            )
+            .await
+            .expect("put");
+    }
+}
+
 /// Writes `k0 .. k{n-1}`, each the value "v" (no wait for the targets).
 async fn put_v(rig: &Rig, n: usize) {
     for i in 0..n {
@@ -128,16 +143,7 @@ async fn over_the_size_cap_the_target_far_behind_is_resynced_and_ends_identical(
     // Writes keep flowing during the resync, far past the cap while r2's
     // copy keeps failing: the copy's hand-over point moves up, and the log
     // stays under the cap.
-    for i in 0..200 {
-        rig.rep
-            .put(
-                &key(&format!("during/{i}")),
-                Bytes::from(format!("d{i} {}", "y".repeat(100))),
-                None,
-            )
-            .await
-            .expect("put");
-    }
+    put_during(&rig).await;
     eventually("log under the cap while the resync fails", 10, || {
         rig.rep.log().retained_bytes() <= 8192
     })
@@ -192,16 +198,7 @@ async fn a_resync_whose_hand_over_point_moves_as_it_ends_copies_again() {
     .await;
     // Writes pass the cap: the hand-over point moves up to the head, and
     // the log is truncated past the point the copy was made for.
-    for i in 0..200 {
-        rig.rep
-            .put(
-                &key(&format!("during/{i}")),
-                Bytes::from(format!("d{i} {}", "y".repeat(100))),
-                None,
-            )
-            .await
-            .expect("put");
-    }
+    put_during(&rig).await;
     eventually(
         "the log truncated past the first hand-over point",
         10,
