@@ -59,6 +59,8 @@ pub(crate) struct Pipeline {
     busy: HashMap<String, Option<Flight>>,
     /// Value bytes of the entries in flight and waiting.
     held: u64,
+    /// Stored bytes of the planned entries (`slots`' sizes).
+    planned: u64,
 }
 
 impl Pipeline {
@@ -91,6 +93,7 @@ impl Pipeline {
             return false;
         }
         for i in 0..w.len() {
+            self.planned += u64::from(w.sizes[i]);
             self.slots.push_back(Slot {
                 owner: w.base + u64::from(w.owner[i]),
                 size: w.sizes[i],
@@ -172,10 +175,17 @@ impl Pipeline {
             each(self.front, slot.ts_ms);
             passed.count += 1;
             passed.bytes += u64::from(slot.size);
+            self.planned -= u64::from(slot.size);
             self.slots.pop_front();
             self.front += 1;
         }
         passed
+    }
+
+    /// Stored bytes of the entries planned and not passed: the cursor's
+    /// offset plus these is `planned_to()`'s.
+    pub(crate) fn planned_bytes(&self) -> u64 {
+        self.planned
     }
 
     /// Value bytes held in flight and waiting.
@@ -217,6 +227,19 @@ mod tests {
             ts_ms: (0..keys.len() as u64).map(|i| (base + i) * 10).collect(),
             ..Window::default()
         }
+    }
+
+    #[test]
+    fn planned_bytes_are_those_planned_and_not_passed() {
+        let mut p = Pipeline::new(0);
+        assert_eq!(p.planned_bytes(), 0);
+        assert!(p.extend(&window(1, &["a", "b"])));
+        assert!(p.extend(&window(3, &["c"])));
+        assert_eq!(p.planned_bytes(), 300);
+        let fa = p.offer(entry(1, "a")).expect("a free");
+        p.landed(fa.entry.seq, "a", &fa.covers, 0);
+        p.advance(|_, _| {});
+        assert_eq!(p.planned_bytes(), 200, "1 passed, 2 and 3 planned");
     }
 
     #[test]

@@ -21,9 +21,15 @@
 //!    (an entry counts as applied when the entry covering it, the last of
 //!    its key in its stretch or a newer one that replaced it while waiting,
 //!    is). It is published at once (writers waiting on it wake) and
-//!    persisted now and then: a persisted cursor may be behind, never
-//!    ahead, and re-shipping after a crash is harmless (applying is
-//!    idempotent).
+//!    persisted at most every `PERSIST_EVERY` while it moves, and once more
+//!    that long after it stops (not at once: the write would land in the
+//!    log's next flush): a persisted cursor may be behind, never ahead, and
+//!    re-shipping after a crash is harmless (applying is idempotent).
+//!
+//! The tail of the log (a few entries just written, in sled's cache) is
+//! planned on the shipper's own task; a longer stretch on the blocking
+//! pool. Handing a one-entry plan to another thread and back cost a write
+//! about as much as planning it (`plan_inline`).
 //!
 //! A paused target stops between requests and keeps its cursor; on resume
 //! it continues from there. A corrupt entry stops shipping just before it:
@@ -57,8 +63,12 @@ const MAX_WINDOW: usize = 128 * 1024;
 const MAX_BATCH: usize = 4096;
 /// Most bytes read from the log per batch (at least one entry).
 const MAX_BATCH_BYTES: usize = 32 << 20;
-/// How often a moving cursor is persisted.
+/// How often a moving cursor is persisted, and how long after it stops.
 const PERSIST_EVERY: Duration = Duration::from_millis(200);
+/// Most entries, and bytes, beyond what is planned that are planned on the
+/// shipper's task rather than the blocking pool (see `plan_inline`).
+const INLINE_PLAN_ENTRIES: u64 = 64;
+const INLINE_PLAN_BYTES: u64 = 256 << 10;
 /// Longest pause between two retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -79,6 +89,21 @@ enum Stop {
 
 /// A flight that landed: its seq, key, the seqs it covers, its value's size.
 type Landed = (u64, String, Vec<u64>, u64);
+
+/// When the cursor was last persisted, and whether it moved since.
+struct Saved {
+    at: Instant,
+    moved: bool,
+}
+
+/// Whether the stretch still to plan (`entries` and their stored `bytes`)
+/// is planned on the shipper's task: only the log's tail, which was just
+/// written and is in sled's cache (a longer one, or large values, would
+/// hold the task from the writes and landings it also serves). `bytes` is
+/// only known when the log's offsets are.
+fn plan_inline(entries: u64, bytes: Option<u64>) -> bool {
+    entries <= INLINE_PLAN_ENTRIES && bytes.is_some_and(|b| b <= INLINE_PLAN_BYTES)
+}
 
 /// Pause before applying again after this sidecar's own data dir failed
 /// (full, reopening): short and not growing, as the target is not at fault.
@@ -113,7 +138,10 @@ impl Shipper {
         let mut head_rx = self.log.subscribe();
         let mut state_rx = self.target.state_tx.subscribe();
         let mut cursor_rx = self.target.cursor_tx.subscribe();
-        let mut last_persist = Instant::now();
+        let mut saved = Saved {
+            at: Instant::now(),
+            moved: false,
+        };
         loop {
             if self.cancel.is_cancelled() {
                 break;
@@ -131,15 +159,20 @@ impl Shipper {
             let cursor = *cursor_rx.borrow_and_update();
             let head = *head_rx.borrow_and_update();
             if cursor >= head {
+                let save_at = tokio::time::Instant::from_std(saved.at + PERSIST_EVERY);
                 tokio::select! {
                     r = head_rx.changed() => if r.is_err() { break },
                     _ = state_rx.changed() => {},
                     _ = cursor_rx.changed() => {},
+                    () = tokio::time::sleep_until(save_at), if saved.moved => {
+                        self.persist();
+                        saved = Saved { at: Instant::now(), moved: false };
+                    }
                     () = self.cancel.cancelled() => break,
                 }
                 continue;
             }
-            let error = match self.ship(&mut last_persist).await {
+            let error = match self.ship(&mut saved).await {
                 Ok(error) => error,
                 Err(Stop::Inactive) => continue,
                 Err(Stop::Cancelled) => break,
@@ -187,7 +220,7 @@ impl Shipper {
     /// (see `pipeline` for what may be sent and how far the cursor passes).
     /// Returns once everything planned is applied, with the error that
     /// ended planning, if any.
-    async fn ship(&self, last_persist: &mut Instant) -> Result<Option<Error>, Stop> {
+    async fn ship(&self, saved: &mut Saved) -> Result<Option<Error>, Stop> {
         let epoch = self.target.epoch();
         let (cursor, mut offset) = self.target.position();
         let mut pipe = Pipeline::new(cursor);
@@ -219,6 +252,15 @@ impl Shipper {
             {
                 let log = self.log.clone();
                 let (from, room) = (pipe.planned_to() + 1, MAX_WINDOW - pipe.len());
+                let tail_bytes = log.offsets_persisted().then(|| {
+                    log.head_offset()
+                        .saturating_sub(offset + pipe.planned_bytes())
+                });
+                if plan_inline(head - pipe.planned_to(), tail_bytes) {
+                    let w = log.plan(from, room, MAX_BATCH, MAX_BATCH_BYTES);
+                    self.take_planned(w, &mut pipe, &mut error, &mut sources)?;
+                    continue;
+                }
                 planning = Some(tokio::task::spawn_blocking(move || {
                     log.plan(from, room, MAX_BATCH, MAX_BATCH_BYTES)
                 }));
@@ -228,8 +270,15 @@ impl Shipper {
                     tracing::warn!(target = %self.target.name(), cursor = pipe.cursor(), "entries planned but none in flight; planning again");
                     return Err(Stop::Retry);
                 }
-                self.persist();
-                *last_persist = Instant::now();
+                // Persisted once the cursor has stood still a while (by
+                // `run`), or now when it is due.
+                if saved.at.elapsed() >= PERSIST_EVERY {
+                    self.persist();
+                    *saved = Saved {
+                        at: Instant::now(),
+                        moved: false,
+                    };
+                }
                 return Ok(error);
             }
             tokio::select! {
@@ -273,30 +322,23 @@ impl Shipper {
                             return Err(Stop::Inactive);
                         }
                         self.progress.send_modify(|p| *p += 1);
-                        if last_persist.elapsed() >= PERSIST_EVERY {
+                        saved.moved = true;
+                        if saved.at.elapsed() >= PERSIST_EVERY {
                             self.persist();
-                            *last_persist = Instant::now();
+                            *saved = Saved { at: Instant::now(), moved: false };
                         }
                     }
                 }
                 planned = async { planning.as_mut().expect("guarded").await }, if planning.is_some() => {
                     planning = None;
-                    let mut w = match planned {
+                    let w = match planned {
                         Ok(w) => w,
                         Err(e) => {
                             tracing::error!(target = %self.target.name(), error = %e, "log reader task failed; planning again");
                             return Err(Stop::Retry);
                         }
                     };
-                    error = w.error.take();
-                    if !w.is_empty() {
-                        if !pipe.extend(&w) {
-                            return Err(Stop::Retry);
-                        }
-                        let owner = std::mem::take(&mut w.owner);
-                        let kept = w.entries.take();
-                        sources.push_back(self.ops(w.base, owner, kept));
-                    }
+                    self.take_planned(w, &mut pipe, &mut error, &mut sources)?;
                 }
                 item = async { sources.front_mut().expect("guarded").next().await },
                     if !sources.is_empty()
@@ -319,6 +361,27 @@ impl Shipper {
                 () = self.cancel.cancelled() => return Err(Stop::Cancelled),
             }
         }
+    }
+
+    /// A planned stretch joins the pipeline, its entries queued to offer;
+    /// the error that ended it (if any) is kept for when all is applied.
+    fn take_planned<'a>(
+        &'a self,
+        mut w: Window,
+        pipe: &mut Pipeline,
+        error: &mut Option<Error>,
+        sources: &mut VecDeque<futures::stream::BoxStream<'a, Result<Entry, Stop>>>,
+    ) -> Result<(), Stop> {
+        *error = w.error.take();
+        if !w.is_empty() {
+            if !pipe.extend(&w) {
+                return Err(Stop::Retry);
+            }
+            let owner = std::mem::take(&mut w.owner);
+            let kept = w.entries.take();
+            sources.push_back(self.ops(w.base, owner, kept));
+        }
+        Ok(())
     }
 
     /// Sends one entry, retrying until it is applied.
@@ -503,5 +566,25 @@ impl Shipper {
 
     async fn apply(&self, e: &Entry) -> crate::Result<()> {
         self.engine.apply(&self.target, e).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_short_tail_is_planned_on_the_task() {
+        assert!(plan_inline(1, Some(1500)));
+        assert!(plan_inline(INLINE_PLAN_ENTRIES, Some(INLINE_PLAN_BYTES)));
+        assert!(
+            !plan_inline(INLINE_PLAN_ENTRIES + 1, Some(100)),
+            "too many entries"
+        );
+        assert!(
+            !plan_inline(1, Some(INLINE_PLAN_BYTES + 1)),
+            "a large value"
+        );
+        assert!(!plan_inline(1, None), "offsets unknown: the size is not");
     }
 }

@@ -653,3 +653,31 @@ async fn a_primary_restarted_during_its_resync_is_not_served_half_copied() {
     }
     panic!("a half-copied primary was served or copied from: {missing:?} wrong after 10 s");
 }
+
+/// A cursor is persisted now and then while it moves, and once more soon
+/// after it stops: a target idle after a burst of writes does not keep an
+/// old persisted cursor (which a restart would ship again from) until the
+/// next write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_that_stops_moving_is_persisted_soon_after() {
+    let rig = Rig::new(1, "sync", 1, 5.0).await;
+    let storage = rig.rep.log().storage().clone();
+    let saved = |name: &str| {
+        storage
+            .target(name)
+            .expect("reading a target record")
+            .map(|r| r.cursor)
+    };
+    let all_at = |head: u64| ["p", "r1"].iter().all(|n| saved(n) == Some(head));
+    rig.put_keys(1).await;
+    // The first probe marks each target, writing its record as it stands.
+    eventually("every target marked", 5, || all_at(1)).await;
+    for i in 0..20 {
+        rig.rep
+            .put(&key(&format!("burst/{i}")), Bytes::from("x"), None)
+            .await
+            .expect("put");
+    }
+    let head = rig.rep.log().head();
+    eventually("every persisted cursor at the head", 3, || all_at(head)).await;
+}
