@@ -376,9 +376,22 @@ impl Replicator {
             .collect();
         let below = truncation_point(&floors, in_retention);
         let log = self.log.clone();
-        let removed = tokio::task::spawn_blocking(move || log.truncate_below(below))
-            .await
-            .map_err(|e| Error::io("truncating the log", std::io::Error::other(e)))??;
+        let targets = self.targets.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            // The cursors this goes by are persisted first (each is at or
+            // past its floor): sled keeps writes in order, so a crash that
+            // keeps the removal keeps them too, and a restart never finds a
+            // cursor below the oldest kept entry (the shipper persists
+            // only now and then).
+            if below > log.first() {
+                for t in &targets {
+                    t.save_position(log.storage().as_ref(), true)?;
+                }
+            }
+            log.truncate_below(below)
+        })
+        .await
+        .map_err(|e| Error::io("truncating the log", std::io::Error::other(e)))??;
         if removed > 0 {
             tracing::debug!(removed, below, "log truncated");
         }

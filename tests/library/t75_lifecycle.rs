@@ -681,3 +681,41 @@ async fn a_cursor_that_stops_moving_is_persisted_soon_after() {
     let head = rig.rep.log().head();
     eventually("every persisted cursor at the head", 3, || all_at(head)).await;
 }
+
+/// Truncation never leaves a persisted cursor below the oldest kept entry:
+/// the cursors it goes by are persisted before the entries go (sled keeps
+/// writes in order), so a crash after a truncation cannot find a target
+/// cut off from the log (which would resync it) where it was not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncation_persists_the_cursors_it_goes_by_first() {
+    let rig = Rig::with_top(1, "sync", 1, 1.0, "retention_seconds = 0").await;
+    let storage = rig.rep.log().storage().clone();
+    let started = std::time::Instant::now();
+    let mut truncations = 0;
+    let mut last_first = rig.rep.log().first();
+    let mut i = 0;
+    while truncations < 5 && started.elapsed() < Duration::from_secs(20) {
+        rig.rep
+            .put(&key(&format!("t/{i}")), Bytes::from("v"), None)
+            .await
+            .expect("put");
+        i += 1;
+        let first = rig.rep.log().first();
+        if first == last_first {
+            continue;
+        }
+        truncations += 1;
+        last_first = first;
+        for name in ["p", "r1"] {
+            let saved = storage
+                .target(name)
+                .expect("reading a target record")
+                .map_or(0, |r| r.cursor);
+            assert!(
+                saved + 1 >= first,
+                "{name}'s persisted cursor {saved} is below the oldest kept entry {first}"
+            );
+        }
+    }
+    assert!(truncations >= 5, "only {truncations} truncations in 20 s");
+}
