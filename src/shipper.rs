@@ -138,9 +138,10 @@ impl Shipper {
         let mut head_rx = self.log.subscribe();
         let mut state_rx = self.target.state_tx.subscribe();
         let mut cursor_rx = self.target.cursor_tx.subscribe();
+        // Moved: a restarted shipper's cursor may be past the record.
         let mut saved = Saved {
             at: Instant::now(),
-            moved: false,
+            moved: true,
         };
         loop {
             if self.cancel.is_cancelled() {
@@ -165,8 +166,7 @@ impl Shipper {
                     _ = state_rx.changed() => {},
                     _ = cursor_rx.changed() => {},
                     () = tokio::time::sleep_until(save_at), if saved.moved => {
-                        self.persist();
-                        saved = Saved { at: Instant::now(), moved: false };
+                        saved = Saved { at: Instant::now(), moved: !self.persist() };
                     }
                     () = self.cancel.cancelled() => break,
                 }
@@ -205,13 +205,19 @@ impl Shipper {
         self.persist();
     }
 
-    fn persist(&self) {
+    /// Persists the cursor; false when it could not be (a state change
+    /// held the record, or the write failed): try again later.
+    fn persist(&self) -> bool {
         crate::crash::point("cursor");
-        if let Err(e) = self
+        match self
             .target
             .save_position(self.log.storage().as_ref(), false)
         {
-            tracing::warn!(target = %self.target.name(), error = %e, "could not persist cursor; it will be persisted later");
+            Ok(saved) => saved,
+            Err(e) => {
+                tracing::warn!(target = %self.target.name(), error = %e, "could not persist cursor; it will be persisted later");
+                false
+            }
         }
     }
 
@@ -256,8 +262,11 @@ impl Shipper {
                     log.head_offset()
                         .saturating_sub(offset + pipe.planned_bytes())
                 });
-                if plan_inline(head - pipe.planned_to(), tail_bytes) {
-                    let w = log.plan(from, room, MAX_BATCH, MAX_BATCH_BYTES);
+                let tail = head - pipe.planned_to();
+                if plan_inline(tail, tail_bytes) {
+                    // Only the stretch checked: a group landing meanwhile
+                    // waits for the next plan.
+                    let w = log.plan(from, room.min(tail as usize), MAX_BATCH, MAX_BATCH_BYTES);
                     self.take_planned(w, &mut pipe, &mut error, &mut sources)?;
                     continue;
                 }
@@ -273,10 +282,9 @@ impl Shipper {
                 // Persisted once the cursor has stood still a while (by
                 // `run`), or now when it is due.
                 if saved.at.elapsed() >= PERSIST_EVERY {
-                    self.persist();
                     *saved = Saved {
                         at: Instant::now(),
-                        moved: false,
+                        moved: !self.persist(),
                     };
                 }
                 return Ok(error);
@@ -324,8 +332,7 @@ impl Shipper {
                         self.progress.send_modify(|p| *p += 1);
                         saved.moved = true;
                         if saved.at.elapsed() >= PERSIST_EVERY {
-                            self.persist();
-                            *saved = Saved { at: Instant::now(), moved: false };
+                            *saved = Saved { at: Instant::now(), moved: !self.persist() };
                         }
                     }
                 }

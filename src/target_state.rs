@@ -182,20 +182,28 @@ impl TargetHandle {
     }
 
     /// Writes the target's record with its position as it stands (durable
-    /// with the next sync). With `wait` false, a state change writing the
-    /// record meanwhile wins: it publishes the position it wrote, and the
-    /// next save is soon enough.
-    pub(crate) fn save_position(&self, storage: &dyn LogStorage, wait: bool) -> crate::Result<()> {
+    /// with the next sync), unless the record already says so. Returns
+    /// whether the record now holds that position: with `wait` false, false
+    /// when a state change holds the record (it may have read the position
+    /// before the last move; save again later).
+    pub(crate) fn save_position(
+        &self,
+        storage: &dyn LogStorage,
+        wait: bool,
+    ) -> crate::Result<bool> {
         let mut kept = if wait {
             self.record.lock().unwrap_or_else(|p| p.into_inner())
         } else {
             match self.record.try_lock() {
                 Ok(g) => g,
-                Err(TryLockError::WouldBlock) => return Ok(()),
+                Err(TryLockError::WouldBlock) => return Ok(false),
                 Err(TryLockError::Poisoned(p)) => p.into_inner(),
             }
         };
         let (cursor, offset) = self.position();
+        if kept.cursor == cursor && kept.offset == Some(offset) {
+            return Ok(true);
+        }
         let next = TargetRecord {
             cursor,
             offset: Some(offset),
@@ -203,7 +211,7 @@ impl TargetHandle {
         };
         storage.set_target(self.name(), &next)?;
         *kept = next;
-        Ok(())
+        Ok(true)
     }
 
     /// Moves the cursor by hand (replay, end of resync).

@@ -378,11 +378,13 @@ impl Replicator {
         let log = self.log.clone();
         let targets = self.targets.clone();
         let removed = tokio::task::spawn_blocking(move || {
-            // The cursors this goes by are persisted first (each is at or
-            // past its floor): sled keeps writes in order, so a crash that
-            // keeps the removal keeps them too, and a restart never finds a
-            // cursor below the oldest kept entry (the shipper persists
-            // only now and then).
+            // The cursors this goes by are persisted first (each at or past
+            // its floor; a syncing target's record keeps `syncing`, so a
+            // restart resyncs it anyway): sled keeps writes in order, so a
+            // crash that keeps the removal keeps them too, and a restart
+            // never finds a cursor below the oldest kept entry (the shipper
+            // persists only now and then). Unchanged records are not
+            // written again.
             if below > log.first() {
                 for t in &targets {
                     t.save_position(log.storage().as_ref(), true)?;

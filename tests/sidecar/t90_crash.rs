@@ -127,7 +127,14 @@ async fn aborts_inside_append_flush_cursor_persist_and_shipping_lose_nothing() {
         .iter()
         .enumerate()
     {
-        let n = rng.random_range(3..40u64);
+        // The shipper persists its cursor about five times a second while
+        // it moves (not after every write), so that point is reached
+        // fewer times in a round.
+        let n = if *point == "cursor" {
+            rng.random_range(2..8u64)
+        } else {
+            rng.random_range(3..40u64)
+        };
         let mut sc =
             Sidecar::start_with_env(&cfg, port, &[("WALSHIP_CRASH_AT", format!("{point}:{n}"))])
                 .await;
