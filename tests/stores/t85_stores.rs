@@ -183,18 +183,14 @@ async fn a_frozen_s3_replica_times_out_sync_writes_and_catches_up_after() {
     assert_eq!(put(&sc.base, "k/0", "v0", "sync").await.status(), 200);
 
     moto.freeze();
-    let started = Instant::now();
-    let r = put(&sc.base, "k/1", "v1", "sync").await;
-    let waited = started.elapsed();
+    // A hang guard, not a speed check: the write must be answered.
+    let r = tokio::time::timeout(Duration::from_secs(120), put(&sc.base, "k/1", "v1", "sync"))
+        .await
+        .expect("a write waiting on a frozen store is answered, not left hanging");
     assert_eq!(r.status(), 504);
     let v: serde_json::Value = r.json().await.expect("json");
     assert_eq!(v["seq"], 2);
     assert_eq!(v["acked_by"], serde_json::json!(["local"]));
-    // The bound is the contract (a write never hangs), not a speed figure.
-    assert!(
-        waited < Duration::from_secs_f64(timeout + 15.0),
-        "the timeout answer took {waited:?}"
-    );
     for i in 2..12 {
         assert_eq!(
             put(&sc.base, &format!("k/{i}"), &format!("v{i}"), "async")
