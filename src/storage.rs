@@ -335,6 +335,32 @@ struct Sled {
     data_file: File,
 }
 
+/// One step of a group's sync with the head record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GroupStep {
+    /// Start the record's fdatasync on its own thread, or submit the
+    /// write of its page.
+    StartHead,
+    /// sled's `flush()`: its buffers written, `sync_file_range` waited for.
+    FlushLog,
+    /// Wait for the record's fdatasync, or for its page's write.
+    FinishHead,
+    /// fdatasync of sled's data file: the device flush.
+    SyncLog,
+}
+
+/// The order of a group's sync. The record's part always overlaps sled's
+/// flush; with `SharedFlush` its write-back must be complete before the
+/// fdatasync whose device flush makes it durable, with `OwnSync` it waits
+/// last, so the two fdatasyncs overlap.
+fn group_sync_steps(d: crate::headfile::Durability) -> [GroupStep; 4] {
+    use GroupStep::*;
+    match d {
+        crate::headfile::Durability::SharedFlush => [StartHead, FlushLog, FinishHead, SyncLog],
+        crate::headfile::Durability::OwnSync => [StartHead, FlushLog, SyncLog, FinishHead],
+    }
+}
+
 /// [`LogStorage`] on sled 0.34.
 pub struct SledStorage {
     path: PathBuf,
@@ -377,7 +403,7 @@ impl SledStorage {
             .map_err(|e| Error::io(format!("creating data directory {}", dir.display()), e))?;
         let path = dir.join("log");
         let sled = open_sled(&path, cache_bytes)?;
-        let head = HeadFile::open(dir)?;
+        let head = HeadFile::open(dir, &path.join("db"))?;
         // Make the directory entries of a new database durable once.
         for d in [dir, path.as_path()] {
             if let Ok(f) = File::open(d) {
@@ -424,6 +450,69 @@ impl SledStorage {
     #[doc(hidden)]
     pub fn bench_without_head_record(&self) {
         self.head_record.store(false, Ordering::Relaxed);
+    }
+
+    /// The rest of a sync once sled's `flush()` is done: fdatasync of
+    /// sled's data file (and of blob files sled wrote).
+    fn sync_flushed(&self, s: &Sled) -> Result<()> {
+        s.data_file.sync_data().map_err(|e| {
+            Error::io(
+                format!("fdatasync of {}", self.path.join("db").display()),
+                e,
+            )
+        })?;
+        let changed = self.blobs_changed();
+        if (self.blobs_pending.swap(false, Ordering::AcqRel) || changed.is_some())
+            && let Err(e) = self.sync_new_blobs()
+        {
+            self.blobs_pending.store(true, Ordering::Release);
+            return Err(e);
+        }
+        if let Some(seen) = changed {
+            *self.blobs_listed.lock().unwrap_or_else(|p| p.into_inner()) = seen;
+        }
+        // sled flushes nothing while its global error is set: it is not.
+        self.failed.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// A group's sync with the head record. With `OwnSync` the record's
+    /// fdatasync runs alongside sled's flush and fdatasync. With
+    /// `SharedFlush` the write of its page is submitted before sled's flush
+    /// and must be complete before sled's fdatasync, whose device flush
+    /// then carries it ([`group_sync_steps`]).
+    fn sync_with_head(&self, mark: HeadMark) -> Result<()> {
+        self.head.write(mark)?;
+        let s = self.s()?;
+        let mut head_sync = None;
+        let mut failed = None;
+        for step in group_sync_steps(self.head.durability()) {
+            let done = match step {
+                GroupStep::StartHead => {
+                    head_sync = Some(self.head.start_sync());
+                    Ok(())
+                }
+                GroupStep::FlushLog => {
+                    s.db.flush()
+                        .map(|_| ())
+                        .map_err(self.err("flushing the log"))
+                }
+                GroupStep::FinishHead => match head_sync.take() {
+                    Some(rx) => self.head.finish_sync(rx),
+                    None => Ok(()),
+                },
+                GroupStep::SyncLog => {
+                    if failed.is_some() {
+                        continue;
+                    }
+                    self.sync_flushed(&s)
+                }
+            };
+            if let Err(e) = done {
+                failed.get_or_insert(e);
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     fn err(&self, op: &'static str) -> impl Fn(sled::Error) -> Error + '_ {
@@ -584,26 +673,9 @@ impl LogStore for SledStorage {
     }
 
     fn sync(&self) -> Result<()> {
-        self.s()?.db.flush().map_err(self.err("flushing the log"))?;
-        self.s()?.data_file.sync_data().map_err(|e| {
-            Error::io(
-                format!("fdatasync of {}", self.path.join("db").display()),
-                e,
-            )
-        })?;
-        let changed = self.blobs_changed();
-        if (self.blobs_pending.swap(false, Ordering::AcqRel) || changed.is_some())
-            && let Err(e) = self.sync_new_blobs()
-        {
-            self.blobs_pending.store(true, Ordering::Release);
-            return Err(e);
-        }
-        if let Some(seen) = changed {
-            *self.blobs_listed.lock().unwrap_or_else(|p| p.into_inner()) = seen;
-        }
-        // sled flushes nothing while its global error is set: it is not.
-        self.failed.store(false, Ordering::Release);
-        Ok(())
+        let s = self.s()?;
+        s.db.flush().map_err(self.err("flushing the log"))?;
+        self.sync_flushed(&s)
     }
 
     fn scan(&self, from: u64, to: u64, f: &mut dyn FnMut(u64, &[u8]) -> bool) -> Result<()> {
@@ -840,11 +912,7 @@ impl LogStore for SledStorage {
         if !self.head_record.load(Ordering::Relaxed) {
             return self.sync();
         }
-        self.head.write(HeadMark { acked, committing })?;
-        let head_sync = self.head.start_sync();
-        let synced = self.sync();
-        let head_synced = self.head.finish_sync(head_sync);
-        synced.and(head_synced)
+        self.sync_with_head(HeadMark { acked, committing })
     }
 
     fn mark_acked(&self, acked: u64) -> Result<()> {
@@ -1162,6 +1230,21 @@ fn seq_of(b: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_flush_waits_for_the_records_write_back_before_sleds_fdatasync() {
+        use crate::headfile::Durability;
+        let at = |steps: &[GroupStep], s: GroupStep| {
+            steps.iter().position(|x| *x == s).expect("every step runs")
+        };
+        let shared = group_sync_steps(Durability::SharedFlush);
+        assert!(at(&shared, GroupStep::FinishHead) < at(&shared, GroupStep::SyncLog));
+        assert!(at(&shared, GroupStep::StartHead) < at(&shared, GroupStep::FlushLog));
+        let own = group_sync_steps(Durability::OwnSync);
+        // The two fdatasyncs overlap: the record's is waited for last.
+        assert!(at(&own, GroupStep::StartHead) < at(&own, GroupStep::FlushLog));
+        assert!(at(&own, GroupStep::SyncLog) < at(&own, GroupStep::FinishHead));
+    }
 
     fn rec_at(cursor: u64, offset: u64) -> TargetRecord {
         TargetRecord {
