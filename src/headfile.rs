@@ -119,6 +119,10 @@ pub(crate) struct Placement {
     pub fs_magic: i64,
     /// The record and sled's data file are on one device.
     pub same_device: bool,
+    /// The record's file has data blocks of its own (ext4's `inline_data`
+    /// keeps a small file in its inode, which only a journal commit makes
+    /// durable).
+    pub holds_blocks: bool,
     /// The filesystem journals file data (ext4 `data=journal`); `None`
     /// when the mount could not be found.
     pub data_journal: Option<bool>,
@@ -130,15 +134,15 @@ const XFS_MAGIC: i64 = 0x5846_5342;
 /// Whether sled's fdatasync can carry the head record: only where an
 /// fdatasync is known to end with a device flush and a page overwritten in
 /// place needs nothing but its own write (ext4 without `data=journal`,
-/// xfs), on the one device that flush is for. Anything unknown keeps the
-/// record's own sync.
+/// xfs, a file with blocks of its own), on the one device that flush is
+/// for. Anything unknown keeps the record's own sync.
 pub(crate) fn durability(p: Placement) -> Durability {
     let fs_ok = match p.fs_magic {
         EXT4_MAGIC => p.data_journal == Some(false),
         XFS_MAGIC => true,
         _ => false,
     };
-    if fs_ok && p.same_device {
+    if fs_ok && p.same_device && p.holds_blocks {
         Durability::SharedFlush
     } else {
         Durability::OwnSync
@@ -174,18 +178,22 @@ fn placement(dir: &Path, head: &File, log_file: &Path) -> Placement {
             (unsafe { libc::statfs(c.as_ptr(), &mut buf) } == 0).then_some(buf.f_type as i64)
         })
         .unwrap_or(0);
-    let head_dev = head.metadata().map(|m| m.dev()).ok();
+    let head_meta = head.metadata().ok();
+    let head_dev = head_meta.as_ref().map(|m| m.dev());
     let log_dev = std::fs::metadata(log_file).map(|m| m.dev()).ok();
     let same_device = head_dev.is_some() && head_dev == log_dev;
+    let holds_blocks = head_meta.is_some_and(|m| m.blocks() > 0);
     let data_journal = head_dev.and_then(|d| {
-        let major = ((d >> 8) & 0xfff) | ((d >> 32) & !0xfff);
-        let minor = (d & 0xff) | ((d >> 12) & !0xff);
         let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-        journals_data(&info, (major, minor))
+        journals_data(
+            &info,
+            (u64::from(libc::major(d)), u64::from(libc::minor(d))),
+        )
     });
     Placement {
         fs_magic,
         same_device,
+        holds_blocks,
         data_journal,
     }
 }
@@ -195,6 +203,7 @@ fn placement(_dir: &Path, _head: &File, _log_file: &Path) -> Placement {
     Placement {
         fs_magic: 0,
         same_device: false,
+        holds_blocks: false,
         data_journal: None,
     }
 }
@@ -428,6 +437,7 @@ mod tests {
         durability(Placement {
             fs_magic,
             same_device,
+            holds_blocks: true,
             data_journal,
         })
     }
@@ -444,6 +454,14 @@ mod tests {
         // Another device's flush is not this one's.
         assert_eq!(on(EXT4_MAGIC, false, Some(false)), OwnSync);
         assert_eq!(on(XFS_MAGIC, false, None), OwnSync);
+        // A file kept in its inode (ext4 inline_data) is metadata.
+        let inline = Placement {
+            fs_magic: EXT4_MAGIC,
+            same_device: true,
+            holds_blocks: false,
+            data_journal: Some(false),
+        };
+        assert_eq!(durability(inline), OwnSync);
         // Copy-on-write (btrfs) moves an overwrite; tmpfs, overlay, NFS,
         // anything else: the record's own fdatasync.
         for other in [0x9123_683E, 0x0102_1994, 0x794C_7630, 0x6969, 0] {
