@@ -1102,7 +1102,7 @@ fn open_sled(path: &Path, cache_bytes: u64) -> Result<Sled> {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "an internal error".into());
             Error::Damaged(format!(
-                "the log in {} is damaged beyond what sled can recover (it stopped with: {why}); nothing was changed. Move data_dir aside (keep it for inspection) and restore it from a backup",
+                "the log in {} is damaged beyond what sled can recover (it stopped with: {why}); walship wrote nothing, but sled's recovery may have zeroed the torn part of its file before it stopped. Move data_dir aside (keep it for inspection) and restore it from a backup",
                 path.display()
             ))
         })?;
