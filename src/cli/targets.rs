@@ -257,6 +257,9 @@ pub(super) async fn wait_for_target(
         indicatif::ProgressStyle::with_template(template)
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    // Said once per new error: a wait that is not moving says why, on
+    // a terminal or not (the bar is hidden when stderr is not one).
+    let mut said: Option<String> = None;
     loop {
         let report: CursorsReport = answer(
             c.req(reqwest::Method::GET, "/v1/cursors")
@@ -288,6 +291,20 @@ pub(super) async fn wait_for_target(
                     row.error.as_deref().unwrap_or("see `walship cursors`")
                 ),
             ));
+        }
+        if let Some(err) = row.error.as_ref().filter(|e| said.as_ref() != Some(*e)) {
+            bar.suspend(|| {
+                let at = if hi > lo {
+                    format!(" (cursor {} of {hi})", row.cursor)
+                } else {
+                    String::new()
+                };
+                eprintln!(
+                    "walship: {target} is not done yet{at}; shipping to it fails with: {err}. \
+                     Still waiting: Ctrl-C stops the wait, not the work, which goes on in the sidecar"
+                )
+            });
+            said = Some(err.clone());
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }

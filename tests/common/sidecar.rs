@@ -34,7 +34,10 @@ pub fn dir_config(root: &Path, port: u16, mode: &str) -> String {
 /// Polls `base/healthz` every 50 ms, at most `tries` times; whether it
 /// answered 200.
 pub async fn answers(base: &str, tries: u32) -> bool {
-    let c = reqwest::Client::new();
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("http client");
     for _ in 0..tries {
         if c.get(format!("{base}/healthz"))
             .send()
@@ -48,9 +51,72 @@ pub async fn answers(base: &str, tries: u32) -> bool {
     false
 }
 
+/// How long any one request of a test to a sidecar may take: a sidecar
+/// that stops answering fails the test, naming what it waited for, rather
+/// than hanging the run.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A client whose requests give up after [`REQUEST_TIMEOUT`].
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .expect("http client")
+}
+
+/// Runs `cmd` to its end, at most `within`: past that it is killed (by
+/// pid) and the test fails naming the command and what it printed.
+pub fn run_within(cmd: &mut Command, within: Duration) -> std::process::Output {
+    use std::io::Read;
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = r.read_to_end(&mut b);
+            b
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = std::time::Instant::now() + within;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break Some(st);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    match status {
+        Some(status) => std::process::Output {
+            status,
+            stdout,
+            stderr,
+        },
+        None => panic!(
+            "{what} did not end within {within:?} (killed); it printed:\n{}\n{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        ),
+    }
+}
+
 pub struct Sidecar {
     pub child: Child,
     pub base: String,
+    /// Where its stderr goes; its tail is printed when a test fails.
+    pub log: PathBuf,
 }
 
 impl Sidecar {
@@ -77,9 +143,13 @@ impl Sidecar {
         let s = Sidecar {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            log: cfg.with_extension("log"),
         };
         let mut s = s;
-        let c = reqwest::Client::new();
+        let c = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("http client");
         for _ in 0..300 {
             // A crash point may stop it while it catches up, before it answers.
             if !env.is_empty() && s.exited() {
@@ -138,7 +208,7 @@ impl Sidecar {
 
     /// `GET /v1/cursors`.
     pub async fn cursors(&self) -> serde_json::Value {
-        reqwest::Client::new()
+        client()
             .get(format!("{}/v1/cursors", self.base))
             .send()
             .await
@@ -180,9 +250,25 @@ impl Sidecar {
     }
 }
 
+impl Sidecar {
+    /// The last `bytes` of its log.
+    pub fn log_tail(&self, bytes: usize) -> String {
+        let log = std::fs::read(&self.log).unwrap_or_default();
+        String::from_utf8_lossy(&log[log.len().saturating_sub(bytes)..]).into_owned()
+    }
+}
+
 impl Drop for Sidecar {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what its sidecar said.
+        if std::thread::panicking() {
+            eprintln!(
+                "--- the end of {} (the sidecar's log) ---\n{}",
+                self.log.display(),
+                self.log_tail(6000)
+            );
+        }
     }
 }

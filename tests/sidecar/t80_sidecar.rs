@@ -6,14 +6,16 @@ use crate::skip;
 
 use std::process::Command;
 
-use sidecar::{Sidecar, bin, dir_config, free_port};
+use sidecar::{Sidecar, bin, dir_config, free_port, run_within};
+
+/// How long one client command may take before the test fails.
+const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn run(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run walship");
+    let out = run_within(
+        Command::new(bin()).args(args).current_dir(dir),
+        COMMAND_TIMEOUT,
+    );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -370,7 +372,7 @@ async fn verify_replay_and_log_from_the_command_line() {
 
 /// Writes `n` puts `doc/{i}` with a value that names its seq, in async mode.
 async fn put_numbered(base: &str, n: usize) {
-    let c = reqwest::Client::new();
+    let c = sidecar::client();
     for i in 1..=n {
         let r = c
             .put(format!("{base}/v1/objects/doc/{i}?mode=async"))
@@ -503,26 +505,65 @@ async fn a_log_that_got_shorter_is_refused_and_repair_moves_on_without_reusing_s
                         break;
                     }
                     if err.contains("damaged beyond what sled can recover") {
+                        // walship writes nothing; sled's recovery zeroes a
+                        // torn segment before it gives up, and the error
+                        // says it may have.
                         assert!(
-                            std::fs::read(file).expect("read sled file") == flipped,
-                            "a log sled cannot recover is refused without a change"
+                            std::fs::read(file).expect("read sled file") == flipped
+                                || err.contains("may have zeroed the torn part"),
+                            "a log sled cannot recover changed, and the refusal does not say so: {err}"
                         );
                     }
                     let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
                     tried.push(format!("{name:?} offset {i}: exit {code}: {err}"));
                 }
+                // Each copy alone was read past (another copy held the
+                // entry): all of them at once.
+                let mut all_at_once = false;
+                if refused.is_none() && at.len() > 1 {
+                    let _ = std::fs::remove_dir_all(dir.join("data"));
+                    copy_dir(&pristine, &dir.join("data"));
+                    for f in &files {
+                        let Ok(mut content) = std::fs::read(f) else {
+                            continue;
+                        };
+                        let mut changed = false;
+                        for (g, _, i) in &at {
+                            if g == f {
+                                content[i + 3] ^= 0x20;
+                                changed = true;
+                            }
+                        }
+                        if changed {
+                            std::fs::write(f, &content).expect("write sled file");
+                        }
+                    }
+                    let (code, err) = serve_once(&cfg);
+                    if code == 1 && err.contains("are missing") {
+                        refused = Some((code, err));
+                    } else {
+                        tried.push(format!("every copy at once: exit {code}: {err}"));
+                        all_at_once = true;
+                    }
+                }
+                // The outcome that counts: all copies at once, if tried.
+                let outcome = if all_at_once {
+                    &tried[tried.len() - 1..]
+                } else {
+                    &tried[..]
+                };
                 match refused {
                     Some(r) => r,
                     // Every copy hit sled's own page state: sled cannot
                     // recover the file at all. That is refused too, as a
                     // damaged log, changing nothing; repair needs a log that
                     // opens, so this damage ends here.
-                    None if tried.iter().all(|t| {
+                    None if outcome.iter().all(|t| {
                         t.contains("exit 1") && t.contains("damaged beyond what sled can recover")
                     }) =>
                     {
                         eprintln!(
-                            "{damage}: sled could not recover the file at all ({} copies tried); refused as damaged",
+                            "{damage}: sled could not recover the file at all ({} tries); refused as damaged",
                             tried.len()
                         );
                         continue;
@@ -581,7 +622,7 @@ async fn a_log_that_got_shorter_is_refused_and_repair_moves_on_without_reusing_s
         );
 
         let sc = Sidecar::start(&cfg, port).await;
-        let c = reqwest::Client::new();
+        let c = sidecar::client();
         let v: serde_json::Value = c
             .put(format!("{}/v1/objects/after-repair?mode=sync", sc.base))
             .body("new")
@@ -617,7 +658,7 @@ async fn keys_a_local_directory_cannot_hold_are_refused_and_stall_nothing() {
     let (root, port, cfg) = three_dirs("sync");
     let dir = root.path();
     let sc = Sidecar::start(&cfg, port).await;
-    let c = reqwest::Client::new();
+    let c = sidecar::client();
     let put = |k: String| {
         let c = c.clone();
         let url = format!("{}/v1/objects/{k}", sc.base);
@@ -699,20 +740,21 @@ fn the_python_package_passes_its_tests_against_this_binary() {
         skip::skip(&why);
         return;
     }
-    let out = Command::new(&py)
-        .args([
-            "-m",
-            "pytest",
-            "-rs",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "tests",
-        ])
-        .current_dir(repo.join("python"))
-        .env("WALSHIP_BIN", bin())
-        .output()
-        .expect("run pytest");
+    let out = run_within(
+        Command::new(&py)
+            .args([
+                "-m",
+                "pytest",
+                "-rs",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "tests",
+            ])
+            .current_dir(repo.join("python"))
+            .env("WALSHIP_BIN", bin()),
+        std::time::Duration::from_secs(900),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let summary = stdout.lines().last().unwrap_or("");
     eprintln!("python/tests: {summary}");
@@ -752,7 +794,7 @@ async fn a_memory_target_is_full_again_after_a_restart() {
     assert_eq!(r2["cursor"], 5, "{v}");
     // Every key is readable from it: pause the others' reads by asking for
     // `any` until replica-2 serves one (nearest/any pick at random).
-    let c = reqwest::Client::new();
+    let c = sidecar::client();
     let mut served_by_r2 = 0;
     for _ in 0..60 {
         let r = c
@@ -1002,7 +1044,7 @@ async fn a_full_data_dir_answers_507_and_resumes_by_itself_once_space_is_freed()
     let room = free(&data).saturating_sub(5 << 20);
     std::fs::write(&filler, vec![0u8; room as usize]).expect("filler");
 
-    let c = reqwest::Client::new();
+    let c = sidecar::client();
     let mut acked: Vec<(String, u64)> = Vec::new();
     let mut full = None;
     for i in 0..4000 {
@@ -1144,7 +1186,7 @@ async fn a_disk_filled_while_a_replica_catches_up_heals_without_a_write() {
     let data = dir.join("data");
     let (code, _, err) = run(&["pause", "replica-2"], dir);
     assert_eq!(code, 0, "{err}");
-    let c = reqwest::Client::new();
+    let c = sidecar::client();
     // Long keys: replica-2's version records (kept in sled for a local
     // directory) must outgrow what sled can still write in place.
     let n: u64 = 3000;
@@ -1247,7 +1289,10 @@ async fn a_large_write_on_a_full_data_dir_answers_507_and_nothing_hangs() {
         .expect("the large write is answered");
     assert_eq!(r.status(), 507, "the data dir is full");
     let body = r.text().await.expect("body");
-    assert!(body.contains("free"), "the answer says what to do: {body}");
+    assert!(
+        body.to_lowercase().contains("free space"),
+        "the answer says what to do: {body}"
+    );
     // Everything else is still answered (507: below the reserve).
     let r = c
         .put(format!("{}/v1/objects/small", sc.base))
@@ -1257,24 +1302,100 @@ async fn a_large_write_on_a_full_data_dir_answers_507_and_nothing_hangs() {
         .expect("a small write is answered, not hung");
     assert_eq!(r.status(), 507);
     sc.wait_caught_up(std::time::Duration::from_secs(30)).await;
+    // A replay while the data dir is full: refused with the reason, or
+    // taken, and then `--execute` waits for shipping, which needs room in
+    // data_dir too: the wait says why it is not moving, and ends once
+    // space is freed.
     let before = sc.cursor_of("replica-2").await;
-    let (code, out, err) = run(&["replay", "replica-2", "--from", "1", "--execute"], dir);
-    if code == 0 {
-        eprintln!(
-            "a_large_write_on_a_full_data_dir: sled still had room for the replay's records, which was taken ({out}); the refused-replay path was not exercised this run"
-        );
-    } else {
+    let out = std::fs::File::create(dir.join("replay.out")).expect("out");
+    let mut replay = Command::new(bin())
+        .args(["replay", "replica-2", "--from", "1", "--execute"])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().expect("out"))
+        .stderr(out)
+        .spawn()
+        .expect("run walship replay");
+    let said = || std::fs::read_to_string(dir.join("replay.out")).unwrap_or_default();
+    let deadline = std::time::Instant::now() + COMMAND_TIMEOUT;
+    let ended = loop {
+        if let Some(st) = replay.try_wait().expect("wait") {
+            break Some(st);
+        }
+        if said().contains("shipping to it fails with") {
+            break None;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = replay.kill();
+            let _ = replay.wait();
+            panic!(
+                "the replay neither ended nor said why it waits within {COMMAND_TIMEOUT:?}:\n{}",
+                said()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let code = match ended {
+        Some(st) if !st.success() => {
+            let err = said();
+            assert!(
+                err.contains("space") || err.contains("full") || err.contains("retry"),
+                "the error says why: {err}"
+            );
+            assert_eq!(
+                sc.cursor_of("replica-2").await,
+                before,
+                "a refused replay moved the cursor"
+            );
+            eprintln!(
+                "a_large_write_on_a_full_data_dir: the replay was refused: {}",
+                err.trim()
+            );
+            1
+        }
+        Some(_) => {
+            eprintln!(
+                "a_large_write_on_a_full_data_dir: sled still had room for the replay and its shipping ({}); the waiting path was not exercised this run",
+                said()
+            );
+            0
+        }
+        None => {
+            assert!(
+                said().contains("full"),
+                "the waiting replay names the full data dir: {}",
+                said()
+            );
+            eprintln!(
+                "a_large_write_on_a_full_data_dir: the replay was taken and waits: {}",
+                said().trim()
+            );
+            0
+        }
+    };
+    std::fs::remove_file(&filler).expect("free the space");
+    if ended.is_none() {
+        let deadline = std::time::Instant::now() + COMMAND_TIMEOUT;
+        let st = loop {
+            if let Some(st) = replay.try_wait().expect("wait") {
+                break st;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = replay.kill();
+                let _ = replay.wait();
+                panic!(
+                    "the waiting replay did not end within {COMMAND_TIMEOUT:?} of freeing space:\n{}",
+                    said()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
         assert!(
-            err.contains("space") || err.contains("full") || err.contains("retry"),
-            "the error says why: {err}"
-        );
-        assert_eq!(
-            sc.cursor_of("replica-2").await,
-            before,
-            "a refused replay moved the cursor"
+            st.success(),
+            "the replay finished once space was freed: {}",
+            said()
         );
     }
-    std::fs::remove_file(&filler).expect("free the space");
     let mut taken = false;
     for _ in 0..50 {
         let r = c
@@ -1319,7 +1440,7 @@ async fn a_target_that_rejects_an_entry_for_good_fails_alone_and_verify_says_so(
     let sc = Sidecar::start(&cfg, port).await;
     let blocker = dir.join("targets/replica-1/doc.json");
     std::fs::create_dir_all(blocker.join("in-the-way")).expect("mkdir");
-    let c = reqwest::Client::new();
+    let c = sidecar::client();
     let put = |k: &str, v: &str| {
         c.put(format!("{}/v1/objects/{k}", sc.base))
             .body(v.to_string())
@@ -1461,12 +1582,13 @@ async fn the_cli_checks_whose_sidecar_answers_and_offline_views_are_faithful() {
         anywhere,
     );
     assert_eq!(code, 0, "{err}");
-    let out = Command::new(bin())
-        .args(["cursors", "--addr", &addr])
-        .env("WALSHIP_TOKEN", "s3cret")
-        .current_dir(anywhere)
-        .output()
-        .expect("run");
+    let out = run_within(
+        Command::new(bin())
+            .args(["cursors", "--addr", &addr])
+            .env("WALSHIP_TOKEN", "s3cret")
+            .current_dir(anywhere),
+        COMMAND_TIMEOUT,
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -1481,21 +1603,22 @@ async fn serve_logs_one_json_object_a_line_when_asked() {
     let (root, port, cfg) = three_dirs("async");
     let dir = root.path();
     let log = dir.join("serve.log");
-    let mut child = Command::new(bin())
+    let child = Command::new(bin())
         .args(["serve", "--log-format", "json", "--config"])
         .arg(&cfg)
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("spawn");
+    let sc = Sidecar {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        log: log.clone(),
+    };
     assert!(
-        sidecar::answers(&format!("http://127.0.0.1:{port}"), 200).await,
+        sidecar::answers(&sc.base, 200).await,
         "walship did not start"
     );
-    // SAFETY: sending a signal to our own child process.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-    }
-    assert!(child.wait().expect("wait").success());
+    assert!(sc.term().success());
     let text = std::fs::read_to_string(&log).expect("read");
     assert!(text.lines().count() >= 2, "{text}");
     for line in text.lines() {
@@ -1626,7 +1749,7 @@ async fn restore_writes_the_objects_as_they_stood_into_another_store() {
     let (root, port, cfg) = three_dirs("sync");
     let dir = root.path();
     let sc = Sidecar::start(&cfg, port).await;
-    let c = reqwest::Client::new();
+    let c = sidecar::client();
     let put = |k: &str, v: &str| {
         c.put(format!("{}/v1/objects/{k}", sc.base))
             .body(v.to_string())
@@ -1870,7 +1993,7 @@ async fn deploy_files_pass_their_checkers_and_prometheus_alerts() {
             return;
         }
     };
-    let c = reqwest::Client::new();
+    let c = sidecar::client();
     let api = format!("http://127.0.0.1:{prom_port}/api/v1");
     let mut lag_seen = false;
     let mut fired = false;
@@ -1972,7 +2095,7 @@ async fn the_container_image_builds_and_serves() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("buildah run");
-    let c = reqwest::Client::new();
+    let c = sidecar::client();
     let base = format!("http://127.0.0.1:{port}");
     let up = sidecar::answers(&base, 400).await;
     let put = if up {
@@ -2066,11 +2189,10 @@ fn serve_refuses_an_s3_listen_address_in_use() {
         "\n[s3]\nlisten = \"{addr}\"\nsecret_access_key_file = \"s3-secret\"\n[[s3.buckets]]\nname = \"results\"\n"
     ));
     std::fs::write(&cfg, text).expect("config");
-    let out = Command::new(bin())
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .output()
-        .expect("serve");
+    let out = run_within(
+        Command::new(bin()).args(["serve", "--config"]).arg(&cfg),
+        COMMAND_TIMEOUT,
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),

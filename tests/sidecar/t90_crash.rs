@@ -36,7 +36,7 @@ async fn kill_minus_nine_at_random_moments_loses_no_acknowledged_write() {
             let acked = acked.clone();
             let mode = ["sync", "semi_sync", "async"][w % 3];
             tasks.push(tokio::spawn(async move {
-                let c = reqwest::Client::new();
+                let c = sidecar::client();
                 for i in 0.. {
                     let key = format!("r{round}/w{w}/{i}");
                     let value = format!("{key}:{}", "x".repeat(i % 300));
@@ -143,7 +143,7 @@ async fn aborts_inside_append_flush_cursor_persist_and_shipping_lose_nothing() {
             let base = sc.base.clone();
             let acked = acked.clone();
             tasks.push(tokio::spawn(async move {
-                let c = reqwest::Client::new();
+                let c = sidecar::client();
                 for i in 0..200 {
                     let key = format!("p{round}/w{w}/{i}");
                     let value = format!("{key}={i}");
@@ -233,7 +233,7 @@ async fn a_replay_killed_midway_finishes_as_a_replay_after_restart() {
     let cfg = root.path().join("walship.toml");
     std::fs::write(&cfg, dir_config(root.path(), port, "sync")).expect("config");
     let sc = Sidecar::start(&cfg, port).await;
-    let c = reqwest::Client::new();
+    let c = sidecar::client();
     let keys = 40;
     for i in 0..keys {
         let r = c
