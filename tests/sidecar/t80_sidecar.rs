@@ -1435,6 +1435,69 @@ async fn a_large_write_on_a_full_data_dir_answers_507_and_nothing_hangs() {
     assert!(sc.term().success());
 }
 
+/// `replay --execute` waits for the target; while shipping to it fails
+/// (its directory replaced by a file), the wait says why on stderr, and
+/// it ends 0 once the target takes the entries again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_cannot_ship_says_why_it_waits_and_ends_once_it_can() {
+    let (root, port, cfg) = three_dirs("async");
+    let dir = root.path();
+    let sc = Sidecar::start(&cfg, port).await;
+    let c = sidecar::client();
+    for i in 1..=3 {
+        let r = c
+            .put(format!("{}/v1/objects/k{i}", sc.base))
+            .body(format!("v{i}"))
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(r.status(), 200);
+    }
+    sc.wait_caught_up(std::time::Duration::from_secs(30)).await;
+    let r2 = dir.join("targets/replica-2");
+    let away = dir.join("replica-2.away");
+    std::fs::rename(&r2, &away).expect("move replica-2 away");
+    std::fs::write(&r2, "a file where the replica's directory was").expect("block");
+    let out = std::fs::File::create(dir.join("replay.out")).expect("out");
+    let mut replay = Command::new(bin())
+        .args(["replay", "replica-2", "--from", "1", "--execute"])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().expect("out"))
+        .stderr(out)
+        .spawn()
+        .expect("run walship replay");
+    let said = || std::fs::read_to_string(dir.join("replay.out")).unwrap_or_default();
+    let ended = wait_child(&mut replay, || said().contains("shipping to it fails with"))
+        .unwrap_or_else(|| panic!("the replay did not say why it waits:\n{}", said()));
+    assert!(
+        ended.is_none(),
+        "the replay ended while the target was blocked: {}",
+        said()
+    );
+    let text = said();
+    assert!(
+        text.contains("replica-2 is not done yet (cursor 0 of 3)") && text.contains("Ctrl-C"),
+        "the wait names the target, where it is and what to do: {text}"
+    );
+    std::fs::remove_file(&r2).expect("unblock");
+    std::fs::rename(&away, &r2).expect("move replica-2 back");
+    let st = wait_child(&mut replay, || false)
+        .flatten()
+        .unwrap_or_else(|| {
+            panic!(
+                "the replay did not end once the target was back:\n{}",
+                said()
+            )
+        });
+    assert!(st.success(), "{}", said());
+    assert_eq!(
+        std::fs::read_to_string(r2.join("k3")).expect("k3 on replica-2"),
+        "v3"
+    );
+    assert!(sc.term().success());
+}
+
 /// Guarantee 11, after the door: a target that rejects an entry for good
 /// (here a directory made by hand where the key's file must go) goes
 /// `failed` naming the seq and the key, the other targets go on, `verify`
