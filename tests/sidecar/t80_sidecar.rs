@@ -23,6 +23,25 @@ fn run(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
     )
 }
 
+/// Starts `walship ARGS` in `dir`, its stdout and stderr both to one file:
+/// (the child, that file's path).
+fn in_background(
+    args: &[&str],
+    dir: &std::path::Path,
+) -> (std::process::Child, std::path::PathBuf) {
+    let path = dir.join(format!("{}.out", args[0]));
+    let out = std::fs::File::create(&path).expect("output file");
+    let child = Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().expect("output file"))
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting walship {args:?}: {e}"));
+    (child, path)
+}
+
 /// Waits for `child` to end (`Some(Some(status))`) or for `enough` to
 /// hold (`Some(None)`), at most [`COMMAND_TIMEOUT`]; past that the child is
 /// killed and the answer is `None`.
@@ -1331,16 +1350,9 @@ async fn a_large_write_on_a_full_data_dir_answers_507_and_nothing_hangs() {
     // data_dir too: the wait says why it is not moving, and ends once
     // space is freed.
     let before = sc.cursor_of("replica-2").await;
-    let out = std::fs::File::create(dir.join("replay.out")).expect("out");
-    let mut replay = Command::new(bin())
-        .args(["replay", "replica-2", "--from", "1", "--execute"])
-        .current_dir(dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(out.try_clone().expect("out"))
-        .stderr(out)
-        .spawn()
-        .expect("run walship replay");
-    let said = || std::fs::read_to_string(dir.join("replay.out")).unwrap_or_default();
+    let (mut replay, said) =
+        in_background(&["replay", "replica-2", "--from", "1", "--execute"], dir);
+    let said = || std::fs::read_to_string(&said).unwrap_or_default();
     let ended = wait_child(&mut replay, || said().contains("shipping to it fails with"))
         .unwrap_or_else(|| {
             panic!(
@@ -1458,16 +1470,9 @@ async fn a_replay_that_cannot_ship_says_why_it_waits_and_ends_once_it_can() {
     let away = dir.join("replica-2.away");
     std::fs::rename(&r2, &away).expect("move replica-2 away");
     std::fs::write(&r2, "a file where the replica's directory was").expect("block");
-    let out = std::fs::File::create(dir.join("replay.out")).expect("out");
-    let mut replay = Command::new(bin())
-        .args(["replay", "replica-2", "--from", "1", "--execute"])
-        .current_dir(dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(out.try_clone().expect("out"))
-        .stderr(out)
-        .spawn()
-        .expect("run walship replay");
-    let said = || std::fs::read_to_string(dir.join("replay.out")).unwrap_or_default();
+    let (mut replay, said) =
+        in_background(&["replay", "replica-2", "--from", "1", "--execute"], dir);
+    let said = || std::fs::read_to_string(&said).unwrap_or_default();
     let ended = wait_child(&mut replay, || said().contains("shipping to it fails with"))
         .unwrap_or_else(|| panic!("the replay did not say why it waits:\n{}", said()));
     assert!(
