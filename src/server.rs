@@ -66,6 +66,10 @@ fn status_of(e: &Error) -> StatusCode {
         | Error::KeyDoesNotFit { .. } => StatusCode::CONFLICT,
         Error::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
         Error::Target { .. } => StatusCode::BAD_GATEWAY,
+        // A full data_dir met below the committer's check (a cursor or a
+        // replay's record that sled could not write) is still a full disk:
+        // 507, which the client retries once space is freed, not a 500.
+        e if e.is_disk_full() => StatusCode::INSUFFICIENT_STORAGE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -881,5 +885,37 @@ async fn wait_for_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_507_however_it_is_met() {
+        assert_eq!(
+            status_of(&Error::DiskFull("full".into())),
+            StatusCode::INSUFFICIENT_STORAGE
+        );
+        // sled's ENOSPC while persisting a cursor or a replay's record
+        let sled_full = Error::storage(
+            "persisting a cursor",
+            std::path::Path::new("/d"),
+            sled::Error::Io(std::io::Error::from_raw_os_error(libc::ENOSPC)),
+        );
+        assert_eq!(status_of(&sled_full), StatusCode::INSUFFICIENT_STORAGE);
+        let io_full = Error::io(
+            "staging an upload part",
+            std::io::Error::from_raw_os_error(libc::EDQUOT),
+        );
+        assert_eq!(status_of(&io_full), StatusCode::INSUFFICIENT_STORAGE);
+        // any other sled I/O failure stays a 500
+        let eio = Error::storage(
+            "persisting a cursor",
+            std::path::Path::new("/d"),
+            sled::Error::Io(std::io::Error::from_raw_os_error(libc::EIO)),
+        );
+        assert_eq!(status_of(&eio), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

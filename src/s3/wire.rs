@@ -78,6 +78,13 @@ pub(super) fn s3_error(e: Error) -> S3Error {
             StatusCode::SERVICE_UNAVAILABLE,
             &[("retry-after", "1".into())],
         ),
+        // A full data_dir met below the committer's check is a full disk
+        // too: retried like `DiskFull`, not an internal error.
+        e if e.is_disk_full() => with_status(
+            err(S3ErrorCode::ServiceUnavailable, msg),
+            StatusCode::SERVICE_UNAVAILABLE,
+            &[("retry-after", "1".into())],
+        ),
         _ => err(S3ErrorCode::InternalError, msg),
     }
 }
@@ -378,6 +385,14 @@ mod tests {
             s3_error(Error::ShuttingDown).code(),
             &S3ErrorCode::ServiceUnavailable
         );
+        // ENOSPC from sled (a cursor or replay record) is a full disk too.
+        let full = s3_error(Error::storage(
+            "persisting a cursor",
+            std::path::Path::new("/d"),
+            sled::Error::Io(std::io::Error::from_raw_os_error(libc::ENOSPC)),
+        ));
+        assert_eq!(full.code(), &S3ErrorCode::ServiceUnavailable);
+        assert_eq!(full.status_code(), Some(StatusCode::SERVICE_UNAVAILABLE));
         assert_eq!(
             s3_error(Error::TooLarge { size: 2, max: 1 }).code(),
             &S3ErrorCode::EntityTooLarge
