@@ -105,6 +105,7 @@ async fn catch_up(n: usize, distinct: usize) -> Duration {
 fn reopen_child(data: &std::path::Path, n: usize) {
     // As the `walship` binary does.
     walship::tune_allocator();
+    walship::trim_allocator_every(walship::TRIM_INTERVAL);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

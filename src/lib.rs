@@ -120,3 +120,37 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
+
+/// How often [`trim_allocator_every`]'s thread hands freed memory back.
+pub const TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Starts a thread that hands the allocator's freed memory back to the
+/// kernel every `every` (glibc's `malloc_trim`, which also releases free
+/// pages inside its arenas, not only at their tops). Under sustained
+/// writes glibc otherwise keeps what sled's buffers and the requests freed
+/// mapped: the sidecar's resident size sat tens of MiB above its live heap
+/// (measured in `benches/rss.rs`). The `walship` binary calls this with
+/// [`TRIM_INTERVAL`] unless `WALSHIP_MALLOC_TRIM=0` (the bench's
+/// baseline). A no-op off glibc, and when the thread cannot be started.
+pub fn trim_allocator_every(every: std::time::Duration) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let started = std::thread::Builder::new()
+            .name("walship-trim".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(every);
+                    // SAFETY: malloc_trim only returns free memory to the
+                    // kernel; it is thread-safe and leaves live blocks alone.
+                    unsafe {
+                        libc::malloc_trim(0);
+                    }
+                }
+            });
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "cannot start the allocator's trim thread; the resident size may stay above the live heap");
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = every;
+}

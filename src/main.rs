@@ -21,6 +21,9 @@ fn main() {
         walship::cli::LogFormat::Json => fmt.json().init(),
         walship::cli::LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
     }
+    if std::env::var_os("WALSHIP_MALLOC_TRIM").is_none_or(|v| v != "0") {
+        walship::trim_allocator_every(walship::TRIM_INTERVAL);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

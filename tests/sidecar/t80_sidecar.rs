@@ -2313,3 +2313,38 @@ fn the_cli_refuses_an_answer_it_does_not_understand() {
     assert_ne!(code, 0, "stdout: {out}");
     assert!(err.contains("missing field"), "{err}");
 }
+
+/// The names of a process's threads, from /proc.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|t| t.ok())
+                .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                .map(|n| n.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_hands_freed_memory_back_unless_told_not_to() {
+    // What keeps its resident size near the live heap (benches/rss.rs).
+    let root = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let cfg = root.path().join("walship.toml");
+    std::fs::write(&cfg, dir_config(root.path(), port, "async")).expect("config");
+    let sc = Sidecar::start(&cfg, port).await;
+    let names = thread_names(sc.child.id());
+    assert!(
+        names.iter().any(|n| n == "walship-trim"),
+        "no allocator trim thread among {names:?}"
+    );
+    assert!(sc.term().success());
+    let sc = Sidecar::start_with_env(&cfg, port, &[("WALSHIP_MALLOC_TRIM", "0".into())]).await;
+    let names = thread_names(sc.child.id());
+    assert!(
+        !names.is_empty() && !names.iter().any(|n| n == "walship-trim"),
+        "WALSHIP_MALLOC_TRIM=0 still trims: {names:?}"
+    );
+    assert!(sc.term().success());
+}
