@@ -22,6 +22,11 @@
 //!               └─────────────────────────────────────────────────┘
 //! ```
 //!
+//! A command that panics (a bug) is cut short there: its caller gets an
+//! error that says so (not `ShuttingDown`), the target's error shows it,
+//! and the owner takes the next command. So one bad command never leaves a
+//! target that no later pause, resume or resync can reach.
+//!
 //! Commands for different targets run concurrently; what spans targets
 //! (the acting primary, failover) is the manager's (`Replicator::manage`).
 //! A pause or a resync, which the acting primary may not take, is decided
@@ -31,6 +36,7 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -71,6 +77,9 @@ pub(super) enum Command {
     /// The log passed `max_log_bytes` during a resync: its hand-over point
     /// moves to `to`, and the copy starts over there.
     MoveResyncFloor { to: u64, reply: Reply<()> },
+    /// Panics on the owner, as a bug in a command would (tests only).
+    #[cfg(feature = "testing")]
+    Panic(Reply<()>),
 }
 
 impl Replicator {
@@ -85,7 +94,27 @@ impl Replicator {
             .send(command(tx))
             .await
             .map_err(|_| Error::ShuttingDown)?;
-        rx.await.map_err(|_| Error::ShuttingDown)?
+        rx.await.map_err(|_| {
+            if self.cancel.is_cancelled() {
+                Error::ShuttingDown
+            } else {
+                // The owner lives on (see `run`); this command did not.
+                Error::io(
+                    format!("a command on target {}", t.name()),
+                    std::io::Error::other(
+                        "it failed unexpectedly (a panic, in the sidecar's log) and may not have been carried out; \
+                         look with `walship cursors`, and try again: the target's other commands still run",
+                    ),
+                )
+            }
+        })?
+    }
+
+    /// Makes `name`'s owner panic in a command, as a bug would (tests only).
+    #[cfg(feature = "testing")]
+    pub async fn panic_in_owner(&self, name: &str) -> Result<()> {
+        let t = self.target(name)?;
+        self.ask(t, Command::Panic).await
     }
 }
 
@@ -109,7 +138,11 @@ fn panic_text(e: tokio::task::JoinError) -> String {
     if !e.is_panic() {
         return "it was cancelled".into();
     }
-    let payload = e.into_panic();
+    payload_text(e.into_panic().as_ref())
+}
+
+/// A panic's message.
+fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -162,10 +195,24 @@ pub(super) async fn run(
             command = mailbox.recv() => {
                 let Some(command) = command else { break };
                 let Some(r) = me.upgrade() else { break };
-                if r.handle(&t, command).await && resync.is_none() {
-                    resync_again = None;
-                    resync_delay = RESYNC_FIRST_BACKOFF;
-                    resync = Some(attempt(&r, &t, &mut resync_start));
+                // A command that panics (a bug) ends, its caller is told,
+                // and the owner goes on: the target's later commands, its
+                // shipper and its resync must not die with it.
+                match std::panic::AssertUnwindSafe(r.handle(&t, command)).catch_unwind().await {
+                    Ok(true) if resync.is_none() => {
+                        resync_again = None;
+                        resync_delay = RESYNC_FIRST_BACKOFF;
+                        resync = Some(attempt(&r, &t, &mut resync_start));
+                    }
+                    Ok(_) => {}
+                    Err(payload) => {
+                        let msg = format!(
+                            "a command panicked ({}); the target's owner goes on with the next",
+                            payload_text(payload.as_ref())
+                        );
+                        tracing::error!(target = %t.name(), error = %msg, "command panicked");
+                        t.record_failure(&msg);
+                    }
                 }
             }
             result = ended(&mut shipping) => {
@@ -276,6 +323,8 @@ impl Replicator {
                 let _ = reply.send(Ok(()));
                 false
             }
+            #[cfg(feature = "testing")]
+            Command::Panic(_reply) => panic!("injected panic in a command on the owner"),
         }
     }
 }

@@ -261,3 +261,38 @@ async fn a_shipper_that_panics_is_restarted_and_its_target_catches_up() {
     let r1 = r.targets.iter().find(|t| t.name == "r1").expect("r1");
     assert_eq!(r1.error, None, "the error clears once shipping succeeds");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_panics_is_reported_and_the_targets_owner_goes_on() {
+    let rig = Rig::new(1, "async", 1, 5.0).await;
+    let err = rig
+        .rep
+        .panic_in_owner("r1")
+        .await
+        .expect_err("a command that panicked cannot answer Ok");
+    let text = err.to_string();
+    assert!(
+        !matches!(err, walship::Error::ShuttingDown)
+            && text.contains("r1")
+            && text.contains("try again"),
+        "the answer must say the command failed, not that walship is shutting down: {text}"
+    );
+    // The owner lives on: its commands are carried out and the shipper ships.
+    assert_eq!(
+        rig.rep.pause("r1").await.expect("pause"),
+        TargetState::Paused
+    );
+    rig.rep
+        .put(&key("while-paused"), Bytes::from("p"), None)
+        .await
+        .expect("async put");
+    assert_eq!(
+        rig.rep.resume("r1").await.expect("resume"),
+        TargetState::Active
+    );
+    rig.wait_caught_up(Duration::from_secs(10)).await;
+    assert_eq!(
+        rig.object("r1", "while-paused").await,
+        Some(Bytes::from("p"))
+    );
+}
