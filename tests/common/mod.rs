@@ -230,6 +230,21 @@ impl Rig {
     }
 
     /// Waits (at most 10 s) until `f` holds for the cursors report.
+    /// Waits (at most 10 s) until walship has written its marker to
+    /// `target`: the one write to it that is not an entry. A test that
+    /// counts a target's failed writes starts its fault after this.
+    pub async fn wait_marked(&self, target: &str) {
+        let marker = object_store::path::Path::from(".walship/target.json");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.stores[target].head(&marker).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "walship did not mark {target} within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn wait_until(&self, f: impl Fn(&walship::status::CursorsReport) -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
