@@ -653,28 +653,17 @@ impl Replicator {
     }
 
     /// Plans (and with `execute`, performs) a replay of `name` from `from`.
+    ///
+    /// The plan (where `from` is in the log, and a scan of what follows
+    /// it) is read here, off the target's owner: a scan of a long log
+    /// must not hold the owner's other commands (a pause, the manager's
+    /// resync) behind it. Only the execution, which moves the cursor, is
+    /// the owner's; it checks the plan against the log and the target's
+    /// state again.
     pub async fn replay(&self, name: &str, from: ReplayFrom, execute: bool) -> Result<ReplayPlan> {
         let t = self.target(name)?;
-        self.ask(t, |reply| super::owner::Command::Replay {
-            from,
-            execute,
-            reply,
-        })
-        .await
-    }
-
-    /// [`Replicator::replay`], on the target's owner.
-    pub(super) async fn replay_now(
-        &self,
-        t: &Arc<TargetHandle>,
-        from: ReplayFrom,
-        execute: bool,
-    ) -> Result<ReplayPlan> {
-        let name = t.name();
-        let t = t.clone();
         let storage = self.log.storage().clone();
         let head = self.log.head();
-        let first = self.log.first();
         let seq = match from {
             ReplayFrom::Seq(s) => s,
             ReplayFrom::Since(ts) => {
@@ -686,6 +675,48 @@ impl Replicator {
                     })??
             }
         };
+        self.replay_checks(t, seq, head)?;
+        #[cfg(feature = "testing")]
+        let _held = self.replay_scans.clone().read_owned().await;
+        let (entries, bytes, keys) = tokio::task::spawn_blocking(move || {
+            let mut n = 0u64;
+            let mut b = 0u64;
+            let mut keys = HashSet::new();
+            storage.scan(seq, head, &mut |s, rec| {
+                n += 1;
+                b += rec.len() as u64;
+                if let Ok(e) = crate::codec::decode(s, rec) {
+                    keys.insert(e.key);
+                }
+                true
+            })?;
+            Ok::<_, Error>((n, b, keys.len() as u64))
+        })
+        .await
+        .map_err(|e| Error::io("planning the replay", std::io::Error::other(e)))??;
+        if execute {
+            self.ask(t, |reply| super::owner::Command::Replay {
+                seq,
+                head,
+                reply,
+            })
+            .await?;
+        }
+        Ok(ReplayPlan {
+            target: name.to_string(),
+            from: seq,
+            to: head,
+            entries,
+            bytes,
+            keys,
+            executed: execute,
+        })
+    }
+
+    /// Whether `t` may be replayed from `seq` with the log at `head`.
+    fn replay_checks(&self, t: &TargetHandle, seq: u64, head: u64) -> Result<()> {
+        let name = t.name();
+        let first = self.log.first();
         if seq == 0 {
             return Err(Error::BadRequest(
                 "seqs start at 1; replay from 1 or later".into(),
@@ -703,53 +734,44 @@ impl Replicator {
             )));
         }
         t.step(Event::Replayed)?;
-        let (entries, bytes, keys) = tokio::task::spawn_blocking(move || {
-            let mut n = 0u64;
-            let mut b = 0u64;
-            let mut keys = HashSet::new();
-            storage.scan(seq, head, &mut |s, rec| {
-                n += 1;
-                b += rec.len() as u64;
-                if let Ok(e) = crate::codec::decode(s, rec) {
-                    keys.insert(e.key);
-                }
-                true
-            })?;
-            Ok::<_, Error>((n, b, keys.len() as u64))
-        })
-        .await
-        .map_err(|e| Error::io("planning the replay", std::io::Error::other(e)))??;
-        let plan = ReplayPlan {
-            target: name.to_string(),
-            from: seq,
-            to: head,
-            entries,
-            bytes,
-            keys,
-            executed: execute,
-        };
-        if execute {
-            // A repair: this log's versions go over whatever is there. The
-            // intent is durable with the moved-back cursor (one sync),
-            // before anything ships.
-            let until = t.force_until.load(Ordering::Acquire).max(head);
-            let offset = self.log.offset_of(seq - 1)?;
-            self.change_state(
-                &t,
-                Event::Replayed,
-                |r| {
-                    r.replay_until = until;
-                    r.cursor = seq - 1;
-                    r.offset = Some(offset);
-                },
-                || {
-                    t.force_until.fetch_max(until, Ordering::AcqRel);
-                    t.reset(seq - 1, offset);
-                },
-            )?;
-            tracing::info!(target = %name, from = seq, to = head, entries, "replay: cursor moved back");
-        }
-        Ok(plan)
+        Ok(())
+    }
+
+    /// Holds every replay's scan until the guard is dropped (tests only:
+    /// what a long log's scan does to the owner's other commands).
+    #[cfg(feature = "testing")]
+    pub async fn hold_replay_scans(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.replay_scans.clone().write_owned().await
+    }
+
+    /// [`Replicator::replay`]'s execution, on the target's owner: the
+    /// cursor moves back to `seq - 1`, and entries up to `head` are
+    /// written over whatever the target holds.
+    pub(super) fn replay_now(&self, t: &Arc<TargetHandle>, seq: u64, head: u64) -> Result<()> {
+        // Checked again: the log may have been truncated past `seq`, or
+        // the target's state changed, since the plan was read.
+        self.replay_checks(t, seq, head)?;
+        let name = t.name();
+        // A repair: this log's versions go over whatever is there. The
+        // intent is durable with the moved-back cursor (one sync),
+        // before anything ships.
+        let until = t.force_until.load(Ordering::Acquire).max(head);
+        let offset = self.log.offset_of(seq - 1)?;
+        self.change_state(
+            t,
+            Event::Replayed,
+            |r| {
+                r.replay_until = until;
+                r.cursor = seq - 1;
+                r.offset = Some(offset);
+            },
+            || {
+                t.force_until.fetch_max(until, Ordering::AcqRel);
+                t.reset(seq - 1, offset);
+            },
+        )?;
+        tracing::info!(target = %name, from = seq, to = head, "replay: cursor moved back");
+        Ok(())
     }
 
     /// Verifies the log and the targets (all, or the one named).

@@ -108,6 +108,9 @@ pub struct Replicator {
     /// The first `file://` target, whose paths limit keys (guarantee 11).
     file_target: Option<String>,
     in_flight: crate::keyfit::InFlight,
+    /// Held by a test to stop replays' scans (`hold_replay_scans`).
+    #[cfg(feature = "testing")]
+    replay_scans: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Replicator {
@@ -209,6 +212,8 @@ impl Replicator {
             owners,
             file_target,
             in_flight: Default::default(),
+            #[cfg(feature = "testing")]
+            replay_scans: Default::default(),
         });
         // A resync cut short by a restart starts again; a target whose
         // cursor is below the oldest kept entry is resynced, never skipped.

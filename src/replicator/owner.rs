@@ -42,7 +42,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::{ReplayFrom, ReplayPlan, Replicator};
+use super::Replicator;
 use crate::error::{Error, Result};
 use crate::shipper::Shipper;
 use crate::status::TargetState;
@@ -68,11 +68,12 @@ pub(super) enum Command {
     /// `walship resync`, a lost marker, or the log over `max_log_bytes`:
     /// answers the hand-over point.
     StartResync(Reply<u64>),
-    /// `walship replay` (with `execute`, the cursor moves back).
+    /// `walship replay --execute`, planned: the cursor moves back to
+    /// `seq - 1`, and entries up to `head` are written over the target.
     Replay {
-        from: ReplayFrom,
-        execute: bool,
-        reply: Reply<ReplayPlan>,
+        seq: u64,
+        head: u64,
+        reply: Reply<()>,
     },
     /// The log passed `max_log_bytes` during a resync: its hand-over point
     /// moves to `to`, and the copy starts over there.
@@ -310,12 +311,8 @@ impl Replicator {
                 let _ = reply.send(begun.map(|(start, _)| start));
                 started
             }
-            Command::Replay {
-                from,
-                execute,
-                reply,
-            } => {
-                let _ = reply.send(self.replay_now(t, from, execute).await);
+            Command::Replay { seq, head, reply } => {
+                let _ = reply.send(self.replay_now(t, seq, head));
                 false
             }
             Command::MoveResyncFloor { to, reply } => {

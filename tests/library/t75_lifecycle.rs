@@ -295,6 +295,51 @@ async fn verify_names_hand_edits_and_replay_repairs_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_scanning_the_log_holds_no_other_command_of_its_target() {
+    let rig = Rig::new(1, "sync", 1, 1.0).await;
+    put_v(&rig, 10).await;
+    rig.wait_caught_up(Duration::from_secs(10)).await;
+    let calls = rig.fault("r1").calls();
+    // The scan of a long log, made to last until the test lets it go.
+    let hold = rig.rep.hold_replay_scans().await;
+    let rep = rig.rep.clone();
+    let replay = tokio::spawn(async move { rep.replay("r1", ReplayFrom::Seq(1), true).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!replay.is_finished(), "the replay's scan was not held");
+    // The target's owner still takes commands meanwhile. (The bound is
+    // a hang guard: before, these waited for the scan, here for ever.)
+    let paused = tokio::time::timeout(Duration::from_secs(30), rig.rep.pause("r1"))
+        .await
+        .expect("a pause waited behind the replay's scan")
+        .expect("pause");
+    assert_eq!(paused, TargetState::Paused);
+    let resumed = tokio::time::timeout(Duration::from_secs(30), rig.rep.resume("r1"))
+        .await
+        .expect("a resume waited behind the replay's scan")
+        .expect("resume");
+    assert_eq!(resumed, TargetState::Active);
+    assert!(
+        !replay.is_finished(),
+        "the replay ended while its scan was held"
+    );
+    drop(hold);
+    let plan = tokio::time::timeout(Duration::from_secs(30), replay)
+        .await
+        .expect("the replay did not end once its scan was let go")
+        .expect("replay task")
+        .expect("replay");
+    assert!(plan.executed);
+    assert_eq!((plan.from, plan.to, plan.entries), (1, 10, 10));
+    // Executed: the cursor went back and r1 was written to again.
+    rig.wait_caught_up(Duration::from_secs(10)).await;
+    assert!(
+        rig.fault("r1").calls() >= calls + 10,
+        "the replay shipped nothing again"
+    );
+    assert!(rig.rep.verify(Some("r1")).await.expect("verify").ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_below_the_oldest_kept_entry_is_refused_with_a_resync_hint() {
     let rig = Rig::with_top(1, "sync", 1, 1.0, "retention_seconds = 0").await;
     put_v(&rig, 10).await;
