@@ -38,7 +38,21 @@ fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
-fn start(root: &Path, trim: bool) -> (Child, String) {
+/// The sidecar this bench started: stopped (SIGTERM, by its pid) when
+/// dropped, also when the bench panics, so it never outlives the bench.
+struct Started(Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        // SAFETY: SIGTERM to the child this bench started, by its pid.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+fn start(root: &Path, trim: bool) -> (Started, String) {
     let port = free_port();
     // WALSHIP_RSS_CACHE=BYTES: the sidecars' log_cache_bytes (default 32 MiB).
     let cache = std::env::var("WALSHIP_RSS_CACHE")
@@ -70,7 +84,7 @@ fn start(root: &Path, trim: bool) -> (Child, String) {
         cmd.env("WALSHIP_MALLOC_TRIM", "0");
     }
     let child = cmd.spawn().expect("start walship serve");
-    (child, format!("http://127.0.0.1:{port}"))
+    (Started(child), format!("http://127.0.0.1:{port}"))
 }
 
 struct Run {
@@ -80,8 +94,8 @@ struct Run {
 }
 
 async fn run(root: &Path, trim: bool, writes: usize, writers: usize) -> Run {
-    let (mut child, base) = start(root, trim);
-    let pid = child.id();
+    let (child, base) = start(root, trim);
+    let pid = child.0.id();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
@@ -152,11 +166,7 @@ async fn run(root: &Path, trim: bool, writes: usize, writers: usize) -> Run {
     stop.store(true, Ordering::Relaxed);
     sampler.join().expect("sampler");
     let after = rss_kib(pid).unwrap_or(0);
-    // SAFETY: SIGTERM to the child this bench started, by its pid.
-    unsafe {
-        libc::kill(pid as i32, libc::SIGTERM);
-    }
-    let _ = child.wait();
+    drop(child);
     Run {
         per_sec,
         peak_mib: peak.load(Ordering::Relaxed) as f64 / 1024.0,
