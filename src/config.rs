@@ -373,10 +373,7 @@ pub fn s3_problems(s3: &S3Config, p: &mut Vec<String>) {
         ));
     }
     if s3.secret_access_key_file.is_none() && s3.secret_from_env.is_none() {
-        p.push(
-            "s3.secret_access_key_file: not set, and WALSHIP_S3_SECRET_ACCESS_KEY is not either;              every S3 request is signed with the secret, so give one"
-                .into(),
-        );
+        p.push(crate::s3::NO_SECRET.into());
     }
     if s3.region.is_empty()
         || !s3
@@ -1256,6 +1253,10 @@ mod tests {
                 p.iter().any(|l| l.starts_with(want)),
                 "{want:?} missing from {p:#?}"
             );
+        }
+        // A message broken across source lines reads as one sentence.
+        for l in &p {
+            assert!(!l.contains("  "), "a run of spaces in {l:?}");
         }
         let unknown = problems_of("", "[s3]\nsecret_access_key_file = \"s\"\nbukets = 1\n");
         assert!(unknown.iter().any(|l| l.contains("bukets")), "{unknown:?}");

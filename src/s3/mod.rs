@@ -36,6 +36,11 @@ use crate::error::Error;
 use crate::replicator::Replicator;
 
 use buckets::Buckets;
+
+/// The problem named when the S3 API has no secret to check signatures with.
+pub(crate) const NO_SECRET: &str = "s3.secret_access_key_file: not set, and WALSHIP_S3_SECRET_ACCESS_KEY is not either; \
+every S3 request is signed with the secret: write it to a file named by s3.secret_access_key_file, \
+or set WALSHIP_S3_SECRET_ACCESS_KEY";
 use front::Front;
 use listener::Hosts;
 use multipart::Uploads;
@@ -63,7 +68,7 @@ pub fn service(
             .to_string(),
         (None, None) => {
             return Err(Error::Config {
-                problems: vec!["s3.secret_access_key_file: not set, and WALSHIP_S3_SECRET_ACCESS_KEY is not either".into()],
+                problems: vec![NO_SECRET.into()],
             });
         }
     };
