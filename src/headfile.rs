@@ -21,8 +21,10 @@
 //! Layout: two 512-byte slots written in turn (a torn write spoils one
 //! slot, never both); a slot is `b"WSHD"`, `acked` and `committing` as u64
 //! big-endian, and a crc32 of those 20 bytes. The newest valid slot wins.
-//! The file is padded to both slots once, at open, and made durable, so a
-//! record is an overwrite in place: no size, no block, no metadata to sync.
+//! The file is padded to both slots once, at the first record written after
+//! open, and made durable, so a record is an overwrite in place: no size,
+//! no block, no metadata to sync. Opening only reads: a command that only
+//! looks, or an open that refuses, leaves the file as it was (or absent).
 //!
 //! One flush, where the filesystem allows it ([`durability`]): the
 //! record's own fdatasync is a second device cache flush per group, which
@@ -86,7 +88,7 @@ fn decode(b: &[u8]) -> Option<HeadMark> {
 
 /// Reads the record in `bytes` (the whole file): the newest valid slot.
 /// `Err` when the file holds bytes but no valid slot (it was damaged).
-/// Zeros alone (a file padded at open and never written) are no record;
+/// Zeros alone (a file padded and never written) are no record;
 /// the log's own meta says whether one was kept, so a record zeroed away
 /// is still noticed (`log::check_head`).
 fn newest(bytes: &[u8]) -> std::result::Result<Option<(usize, HeadMark)>, ()> {
@@ -247,7 +249,8 @@ pub(crate) enum PendingSync {
 }
 
 struct Inner {
-    file: File,
+    /// `None` until the first record is written (see `prepared`).
+    file: Option<File>,
     /// The slot written last.
     slot: usize,
     /// What the file says now: found at open, then the last write;
@@ -258,9 +261,12 @@ struct Inner {
 /// The head file of a data directory, with a thread that syncs it.
 pub(crate) struct HeadFile {
     path: PathBuf,
+    dir: PathBuf,
+    log_file: PathBuf,
     inner: Mutex<Inner>,
-    durability: Durability,
-    sync_tx: Mutex<mpsc::Sender<mpsc::SyncSender<std::io::Result<()>>>>,
+    /// Decided when the file is prepared; `OwnSync` until then.
+    durability: std::sync::OnceLock<Durability>,
+    sync_tx: Mutex<Option<mpsc::Sender<mpsc::SyncSender<std::io::Result<()>>>>>,
 }
 
 impl HeadFile {
@@ -270,58 +276,92 @@ impl HeadFile {
     /// replaces it).
     pub(crate) fn open(dir: &Path, log_file: &Path) -> Result<HeadFile> {
         let path = dir.join("head");
-        let existed = path.exists();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(format!("opening the head record {}", path.display()), e))?;
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut &file, &mut bytes)
-            .map_err(|e| Error::io(format!("reading the head record {}", path.display()), e))?;
+        // Only read here: a command that only looks (`walship log`, a
+        // `repair` without `--accept-loss`) leaves the file as it was, or
+        // absent; the first record written prepares it (`prepared`).
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(Error::io(
+                    format!("reading the head record {}", path.display()),
+                    e,
+                ));
+            }
+        };
         let (slot, found) = match newest(&bytes) {
             Ok(Some((slot, m))) => (slot, Ok(Some(m))),
             Ok(None) => (1, Ok(None)),
             Err(()) => (1, Err(())),
         };
-        // Both slots exist from now on: a record is an overwrite in place.
-        let whole = 2 * SLOT as usize;
-        if bytes.len() < whole {
-            file.write_all_at(&vec![0u8; whole - bytes.len()], bytes.len() as u64)
-                .and_then(|()| file.sync_data())
-                .map_err(|e| {
-                    Error::io(format!("preparing the head record {}", path.display()), e)
-                })?;
-        }
-        if !existed && let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        let placed = placement(dir, &file, log_file);
-        let durability = durability(placed);
-        tracing::debug!(path = %path.display(), ?placed, ?durability, "head record");
-        let (sync_tx, sync_rx) = mpsc::channel::<mpsc::SyncSender<std::io::Result<()>>>();
-        let syncer = file
-            .try_clone()
-            .map_err(|e| Error::io(format!("opening the head record {}", path.display()), e))?;
-        std::thread::Builder::new()
-            .name("walship-head".into())
-            .spawn(move || {
-                while let Ok(reply) = sync_rx.recv() {
-                    let _ = reply.send(syncer.sync_data());
-                }
-            })
-            .map_err(|e| Error::io("starting the head record thread", e))?;
         Ok(HeadFile {
             path,
+            dir: dir.to_path_buf(),
+            log_file: log_file.to_path_buf(),
             inner: Mutex::new(Inner {
-                file,
+                file: None,
                 slot,
                 current: found,
             }),
-            durability,
-            sync_tx: Mutex::new(sync_tx),
+            durability: std::sync::OnceLock::new(),
+            sync_tx: Mutex::new(None),
+        })
+    }
+
+    /// The file, open for writing and holding both slots: opened (created)
+    /// and padded, durably, at the first record written after open, with
+    /// its sync thread started and its [`Durability`] decided.
+    fn prepared<'a>(&self, inner: &'a mut Inner) -> Result<&'a File> {
+        if inner.file.is_none() {
+            let path = &self.path;
+            let existed = path.exists();
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(|e| Error::io(format!("opening the head record {}", path.display()), e))?;
+            let len = file
+                .metadata()
+                .map_err(|e| Error::io(format!("reading the head record {}", path.display()), e))?
+                .len();
+            // Both slots exist from now on: a record is an overwrite in
+            // place. An older, shorter file keeps its record.
+            let whole = 2 * SLOT;
+            if len < whole {
+                file.write_all_at(&vec![0u8; (whole - len) as usize], len)
+                    .and_then(|()| file.sync_data())
+                    .map_err(|e| {
+                        Error::io(format!("preparing the head record {}", path.display()), e)
+                    })?;
+            }
+            if !existed && let Ok(d) = File::open(&self.dir) {
+                let _ = d.sync_all();
+            }
+            let placed = placement(&self.dir, &file, &self.log_file);
+            let durability = *self.durability.get_or_init(|| durability(placed));
+            tracing::debug!(path = %path.display(), ?placed, ?durability, "head record");
+            let (sync_tx, sync_rx) = mpsc::channel::<mpsc::SyncSender<std::io::Result<()>>>();
+            let syncer = file
+                .try_clone()
+                .map_err(|e| Error::io(format!("opening the head record {}", path.display()), e))?;
+            std::thread::Builder::new()
+                .name("walship-head".into())
+                .spawn(move || {
+                    while let Ok(reply) = sync_rx.recv() {
+                        let _ = reply.send(syncer.sync_data());
+                    }
+                })
+                .map_err(|e| Error::io("starting the head record thread", e))?;
+            *self.sync_tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(sync_tx);
+            inner.file = Some(file);
+        }
+        inner.file.as_ref().ok_or_else(|| {
+            Error::io(
+                "preparing the head record",
+                std::io::Error::other("not open"),
+            )
         })
     }
 
@@ -338,8 +378,7 @@ impl HeadFile {
     pub(crate) fn write(&self, mark: HeadMark) -> Result<()> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let slot = 1 - inner.slot;
-        inner
-            .file
+        self.prepared(&mut inner)?
             .write_all_at(&encode(mark), slot as u64 * SLOT)
             .map_err(|e| {
                 Error::io(
@@ -357,26 +396,37 @@ impl HeadFile {
     /// [`HeadFile::finish_sync`] is done.
     pub(crate) fn durability(&self) -> Durability {
         self.durability
+            .get()
+            .copied()
+            .unwrap_or(Durability::OwnSync)
     }
 
     /// Starts making the last record durable: an fdatasync on the file's
     /// own thread (`OwnSync`), or the write of its page to the device,
     /// submitted here and not waited for (`SharedFlush`).
     pub(crate) fn start_sync(&self) -> PendingSync {
-        if self.durability == Durability::SharedFlush {
-            let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            return match write_back(&inner.file, false) {
+        if self.durability() == Durability::SharedFlush {
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            return match self
+                .prepared(&mut inner)
+                .map_err(std::io::Error::other)
+                .and_then(|f| write_back(f, false))
+            {
                 Ok(()) => PendingSync::WritingBack,
                 Err(e) => PendingSync::Failed(e),
             };
         }
         let (tx, rx) = mpsc::sync_channel(1);
-        let sent = self
+        let sent = match self
             .sync_tx
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .send(tx.clone());
-        if sent.is_err() {
+            .as_ref()
+        {
+            Some(sync) => sync.send(tx.clone()).is_ok(),
+            None => false,
+        };
+        if !sent {
             let _ = tx.send(Err(std::io::Error::other("the head record thread stopped")));
         }
         PendingSync::Syncing(rx)
@@ -391,13 +441,15 @@ impl HeadFile {
                 .recv()
                 .unwrap_or_else(|_| Err(std::io::Error::other("the head record thread stopped"))),
             PendingSync::WritingBack => {
-                let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-                write_back(&inner.file, true)
+                let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+                self.prepared(&mut inner)
+                    .map_err(std::io::Error::other)
+                    .and_then(|f| write_back(f, true))
             }
             PendingSync::Failed(e) => Err(e),
         };
         done.map_err(|e| {
-            let what = match self.durability {
+            let what = match self.durability() {
                 Durability::OwnSync => "fdatasync of",
                 Durability::SharedFlush => "writing back",
             };
@@ -408,11 +460,9 @@ impl HeadFile {
     /// Writes `mark` and makes it durable (its own fdatasync, whatever
     /// the durability) before returning.
     pub(crate) fn write_durable(&self, mark: HeadMark) -> Result<()> {
-        let inner = {
-            self.write(mark)?;
-            self.inner.lock().unwrap_or_else(|p| p.into_inner())
-        };
-        inner.file.sync_data().map_err(|e| {
+        self.write(mark)?;
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        self.prepared(&mut inner)?.sync_data().map_err(|e| {
             Error::io(
                 format!("fdatasync of the head record {}", self.path.display()),
                 e,
@@ -425,7 +475,9 @@ impl Drop for HeadFile {
     /// A clean close makes the last (unsynced) record durable.
     fn drop(&mut self) {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = inner.file.sync_data();
+        if let Some(f) = &inner.file {
+            let _ = f.sync_data();
+        }
     }
 }
 
@@ -484,17 +536,19 @@ mod tests {
     }
 
     #[test]
-    fn a_new_file_holds_both_slots_and_reads_as_no_record() {
+    fn opening_changes_nothing_and_the_first_record_prepares_both_slots() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("head");
         let h = HeadFile::open(dir.path(), &dir.path().join("db")).expect("open");
         assert_eq!(h.found().expect("valid"), None);
-        let path = dir.path().join("head");
-        assert_eq!(std::fs::metadata(&path).expect("stat").len(), 2 * SLOT);
+        // Looking creates nothing.
+        assert!(!path.exists(), "open created the head record");
         h.write(HeadMark {
             acked: 3,
             committing: 4,
         })
         .expect("write");
+        assert_eq!(std::fs::metadata(&path).expect("stat").len(), 2 * SLOT);
         h.write(HeadMark {
             acked: 4,
             committing: 4,
@@ -503,13 +557,36 @@ mod tests {
         // Records are overwrites: the file does not grow.
         assert_eq!(std::fs::metadata(&path).expect("stat").len(), 2 * SLOT);
         drop(h);
-        // An older, shorter file is padded without losing its record.
+        // An older, shorter file is read as it is, and left so, until a
+        // record is written: then it is padded without losing its record.
         let bytes = std::fs::read(&path).expect("read");
-        let short = &bytes[..SLOT as usize + RECORD];
-        std::fs::write(&path, short).expect("write");
+        let short = bytes[..SLOT as usize + RECORD].to_vec();
+        std::fs::write(&path, &short).expect("write");
         let h = HeadFile::open(dir.path(), &dir.path().join("db")).expect("reopen");
         assert_eq!(h.found().expect("valid").map(|m| m.acked), Some(4));
+        drop(h);
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            short,
+            "open or close changed it"
+        );
+        let h = HeadFile::open(dir.path(), &dir.path().join("db")).expect("reopen");
+        h.write(HeadMark {
+            acked: 5,
+            committing: 5,
+        })
+        .expect("write");
         assert_eq!(std::fs::metadata(&path).expect("stat").len(), 2 * SLOT);
+        drop(h);
+        let bytes = std::fs::read(&path).expect("read");
+        let h = HeadFile::open(dir.path(), &dir.path().join("db")).expect("reopen");
+        assert_eq!(h.found().expect("valid").map(|m| m.acked), Some(5));
+        // The older record is still in its slot.
+        assert_eq!(
+            decode(&bytes[SLOT as usize..]).map(|m| m.acked),
+            Some(4),
+            "padding lost the older record"
+        );
     }
 
     #[test]

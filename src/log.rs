@@ -783,6 +783,58 @@ fn check_head(storage: &dyn LogStorage, head: u64) -> Result<()> {
     Ok(())
 }
 
+/// What a data directory needs from `walship repair`, as `Log::open`'s
+/// check (`check_head`) would find it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepairNeed {
+    /// The log reaches every acknowledged seq: nothing to repair.
+    Whole,
+    /// The head record is damaged, or gone while the log's meta says one
+    /// was kept: the log's length cannot be checked. `--accept-loss`
+    /// writes it anew from the log's head (for a log known intact).
+    RecordAnew,
+    /// Acknowledged seqs `from..=to` are not in the log.
+    Loss {
+        /// The first lost seq: the log's head + 1.
+        from: u64,
+        /// The last: the head record's acknowledged seq.
+        to: u64,
+    },
+}
+
+/// Decides [`RepairNeed`] from the log's head, the head record (`Err(())`:
+/// both its slots damaged) and whether the log's meta says a record was
+/// kept. A damaged record is never taken as none: open refuses it.
+pub(crate) fn repair_need(
+    log_head: u64,
+    mark: std::result::Result<Option<HeadMark>, ()>,
+    recorded: bool,
+) -> RepairNeed {
+    match mark {
+        Ok(Some(m)) if m.acked > log_head => RepairNeed::Loss {
+            from: log_head + 1,
+            to: m.acked,
+        },
+        Ok(Some(_)) => RepairNeed::Whole,
+        Ok(None) if recorded => RepairNeed::RecordAnew,
+        Ok(None) => RepairNeed::Whole,
+        Err(()) => RepairNeed::RecordAnew,
+    }
+}
+
+/// The log's head and what it needs from repair, read without changing
+/// anything (`walship repair` without `--accept-loss` says this).
+pub fn repair_need_of(storage: &dyn LogStorage) -> Result<(u64, RepairNeed)> {
+    let (_, log_head) = storage.bounds()?.unwrap_or((1, 0));
+    let mark = match storage.head_mark() {
+        Ok(m) => Ok(m),
+        Err(Error::HeadRecordDamaged { .. }) => Err(()),
+        Err(e) => return Err(e),
+    };
+    let recorded = storage.meta(HEAD_RECORDED_META)?.is_some();
+    Ok((log_head, repair_need(log_head, mark, recorded)))
+}
+
 /// What `walship repair --accept-loss` did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Repair {
@@ -810,21 +862,17 @@ pub const HEAD_FLOOR_META: &str = "head_floor";
 /// every write, and is what the others are copied from). Returns `None`
 /// when the log was whole (nothing changed).
 pub fn repair(storage: &dyn LogStorage, primary: Option<&str>) -> Result<Option<Repair>> {
-    let (_, log_head) = storage.bounds()?.unwrap_or((1, 0));
-    let mark = match storage.head_mark() {
-        Ok(m) => m,
-        Err(Error::HeadRecordDamaged { .. }) => None,
-        Err(e) => return Err(e),
-    };
-    let recorded = storage.meta(HEAD_RECORDED_META)?.is_some();
-    let acked = mark.map(|m| m.acked).unwrap_or(0);
-    if acked <= log_head {
-        if mark.is_none() && recorded {
+    let (log_head, need) = repair_need_of(storage)?;
+    let acked = match need {
+        RepairNeed::Whole => return Ok(None),
+        RepairNeed::RecordAnew => {
             // The record itself was lost: adopt the log's head.
             storage.set_head_mark(HeadMark {
                 acked: log_head,
                 committing: log_head,
             })?;
+            storage.set_meta(HEAD_RECORDED_META, b"1")?;
+            storage.sync()?;
             return Ok(Some(Repair {
                 lost_from: log_head + 1,
                 lost_to: log_head,
@@ -832,8 +880,8 @@ pub fn repair(storage: &dyn LogStorage, primary: Option<&str>) -> Result<Option<
                 at_ms: now_ms(),
             }));
         }
-        return Ok(None);
-    }
+        RepairNeed::Loss { to, .. } => to,
+    };
     let rep = Repair {
         lost_from: log_head + 1,
         lost_to: acked,
@@ -1683,6 +1731,36 @@ mod tests {
             Key::parse(key).expect("key"),
             Bytes::copy_from_slice(value.as_bytes()),
         )
+    }
+
+    #[test]
+    fn repair_is_needed_for_a_lost_range_or_a_record_that_cannot_be_trusted() {
+        let m = |acked| {
+            Ok(Some(HeadMark {
+                acked,
+                committing: acked + 3,
+            }))
+        };
+        // The log reaches every acknowledged seq, recorded or not.
+        assert_eq!(repair_need(10, m(10), true), RepairNeed::Whole);
+        assert_eq!(repair_need(12, m(10), true), RepairNeed::Whole);
+        // It ends below them: those are lost.
+        assert_eq!(
+            repair_need(7, m(10), true),
+            RepairNeed::Loss { from: 8, to: 10 }
+        );
+        assert_eq!(
+            repair_need(0, m(10), false),
+            RepairNeed::Loss { from: 1, to: 10 }
+        );
+        // No record, and none was ever kept (a data directory from before
+        // the record): open makes one, nothing to repair.
+        assert_eq!(repair_need(5, Ok(None), false), RepairNeed::Whole);
+        // No record where one was kept, or a damaged one: the length cannot
+        // be checked, and open refuses; never "whole".
+        assert_eq!(repair_need(5, Ok(None), true), RepairNeed::RecordAnew);
+        assert_eq!(repair_need(5, Err(()), true), RepairNeed::RecordAnew);
+        assert_eq!(repair_need(5, Err(()), false), RepairNeed::RecordAnew);
     }
 
     #[tokio::test]

@@ -306,26 +306,31 @@ pub(super) fn repair(e: &Endpoints, accept_loss: bool, json: bool) -> Result<(),
         Some(c) => Some(c.primary.name.clone()),
         None => crate::status::offline_primary(&storage)?,
     };
+    if !accept_loss {
+        use crate::log::RepairNeed;
+        let (log_head, need) = crate::log::repair_need_of(&storage)?;
+        let what = match need {
+            RepairNeed::Loss { from, to } => format!(
+                "the log ends at seq {log_head} but seqs up to {to} were acknowledged: {from}..={to} are lost. \
+                 Nothing was changed; pass --accept-loss to record the loss and go on"
+            ),
+            RepairNeed::RecordAnew => format!(
+                "the head record {} is missing or damaged, so the log's length (head {log_head}) cannot be checked. \
+                 Nothing was changed; if the log is intact (`walship log`, `walship verify`), \
+                 pass --accept-loss to record its head anew",
+                e.data_dir.join("head").display()
+            ),
+            RepairNeed::Whole => {
+                format!(
+                    "the log is whole (head {log_head}); nothing to repair. Nothing was changed"
+                )
+            }
+        };
+        return Err(fail(2, what));
+    }
     let log_head = crate::storage::LogStore::bounds(&storage)?
         .map(|(_, h)| h)
         .unwrap_or(0);
-    let mark = crate::storage::LogStore::head_mark(&storage);
-    if !accept_loss {
-        let what = match mark {
-            Ok(Some(m)) if m.acked > log_head => format!(
-                "the log ends at seq {log_head} but seqs up to {} were acknowledged: {}..={} are lost",
-                m.acked,
-                log_head + 1,
-                m.acked
-            ),
-            Err(err) => err.to_string(),
-            Ok(_) => format!("the log is whole (head {log_head}); nothing to repair"),
-        };
-        return Err(fail(
-            2,
-            format!("{what}. Nothing was changed; pass --accept-loss to record the loss and go on"),
-        ));
-    }
     match crate::log::repair(&storage, primary.as_deref())? {
         None => {
             if json {

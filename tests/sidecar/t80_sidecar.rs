@@ -692,6 +692,76 @@ async fn a_log_that_got_shorter_is_refused_and_repair_moves_on_without_reusing_s
     }
 }
 
+/// Guarantee 8: a head record that is gone (while the log says one was
+/// kept) or damaged is refused at open, never made anew. `repair` without
+/// `--accept-loss` says so, never "whole", and leaves the record as it was
+/// (gone stays gone); with it, the record is written from the log's head
+/// and the sidecar goes on from the next seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_record_gone_or_damaged_is_refused_and_a_dry_repair_changes_nothing() {
+    for damage in ["remove the head record", "damage both slots"] {
+        let (root, port, cfg) = three_dirs("async");
+        let dir = root.path();
+        let sc = Sidecar::start(&cfg, port).await;
+        put_numbered(&sc.base, 20).await;
+        sc.wait_caught_up(std::time::Duration::from_secs(30)).await;
+        assert!(sc.term().success());
+        let head = dir.join("data/head");
+        if damage == "remove the head record" {
+            std::fs::remove_file(&head).expect("remove head");
+        } else {
+            std::fs::write(&head, vec![0x5a; 1024]).expect("damage head");
+        }
+        let before = std::fs::read(&head).ok();
+
+        let (code, err) = serve_once(&cfg);
+        assert_eq!(code, 1, "{damage}: serve must refuse:\n{err}");
+        assert!(
+            err.contains("head record") && err.contains("--accept-loss"),
+            "{damage}: {err}"
+        );
+        assert_eq!(
+            std::fs::read(&head).ok(),
+            before,
+            "{damage}: serve's refusal changed the record"
+        );
+
+        let cfg_s = cfg.to_str().expect("utf8");
+        let (code, _, err) = run(&["repair", "--config", cfg_s], dir);
+        assert_eq!(code, 2, "{damage}: {err}");
+        assert!(
+            err.contains("is missing or damaged")
+                && err.contains("--accept-loss")
+                && !err.contains("whole"),
+            "{damage}: the dry run must say what serve will refuse: {err}"
+        );
+        assert_eq!(
+            std::fs::read(&head).ok(),
+            before,
+            "{damage}: repair without --accept-loss changed the head record"
+        );
+
+        let (code, out, err) = run(&["repair", "--accept-loss", "--config", cfg_s], dir);
+        assert_eq!(code, 0, "{damage}: {err}");
+        assert!(
+            out.contains("it now says the log's head, 20"),
+            "{damage}: {out}"
+        );
+        let sc = Sidecar::start(&cfg, port).await;
+        let v: serde_json::Value = sidecar::client()
+            .put(format!("{}/v1/objects/after?mode=sync", sc.base))
+            .body("new")
+            .send()
+            .await
+            .expect("put")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(v["seq"], 21, "{damage}: {v}");
+        assert!(sc.term().success());
+    }
+}
+
 /// Guarantee 11: with local-directory targets, `a` beside `a/b` (either
 /// order) and a segment over 255 bytes are refused with 409 naming the
 /// other key and the target; nothing is appended and the next unrelated
