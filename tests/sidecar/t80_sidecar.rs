@@ -414,6 +414,19 @@ async fn verify_replay_and_log_from_the_command_line() {
 }
 
 /// Writes `n` puts `doc/{i}` with a value that names its seq, in async mode.
+/// A `sync` put's answer, as JSON.
+async fn put_sync(base: &str, key: &str, body: &'static str) -> serde_json::Value {
+    sidecar::client()
+        .put(format!("{base}/v1/objects/{key}?mode=sync"))
+        .body(body)
+        .send()
+        .await
+        .expect("put")
+        .json()
+        .await
+        .expect("json")
+}
+
 async fn put_numbered(base: &str, n: usize) {
     let c = sidecar::client();
     for i in 1..=n {
@@ -665,16 +678,7 @@ async fn a_log_that_got_shorter_is_refused_and_repair_moves_on_without_reusing_s
         );
 
         let sc = Sidecar::start(&cfg, port).await;
-        let c = sidecar::client();
-        let v: serde_json::Value = c
-            .put(format!("{}/v1/objects/after-repair?mode=sync", sc.base))
-            .body("new")
-            .send()
-            .await
-            .expect("put")
-            .json()
-            .await
-            .expect("json");
+        let v = put_sync(&sc.base, "after-repair", "new").await;
         assert_eq!(v["seq"], 301, "{damage}: seqs are never reused: {v}");
         sc.wait_caught_up(std::time::Duration::from_secs(60)).await;
         // Every target holds what the primary holds (the replicas were
@@ -748,15 +752,7 @@ async fn a_head_record_gone_or_damaged_is_refused_and_a_dry_repair_changes_nothi
             "{damage}: {out}"
         );
         let sc = Sidecar::start(&cfg, port).await;
-        let v: serde_json::Value = sidecar::client()
-            .put(format!("{}/v1/objects/after?mode=sync", sc.base))
-            .body("new")
-            .send()
-            .await
-            .expect("put")
-            .json()
-            .await
-            .expect("json");
+        let v = put_sync(&sc.base, "after", "new").await;
         assert_eq!(v["seq"], 21, "{damage}: {v}");
         assert!(sc.term().success());
     }
