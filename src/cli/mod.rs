@@ -192,11 +192,13 @@ pub enum Command {
         #[arg(long)]
         execute: bool,
     },
-    /// After `serve` refused a log that got shorter: record the lost seqs, move the head past them (offline).
+    /// After `serve` refused its log (shorter than its head record, or the record missing or damaged): says what it found and changes nothing; with --accept-loss, moves on (offline).
     Repair {
         /// Accept that the missing entries are gone: record the range, move
         /// the head past it, and have every target that lacked them resynced
-        /// from the acting primary when the sidecar starts.
+        /// from the acting primary when the sidecar starts. With the head
+        /// record missing or damaged over an intact log: write it anew from
+        /// the log's head.
         #[arg(long)]
         accept_loss: bool,
     },
