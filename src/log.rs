@@ -756,21 +756,20 @@ const HEAD_RECORDED_META: &str = "head_recorded";
 /// lost before anyone was told (in `(acked, committing]`) is forgotten.
 fn check_head(storage: &dyn LogStorage, head: u64) -> Result<()> {
     let recorded = storage.meta(HEAD_RECORDED_META)?.is_some();
-    match storage.head_mark()? {
-        Some(m) if head < m.acked => {
+    match need_at(storage, head, recorded)? {
+        RepairNeed::Loss { to, .. } => {
             return Err(Error::LogShorter {
                 dir: storage.dir(),
                 log_head: head,
-                acked: m.acked,
+                acked: to,
             });
         }
-        Some(_) => {}
-        None if recorded => {
+        RepairNeed::RecordAnew => {
             return Err(Error::HeadRecordDamaged {
                 path: storage.dir().join("head"),
             });
         }
-        None => {}
+        RepairNeed::Whole => {}
     }
     storage.set_head_mark(HeadMark {
         acked: head,
@@ -826,13 +825,18 @@ pub(crate) fn repair_need(
 /// anything (`walship repair` without `--accept-loss` says this).
 pub fn repair_need_of(storage: &dyn LogStorage) -> Result<(u64, RepairNeed)> {
     let (_, log_head) = storage.bounds()?.unwrap_or((1, 0));
+    let recorded = storage.meta(HEAD_RECORDED_META)?.is_some();
+    Ok((log_head, need_at(storage, log_head, recorded)?))
+}
+
+/// [`repair_need`] of `storage`'s head record with the log at `head`.
+fn need_at(storage: &dyn LogStorage, head: u64, recorded: bool) -> Result<RepairNeed> {
     let mark = match storage.head_mark() {
         Ok(m) => Ok(m),
         Err(Error::HeadRecordDamaged { .. }) => Err(()),
         Err(e) => return Err(e),
     };
-    let recorded = storage.meta(HEAD_RECORDED_META)?.is_some();
-    Ok((log_head, repair_need(log_head, mark, recorded)))
+    Ok(repair_need(head, mark, recorded))
 }
 
 /// What `walship repair --accept-loss` did.
