@@ -181,7 +181,8 @@ pub struct Log {
     first: AtomicU64,
     committer: Option<std::thread::JoinHandle<()>>,
     indexer: Option<std::thread::JoinHandle<()>>,
-    indexed: Arc<watch::Sender<u64>>,
+    /// The key index's updates not yet checkpointed to storage; it covers
+    /// the head before the head is published.
     pending_index: Arc<Mutex<PendingIndex>>,
     stats: Arc<CommitStats>,
     /// Bytes of stored records from the first kept entry through the head,
@@ -279,16 +280,17 @@ impl Log {
         let head_tx = Arc::new(watch::channel(head).0);
         let stats = Arc::new(CommitStats::default());
         stats.head_offset.store(head_abs, Ordering::Release);
-        let indexed = Arc::new(watch::channel(head).0);
         let (index_tx, index_rx) = std::sync::mpsc::channel();
-        let pending_index = Arc::new(Mutex::new(PendingIndex::default()));
+        let pending_index = Arc::new(Mutex::new(PendingIndex {
+            keys: Default::default(),
+            covers: head,
+        }));
         let indexer = {
             let storage = storage.clone();
-            let indexed = indexed.clone();
             let pending = pending_index.clone();
             std::thread::Builder::new()
                 .name("walship-index".into())
-                .spawn(move || run_indexer(storage, index_rx, indexed, pending))
+                .spawn(move || run_indexer(storage, index_rx, pending, head))
                 .map_err(|e| Error::io("starting the key index thread", e))?
         };
         let committer = Committer {
@@ -296,7 +298,6 @@ impl Log {
             storage: storage.clone(),
             head: head_tx.clone(),
             indexer: index_tx,
-            indexed: indexed.clone(),
             pending: pending_index.clone(),
             next_seq: head + 1,
             last_ts,
@@ -312,7 +313,6 @@ impl Log {
             first: AtomicU64::new(first),
             committer: Some(handle),
             indexer: Some(indexer),
-            indexed,
             pending_index,
             stats,
             first_offset: AtomicU64::new(first_abs),
@@ -669,12 +669,10 @@ impl Log {
             .saturating_sub(self.first_offset.load(Ordering::Acquire))
     }
 
-    /// The newest entry of a key.
-    ///
-    /// Waits (briefly) for the key index to cover the head as it was when
-    /// called, so an acknowledged write is always seen.
+    /// The newest entry of a key, up to the head (at least): the committer
+    /// indexes a group before it publishes its head, so an acknowledged
+    /// write is always seen.
     pub async fn key_info(&self, key: &str) -> Result<Option<KeyInfo>> {
-        self.wait_indexed().await;
         if let Some(info) = self.pending_index().keys.get(key) {
             return Ok(Some(info.clone()));
         }
@@ -694,7 +692,6 @@ impl Log {
         after: &str,
         limit: usize,
     ) -> Result<Vec<(String, KeyInfo)>> {
-        self.wait_indexed().await;
         let mut merged: std::collections::BTreeMap<String, KeyInfo> = self
             .storage
             .keys_with_prefix(prefix, after, limit)?
@@ -710,18 +707,6 @@ impl Log {
             }
         }
         Ok(merged.into_iter().take(limit).collect())
-    }
-
-    /// Waits until the key index covers the current head (at most 5 s: the
-    /// index trails the committer by about one group).
-    pub async fn wait_indexed(&self) {
-        let head = self.head();
-        let mut rx = self.indexed.subscribe();
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            rx.wait_for(|&i| i >= head),
-        )
-        .await;
     }
 
     /// Removes entries below `seq`, never the head entry. Returns how many.
@@ -1204,19 +1189,13 @@ struct Committer {
     stats: Arc<CommitStats>,
     storage: Arc<dyn LogStorage>,
     head: Arc<watch::Sender<u64>>,
-    indexer: std::sync::mpsc::Sender<IndexJob>,
-    /// What the indexer covers, and its pending map: conditional writes
-    /// are decided against them.
-    indexed: Arc<watch::Sender<u64>>,
+    /// Asks the checkpointer for a checkpoint before its next tick.
+    indexer: std::sync::mpsc::Sender<()>,
+    /// The key index's pending map (kept by this committer, checkpointed
+    /// by the index thread): conditional writes are decided against it.
     pending: Arc<Mutex<PendingIndex>>,
     next_seq: u64,
     last_ts: u64,
-}
-
-/// Key index updates of one group, applied off the write path.
-struct IndexJob {
-    keys: Vec<(Key, KeyInfo)>,
-    last: u64,
 }
 
 impl Committer {
@@ -1259,33 +1238,19 @@ impl Committer {
     }
 
     /// Refuses the group's writes whose precondition does not hold against
-    /// the key's newest version: the log up to the published head (the
-    /// indexer is waited for) and the writes of this group before it. The
+    /// the key's newest version: the log up to the published head (this
+    /// committer indexed it) and the writes of this group before it. The
     /// committer is the one appender, so this is atomic with every other
     /// write.
     fn check_conditions(&self, group: &mut Vec<Request>) {
         if group.iter().all(|r| r.write.cond.is_none()) {
             return;
         }
-        let head = self.next_seq - 1;
-        let waited = std::time::Instant::now();
-        while *self.indexed.borrow() < head && waited.elapsed() < std::time::Duration::from_secs(5)
-        {
-            std::thread::sleep(std::time::Duration::from_micros(100));
-        }
-        // Never decide on a view that may miss the newest writes.
-        let behind = *self.indexed.borrow() < head;
         // key → its newest version's ETag ("" when unknown), None: absent.
         let mut seen: std::collections::HashMap<String, Option<String>> = Default::default();
         let mut kept = Vec::with_capacity(group.len());
         for r in group.drain(..) {
             let key = r.write.key.as_str().to_string();
-            if r.write.cond.is_some() && behind {
-                let _ = r.reply.send(Err(Error::Busy(format!(
-                    "the key index is behind the log's head (seq {head}), so the condition on {key:?} cannot be decided yet"
-                ))));
-                continue;
-            }
             if let Some(cond) = &r.write.cond {
                 let current = match seen.get(&key) {
                     Some(c) => Ok(c.clone()),
@@ -1496,32 +1461,52 @@ impl Committer {
                 self.next_seq += group.len() as u64;
                 self.last_ts = ts;
                 self.stats.head_offset.store(head_offset, Ordering::Release);
-                self.head.send_replace(self.next_seq - 1);
+                let last = self.next_seq - 1;
+                let replies: Vec<_> = group
+                    .drain(..)
+                    .enumerate()
+                    .map(|(i, Request { write, reply, .. })| {
+                        let seq = first_seq + i as u64;
+                        let meta = write.meta.map(|mut m| {
+                            // The writer's copy is unique: stamped in place.
+                            std::sync::Arc::make_mut(&mut m).ts_ms = ts;
+                            m
+                        });
+                        let info = KeyInfo {
+                            seq,
+                            op: write.op,
+                            size: write.value.len() as u64,
+                            meta,
+                        };
+                        (write.key, info, reply)
+                    })
+                    .collect();
+                // The group is in the key index before its head is
+                // published: whoever sees the head sees its keys, with no
+                // hand-off to wait for.
+                let pending_keys = {
+                    let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                    for (key, info, _) in &replies {
+                        p.keys.insert(key.as_str().to_string(), info.clone());
+                    }
+                    p.covers = last;
+                    p.keys.len()
+                };
+                self.head.send_replace(last);
                 self.stats
                     .entries
-                    .fetch_add(group.len() as u64, Ordering::Relaxed);
+                    .fetch_add(replies.len() as u64, Ordering::Relaxed);
                 self.stats.flushes.fetch_add(1, Ordering::Relaxed);
-                let mut keys = Vec::with_capacity(group.len());
-                for (i, Request { write, reply, .. }) in group.drain(..).enumerate() {
-                    let seq = first_seq + i as u64;
-                    let _ = reply.send(Ok(Appended { seq, ts_ms: ts }));
-                    let meta = write.meta.map(|mut m| {
-                        // The writer's copy is unique: stamped in place.
-                        std::sync::Arc::make_mut(&mut m).ts_ms = ts;
-                        m
-                    });
-                    let info = KeyInfo {
-                        seq,
-                        op: write.op,
-                        size: write.value.len() as u64,
-                        meta,
-                    };
-                    keys.push((write.key, info));
+                for (_, info, reply) in replies {
+                    let _ = reply.send(Ok(Appended {
+                        seq: info.seq,
+                        ts_ms: ts,
+                    }));
                 }
-                let _ = self.indexer.send(IndexJob {
-                    keys,
-                    last: self.next_seq - 1,
-                });
+                if pending_keys >= INDEX_MAX_PENDING {
+                    // Checkpoint now rather than at the next tick.
+                    let _ = self.indexer.send(());
+                }
             }
             Err(e) => {
                 let why = e.to_string();
@@ -1652,54 +1637,53 @@ impl Committer {
 }
 
 /// Key index updates not yet written to storage; lookups see them first.
-#[derive(Default)]
+/// The committer adds each group before it publishes the group's head.
 struct PendingIndex {
     keys: std::collections::HashMap<String, KeyInfo>,
+    /// The head these updates (with storage's checkpoint) cover.
+    covers: u64,
 }
 
 /// Fewest time between two reopens asked for by failures outside the
 /// committer (a disk that stays full fails every write anew).
 const RECOVER_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// How often the indexer writes its pending updates to storage.
+/// How often the index thread writes the pending key index to storage.
 const INDEX_CHECKPOINT: std::time::Duration = std::time::Duration::from_millis(200);
-/// Most pending keys before a checkpoint is forced.
+/// Most pending keys before a checkpoint is asked for.
 const INDEX_MAX_PENDING: usize = 100_000;
 
-/// Applies key index updates in the background: immediately to the shared
-/// pending map (what lookups see), and every `INDEX_CHECKPOINT` to storage
-/// with its watermark (a crash loses nothing: the log rebuilds it).
+/// Writes the pending key index (kept by the committer, what lookups see)
+/// to storage with its watermark, every `INDEX_CHECKPOINT`, when the
+/// committer asks (too many pending), and once more when it is gone. A
+/// crash loses nothing: the log rebuilds what a checkpoint missed.
 fn run_indexer(
     storage: Arc<dyn LogStorage>,
-    rx: std::sync::mpsc::Receiver<IndexJob>,
-    indexed: Arc<watch::Sender<u64>>,
+    rx: std::sync::mpsc::Receiver<()>,
     pending: Arc<Mutex<PendingIndex>>,
+    mut saved: u64,
 ) {
-    let mut last_checkpoint = std::time::Instant::now();
-    let mut unsaved: u64 = 0;
-    let mut last = *indexed.borrow();
     loop {
-        let job = rx.recv_timeout(INDEX_CHECKPOINT);
-        let closed = matches!(job, Err(std::sync::mpsc::RecvTimeoutError::Disconnected));
-        if let Ok(job) = job {
-            let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
-            for (k, info) in job.keys {
-                p.keys.insert(k.as_str().to_string(), info);
+        let closed = matches!(
+            rx.recv_timeout(INDEX_CHECKPOINT),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        );
+        // One checkpoint answers every ask queued so far.
+        while rx.try_recv().is_ok() {}
+        // The keys and the head they cover, taken together.
+        let (snapshot, last): (Vec<(String, KeyInfo)>, u64) = {
+            let p = pending.lock().unwrap_or_else(|e| e.into_inner());
+            let last = p.covers;
+            if last == saved {
+                (Vec::new(), last)
+            } else {
+                (
+                    p.keys.iter().map(|(k, i)| (k.clone(), i.clone())).collect(),
+                    last,
+                )
             }
-            unsaved += 1;
-            last = job.last;
-            let n = p.keys.len();
-            drop(p);
-            indexed.send_replace(last);
-            if n < INDEX_MAX_PENDING && last_checkpoint.elapsed() < INDEX_CHECKPOINT {
-                continue;
-            }
-        }
-        if unsaved > 0 {
-            let snapshot: Vec<(String, KeyInfo)> = {
-                let p = pending.lock().unwrap_or_else(|e| e.into_inner());
-                p.keys.iter().map(|(k, i)| (k.clone(), i.clone())).collect()
-            };
+        };
+        if last != saved {
             let keys: Vec<(&str, KeyInfo)> = snapshot
                 .iter()
                 .map(|(k, i)| (k.as_str(), i.clone()))
@@ -1713,11 +1697,10 @@ fn run_indexer(
                             p.keys.remove(k);
                         }
                     }
-                    unsaved = 0;
+                    saved = last;
                 }
                 Err(e) => tracing::error!(error = %e, "key index checkpoint failed; retrying"),
             }
-            last_checkpoint = std::time::Instant::now();
         }
         if closed {
             return;
@@ -1944,6 +1927,61 @@ mod tests {
                 .contains("truncated")
         );
         assert_eq!(log.append(put("k", "v")).await.expect("append").seq, 6);
+    }
+
+    /// Whoever sees a head sees its keys, without waiting: the committer
+    /// indexes a group before it publishes the group's head, so a lookup
+    /// (a key's fit, a precondition) never waits on a hand-off.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_published_head_is_already_in_the_key_index() {
+        use futures::FutureExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Arc::new(SledStorage::open(dir.path(), 8 << 20).expect("open"));
+        let log = Log::open(storage).expect("log");
+        let total = 16 * 40;
+        let watcher = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let (mut looked, mut seen) = (0u64, 0u64);
+                while seen < total {
+                    let head = log.head();
+                    if head == seen {
+                        std::thread::yield_now();
+                        continue;
+                    }
+                    seen = head;
+                    let batch = log.read(head, 1, usize::MAX);
+                    let key = batch.entries[0].key.clone();
+                    let found = log
+                        .key_info(&key)
+                        .now_or_never()
+                        .expect("a lookup of a published entry's key waited")
+                        .expect("lookup");
+                    assert!(
+                        found.is_some_and(|i| i.seq >= head),
+                        "head {head} was published before its key {key:?} was indexed"
+                    );
+                    looked += 1;
+                }
+                looked
+            })
+        };
+        let mut tasks = Vec::new();
+        for w in 0..16 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..40 {
+                    log.append(put(&format!("w{w}/{i}"), "v"))
+                        .await
+                        .expect("append");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("writer");
+        }
+        let looked = watcher.join().expect("watcher");
+        assert!(looked > 0);
     }
 
     #[tokio::test]

@@ -779,7 +779,6 @@ impl Replicator {
         if let Some(n) = only {
             self.target(n)?;
         }
-        self.log.wait_indexed().await;
         let storage = self.log.storage().clone();
         let keys = {
             let storage = storage.clone();

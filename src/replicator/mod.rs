@@ -288,7 +288,6 @@ impl Replicator {
         req: crate::restore::RestoreRequest,
     ) -> Result<crate::restore::RestorePlan> {
         let dest = crate::restore::destination(&self.cfg, to)?;
-        self.log.wait_indexed().await;
         crate::restore::restore(
             self.log.storage().clone(),
             self.acting_primary().store.clone(),
