@@ -23,11 +23,6 @@ pub enum Error {
         reason: String,
     },
 
-    /// Something the answer needs is behind for now (the key index, for a
-    /// conditional write); nothing was changed. Retry shortly.
-    #[error("{0}; nothing was written, retry shortly")]
-    Busy(String),
-
     /// A stored log entry failed its crc or could not be decoded.
     #[error(
         "log entry seq {seq} is corrupt: {reason}. Shipping stops before it; \

@@ -62,6 +62,11 @@ impl Key {
         &self.0
     }
 
+    /// The key's text, without a copy.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
     /// The object path this key is stored under on every target.
     pub fn object_path(&self) -> Path {
         object_path(&self.0)

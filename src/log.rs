@@ -1462,33 +1462,30 @@ impl Committer {
                 self.last_ts = ts;
                 self.stats.head_offset.store(head_offset, Ordering::Release);
                 let last = self.next_seq - 1;
-                let replies: Vec<_> = group
-                    .drain(..)
-                    .enumerate()
-                    .map(|(i, Request { write, reply, .. })| {
-                        let seq = first_seq + i as u64;
-                        let meta = write.meta.map(|mut m| {
-                            // The writer's copy is unique: stamped in place.
-                            std::sync::Arc::make_mut(&mut m).ts_ms = ts;
-                            m
-                        });
-                        let info = KeyInfo {
-                            seq,
-                            op: write.op,
-                            size: write.value.len() as u64,
-                            meta,
-                        };
-                        (write.key, info, reply)
-                    })
-                    .collect();
+                let mut keys = Vec::with_capacity(group.len());
+                let mut replies = Vec::with_capacity(group.len());
+                for (i, Request { write, reply, .. }) in group.drain(..).enumerate() {
+                    let seq = first_seq + i as u64;
+                    let meta = write.meta.map(|mut m| {
+                        // The writer's copy is unique: stamped in place.
+                        std::sync::Arc::make_mut(&mut m).ts_ms = ts;
+                        m
+                    });
+                    let info = KeyInfo {
+                        seq,
+                        op: write.op,
+                        size: write.value.len() as u64,
+                        meta,
+                    };
+                    keys.push((write.key.into_string(), info));
+                    replies.push((seq, reply));
+                }
                 // The group is in the key index before its head is
                 // published: whoever sees the head sees its keys, with no
                 // hand-off to wait for.
                 let pending_keys = {
                     let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                    for (key, info, _) in &replies {
-                        p.keys.insert(key.as_str().to_string(), info.clone());
-                    }
+                    p.keys.extend(keys);
                     p.covers = last;
                     p.keys.len()
                 };
@@ -1497,11 +1494,8 @@ impl Committer {
                     .entries
                     .fetch_add(replies.len() as u64, Ordering::Relaxed);
                 self.stats.flushes.fetch_add(1, Ordering::Relaxed);
-                for (_, info, reply) in replies {
-                    let _ = reply.send(Ok(Appended {
-                        seq: info.seq,
-                        ts_ms: ts,
-                    }));
+                for (seq, reply) in replies {
+                    let _ = reply.send(Ok(Appended { seq, ts_ms: ts }));
                 }
                 if pending_keys >= INDEX_MAX_PENDING {
                     // Checkpoint now rather than at the next tick.
@@ -1943,7 +1937,12 @@ mod tests {
             let log = log.clone();
             std::thread::spawn(move || {
                 let (mut looked, mut seen) = (0u64, 0u64);
+                let started = std::time::Instant::now();
                 while seen < total {
+                    assert!(
+                        started.elapsed() < std::time::Duration::from_secs(30),
+                        "the writers stopped at head {seen} of {total}"
+                    );
                     let head = log.head();
                     if head == seen {
                         std::thread::yield_now();

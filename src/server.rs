@@ -52,9 +52,7 @@ fn status_of(e: &Error) -> StatusCode {
         Error::InvalidKey { .. } | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
         Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::QuorumTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-        Error::ShuttingDown | Error::Busy(_) | Error::LogReopened => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        Error::ShuttingDown | Error::LogReopened => StatusCode::SERVICE_UNAVAILABLE,
         Error::DiskFull(_) => StatusCode::INSUFFICIENT_STORAGE,
         Error::UnknownTarget(_) | Error::UnknownAction(_) | Error::UnknownConflict(_) => {
             StatusCode::NOT_FOUND

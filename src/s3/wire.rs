@@ -60,7 +60,6 @@ pub(super) fn s3_error(e: Error) -> S3Error {
         ),
         Error::NoFreshTarget { .. }
         | Error::ShuttingDown
-        | Error::Busy(_)
         | Error::DiskFull(_)
         | Error::LogPoisoned(_)
         | Error::LogReopened => with_status(
