@@ -96,13 +96,17 @@ struct Saved {
     moved: bool,
 }
 
-/// Whether the stretch still to plan (`entries` and their stored `bytes`)
-/// is planned on the shipper's task: only the log's tail, which was just
-/// written and is in sled's cache (a longer one, or large values, would
-/// hold the task from the writes and landings it also serves). `bytes` is
-/// only known when the log's offsets are.
-fn plan_inline(entries: u64, bytes: Option<u64>) -> bool {
-    entries <= INLINE_PLAN_ENTRIES && bytes.is_some_and(|b| b <= INLINE_PLAN_BYTES)
+/// Whether the stretch of the log after `planned_to` (whose stored bytes
+/// start at offset `planned_end`) up to `head` is planned on the shipper's
+/// task: only the log's tail, which was just written and is in sled's
+/// cache (a longer one, or large values, would hold the task from the
+/// writes and landings it also serves). The offsets are always known once
+/// the targets are placed (`replicator::place_offsets`), a fresh log's
+/// included.
+fn plan_inline(log: &Log, head: u64, planned_to: u64, planned_end: u64) -> bool {
+    let entries = head.saturating_sub(planned_to);
+    let bytes = log.head_offset().saturating_sub(planned_end);
+    entries <= INLINE_PLAN_ENTRIES && bytes <= INLINE_PLAN_BYTES
 }
 
 /// Pause before applying again after this sidecar's own data dir failed
@@ -258,12 +262,8 @@ impl Shipper {
             {
                 let log = self.log.clone();
                 let (from, room) = (pipe.planned_to() + 1, MAX_WINDOW - pipe.len());
-                let tail_bytes = log.offsets_persisted().then(|| {
-                    log.head_offset()
-                        .saturating_sub(offset + pipe.planned_bytes())
-                });
                 let tail = head - pipe.planned_to();
-                if plan_inline(tail, tail_bytes) {
+                if plan_inline(&log, head, pipe.planned_to(), offset + pipe.planned_bytes()) {
                     // Only the stretch checked: a group landing meanwhile
                     // waits for the next plan.
                     let w = log.plan(from, room.min(tail as usize), MAX_BATCH, MAX_BATCH_BYTES);
@@ -580,18 +580,42 @@ impl Shipper {
 mod tests {
     use super::*;
 
-    #[test]
-    fn only_a_short_tail_is_planned_on_the_task() {
-        assert!(plan_inline(1, Some(1500)));
-        assert!(plan_inline(INLINE_PLAN_ENTRIES, Some(INLINE_PLAN_BYTES)));
+    #[tokio::test]
+    async fn only_a_short_tail_is_planned_on_the_task_from_a_fresh_log_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage =
+            Arc::new(crate::storage::SledStorage::open(dir.path(), 8 << 20).expect("open"));
+        // A log that was never written: nothing recorded to trust, yet the
+        // offsets are known (all zero), so its tail is planned here.
+        let log = Log::open(storage).expect("log");
+        let key = |k: &str| crate::key::Key::parse(k).expect("key");
+        let small = log
+            .append(crate::log::Write::put(
+                key("a"),
+                bytes::Bytes::from(vec![b'x'; 1500]),
+            ))
+            .await
+            .expect("append");
+        assert!(plan_inline(&log, small.seq, 0, 0), "one small entry");
+        let before = log.head_offset();
+        let big = log
+            .append(crate::log::Write::put(
+                key("b"),
+                bytes::Bytes::from(vec![b'x'; INLINE_PLAN_BYTES as usize + 1]),
+            ))
+            .await
+            .expect("append");
         assert!(
-            !plan_inline(INLINE_PLAN_ENTRIES + 1, Some(100)),
-            "too many entries"
-        );
-        assert!(
-            !plan_inline(1, Some(INLINE_PLAN_BYTES + 1)),
+            !plan_inline(&log, big.seq, small.seq, before),
             "a large value"
         );
-        assert!(!plan_inline(1, None), "offsets unknown: the size is not");
+        assert!(
+            plan_inline(&log, big.seq, big.seq, log.head_offset()),
+            "nothing left to plan"
+        );
+        assert!(
+            !plan_inline(&log, small.seq + INLINE_PLAN_ENTRIES + 1, small.seq, before),
+            "too many entries"
+        );
     }
 }
