@@ -485,13 +485,13 @@ impl Inner {
         let m = self.manifest();
         for run in m.runs.iter().rev() {
             let mut it = self.iter_run(run.id, key.as_bytes())?;
-            // The block holding `key` is the first one read.
-            while let Some(item) = it.next_in_block() {
+            // The block holding `key` is the first one read; the keys
+            // before it are skipped undecoded.
+            it.seek(key.as_bytes())?;
+            if let Some(item) = it.next_in_block() {
                 let (k, info) = item?;
-                match k.as_slice().cmp(key.as_bytes()) {
-                    std::cmp::Ordering::Less => continue,
-                    std::cmp::Ordering::Equal => return Ok(Some(info)),
-                    std::cmp::Ordering::Greater => break,
+                if k == key.as_bytes() {
+                    return Ok(Some(info));
                 }
             }
         }
@@ -511,7 +511,9 @@ impl Inner {
             // The first `limit` keys of the result are among the first
             // `limit` of every run.
             let mut taken = 0;
-            for item in self.iter_run(run.id, start.as_bytes())? {
+            let mut it = self.iter_run(run.id, start.as_bytes())?;
+            it.seek(start.as_bytes())?;
+            for item in it {
                 let (k, info) = item?;
                 if !after.is_empty() && k.as_slice() <= after.as_bytes() {
                     continue;
@@ -632,15 +634,47 @@ impl RunIter<'_> {
         Ok(true)
     }
 
+    /// Reads the first block if none was read yet; false at the end of
+    /// the run.
+    fn started(&mut self) -> Result<bool> {
+        if self.at == 0 && self.block.is_empty() {
+            return self.advance();
+        }
+        Ok(true)
+    }
+
+    /// Skips the entries of the current block before `target`, reading
+    /// only their keys (the block `iter_run` starts at is the one that
+    /// would hold `target`, so no later block holds a key before it).
+    fn seek(&mut self, target: &[u8]) -> Result<()> {
+        if !self.started()? {
+            return Ok(());
+        }
+        while self.at < self.block.len() {
+            let b = &self.block[self.at..];
+            let entry = b.get(..2).and_then(|l| {
+                let len = u16::from_le_bytes([l[0], l[1]]) as usize;
+                let key = b.get(2..2 + len)?;
+                Some((key, 2 + len + KeyInfo::len_at(b.get(2 + len..)?)?))
+            });
+            match entry {
+                Some((key, _)) if key >= target => return Ok(()),
+                Some((_, n)) => self.at += n,
+                None => {
+                    return Err(self.index.damaged(format!("a block (at byte {})", self.at)));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The next entry of the current block (reading the first block if
     /// none was read yet); `None` at the end of a block.
     fn next_in_block(&mut self) -> Option<Result<(Vec<u8>, KeyInfo)>> {
-        if self.at == 0 && self.block.is_empty() {
-            match self.advance() {
-                Ok(true) => {}
-                Ok(false) => return None,
-                Err(e) => return Some(Err(e)),
-            }
+        match self.started() {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => return Some(Err(e)),
         }
         let b = &self.block[self.at..];
         if b.is_empty() {

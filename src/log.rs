@@ -692,21 +692,21 @@ impl Log {
         after: &str,
         limit: usize,
     ) -> Result<Vec<(String, KeyInfo)>> {
-        let mut merged: std::collections::BTreeMap<String, KeyInfo> = self
-            .storage
-            .keys_with_prefix(prefix, after, limit)?
-            .into_iter()
+        // The pending keys first: a checkpoint meanwhile moves them to
+        // storage, read after, so none is missed; a key in both is taken
+        // at its newest.
+        let start = if after > prefix { after } else { prefix };
+        let pending: Vec<(String, KeyInfo)> = self
+            .pending_index()
+            .keys
+            .range::<str, _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(k, _)| k.as_str() != after)
+            .take(limit)
+            .map(|(k, i)| (k.clone(), i.clone()))
             .collect();
-        let saved_all = merged.len() < limit;
-        for (k, info) in self.pending_index().keys.iter() {
-            if k.starts_with(prefix)
-                && (after.is_empty() || k.as_str() > after)
-                && (saved_all || merged.last_key_value().is_some_and(|(last, _)| k < last))
-            {
-                merged.insert(k.clone(), info.clone());
-            }
-        }
-        Ok(merged.into_iter().take(limit).collect())
+        let saved = self.storage.keys_with_prefix(prefix, after, limit)?;
+        Ok(merge_listings(saved, pending, limit))
     }
 
     /// Removes entries below `seq`, never the head entry. Returns how many.
@@ -1630,10 +1630,35 @@ impl Committer {
     }
 }
 
+/// The first `limit` keys of two key-ordered listings together, each key
+/// at its newest entry: what a listing of storage and of the pending index
+/// answers, given the first `limit` of each.
+fn merge_listings(
+    a: Vec<(String, KeyInfo)>,
+    b: Vec<(String, KeyInfo)>,
+    limit: usize,
+) -> Vec<(String, KeyInfo)> {
+    let mut merged: std::collections::BTreeMap<String, KeyInfo> = Default::default();
+    for (k, info) in a.into_iter().chain(b) {
+        match merged.entry(k) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(info);
+            }
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                if info.seq > o.get().seq {
+                    o.insert(info);
+                }
+            }
+        }
+    }
+    merged.into_iter().take(limit).collect()
+}
+
 /// Key index updates not yet written to storage; lookups see them first.
 /// The committer adds each group before it publishes the group's head.
 struct PendingIndex {
-    keys: std::collections::HashMap<String, KeyInfo>,
+    /// In key order: a prefix is a range.
+    keys: std::collections::BTreeMap<String, KeyInfo>,
     /// The head these updates (with storage's checkpoint) cover.
     covers: u64,
 }
@@ -2029,6 +2054,34 @@ mod tests {
             log.key_info("b").await.expect("info").map(|i| i.seq),
             Some(2)
         );
+    }
+
+    proptest::proptest! {
+        /// A listing of storage and of the pending index, each cut at the
+        /// limit, answers the first keys of both together, each at its
+        /// newest entry.
+        #[test]
+        fn listings_merge_like_one_map(
+            a in proptest::collection::btree_map("[a-d]{1,3}", 1u64..50, 0..20),
+            b in proptest::collection::btree_map("[a-d]{1,3}", 1u64..50, 0..20),
+            limit in 1usize..25,
+        ) {
+            let info = |seq: u64| KeyInfo { seq, op: Op::Put, size: 0, meta: None };
+            let mut model = a.clone();
+            for (k, seq) in &b {
+                let e = model.entry(k.clone()).or_insert(*seq);
+                *e = (*e).max(*seq);
+            }
+            let want: Vec<(String, u64)> = model.into_iter().take(limit).collect();
+            let cut = |m: &std::collections::BTreeMap<String, u64>| -> Vec<(String, KeyInfo)> {
+                m.iter().take(limit).map(|(k, s)| (k.clone(), info(*s))).collect()
+            };
+            let got: Vec<(String, u64)> = merge_listings(cut(&a), cut(&b), limit)
+                .into_iter()
+                .map(|(k, i)| (k, i.seq))
+                .collect();
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 
     #[tokio::test]

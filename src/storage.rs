@@ -119,6 +119,21 @@ impl KeyInfo {
         ))
     }
 
+    /// The length of the record at the start of `b`, read from its
+    /// header alone (nothing decoded): how a reader skips it.
+    pub(crate) fn len_at(b: &[u8]) -> Option<usize> {
+        let op = *b.get(8)?;
+        if !matches!(op & !WITH_META, 1 | 2) || b.len() < 17 {
+            return None;
+        }
+        if op & WITH_META == 0 {
+            return Some(17);
+        }
+        let l = b.get(17..19)?;
+        let n = 19 + u16::from_le_bytes([l[0], l[1]]) as usize;
+        (b.len() >= n).then_some(n)
+    }
+
     /// A whole record, nothing after it.
     pub(crate) fn from_bytes(b: &[u8]) -> Option<KeyInfo> {
         let (info, used) = KeyInfo::read_from(b)?;
@@ -1350,6 +1365,34 @@ mod tests {
             size: 1,
             meta: None,
         }
+    }
+
+    /// A key index record's length read from its header is the length a
+    /// full decode takes; a cut or unknown record has none.
+    #[test]
+    fn a_records_length_is_read_without_decoding_it() {
+        let mut with_meta = info(7);
+        with_meta.meta = Some(Arc::new(crate::object::ObjectMeta {
+            content_type: Some("text/plain".into()),
+            ..crate::object::ObjectMeta::of(b"value")
+        }));
+        let delete = KeyInfo {
+            op: Op::Delete,
+            ..info(8)
+        };
+        for i in [info(3), with_meta, delete] {
+            let mut b = Vec::new();
+            i.write_to(&mut b);
+            let used = KeyInfo::read_from(&b).expect("decodes").1;
+            assert_eq!(KeyInfo::len_at(&b), Some(used));
+            b.extend_from_slice(b"next entry");
+            assert_eq!(KeyInfo::len_at(&b), Some(used), "followed by more");
+            assert_eq!(KeyInfo::len_at(&b[..used - 1]), None, "cut short");
+        }
+        let mut bad = Vec::new();
+        info(1).write_to(&mut bad);
+        bad[8] = 9;
+        assert_eq!(KeyInfo::len_at(&bad), None, "unknown op");
     }
 
     /// A change written before a reopen may be gone with the old handle: a
