@@ -18,8 +18,16 @@
 //!   promise: what walship acknowledges is a prefix of the log). Its ratio
 //!   says what answering in log order costs by itself.
 //!
-//! Rounds rotate the sides' order; the table gives writes/s and ack p50
-//! per side and round, and the median ratios per mode and writers.
+//! Rounds rotate the sides' order; the table gives writes/s, ack p50 and
+//! the CPU time the process spent per write (user and system; the clients
+//! run in this process too, the same for every side), and for walship and
+//! the floor their committer's time and writes per group; then the median
+//! ratios per mode and writers. With both sides on one machine's two cores
+//! busy, CPU per write is what sets throughput at 16 writers: the last
+//! column's ratio follows the first.
+//!
+//! `WALSHIP_FLOOR_DIR=/dev/shm` runs both on tmpfs (what each costs
+//! beyond the file system); `WALSHIP_FLOOR_KEEP=1` leaves the files.
 
 mod common;
 
@@ -76,8 +84,16 @@ impl Landed {
     }
 }
 
+/// The floor's committer: groups, writes and µs spent writing and syncing.
+#[derive(Default)]
+struct FloorStats {
+    groups: std::sync::atomic::AtomicU64,
+    writes: std::sync::atomic::AtomicU64,
+    us: std::sync::atomic::AtomicU64,
+}
+
 /// A group-committed log file: one write and one fdatasync per group.
-fn committer(path: PathBuf, rx: std::sync::mpsc::Receiver<Group>) {
+fn committer(path: PathBuf, rx: std::sync::mpsc::Receiver<Group>, stats: Arc<FloorStats>) {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -96,8 +112,16 @@ fn committer(path: PathBuf, rx: std::sync::mpsc::Receiver<Group>) {
             buf.extend_from_slice(&g.value);
             buf.extend_from_slice(&crc32fast::hash(&g.value).to_le_bytes());
         }
+        let started = Instant::now();
         f.write_all(&buf).expect("write");
         f.sync_data().expect("fdatasync");
+        stats
+            .us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        stats.groups.fetch_add(1, Ordering::Relaxed);
+        stats
+            .writes
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
         for g in group {
             seq += 1;
             let _ = g.done.send(seq);
@@ -174,14 +198,16 @@ async fn floor_put(
     "ok"
 }
 
-async fn serve_floor(root: &Path, sync: bool, in_order: bool) -> String {
+async fn serve_floor(root: &Path, sync: bool, in_order: bool) -> (String, Arc<FloorStats>) {
     let dirs: Vec<PathBuf> = ["p", "r1", "r2"].iter().map(|n| root.join(n)).collect();
     for d in &dirs {
         std::fs::create_dir_all(d).expect("dir");
     }
     let (tx, rx) = std::sync::mpsc::sync_channel(4096);
     let log = root.join("log");
-    std::thread::spawn(move || committer(log, rx));
+    let stats = Arc::new(FloorStats::default());
+    let s = stats.clone();
+    std::thread::spawn(move || committer(log, rx, s));
     let app = axum::Router::new()
         .route("/v1/objects/{*key}", axum::routing::put(floor_put))
         .with_state(Floor {
@@ -195,7 +221,7 @@ async fn serve_floor(root: &Path, sync: bool, in_order: bool) -> String {
         .expect("bind");
     let addr = l.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(l, app).await });
-    format!("http://{addr}")
+    (format!("http://{addr}"), stats)
 }
 
 // ---- walship ----
@@ -224,6 +250,15 @@ async fn serve_walship(root: &Path, mode: &str) -> (String, Arc<Replicator>) {
 }
 
 // ---- clients ----
+
+/// CPU seconds (user, system) this process has used so far, every thread.
+fn cpu_used() -> (f64, f64) {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (secs(ru.ru_utime), secs(ru.ru_stime))
+}
 
 struct Run {
     per_sec: f64,
@@ -274,13 +309,32 @@ async fn main() {
     let rounds = arg("--rounds", 3);
     let size = arg("--size", 1400);
     let value = Bytes::from(vec![b'v'; size]);
-    let tmp = tempfile::tempdir().expect("tempdir");
+    // `WALSHIP_FLOOR_DIR=/dev/shm` runs both sides on tmpfs (what each
+    // costs beyond the file system); `WALSHIP_FLOOR_KEEP=1` leaves the
+    // files, so that the next run does not start right after their
+    // removal (ext4 without a journal skips inodes freed in the last
+    // minute when it allocates one, a cost that falls on whoever creates
+    // files next: see benches/e2e.rs).
+    let tmp = match std::env::var_os("WALSHIP_FLOOR_DIR") {
+        Some(dir) => tempfile::tempdir_in(dir),
+        None => tempfile::tempdir(),
+    }
+    .expect("tempdir");
     println!(
         "walship against the raw durable floor over HTTP: primary + 2 replicas on local directories (fsync), {size}-byte values"
     );
     println!(
-        "{:>9} {:>7} {:>5} {:>8} {:>10} {:>8} {:>10} {:>8}",
-        "mode", "writers", "round", "side", "writes/s", "p50 ms", "commit µs", "per group"
+        "{:>9} {:>7} {:>5} {:>8} {:>10} {:>8} {:>10} {:>10} {:>10} {:>8}",
+        "mode",
+        "writers",
+        "round",
+        "side",
+        "writes/s",
+        "p50 ms",
+        "cpu µs/w",
+        "user µs/w",
+        "commit µs",
+        "per group"
     );
     let mut table = Vec::new();
     for mode in ["sync", "async"] {
@@ -288,16 +342,18 @@ async fn main() {
         // removed before the end (see benches/e2e.rs on deleted inodes).
         let root = tmp.path().join(mode);
         let (wbase, rep) = serve_walship(&root.join("walship"), mode).await;
-        let fbase = serve_floor(&root.join("floor"), mode == "sync", false).await;
-        let obase = serve_floor(&root.join("floor-ordered"), mode == "sync", true).await;
+        let (fbase, fstats) = serve_floor(&root.join("floor"), mode == "sync", false).await;
+        let (obase, ostats) = serve_floor(&root.join("floor-ordered"), mode == "sync", true).await;
         for writers in [1usize, 16] {
             let n = if writers == 1 { 1000 } else { 4000 };
             let mut ratios = Vec::new();
             let mut ordered_ratios = Vec::new();
+            let mut cpu_ratios = Vec::new();
             for round in 0..rounds {
                 let mut order = [0usize, 1, 2];
                 order.rotate_left(round % 3);
                 let mut got = [0.0f64; 3];
+                let mut cpu = [0.0f64; 3];
                 for side in order {
                     // `WALSHIP_FLOOR_ONLY=sync:16:walship` runs one side of
                     // one row (for a profiler).
@@ -314,32 +370,52 @@ async fn main() {
                         stats.flush_us.load(Ordering::Relaxed),
                         stats.entries.load(Ordering::Relaxed),
                     );
+                    let floor_stats = [&fstats, &fstats, &ostats][side];
+                    let floor_before = (
+                        floor_stats.groups.load(Ordering::Relaxed),
+                        floor_stats.us.load(Ordering::Relaxed),
+                        floor_stats.writes.load(Ordering::Relaxed),
+                    );
                     let base = [&wbase, &fbase, &obase][side];
+                    let cpu_before = cpu_used();
                     let r = write_all(base, &tag, writers, n, value.clone()).await;
-                    // walship's committer: time per group and writes per group.
-                    let groups = (stats.flushes.load(Ordering::Relaxed) - before.0).max(1);
-                    let commit = if side == 0 {
-                        format!(
-                            "{:>10.0} {:>8.1}",
-                            (stats.flush_us.load(Ordering::Relaxed) - before.1) as f64
-                                / groups as f64,
-                            (stats.entries.load(Ordering::Relaxed) - before.2) as f64
-                                / groups as f64
+                    let cpu_after = cpu_used();
+                    // What this side's committer did: time per group and
+                    // writes per group.
+                    let (groups, us, writes) = if side == 0 {
+                        (
+                            stats.flushes.load(Ordering::Relaxed) - before.0,
+                            stats.flush_us.load(Ordering::Relaxed) - before.1,
+                            stats.entries.load(Ordering::Relaxed) - before.2,
                         )
                     } else {
-                        String::new()
+                        (
+                            floor_stats.groups.load(Ordering::Relaxed) - floor_before.0,
+                            floor_stats.us.load(Ordering::Relaxed) - floor_before.1,
+                            floor_stats.writes.load(Ordering::Relaxed) - floor_before.2,
+                        )
                     };
+                    let per_write = |a: f64, b: f64| (b - a) * 1e6 / n as f64;
+                    let user_us = per_write(cpu_before.0, cpu_after.0);
+                    let cpu_us = user_us + per_write(cpu_before.1, cpu_after.1);
                     println!(
-                        "{mode:>9} {writers:>7} {round:>5} {name:>8} {:>10.0} {:>8.2} {commit}",
-                        r.per_sec, r.p50_ms
+                        "{mode:>9} {writers:>7} {round:>5} {name:>8} {:>10.0} {:>8.2} {cpu_us:>10.0} {user_us:>10.0} {:>10.0} {:>8.1}",
+                        r.per_sec,
+                        r.p50_ms,
+                        us as f64 / groups.max(1) as f64,
+                        writes as f64 / groups.max(1) as f64
                     );
                     got[side] = r.per_sec;
+                    cpu[side] = cpu_us;
                 }
                 if got[0] > 0.0 && got[1] > 0.0 {
                     ratios.push(got[0] / got[1]);
                 }
                 if got[0] > 0.0 && got[2] > 0.0 {
                     ordered_ratios.push(got[0] / got[2]);
+                }
+                if cpu[0] > 0.0 && cpu[1] > 0.0 {
+                    cpu_ratios.push(cpu[1] / cpu[0]);
                 }
             }
             if !ratios.is_empty() {
@@ -348,7 +424,7 @@ async fn main() {
                 } else {
                     median(ordered_ratios)
                 };
-                table.push((mode, writers, median(ratios), ordered));
+                table.push((mode, writers, median(ratios), ordered, median(cpu_ratios)));
             }
         }
         rep.shutdown(Duration::from_secs(5))
@@ -356,9 +432,12 @@ async fn main() {
             .expect("shutdown");
     }
     println!(
-        "\n| mode | writers | walship / floor | walship / floor in order |\n| --- | --- | --- | --- |"
+        "\n| mode | writers | walship / floor | walship / floor in order | CPU per write floor / walship |\n| --- | --- | --- | --- | --- |"
     );
-    for (mode, writers, r, o) in table {
-        println!("| {mode} | {writers} | {r:.2} | {o:.2} |");
+    for (mode, writers, r, o, c) in table {
+        println!("| {mode} | {writers} | {r:.2} | {o:.2} | {c:.2} |");
+    }
+    if std::env::var_os("WALSHIP_FLOOR_KEEP").is_some() {
+        println!("kept {}", tmp.keep().display());
     }
 }

@@ -76,6 +76,7 @@ pub use error::{Error, Result};
 pub mod config;
 #[cfg(feature = "testing")]
 pub mod faults;
+mod localdir;
 mod ordered;
 mod pipeline;
 mod quorum;

@@ -39,13 +39,45 @@ pub(crate) struct Ordered {
 
 /// Wraps a local directory's store.
 pub(crate) fn ordered(inner: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
-    Arc::new(Ordered {
-        inner,
-        locks: Arc::default(),
-    })
+    Arc::new(Ordered::new(inner))
 }
 
 impl Ordered {
+    pub(crate) fn new(inner: Arc<dyn ObjectStore>) -> Ordered {
+        Ordered {
+            inner,
+            locks: Arc::default(),
+        }
+    }
+
+    /// Runs the blocking `write` of `p` on the blocking pool after every
+    /// earlier write of `p`; it finishes (and holds `p`'s place until it
+    /// does) even if this caller goes away. One hand-off, where
+    /// [`Ordered::in_order`] of an async write takes two.
+    pub(crate) async fn in_order_blocking<T, F>(
+        &self,
+        p: &Path,
+        write: F,
+    ) -> object_store::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> object_store::Result<T> + Send + 'static,
+    {
+        let guard = self.locks.lock(p).await;
+        tokio::task::spawn_blocking(move || {
+            let out = write();
+            drop(guard);
+            out
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(object_store::Error::Generic {
+                store: "local directory",
+                source: format!("the write task did not finish: {e}").into(),
+            })
+        })
+    }
+
     /// Runs `write` for `p` after every earlier write of `p`, on a task that
     /// finishes it even if this caller goes away.
     async fn in_order<T, F>(&self, p: &Path, write: F) -> object_store::Result<T>
@@ -169,5 +201,63 @@ impl ObjectStore for Ordered {
         let (inner, f, t) = (self.inner.clone(), from.clone(), to.clone());
         self.in_order(to, async move { inner.copy_opts(&f, &t, options).await })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// A write whose caller stopped waiting still finishes before the
+    /// next write of its path starts; writes of other paths do not wait.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blocking_write_abandoned_by_its_caller_still_lands_before_the_next() {
+        let o = Arc::new(Ordered::new(
+            Arc::new(object_store::memory::InMemory::new()),
+        ));
+        let landed = Arc::new(Mutex::new(Vec::<&str>::new()));
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+        let first = {
+            let (o, landed) = (o.clone(), landed.clone());
+            tokio::spawn(async move {
+                o.in_order_blocking(&Path::from("k"), move || {
+                    let _ = started_tx.send(());
+                    held.recv().expect("released");
+                    landed.lock().expect("lock").push("old");
+                    Ok(())
+                })
+                .await
+            })
+        };
+        started.await.expect("the first write started");
+        // Its caller gives up (a timeout, a pause).
+        first.abort();
+        let _ = first.await;
+        let next = {
+            let (o, landed) = (o.clone(), landed.clone());
+            tokio::spawn(async move {
+                o.in_order_blocking(&Path::from("k"), move || {
+                    landed.lock().expect("lock").push("new");
+                    Ok(())
+                })
+                .await
+            })
+        };
+        // Another path goes on meanwhile.
+        let other = landed.clone();
+        o.in_order_blocking(&Path::from("other"), move || {
+            other.lock().expect("lock").push("other");
+            Ok(())
+        })
+        .await
+        .expect("other path");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(*landed.lock().expect("lock"), vec!["other"], "k waits");
+        release.send(()).expect("release");
+        next.await.expect("task").expect("write");
+        assert_eq!(*landed.lock().expect("lock"), vec!["other", "old", "new"]);
     }
 }

@@ -94,7 +94,7 @@ pub fn build_store(t: &TargetConfig) -> Result<Arc<dyn ObjectStore>> {
                 .map_err(|e| Error::target(&t.name, e))?
                 .with_automatic_cleanup(true)
                 .with_fsync(fsync);
-            Arc::new(fs)
+            Arc::new(crate::localdir::LocalDir::new(fs, fsync))
         }
         TargetUrl::S3 { bucket, prefix } => {
             let mut b = AmazonS3Builder::from_env()

@@ -1304,9 +1304,10 @@ fn open_target(
         None => (crate::target::build_store(t)?, true),
     };
     // A local directory's writes to one path land in order, even those a
-    // shipper stopped waiting for (see `ordered`).
+    // shipper stopped waiting for (see `ordered`): the one built here
+    // keeps that order itself (`localdir`); one given is wrapped.
     let store = match url {
-        Ok(crate::config::TargetUrl::File(_)) => crate::ordered::ordered(store),
+        Ok(crate::config::TargetUrl::File(_)) if !built_here => crate::ordered::ordered(store),
         _ => store,
     };
     // Every request to the store is counted (what it bills).
