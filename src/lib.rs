@@ -84,6 +84,7 @@ pub mod replicator;
 mod shipper;
 pub mod status;
 pub mod target;
+mod waiters;
 
 pub use apply::list_conflicts;
 pub use config::{Config, Mode};

@@ -128,6 +128,7 @@ pub(crate) struct Shipper {
     pub(crate) target: Arc<TargetHandle>,
     pub(crate) log: Arc<Log>,
     pub(crate) progress: Arc<watch::Sender<u64>>,
+    pub(crate) waiters: Arc<crate::waiters::Waiters>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) engine: Arc<Engine>,
     pub(crate) cancel: CancellationToken,
@@ -330,6 +331,8 @@ impl Shipper {
                             return Err(Stop::Inactive);
                         }
                         self.progress.send_modify(|p| *p += 1);
+                        let cursor = pipe.cursor();
+                        self.waiters.passed(self.target.idx, cursor - passed.count, cursor);
                         saved.moved = true;
                         if saved.at.elapsed() >= PERSIST_EVERY {
                             *saved = Saved { at: Instant::now(), moved: !self.persist() };

@@ -99,6 +99,8 @@ pub struct Replicator {
     acting: Arc<crate::acting::Acting>,
     engine: Arc<Engine>,
     progress: Arc<watch::Sender<u64>>,
+    /// Writers waiting for cursors (see `waiters`).
+    waiters: Arc<crate::waiters::Waiters>,
     metrics: Arc<Metrics>,
     accepting: AtomicBool,
     cancel: CancellationToken,
@@ -205,6 +207,7 @@ impl Replicator {
             acting,
             engine,
             progress: Arc::new(watch::channel(0).0),
+            waiters: Default::default(),
             metrics,
             accepting: AtomicBool::new(true),
             cancel: CancellationToken::new(),
@@ -428,9 +431,10 @@ impl Replicator {
     /// as able to (guarantee 9).
     pub async fn wait_for(&self, seq: u64, key: &str, mode: Mode) -> Result<WriteAck> {
         let deadlines = self.deadlines();
-        let mut rx = self.progress.subscribe();
+        // Registered before the first look: a cursor passing `seq` after
+        // it wakes this writer (see `waiters`).
+        let waiting = self.waiters.register(seq, self.interest(mode));
         loop {
-            rx.borrow_and_update();
             let now = tokio::time::Instant::now();
             let verdict = self.evaluate(seq, key, mode, &deadlines, now);
             if verdict.done {
@@ -448,16 +452,25 @@ impl Replicator {
                     acked_by: verdict.acked_by,
                 });
             }
-            // Look again on progress, or when the next deadline passes.
+            // The acting primary may have changed (a failover wakes all).
+            waiting.listen(self.interest(mode));
+            // Look again when woken, or when the next deadline passes.
             let next = deadlines.iter().copied().filter(|d| *d > now).min();
             match next {
                 Some(at) => {
-                    let _ = tokio::time::timeout_at(at, rx.changed()).await;
+                    let _ = tokio::time::timeout_at(at, waiting.woken()).await;
                 }
-                None => {
-                    let _ = rx.changed().await;
-                }
+                None => waiting.woken().await,
             }
+        }
+    }
+
+    /// The targets whose cursors can decide a write's answer in `mode`:
+    /// the acting primary alone for `async`, every one otherwise.
+    fn interest(&self, mode: Mode) -> crate::waiters::Interest {
+        match mode {
+            Mode::Async => crate::waiters::Interest::only(self.acting.get()),
+            _ => crate::waiters::Interest::ALL,
         }
     }
 
@@ -772,7 +785,10 @@ impl Replicator {
                     }
                     step.to = t.transition(event)?;
                 }
-                Command::Notify => self.progress.send_modify(|p| *p += 1),
+                Command::Notify => {
+                    self.progress.send_modify(|p| *p += 1);
+                    self.waiters.wake_all();
+                }
                 Command::StartResync => {}
             }
         }
@@ -978,6 +994,7 @@ impl Replicator {
         self.metrics.failovers.inc();
         tracing::warn!(from = %self.targets[from].name(), to = %self.targets[to].name(), "failover: the acting primary lost what it held");
         self.progress.send_modify(|p| *p += 1);
+        self.waiters.wake_all();
         true
     }
 
@@ -1030,6 +1047,7 @@ impl Replicator {
             tracing::warn!(from = %self.targets[from].name(), to = %self.targets[to].name(), cursor, "failover: acting primary is unhealthy");
         }
         self.progress.send_modify(|p| *p += 1);
+        self.waiters.wake_all();
     }
 
     // ---- reports ----
@@ -1403,6 +1421,7 @@ fn start_tasks(r: &Arc<Replicator>, mailboxes: Vec<tokio::sync::mpsc::Receiver<o
             target: t.clone(),
             log: r.log.clone(),
             progress: r.progress.clone(),
+            waiters: r.waiters.clone(),
             metrics: r.metrics.clone(),
             engine: r.engine.clone(),
             cancel: r.cancel.clone(),
