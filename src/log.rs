@@ -184,6 +184,8 @@ pub struct Log {
     /// The key index's updates not yet checkpointed to storage; it covers
     /// the head before the head is published.
     pending_index: Arc<Mutex<PendingIndex>>,
+    /// The newest committed entries (see `Tail`).
+    tail: Arc<Mutex<Tail>>,
     stats: Arc<CommitStats>,
     /// Bytes of stored records from the first kept entry through the head,
     /// as of open, plus every byte committed since ("log offset" of head).
@@ -293,7 +295,9 @@ impl Log {
                 .spawn(move || run_indexer(storage, index_rx, pending, head))
                 .map_err(|e| Error::io("starting the key index thread", e))?
         };
+        let tail: Arc<Mutex<Tail>> = Default::default();
         let committer = Committer {
+            tail: tail.clone(),
             stats: stats.clone(),
             storage: storage.clone(),
             head: head_tx.clone(),
@@ -314,6 +318,7 @@ impl Log {
             committer: Some(handle),
             indexer: Some(indexer),
             pending_index,
+            tail,
             stats,
             first_offset: AtomicU64::new(first_abs),
             rebased,
@@ -460,6 +465,26 @@ impl Log {
             return w;
         }
         let to = head.min(from.saturating_add(max_entries as u64).saturating_sub(1));
+        if let Some(w) = self.tail.lock().unwrap_or_else(|e| e.into_inner()).plan(
+            from,
+            to,
+            keep_entries,
+            keep_bytes,
+        ) {
+            return w;
+        }
+        self.plan_stored(w, from, to, keep_entries, keep_bytes)
+    }
+
+    /// [`Log::plan`] of `from..=to`, read from the storage.
+    fn plan_stored(
+        &self,
+        mut w: Window,
+        from: u64,
+        to: u64,
+        keep_entries: usize,
+        keep_bytes: usize,
+    ) -> Window {
         // Distinct keys without an allocation each: their bytes in one
         // arena, a table of their indices, compared by bytes on a hash hit.
         use std::hash::BuildHasher as _;
@@ -1186,6 +1211,8 @@ pub fn now_ms() -> u64 {
 }
 
 struct Committer {
+    /// Each group goes in before its head is published.
+    tail: Arc<Mutex<Tail>>,
     stats: Arc<CommitStats>,
     storage: Arc<dyn LogStorage>,
     head: Arc<watch::Sender<u64>>,
@@ -1464,6 +1491,7 @@ impl Committer {
                 let last = self.next_seq - 1;
                 let mut keys = Vec::with_capacity(group.len());
                 let mut replies = Vec::with_capacity(group.len());
+                let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
                 for (i, Request { write, reply, .. }) in group.drain(..).enumerate() {
                     let seq = first_seq + i as u64;
                     let meta = write.meta.map(|mut m| {
@@ -1471,6 +1499,17 @@ impl Committer {
                         std::sync::Arc::make_mut(&mut m).ts_ms = ts;
                         m
                     });
+                    tail.push(
+                        Entry {
+                            seq,
+                            ts_ms: ts,
+                            op: write.op,
+                            key: write.key.as_str().to_string(),
+                            value: write.value.clone(),
+                            meta: meta.clone(),
+                        },
+                        records[i].len() as u32,
+                    );
                     let info = KeyInfo {
                         seq,
                         op: write.op,
@@ -1480,6 +1519,7 @@ impl Committer {
                     keys.push((write.key.into_string(), info));
                     replies.push((seq, reply));
                 }
+                drop(tail);
                 // The group is in the key index before its head is
                 // published: whoever sees the head sees its keys, with no
                 // hand-off to wait for.
@@ -1652,6 +1692,82 @@ fn merge_listings(
         }
     }
     merged.into_iter().take(limit).collect()
+}
+
+/// The newest committed entries, each with its stored size, kept for the
+/// shippers: a target that keeps up plans each new group from here, with
+/// no read of the storage and no decode, three times a write with three
+/// targets. Invariant: the entries are consecutive and end at the last
+/// committed seq (the committer adds a group before publishing its head);
+/// at most `TAIL_ENTRIES` of them and `TAIL_BYTES` of values. They are
+/// the bytes the log made durable and acknowledged; an entry read back
+/// from the storage is crc-checked (guarantee 7).
+#[derive(Default)]
+struct Tail {
+    entries: std::collections::VecDeque<(Entry, u32)>,
+    value_bytes: usize,
+}
+
+const TAIL_ENTRIES: usize = 256;
+const TAIL_BYTES: usize = 1 << 20;
+
+impl Tail {
+    /// Adds the next committed entry; the oldest go past the bounds (a
+    /// value over `TAIL_BYTES` goes at once, and everything before it).
+    fn push(&mut self, e: Entry, size: u32) {
+        if self
+            .entries
+            .back()
+            .is_some_and(|(last, _)| last.seq + 1 != e.seq)
+        {
+            self.entries.clear();
+            self.value_bytes = 0;
+        }
+        self.value_bytes += e.value.len();
+        self.entries.push_back((e, size));
+        while self.entries.len() > TAIL_ENTRIES || self.value_bytes > TAIL_BYTES {
+            if let Some((old, _)) = self.entries.pop_front() {
+                self.value_bytes -= old.value.len();
+            }
+        }
+    }
+
+    /// `from..=to` planned from here (see [`Log::plan`]), when every entry
+    /// of it is here.
+    fn plan(&self, from: u64, to: u64, keep_entries: usize, keep_bytes: usize) -> Option<Window> {
+        let first = self.entries.front()?.0.seq;
+        let last = self.entries.back()?.0.seq;
+        if from < first || to > last || from > to {
+            return None;
+        }
+        let stretch = self
+            .entries
+            .range((from - first) as usize..=(to - first) as usize);
+        let n = (to - from + 1) as usize;
+        let mut w = Window {
+            base: from,
+            owner: Vec::with_capacity(n),
+            sizes: Vec::with_capacity(n),
+            ts_ms: Vec::with_capacity(n),
+            ..Window::default()
+        };
+        let mut last_of: hashbrown::HashMap<&str, u32> = hashbrown::HashMap::with_capacity(n);
+        let mut bytes = 0usize;
+        for (i, (e, size)) in stretch.clone().enumerate() {
+            w.sizes.push(*size);
+            w.ts_ms.push(e.ts_ms);
+            last_of.insert(e.key.as_str(), i as u32);
+            bytes += *size as usize;
+        }
+        w.owner = stretch
+            .clone()
+            .map(|(e, _)| last_of[e.key.as_str()])
+            .collect();
+        if n <= keep_entries && bytes <= keep_bytes {
+            w.entries = Some(stretch.map(|(e, _)| e.clone()).collect());
+        }
+        Some(w)
+    }
 }
 
 /// Key index updates not yet written to storage; lookups see them first.
@@ -1917,6 +2033,9 @@ mod tests {
                 record: &rec,
             }])
             .expect("overwrite");
+        // (Read from the storage: the tail in memory holds the entries as
+        // they were written, undamaged.)
+        log.tail.lock().expect("tail").entries.clear();
         let w = log.plan(1, 100, 100, usize::MAX);
         assert_eq!(w.owner, vec![2, 1, 2]);
         assert!(
@@ -1924,6 +2043,84 @@ mod tests {
             "{:?}",
             w.error
         );
+    }
+
+    /// A target keeping up plans from the tail in memory: what it plans
+    /// there is what a plan read from the storage says, and a stretch the
+    /// tail no longer holds is read from the storage.
+    #[tokio::test]
+    async fn the_tail_in_memory_plans_as_the_storage_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = Log::open(Arc::new(
+            SledStorage::open(dir.path(), 8 << 20).expect("open"),
+        ))
+        .expect("log");
+        // Keys repeated within a stretch, deletes, metadata, one value
+        // larger than the tail keeps (at seq LARGE + 1).
+        const LARGE: u64 = TAIL_ENTRIES as u64 - 10;
+        for i in 0..(TAIL_ENTRIES as u64 + 40) {
+            let key = format!("k{}", i % 7);
+            let mut w = if i % 11 == 5 {
+                Write::delete(Key::parse(&key).expect("key"))
+            } else {
+                let size = if i == LARGE {
+                    TAIL_BYTES + 1
+                } else {
+                    1 + i as usize % 90
+                };
+                Write::put(
+                    Key::parse(&key).expect("key"),
+                    Bytes::from(vec![b'v'; size]),
+                )
+            };
+            if i % 3 == 0
+                && let Some(m) = w.meta.as_mut()
+            {
+                std::sync::Arc::make_mut(m).content_type = Some(format!("type/{i}"));
+            }
+            log.append(w).await.expect("append");
+        }
+        let head = log.head();
+        let same = |from: u64, to: u64, keep: usize| {
+            let tail = log
+                .tail
+                .lock()
+                .expect("tail")
+                .plan(from, to, keep, usize::MAX);
+            let stored = log.plan_stored(
+                Window {
+                    base: from,
+                    ..Window::default()
+                },
+                from,
+                to,
+                keep,
+                usize::MAX,
+            );
+            (tail, stored)
+        };
+        let after_large = LARGE + 2;
+        for (from, to, keep) in [
+            (after_large, head, usize::MAX),
+            (head, head, 1),
+            (head - 30, head - 2, 5),
+        ] {
+            let (tail, stored) = same(from, to, keep);
+            let tail = tail.expect("in the tail");
+            assert!(stored.error.is_none(), "{:?}", stored.error);
+            assert_eq!(
+                (tail.base, &tail.owner, &tail.sizes, &tail.ts_ms),
+                (stored.base, &stored.owner, &stored.sizes, &stored.ts_ms),
+                "{from}..={to}"
+            );
+            assert_eq!(tail.entries, stored.entries, "{from}..={to}");
+        }
+        // Older than the tail (it keeps the newest only), or the large
+        // value it dropped: read from the storage.
+        assert!(same(1, 10, usize::MAX).0.is_none());
+        assert!(same(after_large - 3, head, usize::MAX).0.is_none());
+        let w = log.plan(1, 10, usize::MAX, usize::MAX);
+        assert_eq!((w.len(), w.entries.map(|e| e.len())), (10, Some(10)));
     }
 
     #[tokio::test]
