@@ -7,7 +7,8 @@
 //!
 //! - before a group's sync it writes `{acked: H0, committing: H1}` (H0 the
 //!   head every earlier group made durable and acknowledged, H1 this group's
-//!   last seq) and makes it durable *with* sled's sync (below);
+//!   last seq) and makes it durable *with* the log's sync (the journal's
+//!   fdatasync, see `journal`; below);
 //! - after both are done, before anyone is answered, it writes
 //!   `{acked: H1, committing: H1}` without a sync (a process crash keeps it;
 //!   the next group's fdatasync, or a clean close, makes it durable).
@@ -28,18 +29,18 @@
 //!
 //! One flush, where the filesystem allows it ([`durability`]): the
 //! record's own fdatasync is a second device cache flush per group, which
-//! the device takes after sled's (60–90 µs of a one-writer commit here).
-//! On ext4 (not `data=journal`) and xfs, with the record and sled's data
+//! the device takes after the log's (60–90 µs of a one-writer commit here).
+//! On ext4 (not `data=journal`) and xfs, with the record and the log's
 //! file on one device (`SharedFlush`), the committer instead submits the
-//! write of the record's page to the device before sled's flush
+//! write of the record's page to the device
 //! (`sync_file_range` WRITE), and *waits for that write to complete*
-//! (WAIT_BEFORE | WRITE | WAIT_AFTER) after it, before it calls sled's
+//! (WAIT_BEFORE | WRITE | WAIT_AFTER), before it calls the log's
 //! fdatasync. Both filesystems end an fdatasync with a cache
 //! flush of the device (or a journal commit carrying one), and a flush
 //! makes every write completed before it durable, whichever file it was
 //! for. An overwrite in place there needs nothing else. Anywhere else the
 //! record keeps its own fdatasync (`OwnSync`), on a thread of its own
-//! alongside sled's flush and fdatasync, so the two overlap.
+//! alongside the log's fdatasync, so the two overlap.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -107,19 +108,19 @@ fn newest(bytes: &[u8]) -> std::result::Result<Option<(usize, HeadMark)>, ()> {
 /// How a group's head record is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Durability {
-    /// Its own fdatasync, alongside sled's.
+    /// Its own fdatasync, alongside the log's.
     OwnSync,
-    /// Written back (and the write waited for) before sled's fdatasync,
+    /// Written back (and the write waited for) before the log's fdatasync,
     /// whose device flush makes it durable too.
     SharedFlush,
 }
 
-/// Where the head record and sled's data file live.
+/// Where the head record and the log's file live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Placement {
     /// `statfs`'s `f_type` of the data directory.
     pub fs_magic: i64,
-    /// The record and sled's data file are on one device.
+    /// The record and the log's file are on one device.
     pub same_device: bool,
     /// The record's file has data blocks of its own (ext4's `inline_data`
     /// keeps a small file in its inode, which only a journal commit makes
@@ -133,7 +134,7 @@ pub(crate) struct Placement {
 const EXT4_MAGIC: i64 = 0xEF53;
 const XFS_MAGIC: i64 = 0x5846_5342;
 
-/// Whether sled's fdatasync can carry the head record: only where an
+/// Whether the log's fdatasync can carry the head record: only where an
 /// fdatasync is known to end with a device flush and a page overwritten in
 /// place needs nothing but its own write (ext4 without `data=journal`,
 /// xfs, a file with blocks of its own), on the one device that flush is
@@ -270,7 +271,7 @@ pub(crate) struct HeadFile {
 }
 
 impl HeadFile {
-    /// Opens (or creates) `dir/head`, next to sled's data file `log_file`
+    /// Opens (or creates) `dir/head`, next to the log's file `log_file`
     /// (which decides [`HeadFile::durability`]). A file whose slots are both
     /// damaged opens, and [`HeadFile::found`] says so (the next write
     /// replaces it).
@@ -433,7 +434,7 @@ impl HeadFile {
     }
 
     /// Waits for what [`HeadFile::start_sync`] started: the fdatasync, or
-    /// the completion of the page's write (then only sled's fdatasync that
+    /// the completion of the page's write (then only the log's fdatasync that
     /// follows makes it durable).
     pub(crate) fn finish_sync(&self, pending: PendingSync) -> Result<()> {
         let done = match pending {

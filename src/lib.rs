@@ -64,6 +64,7 @@ pub mod conflict;
 pub mod error;
 pub mod frame;
 mod headfile;
+mod journal;
 pub mod key;
 mod keyed;
 mod keyfit;

@@ -1246,8 +1246,9 @@ impl Committer {
         let mut kept = Vec::with_capacity(group.len());
         for r in group.drain(..) {
             // The record and its share of sled's framing, twice over for
-            // the pages sled rewrites as it goes.
-            let need = 2 * (r.write.value.len() + r.write.key.as_str().len() + 128) as u64;
+            // the pages sled rewrites as it goes, and once in the journal
+            // until the next checkpoint.
+            let need = 3 * (r.write.value.len() + r.write.key.as_str().len() + 128) as u64;
             if need <= room {
                 room -= need;
                 kept.push(r);
@@ -1836,6 +1837,11 @@ fn run_indexer(
                 }
                 Err(e) => tracing::error!(error = %e, "key index checkpoint failed; retrying"),
             }
+        }
+        // The log's records, cursors and the index just written made
+        // durable in the engine; the journal they were kept in goes.
+        if let Err(e) = storage.checkpoint() {
+            tracing::warn!(error = %e, "log checkpoint failed; the journal keeps every record meanwhile, retrying");
         }
         if closed {
             return;
