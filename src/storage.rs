@@ -583,12 +583,7 @@ impl SledStorage {
             .map_err(self.err("reading the log"))?
         {
             let first = frame_seq(&k, seq)?;
-            let recs = frame::records(&v)
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| Error::Corrupt {
-                    seq: first + e.index,
-                    reason: e.reason,
-                })?;
+            let recs = frame_records(first, &v)?;
             let keep = (seq + 1 - first) as usize;
             if recs.len() > keep {
                 s.log
@@ -946,12 +941,7 @@ impl LogStore for SledStorage {
                 } else if first < seq {
                     // The frame holding `seq`: keep its records from `seq`
                     // on, as a frame under `seq` (the head entry stays).
-                    let recs = frame::records(&v)
-                        .collect::<std::result::Result<Vec<_>, _>>()
-                        .map_err(|e| Error::Corrupt {
-                            seq: first + e.index,
-                            reason: e.reason,
-                        })?;
+                    let recs = frame_records(first, &v)?;
                     let cut = ((seq - first) as usize).min(recs.len().saturating_sub(1));
                     if cut > 0 {
                         batch.remove(k);
@@ -1362,6 +1352,17 @@ fn frame_seq(k: &[u8], near: u64) -> Result<u64> {
         seq: near,
         reason: format!("a log key of {} bytes is not a seq", k.len()),
     })
+}
+
+/// Every record of the frame starting at `first`; a damaged one is said
+/// as the seq it would hold.
+fn frame_records(first: u64, v: &[u8]) -> Result<Vec<&[u8]>> {
+    frame::records(v)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Corrupt {
+            seq: first + e.index,
+            reason: e.reason,
+        })
 }
 
 fn seq_of(b: &[u8]) -> Option<u64> {
