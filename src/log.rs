@@ -670,11 +670,19 @@ impl Log {
         if cursor >= head {
             return Lag::default();
         }
-        let mut ts = None;
-        let _ = self.storage.scan(cursor + 1, cursor + 1, &mut |seq, rec| {
-            ts = codec::decode(seq, rec).ok().map(|e| e.ts_ms);
-            false
-        });
+        // The oldest entry not applied: from memory when it is among the
+        // newest (a target that keeps up), else read back (crc-checked).
+        let mut ts = self
+            .tail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ts_of(cursor + 1);
+        if ts.is_none() {
+            let _ = self.storage.scan(cursor + 1, cursor + 1, &mut |seq, rec| {
+                ts = codec::decode_ref(seq, rec).ok().map(|e| e.ts_ms);
+                false
+            });
+        }
         Lag {
             entries: head - cursor,
             bytes: self.head_offset().saturating_sub(cursor_offset),
@@ -1733,6 +1741,13 @@ impl Tail {
         }
     }
 
+    /// The time of entry `seq`, when it is here.
+    fn ts_of(&self, seq: u64) -> Option<u64> {
+        let first = self.entries.front()?.0.seq;
+        let i = usize::try_from(seq.checked_sub(first)?).ok()?;
+        self.entries.get(i).map(|(e, _)| e.ts_ms)
+    }
+
     /// `from..=to` planned from here (see [`Log::plan`]), when every entry
     /// of it is here.
     fn plan(&self, from: u64, to: u64, keep_entries: usize, keep_bytes: usize) -> Option<Window> {
@@ -2127,6 +2142,48 @@ mod tests {
         assert!(same(after_large - 3, head, usize::MAX).0.is_none());
         let w = log.plan(1, 10, usize::MAX, usize::MAX);
         assert_eq!((w.len(), w.entries.map(|e| e.len())), (10, Some(10)));
+    }
+
+    /// A lag's age comes from the entry after the cursor: from memory for
+    /// the newest, read back for older ones, the same time either way.
+    #[tokio::test]
+    async fn the_time_of_an_entry_in_memory_is_the_time_stored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = Log::open(Arc::new(
+            SledStorage::open(dir.path(), 8 << 20).expect("open"),
+        ))
+        .expect("log");
+        for i in 0..(TAIL_ENTRIES as u64 + 8) {
+            if i % 50 == 0 || i + 6 > TAIL_ENTRIES as u64 {
+                // Entries a few ms apart, so that a neighbour's time
+                // differs from their own.
+                tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+            }
+            let key = Key::parse(&format!("k{i}")).expect("key");
+            log.append(Write::put(key, Bytes::from_static(b"v")))
+                .await
+                .expect("append");
+        }
+        let head = log.head();
+        let mut in_memory = 0;
+        for seq in 1..=head {
+            let mut stored = None;
+            log.storage
+                .scan(seq, seq, &mut |s, rec| {
+                    stored = Some(codec::decode(s, rec).expect("decode").ts_ms);
+                    false
+                })
+                .expect("scan");
+            let here = log.tail.lock().expect("tail").ts_of(seq);
+            if let Some(ts) = here {
+                assert_eq!(Some(ts), stored, "seq {seq}");
+                in_memory += 1;
+            }
+        }
+        assert_eq!(in_memory, TAIL_ENTRIES, "the newest entries are in memory");
+        assert!(log.tail.lock().expect("tail").ts_of(head + 1).is_none());
+        assert_eq!(log.lag_at(head, 0).entries, 0);
+        assert_eq!(log.lag_at(head - 1, 0).entries, 1);
     }
 
     #[tokio::test]
