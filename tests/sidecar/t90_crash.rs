@@ -89,12 +89,7 @@ async fn kill_minus_nine_at_random_moments_loses_no_acknowledged_write() {
                 }
             }));
         }
-        let kill_after = Duration::from_millis(rng.random_range(50..1200));
-        tokio::time::sleep(kill_after).await;
-        sc.kill9();
-        for t in tasks {
-            let _ = t.await;
-        }
+        let kill_after = kill_at_random(sc, tasks, &mut rng, 50..1200).await;
         println!(
             "round {round}: killed after {kill_after:?}, {} acknowledged so far",
             acked.lock().expect("lock").len()
@@ -179,12 +174,7 @@ async fn kill_minus_nine_while_keys_are_overwritten_counts_no_conflict() {
                 }
             }));
         }
-        let kill_after = Duration::from_millis(rng.random_range(100..1500));
-        tokio::time::sleep(kill_after).await;
-        sc.kill9();
-        for t in tasks {
-            let _ = t.await;
-        }
+        let kill_after = kill_at_random(sc, tasks, &mut rng, 100..1500).await;
         println!("round {round}: killed after {kill_after:?}");
     }
     let sc = Sidecar::start(&cfg, port).await;
@@ -306,6 +296,23 @@ async fn aborts_inside_append_flush_cursor_persist_and_shipping_lose_nothing() {
     }
     assert_no_conflicts(&sc).await;
     assert!(sc.term().success());
+}
+
+/// Kills the sidecar (`kill -9`) after a random time in `ms` while
+/// `writers` write, and waits for them to stop. Returns the time.
+async fn kill_at_random(
+    sc: Sidecar,
+    writers: Vec<tokio::task::JoinHandle<()>>,
+    rng: &mut rand::rngs::StdRng,
+    ms: std::ops::Range<u64>,
+) -> Duration {
+    let after = Duration::from_millis(rng.random_range(ms));
+    tokio::time::sleep(after).await;
+    sc.kill9();
+    for w in writers {
+        let _ = w.await;
+    }
+    after
 }
 
 /// Re-shipping after a crash meets this sidecar's own versions: never a
