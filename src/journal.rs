@@ -138,21 +138,7 @@ impl Journal {
     /// Appends one group (records with seqs `first`, `first + 1`, …); not
     /// durable before [`Journal::sync`].
     pub(crate) fn append(&self, first: u64, records: &[&[u8]]) -> Result<()> {
-        let mut payload_len = 12;
-        for r in records {
-            payload_len += 4 + r.len();
-        }
-        let mut buf = Vec::with_capacity(HEADER + payload_len);
-        buf.extend_from_slice(&(payload_len as u64).to_le_bytes());
-        buf.extend_from_slice(&[0; 4]);
-        buf.extend_from_slice(&first.to_le_bytes());
-        buf.extend_from_slice(&(records.len() as u32).to_le_bytes());
-        for r in records {
-            buf.extend_from_slice(&(r.len() as u32).to_le_bytes());
-            buf.extend_from_slice(r);
-        }
-        let crc = crc32fast::hash(&buf[HEADER..]);
-        buf[8..12].copy_from_slice(&crc.to_le_bytes());
+        let buf = encode_group(first, records);
         let mut w = self.lock();
         if w.file.is_none() {
             self.start_file(&mut w, first)?;
@@ -349,27 +335,50 @@ fn read_file(path: &Path) -> Result<Read> {
     let first = first_of(path).unwrap_or(0);
     let bytes = std::fs::read(path)
         .map_err(|e| Error::io(format!("reading the journal {}", path.display()), e))?;
+    let (groups, cut) = parse_all(&bytes);
+    Ok(Read {
+        first,
+        path: path.to_path_buf(),
+        groups,
+        cut: cut.map(|why| format!("{why} in {}", path.display())),
+    })
+}
+
+/// A file's bytes as groups, up to the first that is cut short or fails
+/// its crc (and why, saying where).
+fn parse_all(bytes: &[u8]) -> (Vec<Group>, Option<String>) {
     let mut groups = Vec::new();
     let mut at = 0usize;
-    let mut cut = None;
     while at < bytes.len() {
         match parse_group(&bytes[at..]) {
             Ok((g, used)) => {
                 groups.push(g);
                 at += used;
             }
-            Err(why) => {
-                cut = Some(format!("at byte {at} of {}: {why}", path.display()));
-                break;
-            }
+            Err(why) => return (groups, Some(format!("{why} at byte {at}"))),
         }
     }
-    Ok(Read {
-        first,
-        path: path.to_path_buf(),
-        groups,
-        cut,
-    })
+    (groups, None)
+}
+
+/// One group as the journal holds it (see the module's top).
+fn encode_group(first: u64, records: &[&[u8]]) -> Vec<u8> {
+    let mut payload_len = 12;
+    for r in records {
+        payload_len += 4 + r.len();
+    }
+    let mut buf = Vec::with_capacity(HEADER + payload_len);
+    buf.extend_from_slice(&(payload_len as u64).to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
+    buf.extend_from_slice(&first.to_le_bytes());
+    buf.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    for r in records {
+        buf.extend_from_slice(&(r.len() as u32).to_le_bytes());
+        buf.extend_from_slice(r);
+    }
+    let crc = crc32fast::hash(&buf[HEADER..]);
+    buf[8..12].copy_from_slice(&crc.to_le_bytes());
+    buf
 }
 
 /// One group at the start of `b`, and the bytes it took.
@@ -770,5 +779,52 @@ mod tests {
                 from: 10
             })
         );
+    }
+
+    proptest::proptest! {
+        /// Whatever happens to a file's bytes (cut anywhere, one byte
+        /// changed anywhere), what reads back is a prefix of the groups
+        /// written, every one whole, and the rest is said to be cut; the
+        /// untouched file reads back whole.
+        #[test]
+        fn a_damaged_file_reads_back_a_prefix_of_its_groups(
+            sizes in proptest::collection::vec(proptest::collection::vec(0usize..300, 1..5), 1..8),
+            cut_at in proptest::num::usize::ANY,
+            flip_at in proptest::num::usize::ANY,
+            flip in 1u8..=255,
+        ) {
+            let mut bytes = Vec::new();
+            let mut groups = Vec::new();
+            let mut seq = 1u64;
+            for g in &sizes {
+                let records: Vec<Vec<u8>> = g.iter().enumerate()
+                    .map(|(i, n)| vec![(seq as u8).wrapping_add(i as u8); *n])
+                    .collect();
+                let refs: Vec<&[u8]> = records.iter().map(|r| r.as_slice()).collect();
+                bytes.extend(encode_group(seq, &refs));
+                groups.push(Group { first: seq, records });
+                seq += g.len() as u64;
+            }
+            let (whole, cut) = parse_all(&bytes);
+            proptest::prop_assert_eq!(&whole, &groups);
+            proptest::prop_assert!(cut.is_none());
+            let mut damaged = [
+                bytes[..cut_at % bytes.len()].to_vec(),
+                bytes.clone(),
+            ];
+            let i = flip_at % bytes.len();
+            damaged[1][i] ^= flip;
+            for (n, d) in damaged.iter().enumerate() {
+                let (read, cut) = parse_all(d);
+                proptest::prop_assert!(read.len() < groups.len(), "damage {n} left every group");
+                proptest::prop_assert_eq!(&read[..], &groups[..read.len()]);
+                // Only a cut between two groups reads as a shorter file.
+                let whole: usize = read
+                    .iter()
+                    .map(|g| HEADER + 12 + g.records.iter().map(|r| 4 + r.len()).sum::<usize>())
+                    .sum();
+                proptest::prop_assert!(cut.is_some() || (n == 0 && whole == d.len()));
+            }
+        }
     }
 }
