@@ -24,11 +24,12 @@
 //! - a file is removed only once sled is durable past every seq in it.
 //!
 //! Replay (`SledStorage::open` and `reopen`): the files read back as one
-//! run ([`View`]), put into sled as [`replay_plan`] decides: the run
-//! overrules sled where both hold records, never below sled's first seq;
-//! a damaged run (anything but the last group of the last file cut short,
-//! a crash mid-write) only adds what lies past sled's head, and the head
-//! record decides the rest (guarantee 8). A group taken back
+//! run ([`View`]: a newer file overrules from its name on, a gap starts
+//! the run again), put into sled as [`replay_plan`] decides: the run
+//! overrules sled where both hold records (an empty run from its name
+//! on), never below sled's first seq; a run short of what the head
+//! record says was acknowledged only adds what lies past sled's head, and
+//! the head check decides the rest (guarantee 8). A group taken back
 //! ([`Journal::restart_at`]) gets its overruling file at once.
 
 use std::fs::{File, OpenOptions};
@@ -90,9 +91,12 @@ struct Writer {
     files: Vec<PathBuf>,
     /// Bytes in the files on disk.
     bytes: u64,
+    /// Whether the journal directory's entry in its parent was made
+    /// durable by this process.
+    parent_synced: bool,
 }
 
-fn name(first: u64) -> String {
+pub(crate) fn name(first: u64) -> String {
     format!("{first:020}.wal")
 }
 
@@ -121,6 +125,7 @@ impl Journal {
                 ended_dirty: Vec::new(),
                 files,
                 bytes,
+                parent_synced: false,
             }),
         })
     }
@@ -160,7 +165,6 @@ impl Journal {
     /// Creates the file named `first` (and makes its directory entry
     /// durable) for the groups that follow.
     fn start_file(&self, w: &mut Writer, first: u64) -> Result<()> {
-        let fresh = !self.dir.exists();
         std::fs::create_dir_all(&self.dir).map_err(|e| {
             Error::io(
                 format!("creating the journal directory {}", self.dir.display()),
@@ -168,21 +172,31 @@ impl Journal {
             )
         })?;
         let path = self.dir.join(name(first));
+        let existed = path.exists();
         let file = OpenOptions::new()
             .create(true)
             .truncate(true)
             .write(true)
             .open(&path)
             .map_err(|e| Error::io(format!("creating the journal {}", path.display()), e))?;
-        let mut dirs = vec![self.dir.as_path()];
-        if fresh && let Some(parent) = self.dir.parent() {
-            dirs.push(parent);
+        if existed {
+            // What it held (a group taken back) must not come back after
+            // a power loss: the truncation made durable.
+            file.sync_all()
+                .map_err(|e| Error::io(format!("fsync of the journal {}", path.display()), e))?;
         }
-        for d in dirs {
-            File::open(d)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| Error::io(format!("fsync of the directory {}", d.display()), e))?;
+        // The file's entry, and once per process the journal directory's
+        // own entry in the data directory.
+        let mut dirs = vec![self.dir.clone()];
+        if !w.parent_synced
+            && let Some(parent) = self.dir.parent()
+        {
+            dirs.push(parent.to_path_buf());
         }
+        for d in &dirs {
+            sync_dir(d)?;
+        }
+        w.parent_synced = true;
         w.files.retain(|p| p != &path);
         w.files.push(path);
         w.file = Some(file);
@@ -266,28 +280,46 @@ impl Journal {
         } else {
             None
         };
-        let mut kept = Vec::new();
-        let mut bytes = 0;
-        for p in std::mem::take(&mut w.files) {
-            if Some(&p) == keep.as_ref() {
-                bytes = w.len;
-                kept.push(p);
+        let files = std::mem::take(&mut w.files);
+        let mut left = Vec::new();
+        let mut failed = None;
+        let mut removed = false;
+        for p in files {
+            if Some(&p) == keep.as_ref() || failed.is_some() {
+                left.push(p);
                 continue;
             }
             match std::fs::remove_file(&p) {
-                Ok(()) => {}
+                Ok(()) => removed = true,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    w.files = kept.into_iter().chain(std::iter::once(p.clone())).collect();
-                    return Err(Error::io(
+                    failed = Some(Error::io(
                         format!("removing the journal {}", p.display()),
                         e,
                     ));
+                    left.push(p);
                 }
             }
         }
-        w.files = kept;
-        w.bytes = bytes;
+        w.bytes = left
+            .iter()
+            .map(|p| {
+                if Some(p) == keep.as_ref() {
+                    w.len
+                } else {
+                    std::fs::metadata(p).map_or(0, |m| m.len())
+                }
+            })
+            .sum();
+        w.files = left;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        // Removals made durable: a file coming back after a power loss
+        // would stand apart from the run (see `View::of`).
+        if removed {
+            sync_dir(&self.dir)?;
+        }
         Ok(())
     }
 
@@ -296,6 +328,13 @@ impl Journal {
     pub(crate) fn bytes(&self) -> u64 {
         self.lock().bytes
     }
+}
+
+/// fsync of a directory: its entries made durable.
+fn sync_dir(d: &Path) -> Result<()> {
+    File::open(d)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(format!("fsync of the directory {}", d.display()), e))
 }
 
 /// Ends the writer's current file.
@@ -323,7 +362,7 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<(u64, PathBuf)> = entries
         .flatten()
         .map(|e| e.path())
-        .filter_map(|p| first_of(&p).map(|f| (f, p)))
+        .filter_map(|p| first_of(&p).filter(|f| *f > 0).map(|f| (f, p)))
         .collect();
     files.sort();
     Ok(files.into_iter().map(|(_, p)| p).collect())
@@ -429,35 +468,52 @@ pub(crate) struct View {
     /// The seq of `records[0]`.
     pub(crate) first: u64,
     pub(crate) records: Vec<Vec<u8>>,
-    /// Why the run stops before the files' end, unless only the last
-    /// group of the last file is cut short or damaged (a crash in the
-    /// middle of its write: nobody was answered for it).
+    /// Why the run stops before the files' end: a group out of place. (A
+    /// group cut short or failing its crc ends its file's part of the run:
+    /// in the last file it is a crash in the middle of its write, nobody
+    /// was answered for it; elsewhere the next file overrules or starts
+    /// the run again.)
     pub(crate) damaged: Option<String>,
+    /// What was passed over on the way (cuts, gaps), for the log.
+    pub(crate) notes: Vec<String>,
 }
 
 impl View {
     /// The files read back (in name order) as one run; `None` when there
-    /// are no files.
+    /// are no files. A file starting past where the run reached (a file
+    /// whose removal a crash undid, or one cut short before another
+    /// began) starts the run again from its name: what lies before the
+    /// gap is sled's to hold, and [`replay_plan`] puts nothing back when
+    /// sled does not reach it. A file cut short where the next one
+    /// overrules loses nothing.
     pub(crate) fn of(files: Vec<Read>) -> Option<View> {
-        let n = files.len();
         let mut view: Option<View> = None;
-        for (i, f) in files.into_iter().enumerate() {
+        for f in files {
             let v = view.get_or_insert_with(|| View {
                 first: f.first,
                 records: Vec::new(),
                 damaged: None,
+                notes: Vec::new(),
             });
+            if v.damaged.is_some() {
+                break;
+            }
             let next = v.next();
-            if f.first > next || f.first < v.first {
-                v.damaged = Some(format!(
-                    "{} starts at seq {} where the journal's run reached {}",
+            if f.first > next {
+                v.notes.push(format!(
+                    "{} starts at seq {} past the run's end at {}: the run starts again there",
                     f.path.display(),
                     f.first,
                     next - 1
                 ));
-                break;
+                v.first = f.first;
+                v.records.clear();
             }
-            v.records.truncate((f.first - v.first) as usize);
+            let keep = f.first.saturating_sub(v.first) as usize;
+            v.records.truncate(keep);
+            if let Some(cut) = &f.cut {
+                v.notes.push(cut.clone());
+            }
             for g in f.groups {
                 if g.first != v.next() {
                     v.damaged = Some(format!(
@@ -466,15 +522,9 @@ impl View {
                         g.first,
                         v.next()
                     ));
-                    return view;
+                    break;
                 }
                 v.records.extend(g.records);
-            }
-            if let Some(cut) = f.cut
-                && i + 1 < n
-            {
-                v.damaged = Some(cut);
-                break;
             }
         }
         view
@@ -502,6 +552,8 @@ pub(crate) struct Replay {
 /// - The run overrules sled from where both hold records: sled holds what
 ///   the run does (appended there first) or, past the run's end, groups
 ///   nobody was answered for, and a record sled lost to damage comes back.
+///   An empty run (a file made as a group was taken back) overrules sled
+///   from its name on.
 /// - Never below sled's first seq: what was truncated stays truncated.
 /// - A run that is damaged, or that ends below `acked`, lacks records
 ///   sled may hold durably (from a checkpoint): it only adds what lies
@@ -515,12 +567,6 @@ pub(crate) fn replay_plan(
     acked: u64,
 ) -> std::result::Result<Replay, String> {
     let end = view.next() - 1;
-    if view.records.is_empty() {
-        return Ok(Replay {
-            trim_above: None,
-            from: view.next(),
-        });
-    }
     if sled_head + 1 < view.first {
         return Err(format!(
             "the journal holds seqs {}..={end} but the log ends at {sled_head}",
@@ -534,8 +580,12 @@ pub(crate) fn replay_plan(
         });
     }
     let from = view.first.max(sled_first);
+    // An empty run (a file made when a group was taken back, or one a
+    // crash left before its first group) says nothing was acknowledged
+    // from its name on.
+    let overrules = from <= end || view.records.is_empty();
     Ok(Replay {
-        trim_above: (from <= end && sled_head >= from).then(|| from - 1),
+        trim_above: (overrules && sled_head >= from).then(|| from - 1),
         from,
     })
 }
@@ -706,16 +756,22 @@ mod tests {
         // The last group of the last file cut short: a crash mid-write.
         let v = View::of(vec![file(1, &[(1, 2)], false), file(3, &[(3, 2)], true)]).expect("view");
         assert_eq!((v.next(), v.damaged), (5, None));
-        // Cut anywhere else, a gap between files, a group out of place: damage.
-        for files in [
-            vec![file(1, &[(1, 2)], true), file(3, &[(3, 2)], false)],
-            vec![file(1, &[(1, 2)], false), file(5, &[(5, 2)], false)],
-            vec![file(1, &[(1, 2), (4, 1)], false)],
-        ] {
-            let v = View::of(files).expect("view");
-            assert_eq!(v.next(), 3, "the run stops at the damage");
-            assert!(v.damaged.is_some());
+        // A file cut short where the next one overrules loses nothing.
+        let v = View::of(vec![file(1, &[(1, 2)], true), file(3, &[(3, 2)], false)]).expect("view");
+        assert_eq!((v.first, v.next(), v.damaged.is_some()), (1, 5, false));
+        assert_eq!(v.notes.len(), 1, "the cut is told");
+        // A gap (a removed file back after a power loss, or a file cut
+        // short before the next began): the run starts again after it.
+        for cut in [false, true] {
+            let v =
+                View::of(vec![file(1, &[(1, 2)], cut), file(5, &[(5, 2)], false)]).expect("view");
+            assert_eq!((v.first, v.next(), v.damaged.is_some()), (5, 7, false));
+            assert_eq!(v.records, recs(5..=6));
         }
+        // A group out of place: damage, the run stops there.
+        let v = View::of(vec![file(1, &[(1, 2), (4, 1)], false)]).expect("view");
+        assert_eq!(v.next(), 3);
+        assert!(v.damaged.is_some());
     }
 
     #[test]
@@ -724,6 +780,7 @@ mod tests {
             first,
             records: recs(first..=first + n - 1),
             damaged: damaged.then(|| "damage".to_string()),
+            notes: Vec::new(),
         };
         let plan = |first, sled: (u64, u64), acked| replay_plan(&first, sled.0, sled.1, acked);
         // sled flushed up to 12 at a checkpoint, the run holds 10..=20.
@@ -771,6 +828,29 @@ mod tests {
         }
         // A gap between sled and the run: nothing.
         assert!(plan(run(10, 11, false), (1, 7), 20).is_err_and(|e| e.contains("ends at 7")));
+        // An empty run named 11 (a group taken back, sled flushed with it
+        // before): sled's 11.. go; one below what was acknowledged says
+        // nothing.
+        let empty = |first: u64| View {
+            first,
+            records: Vec::new(),
+            damaged: None,
+            notes: Vec::new(),
+        };
+        assert_eq!(
+            plan(empty(11), (1, 13), 10),
+            Ok(Replay {
+                trim_above: Some(10),
+                from: 11
+            })
+        );
+        assert_eq!(
+            plan(empty(11), (1, 13), 12),
+            Ok(Replay {
+                trim_above: None,
+                from: 14
+            })
+        );
         // An empty log (repair kept its head at 9) takes the run.
         assert_eq!(
             plan(run(10, 2, false), (10, 9), 9),

@@ -483,6 +483,9 @@ impl SledStorage {
         let (sled_first, sled_head) = self.bounds()?.unwrap_or((1, 0));
         // A damaged head record says nothing: the run alone decides.
         let acked = self.head.found().ok().flatten().map_or(0, |m| m.acked);
+        for note in &view.notes {
+            tracing::info!(note = %note, "the journal's replay passed over");
+        }
         if let Some(why) = &view.damaged {
             tracing::warn!(why = %why, "the journal is damaged: only what lies past the log's head is taken from it");
         }
@@ -1011,7 +1014,13 @@ impl LogStore for SledStorage {
         drop(guard);
         // What sled held in memory went with the old handle; the journal
         // still holds every group made durable since the last checkpoint.
-        self.replay()?;
+        if let Err(e) = self.replay() {
+            // A sled without what the journal holds must not be flushed
+            // by a checkpoint that then removes the journal: no handle
+            // until a reopen has replayed it whole.
+            *self.sled.write().unwrap_or_else(|p| p.into_inner()) = None;
+            return Err(e);
+        }
         self.failed.store(false, Ordering::Release);
         Ok(())
     }
@@ -1923,5 +1932,88 @@ mod tests {
                 "the head record says what was acknowledged"
             );
         }
+    }
+
+    /// A group taken back after its failed sync stays gone after a crash
+    /// that comes before the recovery's own sync, though sled's file has
+    /// it: when it was the first group of its file (sled's handle, closed
+    /// by the reopen, flushed it), and when a checkpoint ran between its
+    /// append and its sync (and removed every older file).
+    #[test]
+    fn a_group_taken_back_stays_gone_though_sled_flushed_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let recs: Vec<Vec<u8>> = (0..=40).map(record_for).collect();
+        for checkpoint_between in [false, true] {
+            let d = dir.path().join(format!("between-{checkpoint_between}"));
+            let s = SledStorage::open(&d.join("a"), 8 << 20).expect("open");
+            commit(&s, &recs, 1..=10);
+            if !checkpoint_between {
+                s.checkpoint().expect("checkpoint");
+            }
+            let failed: Vec<PendingRecord<'_>> =
+                (11..=13).map(|i| rec(i, &recs[i as usize], "k")).collect();
+            s.append(&failed).expect("append");
+            if checkpoint_between {
+                s.checkpoint().expect("checkpoint");
+            } else {
+                s.reopen().expect("reopen");
+            }
+            s.remove_above(10).expect("take back");
+            crash_copy(&d.join("a"), &d.join("b"));
+            let b = SledStorage::open(&d.join("b"), 8 << 20).expect("open the copy");
+            assert_eq!(
+                b.bounds().expect("bounds"),
+                Some((1, 10)),
+                "checkpoint between: {checkpoint_between}"
+            );
+        }
+    }
+
+    /// A reopen whose replay fails leaves no sled to flush: a checkpoint
+    /// then fails and keeps the journal, which holds what sled lacks.
+    #[test]
+    fn a_failed_replay_keeps_the_journal_from_any_checkpoint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let recs: Vec<Vec<u8>> = (0..=40).map(record_for).collect();
+        let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
+        commit(&s, &recs, 1..=10);
+        commit(&s, &recs, 11..=20);
+        // A journal that cannot be read: a directory where a file is.
+        let blocker = dir.path().join("journal").join(crate::journal::name(30));
+        std::fs::create_dir(&blocker).expect("mkdir");
+        assert!(s.reopen().is_err());
+        std::fs::remove_dir(&blocker).expect("rmdir");
+        assert!(s.checkpoint().is_err(), "no sled to flush before a replay");
+        assert!(!s.journal.read().expect("read").is_empty());
+        s.reopen().expect("reopen");
+        assert_eq!(seqs(&s, 1, 40).expect("scan"), (1..=20).collect::<Vec<_>>());
+    }
+
+    /// A group cut short by a failed write, taken back, and groups
+    /// acknowledged after it in the file that overrules it: they all come
+    /// back from the journal.
+    #[test]
+    fn groups_after_a_torn_group_taken_back_come_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let recs: Vec<Vec<u8>> = (0..=40).map(record_for).collect();
+        let s = SledStorage::open(&dir.path().join("a"), 8 << 20).expect("open");
+        commit(&s, &recs, 1..=10);
+        let failed: Vec<PendingRecord<'_>> =
+            (11..=13).map(|i| rec(i, &recs[i as usize], "k")).collect();
+        s.append(&failed).expect("append");
+        // The write of its last bytes never landed (a full disk).
+        let f = dir.path().join("a/journal").join(crate::journal::name(1));
+        let len = std::fs::metadata(&f).expect("meta").len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&f)
+            .and_then(|f| f.set_len(len - 5))
+            .expect("cut");
+        s.remove_above(10).expect("take back");
+        commit(&s, &recs, 11..=12);
+        crash_copy(&dir.path().join("a"), &dir.path().join("b"));
+        let b = SledStorage::open(&dir.path().join("b"), 8 << 20).expect("open the copy");
+        assert_eq!(b.bounds().expect("bounds"), Some((1, 12)));
+        assert_eq!(seqs(&b, 1, 40).expect("scan"), (1..=12).collect::<Vec<_>>());
     }
 }
