@@ -130,6 +130,11 @@ impl Journal {
         })
     }
 
+    /// The directory of its files.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
         self.w.lock().unwrap_or_else(|p| p.into_inner())
     }

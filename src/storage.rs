@@ -496,30 +496,27 @@ impl SledStorage {
                 return Ok(0);
             }
         };
+        // The trim and what replaces it in one sled batch: a crash midway
+        // (sled writes its buffers when they fill) keeps both or neither.
+        let mut batch = sled::Batch::default();
         if let Some(seq) = plan.trim_above {
-            self.remove_in_sled_above(seq)?;
+            self.trim_into(seq, &mut batch)?;
         }
         let skip = plan.from.saturating_sub(view.first) as usize;
+        let mut frames = FrameBuilder::default();
         let mut put = 0u64;
-        for (i, chunk) in view
-            .records
-            .iter()
-            .skip(skip)
-            .collect::<Vec<_>>()
-            .chunks(256)
-            .enumerate()
-        {
-            let at = plan.from + (i * 256) as u64;
-            let batch: Vec<PendingRecord<'_>> = chunk
-                .iter()
-                .enumerate()
-                .map(|(j, r)| PendingRecord {
-                    seq: at + j as u64,
-                    record: r,
-                })
-                .collect();
-            self.insert_frames(&batch)?;
-            put += batch.len() as u64;
+        for (i, r) in view.records.iter().skip(skip).enumerate() {
+            frames.push(plan.from + i as u64, r);
+            put += 1;
+        }
+        let (bytes, large) = add_frames(frames, &mut batch);
+        self.s()?
+            .log
+            .apply_batch(batch)
+            .map_err(self.err("putting the journal back into the log"))?;
+        self.appended.fetch_add(bytes, Ordering::AcqRel);
+        if large {
+            self.blobs_pending.store(true, Ordering::Release);
         }
         if put > 0 {
             tracing::info!(
@@ -564,22 +561,29 @@ impl SledStorage {
         Ok(())
     }
 
-    /// Removes sled's records above `seq` (the journal untouched).
+    /// Removes sled's records above `seq` (the journal untouched), in one
+    /// batch. Returns how many.
     fn remove_in_sled_above(&self, seq: u64) -> Result<u64> {
+        let mut batch = sled::Batch::default();
+        let removed = self.trim_into(seq, &mut batch)?;
+        self.s()?
+            .log
+            .apply_batch(batch)
+            .map_err(self.err("trimming the log"))?;
+        Ok(removed)
+    }
+
+    /// Adds to `batch` what removes sled's records above `seq`: the frames
+    /// past it go, a frame that runs past it keeps its records up to
+    /// `seq`. Returns how many frames go, and records of the one cut.
+    fn trim_into(&self, seq: u64, batch: &mut sled::Batch) -> Result<u64> {
         let s = self.s()?;
         let mut removed = 0;
-        let keys: Vec<sled::IVec> = s
-            .log
-            .range(seq.saturating_add(1).to_be_bytes()..)
-            .keys()
-            .collect::<std::result::Result<_, _>>()
-            .map_err(self.err("reading the log"))?;
-        for k in keys {
-            s.log.remove(&k).map_err(self.err("trimming the log"))?;
+        for kv in s.log.range(seq.saturating_add(1).to_be_bytes()..) {
+            let (k, _) = kv.map_err(self.err("reading the log"))?;
+            batch.remove(k);
             removed += 1;
         }
-        // A frame starting at or below `seq` that runs past it keeps only
-        // its records up to `seq`.
         if let Some((k, v)) = s
             .log
             .get_lt(seq.saturating_add(1).to_be_bytes())
@@ -589,13 +593,52 @@ impl SledStorage {
             let recs = frame_records(first, &v)?;
             let keep = (seq + 1 - first) as usize;
             if recs.len() > keep {
-                s.log
-                    .insert(&k, frame::frame_of(recs[..keep].iter().copied()))
-                    .map_err(self.err("trimming the log"))?;
+                batch.insert(k, frame::frame_of(recs[..keep].iter().copied()));
                 removed += (recs.len() - keep) as u64;
             }
         }
         Ok(removed)
+    }
+
+    /// Closes a handle taken out of its slot: waits for the readers that
+    /// still hold it (one call each at most), so that sled's file lock is
+    /// free for the next open, then lets sled flush and go on a thread of
+    /// its own ([`release`]); a sled that does not let go poisons the log.
+    fn let_go(&self, mut old: Arc<Sled>) -> Result<()> {
+        for _ in 0..100 {
+            match Arc::try_unwrap(old) {
+                Ok(s) => {
+                    if let Err(e) = release(s, &self.path) {
+                        *self.stuck.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                        return Err(e);
+                    }
+                    return Ok(());
+                }
+                Err(shared) => {
+                    old = shared;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After a reopen's replay: the log reaches every seq the head record
+    /// says was acknowledged (a journal that could not say so leaves it
+    /// short, and this process must not write on past the hole).
+    fn reaches_acked(&self) -> Result<()> {
+        let head = self.bounds()?.map_or(0, |(_, h)| h);
+        let acked = self.head.found().ok().flatten().map_or(0, |m| m.acked);
+        if head < acked {
+            return Err(Error::io(
+                "replaying the journal into the log",
+                std::io::Error::other(format!(
+                    "the log reaches seq {head} but seqs up to {acked} were acknowledged, and the journal in {} does not hold the rest; restart walship (the open then says what is missing and how to repair it)",
+                    self.journal.dir().display()
+                )),
+            ));
+        }
+        Ok(())
     }
 
     fn s(&self) -> Result<Arc<Sled>> {
@@ -977,25 +1020,8 @@ impl LogStore for SledStorage {
         let mut guard = self.sled.write().unwrap_or_else(|p| p.into_inner());
         // What the old handle held in memory goes with it.
         self.generation.fetch_add(1, Ordering::AcqRel);
-        if let Some(mut old) = guard.take() {
-            // Readers hold a handle for one call at most: let them finish,
-            // so sled's file lock is free for the new open.
-            for _ in 0..100 {
-                match Arc::try_unwrap(old) {
-                    Ok(s) => {
-                        if let Err(e) = release(s, &self.path) {
-                            *self.stuck.lock().unwrap_or_else(|p| p.into_inner()) =
-                                Some(e.to_string());
-                            return Err(e);
-                        }
-                        break;
-                    }
-                    Err(shared) => {
-                        old = shared;
-                        std::thread::sleep(std::time::Duration::from_millis(10));
-                    }
-                }
-            }
+        if let Some(old) = guard.take() {
+            self.let_go(old)?;
         }
         // (This process owns the data dir: it held sled's lock until now.)
         // A snapshot sled began on a full disk stays behind half written
@@ -1014,11 +1040,15 @@ impl LogStore for SledStorage {
         drop(guard);
         // What sled held in memory went with the old handle; the journal
         // still holds every group made durable since the last checkpoint.
-        if let Err(e) = self.replay() {
+        if let Err(e) = self.replay().and_then(|_| self.reaches_acked()) {
             // A sled without what the journal holds must not be flushed
             // by a checkpoint that then removes the journal: no handle
-            // until a reopen has replayed it whole.
-            *self.sled.write().unwrap_or_else(|p| p.into_inner()) = None;
+            // until a reopen has replayed it whole. Let go of it as of
+            // any other (its flush can hang on a full disk).
+            let taken = self.sled.write().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(s) = taken {
+                self.let_go(s)?;
+            }
             return Err(e);
         }
         self.failed.store(false, Ordering::Release);
@@ -1372,6 +1402,19 @@ fn frame_records(first: u64, v: &[u8]) -> Result<Vec<&[u8]>> {
             seq: first + e.index,
             reason: e.reason,
         })
+}
+
+/// The frames built, added to `batch`: their bytes, and whether one is
+/// large enough for sled to keep as a file of its own.
+fn add_frames(frames: FrameBuilder, batch: &mut sled::Batch) -> (u64, bool) {
+    let mut bytes = 0;
+    let mut large = false;
+    for (first, frame) in frames.finish() {
+        bytes += frame.len() as u64;
+        large |= frame.len() >= BLOB_CANDIDATE_BYTES;
+        batch.insert(&first.to_be_bytes(), frame);
+    }
+    (bytes, large)
 }
 
 fn seq_of(b: &[u8]) -> Option<u64> {
@@ -2015,5 +2058,31 @@ mod tests {
         let b = SledStorage::open(&dir.path().join("b"), 8 << 20).expect("open the copy");
         assert_eq!(b.bounds().expect("bounds"), Some((1, 12)));
         assert_eq!(seqs(&b, 1, 40).expect("scan"), (1..=12).collect::<Vec<_>>());
+    }
+
+    /// A reopen after which the log does not reach what the head record
+    /// says was acknowledged fails, and the log takes nothing more until a
+    /// reopen reaches it: no write goes on past a hole. (Here the record
+    /// says more than was written; in life, a journal lost with sled's
+    /// flush failing.)
+    #[test]
+    fn a_reopen_short_of_what_was_acknowledged_fails() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let recs: Vec<Vec<u8>> = (0..=40).map(record_for).collect();
+        let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
+        commit(&s, &recs, 1..=10);
+        commit(&s, &recs, 11..=20);
+        s.mark_acked(25).expect("acked");
+        let err = s.reopen().expect_err("short of 25");
+        assert!(
+            err.to_string()
+                .contains("reaches seq 20 but seqs up to 25 were acknowledged"),
+            "{err}"
+        );
+        assert!(s.checkpoint().is_err(), "no sled to flush");
+        assert!(s.bounds().is_err(), "no log to read");
+        s.mark_acked(20).expect("acked");
+        s.reopen().expect("reopen");
+        assert_eq!(seqs(&s, 1, 40).expect("scan"), (1..=20).collect::<Vec<_>>());
     }
 }
