@@ -77,6 +77,7 @@ pub use error::{Error, Result};
 pub mod config;
 #[cfg(feature = "testing")]
 pub mod faults;
+mod localattrs;
 mod localdir;
 mod ordered;
 mod pipeline;

@@ -9,7 +9,10 @@
 //!    the missing parent directories made first (each new one fsynced, and
 //!    the first that existed, when `fsync` is on);
 //! 2. its e-tag is read from the staged file (inode, mtime, size: what a
-//!    HEAD of the object answers), then it is fsynced and closed;
+//!    HEAD of the object answers); the put's attributes, if any, are set as
+//!    its extended attribute `user.walship` (see `localattrs`: they read
+//!    back only while the file is the one they were written with); then it
+//!    is fsynced and closed;
 //! 3. it is published: `PutMode::Overwrite` renames it over `PATH`,
 //!    `PutMode::Create` links it at `PATH` (refused when anything is there:
 //!    `AlreadyExists`) and removes the staged name; then `PATH`'s directory
@@ -22,6 +25,12 @@
 //! same write was a task that took the place in line and then a second
 //! hand-off to the blocking pool: two thread wake-ups more per put, three
 //! per write with three targets.
+//!
+//! Reads are `LocalFileSystem`'s, with the attributes of the file they
+//! opened added (read from that open file, so they are its own). A file
+//! system that keeps no extended attributes answers a put with attributes
+//! as `LocalFileSystem` does (not implemented), and the engine then writes
+//! there without them (recording its versions next to the log instead).
 //!
 //! Invariant (from `ordered`): a put or delete of path P starts only after
 //! every earlier started one of P has finished.
@@ -39,10 +48,11 @@ use futures::stream::BoxStream;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    Attributes, CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload,
+    ObjectMeta, ObjectStore, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 
+use crate::localattrs::{self, Stamp, XATTR};
 use crate::ordered::Ordered;
 
 /// A local directory target; see the module docs.
@@ -192,6 +202,7 @@ fn write_and_publish(
     path: &FsPath,
     payload: &PutPayload,
     mode: &PutMode,
+    attributes: &Attributes,
     fsync: bool,
 ) -> object_store::Result<String> {
     for chunk in payload.iter() {
@@ -202,6 +213,9 @@ fn write_and_publish(
         .metadata()
         .map_err(io_err("reading the metadata of", staged))?;
     let etag = etag_of(&meta);
+    if !attributes.is_empty() {
+        set_attributes(&file, Stamp::of(&meta), attributes)?;
+    }
     if fsync {
         file.sync_all().map_err(io_err("fsync of", staged))?;
     }
@@ -228,15 +242,59 @@ fn write_and_publish(
     Ok(etag)
 }
 
+/// Keeps `attributes` on `file` (its metadata stamped `stamp`). Anything
+/// the file system refuses is "not implemented" for attributes: the engine
+/// learns the directory keeps none, and writes again without them.
+fn set_attributes(file: &File, stamp: Stamp, attributes: &Attributes) -> object_store::Result<()> {
+    use xattr::FileExt as _;
+    let value = localattrs::encode(stamp, attributes).map_err(|name| {
+        not_implemented(&format!(
+            "`put_opts` with `opts.attributes` specified: a local directory cannot keep the attribute {name}"
+        ))
+    })?;
+    file.set_xattr(XATTR, &value).map_err(|e| {
+        not_implemented(&format!(
+            "`put_opts` with `opts.attributes` specified: this directory's file system did not keep them as the extended attribute {XATTR} ({e})"
+        ))
+    })
+}
+
+/// The attributes kept on `file` (see `localattrs`); none when it has none,
+/// the file system keeps none, or it was changed since they were written.
+fn attributes_of(
+    file: &File,
+    meta: &ObjectMeta,
+    path: &FsPath,
+) -> object_store::Result<Attributes> {
+    use xattr::FileExt as _;
+    let value = match file.get_xattr(XATTR) {
+        Ok(Some(v)) => v,
+        Ok(None) => return Ok(Attributes::new()),
+        Err(e) if e.kind() == ErrorKind::Unsupported => return Ok(Attributes::new()),
+        Err(e) => {
+            return Err(io_err(
+                "reading the extended attribute user.walship of",
+                path,
+            )(e));
+        }
+    };
+    let stamp = Stamp {
+        mtime_us: u64::try_from(meta.last_modified.timestamp_micros()).unwrap_or(0),
+        size: meta.size,
+    };
+    Ok(localattrs::decode(&value, stamp).unwrap_or_default())
+}
+
 /// A whole put (the module's protocol), on the calling thread.
 fn put_file(
     path: &FsPath,
     payload: &PutPayload,
     mode: &PutMode,
+    attributes: &Attributes,
     fsync: bool,
 ) -> object_store::Result<PutResult> {
     let (file, staged) = stage(path, fsync)?;
-    match write_and_publish(file, &staged, path, payload, mode, fsync) {
+    match write_and_publish(file, &staged, path, payload, mode, attributes, fsync) {
         Ok(etag) => Ok(PutResult {
             e_tag: Some(etag),
             version: None,
@@ -273,15 +331,12 @@ impl ObjectStore for LocalDir {
         if matches!(opts.mode, PutMode::Update(_)) {
             return Err(not_implemented("`put_opts` with mode `PutMode::Update`"));
         }
-        if !opts.attributes.is_empty() {
-            return Err(not_implemented(
-                "`put_opts` with `opts.attributes` specified",
-            ));
-        }
         let path = self.fs.path_to_filesystem(location)?;
-        let (mode, fsync) = (opts.mode, self.fsync);
+        let (mode, attributes, fsync) = (opts.mode, opts.attributes, self.fsync);
         self.ordered
-            .in_order_blocking(location, move || put_file(&path, &payload, &mode, fsync))
+            .in_order_blocking(location, move || {
+                put_file(&path, &payload, &mode, &attributes, fsync)
+            })
             .await
     }
 
@@ -298,7 +353,11 @@ impl ObjectStore for LocalDir {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
-        self.ordered.get_opts(location, options).await
+        let mut r = self.ordered.get_opts(location, options).await?;
+        if let GetResultPayload::File(file, path) = &r.payload {
+            r.attributes = attributes_of(file, &r.meta, path)?;
+        }
+        Ok(r)
     }
 
     async fn get_ranges(
@@ -441,27 +500,67 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let mut attributes = object_store::Attributes::new();
+    }
+
+    #[tokio::test]
+    async fn a_puts_attributes_read_back_while_the_file_is_the_one_written() {
+        let (tmp, d) = dir(true);
+        let mut attributes = Attributes::new();
         attributes.insert(object_store::Attribute::ContentType, "text/plain".into());
-        let attrs = d
+        attributes.insert(
+            object_store::Attribute::Metadata(crate::conflict::META_ORIGIN.into()),
+            "0123456789abcdef".into(),
+        );
+        let p = Path::from("a/k");
+        let put = d
             .put_opts(
-                &Path::from("k"),
+                &p,
                 "v".into(),
                 PutOptions {
-                    attributes,
+                    attributes: attributes.clone(),
                     ..Default::default()
                 },
             )
-            .await;
-        match attrs {
-            Err(object_store::Error::NotImplemented { operation, .. }) => {
-                assert_eq!(
-                    crate::apply::missing_cap(&operation),
-                    Some(crate::target_state::Caps::NO_ATTRS)
-                );
-            }
-            other => panic!("{other:?}"),
+            .await
+            .expect("put with attributes");
+        let got = d.get(&p).await.expect("get");
+        assert_eq!(got.attributes, attributes);
+        assert_eq!(got.meta.e_tag, put.e_tag);
+        let head = d
+            .get_opts(&p, GetOptions::default().with_head(true))
+            .await
+            .expect("head");
+        assert_eq!(head.attributes, attributes, "a HEAD has them too");
+        // A put without attributes leaves none behind.
+        d.put(&p, "w".into()).await.expect("put");
+        assert!(d.get(&p).await.expect("get").attributes.is_empty());
+
+        // Changed in place after the put (the attribute stays with the
+        // inode): read as a file without attributes.
+        d.put_opts(
+            &p,
+            "v".into(),
+            PutOptions {
+                attributes: attributes.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("put");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let file = tmp.path().join("a/k");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .and_then(|mut f| f.write_all(b" edited"))
+            .expect("edit in place");
+        {
+            use xattr::FileExt as _;
+            let f = File::open(&file).expect("open");
+            assert!(f.get_xattr(XATTR).expect("xattr").is_some(), "still there");
         }
+        assert!(d.get(&p).await.expect("get").attributes.is_empty());
+        assert!(no_staged_files(tmp.path()));
     }
 
     #[tokio::test]

@@ -5,6 +5,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/skip.rs"]
+mod skip;
 
 mod t30_modes;
 mod t40_order;

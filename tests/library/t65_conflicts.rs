@@ -900,12 +900,17 @@ async fn a_resync_settles_the_targets_open_conflicts() {
 /// A damaged record of what a target holds (bad bytes in the data dir)
 /// stops shipping to that target with an error naming the key, the target
 /// and the way out, and writes nothing there; `replay` writes the log's
-/// version over the target and records it anew.
+/// version over the target and records it anew. (The replica is a local
+/// directory on a file system without extended attributes: walship
+/// records its versions there.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_version_record_stops_its_target_until_a_replay() {
     use walship::storage::{LogStore as _, Side, SledStorage};
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = local_dir_config(dir.path());
+    let Some(_ramfs) = Ramfs::mount(&dir.path().join("replica")) else {
+        return;
+    };
     let file = |k: &str| std::fs::read(dir.path().join("replica").join(k)).expect("read");
     let rep = Replicator::open(cfg.clone()).await.expect("open");
     rep.put(&key("k"), Bytes::from("v1"), None)
@@ -1001,4 +1006,149 @@ async fn a_conflicted_target_neither_acknowledges_nor_serves_the_key() {
         .await
         .expect("resolve");
     assert_eq!(put_acked(&rig, "k", "v3").await, vec!["p", "r1"]);
+}
+
+/// A sidecar under first_write_wins in `sync`, its data in `dir/data`, a
+/// primary in `dir/primary` and replica `r1` in `replica`: local
+/// directories as the config makes them (walship's own, keeping a write's
+/// attributes in an extended attribute where the file system can).
+async fn open_on_local_dirs(dir: &std::path::Path, replica: &std::path::Path) -> Arc<Replicator> {
+    for d in [dir.join("primary"), replica.to_path_buf()] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    let text = format!(
+        "data_dir = {:?}\n[replication]\nmode = \"sync\"\nconflict_resolution = \"first_write_wins\"\n\
+         [primary]\nname = \"p\"\nurl = \"file://{}\"\nretry_delay_seconds = 0.02\n\
+         [[targets]]\nname = \"r1\"\nurl = \"file://{}\"\nretry_delay_seconds = 0.02\n",
+        dir.join("data").display().to_string(),
+        dir.join("primary").display(),
+        replica.display()
+    );
+    Replicator::open(Config::from_toml(&text).expect("config"))
+        .await
+        .expect("open")
+}
+
+/// v1 on every target; a restart (nothing of this process's memory left);
+/// then v2, which finds v1 on r1: whose it is decides what r1 ends with
+/// (first_write_wins keeps another writer's version).
+async fn v1_restart_v2(dir: &std::path::Path, replica: &std::path::Path) -> Arc<Replicator> {
+    let rep = open_on_local_dirs(dir, replica).await;
+    let acked = rep
+        .put(&key("k"), Bytes::from("v1"), None)
+        .await
+        .expect("v1");
+    assert_eq!(acked.acked_by.len(), 2, "{:?}", acked.acked_by);
+    rep.shutdown(Duration::from_secs(2))
+        .await
+        .expect("shutdown");
+    drop(rep);
+    let rep = open_on_local_dirs(dir, replica).await;
+    rep.put(&key("k"), Bytes::from("v2"), None)
+        .await
+        .expect("v2, acknowledged by both");
+    rep
+}
+
+/// A local directory keeps walship's origin on each file it writes, so
+/// after a restart its own version is told from someone else's by that
+/// alone: nothing is recorded next to the log for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_a_local_directory_holds_our_version_by_its_attribute() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica = dir.path().join("replica");
+    let rep = v1_restart_v2(dir.path(), &replica).await;
+    assert_eq!(std::fs::read(replica.join("k")).expect("k"), b"v2");
+    assert_eq!(rep.metrics().conflicts_detected.get(), 0);
+    let recorded = rep
+        .log()
+        .storage()
+        .side_scan(walship::storage::Side::Versions, b"")
+        .expect("scan");
+    assert!(recorded.is_empty(), "no version recorded: {recorded:?}");
+    rep.shutdown(Duration::from_secs(2))
+        .await
+        .expect("shutdown");
+}
+
+/// The origin stays with the file's inode: a hand edit in place keeps it.
+/// Such a file is still someone else's version (a conflict), not ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_file_edited_in_place_is_a_conflict_though_it_keeps_our_origin() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica = dir.path().join("replica");
+    let rep = open_on_local_dirs(dir.path(), &replica).await;
+    rep.put(&key("k"), Bytes::from("v1"), None)
+        .await
+        .expect("v1");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(replica.join("k"))
+        .and_then(|mut f| f.write_all(b" edited"))
+        .expect("edit in place");
+    match rep.put(&key("k"), Bytes::from("v2"), None).await {
+        Ok(a) => panic!("r1 holds an edit, yet acknowledged: {:?}", a.acked_by),
+        Err(Error::QuorumTimeout { acked_by, .. }) => {
+            assert!(!acked_by.contains(&"r1".to_string()), "{acked_by:?}");
+        }
+        Err(e) => panic!("v2: {e}"),
+    }
+    assert_eq!(rep.metrics().conflicts_detected.get(), 1);
+    assert_eq!(
+        std::fs::read(replica.join("k")).expect("k"),
+        b"v1 edited",
+        "first_write_wins keeps the edit"
+    );
+    rep.shutdown(Duration::from_secs(2))
+        .await
+        .expect("shutdown");
+}
+
+/// A ramfs mounted at a directory for one test (it keeps no extended
+/// attributes), unmounted on drop; `None` (a SKIPPED line, or a failure in
+/// CI) where mounting is not allowed.
+struct Ramfs(std::path::PathBuf);
+
+impl Ramfs {
+    fn mount(dir: &std::path::Path) -> Option<Ramfs> {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "ramfs", "ramfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            crate::skip::skip(
+                "cannot mount a ramfs here (needs root); the test of a directory without extended attributes did not run",
+            );
+            return None;
+        }
+        Some(Ramfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Ramfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A replica on a file system without extended attributes gets every
+/// write all the same, and walship records its versions next to the log
+/// instead: after a restart its own version there is still its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_directory_without_extended_attributes_is_written_and_known_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica = dir.path().join("replica");
+    let Some(_ramfs) = Ramfs::mount(&replica) else {
+        return;
+    };
+    let rep = v1_restart_v2(dir.path(), &replica).await;
+    assert_eq!(std::fs::read(replica.join("k")).expect("k"), b"v2");
+    assert_eq!(rep.metrics().conflicts_detected.get(), 0);
+    rep.shutdown(Duration::from_secs(2))
+        .await
+        .expect("shutdown");
 }
