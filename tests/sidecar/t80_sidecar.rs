@@ -1085,14 +1085,30 @@ struct Tmpfs(std::path::PathBuf);
 
 impl Tmpfs {
     fn mount(dir: &std::path::Path, mib: u32) -> Option<Tmpfs> {
+        Tmpfs::mount_as(
+            dir,
+            &["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"],
+        )
+    }
+
+    /// A ramfs: a file system without extended attributes, where a local
+    /// directory's versions are recorded next to the log.
+    fn ramfs(dir: &std::path::Path) -> Option<Tmpfs> {
+        Tmpfs::mount_as(dir, &["-t", "ramfs", "ramfs"])
+    }
+
+    fn mount_as(dir: &std::path::Path, args: &[&str]) -> Option<Tmpfs> {
         std::fs::create_dir_all(dir).expect("mkdir");
         let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .args(args)
             .arg(dir)
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            skip::skip("cannot mount a tmpfs here (needs root); the full-disk test did not run");
+            skip::skip(&format!(
+                "cannot mount `{}` here (needs root); the full-disk test did not run",
+                args.join(" ")
+            ));
             return None;
         }
         Some(Tmpfs(dir.to_path_buf()))
@@ -1104,6 +1120,14 @@ impl Tmpfs {
 /// can be mounted.
 async fn on_a_tmpfs(mib: u32) -> Option<(tempfile::TempDir, Tmpfs, std::path::PathBuf, Sidecar)> {
     let root = tempfile::tempdir().expect("tempdir");
+    on_a_tmpfs_in(root, mib).await
+}
+
+/// [`on_a_tmpfs`] in `root` (where the caller may have mounted more).
+async fn on_a_tmpfs_in(
+    root: tempfile::TempDir,
+    mib: u32,
+) -> Option<(tempfile::TempDir, Tmpfs, std::path::PathBuf, Sidecar)> {
     let dir = root.path();
     let tmpfs = Tmpfs::mount(&dir.join("data"), mib)?;
     let port = free_port();
@@ -1283,12 +1307,18 @@ async fn a_full_data_dir_answers_507_and_resumes_by_itself_once_space_is_freed()
 }
 
 /// A full data dir met outside a write (here by a resumed replica's
-/// shipper, whose version records sled's flusher cannot write) makes sled
-/// refuse every write: the log reopens by itself, and once space is freed
-/// the replica catches up without any new write and without a restart.
+/// shipper, whose version records sled's flusher cannot write: replica-2
+/// is a local directory on a file system without extended attributes)
+/// makes sled refuse every write: the log reopens by itself, and once
+/// space is freed the replica catches up without any new write and
+/// without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_filled_while_a_replica_catches_up_heals_without_a_write() {
-    let Some((root, _tmpfs, _cfg, sc)) = on_a_tmpfs(64).await else {
+    let root = tempfile::tempdir().expect("tempdir");
+    let Some(_ramfs) = Tmpfs::ramfs(&root.path().join("targets").join("replica-2")) else {
+        return;
+    };
+    let Some((root, _tmpfs, _cfg, sc)) = on_a_tmpfs_in(root, 64).await else {
         return;
     };
     let dir = root.path();
@@ -1297,7 +1327,8 @@ async fn a_disk_filled_while_a_replica_catches_up_heals_without_a_write() {
     assert_eq!(code, 0, "{err}");
     let c = sidecar::client();
     // Long keys: replica-2's version records (kept in sled for a local
-    // directory) must outgrow what sled can still write in place.
+    // directory without extended attributes) must outgrow what sled can
+    // still write in place.
     let n: u64 = 3000;
     let key = |i: u64| format!("k/{}-{i}", "x".repeat(200));
     let mut writers = Vec::new();
@@ -1355,6 +1386,9 @@ async fn a_disk_filled_while_a_replica_catches_up_heals_without_a_write() {
         .expect("put");
     assert_eq!(r.status(), 200, "writes are taken again");
     assert!(sc.term().success());
+    // Unmounted before their directory goes.
+    drop((_tmpfs, _ramfs));
+    drop(root);
 }
 
 /// A full data dir, met by a write large enough for sled to store as a
