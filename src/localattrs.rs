@@ -4,12 +4,17 @@
 //! `user.walship`.
 //!
 //! Invariant: attributes are read back only for the very file they were
-//! written with. The value records the file's modification time (µs) and
-//! size when the put wrote it; a file changed in place since (by hand, by
-//! another program: the attribute stays with the inode) no longer matches,
-//! and reads as a file without attributes, which is what walship makes of
-//! any hand edit (see `apply`: its bytes decide whose it is). A value that
-//! does not decode reads the same way.
+//! written with, at the path they were written for. The value records the
+//! file's modification time (µs) and size when the put wrote it, and a
+//! hash of the object's path; a file changed in place since (by hand, by
+//! another program: the attribute stays with the inode), or moved, linked
+//! or copied with its attributes from another key, no longer matches, and
+//! reads as a file without attributes, which is what walship makes of any
+//! hand edit (see `apply`: its bytes decide whose it is). A value that does
+//! not decode reads the same way. What this cannot see: a rewrite in place
+//! to the same size within one tick of the file system's clock (1 ns to
+//! 10 ms on Linux; a second on some network file systems), or one that
+//! sets the modification time back by hand.
 //!
 //! The value is small on purpose: ext4 keeps an attribute of up to about
 //! 80 bytes inside the inode, and a larger one costs a block of its own per
@@ -36,11 +41,13 @@ pub(crate) struct Stamp {
     pub mtime_us: u64,
     /// Size in bytes.
     pub size: u64,
+    /// The first 8 bytes of the MD5 of the object's path.
+    pub path: u64,
 }
 
 impl Stamp {
-    /// The stamp of a file's metadata.
-    pub(crate) fn of(m: &std::fs::Metadata) -> Stamp {
+    /// The stamp of the file of `location` with metadata `m`.
+    pub(crate) fn of(location: &str, m: &std::fs::Metadata) -> Stamp {
         let mtime_us = m
             .modified()
             .ok()
@@ -50,16 +57,44 @@ impl Stamp {
         Stamp {
             mtime_us: u64::try_from(mtime_us).unwrap_or(u64::MAX),
             size: m.len(),
+            path: path_hash(location),
+        }
+    }
+
+    /// The stamp of an object as a read reports it.
+    pub(crate) fn of_meta(meta: &object_store::ObjectMeta) -> Stamp {
+        Stamp {
+            mtime_us: u64::try_from(meta.last_modified.timestamp_micros()).unwrap_or(0),
+            size: meta.size,
+            path: path_hash(meta.location.as_ref()),
         }
     }
 }
 
-/// One attribute: a one-byte kind, and the name for other metadata.
+/// A stable hash of an object's path (the same in every build).
+fn path_hash(location: &str) -> u64 {
+    use md5::{Digest, Md5};
+    let d = Md5::digest(location.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d[..8]);
+    u64::from_le_bytes(first)
+}
+
+/// The value: `walshipts` and `walshipseq` as numbers where they are
+/// numbers (a varint is half their text), then each other attribute as a
+/// one-byte kind, the name for other metadata, and the value.
 #[derive(Debug, Serialize, Deserialize)]
 struct Wire {
     format: u8,
     stamp: Stamp,
+    ts: Option<u64>,
+    seq: Option<u64>,
     attrs: Vec<(u8, Option<String>, String)>,
+}
+
+/// `v` as a number, where its text is exactly that number's.
+fn number(v: &str) -> Option<u64> {
+    v.parse::<u64>().ok().filter(|n| n.to_string() == v)
 }
 
 const CONTENT_TYPE: u8 = 1;
@@ -111,19 +146,44 @@ pub(crate) fn encode(stamp: Stamp, attrs: &Attributes) -> Result<Vec<u8>, String
     let mut wire = Wire {
         format: FORMAT,
         stamp,
+        ts: None,
+        seq: None,
         attrs: Vec::with_capacity(attrs.len()),
     };
     for (a, v) in attrs {
         let (kind, name) = kind_of(a).ok_or_else(|| format!("{a:?}"))?;
-        wire.attrs.push((kind, name, v.as_ref().to_string()));
+        match (kind, number(v.as_ref())) {
+            (TS, Some(n)) => wire.ts = Some(n),
+            (SEQ, Some(n)) => wire.seq = Some(n),
+            _ => wire.attrs.push((kind, name, v.as_ref().to_string())),
+        }
     }
     // Sorted, so that equal attributes are equal bytes.
     wire.attrs.sort();
     bincode::serde::encode_to_vec(&wire, bincode::config::standard()).map_err(|e| e.to_string())
 }
 
+/// `attrs` without what walship's own three are not.
+pub(crate) fn walships_own(attrs: &Attributes) -> Attributes {
+    attrs
+        .iter()
+        .filter(|(a, _)| matches!(a, Attribute::Metadata(n) if [META_ORIGIN, META_TS, META_SEQ].contains(&n.as_ref())))
+        .map(|(a, v)| (a.clone(), v.clone()))
+        .collect()
+}
+
+/// Whether a file system refused an attribute for its size (ext4 and xfs
+/// answer `ENOSPC` where the value does not fit, others `E2BIG`).
+pub(crate) fn too_large(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::E2BIG | libc::ENOSPC | libc::ERANGE)
+    )
+}
+
 /// The attributes in `value` if it was written for a file of `stamp`;
-/// `None` for a file changed since, or a value that does not decode.
+/// `None` for a file changed since, or a value that does not decode. A
+/// kind this build does not know (a later build's) is left out.
 pub(crate) fn decode(value: &[u8], stamp: Stamp) -> Option<Attributes> {
     if value.len() > MAX_VALUE {
         return None;
@@ -133,9 +193,16 @@ pub(crate) fn decode(value: &[u8], stamp: Stamp) -> Option<Attributes> {
     if used != value.len() || wire.format != FORMAT || wire.stamp != stamp {
         return None;
     }
-    let mut attrs = Attributes::with_capacity(wire.attrs.len());
+    let mut attrs = Attributes::with_capacity(wire.attrs.len() + 2);
+    for (name, n) in [(META_TS, wire.ts), (META_SEQ, wire.seq)] {
+        if let Some(n) = n {
+            attrs.insert(Attribute::Metadata(name.into()), n.to_string().into());
+        }
+    }
     for (kind, name, v) in wire.attrs {
-        attrs.insert(attribute_of(kind, name)?, AttributeValue::from(v));
+        if let Some(a) = attribute_of(kind, name) {
+            attrs.insert(a, AttributeValue::from(v));
+        }
     }
     Some(attrs)
 }
@@ -149,6 +216,7 @@ mod tests {
         Stamp {
             mtime_us: 1_765_000_000_123_456,
             size: 1400,
+            path: path_hash("k/2026/12/07/object.json"),
         }
     }
 
@@ -165,10 +233,13 @@ mod tests {
 
     #[test]
     fn walships_own_three_fit_inside_an_ext4_inode() {
-        let v = encode(stamp(), &walships(123_456)).expect("encode");
-        // ext4 keeps up to about 80 bytes of value in a 256-byte inode.
-        assert!(v.len() <= 64, "{} bytes", v.len());
-        assert_eq!(decode(&v, stamp()), Some(walships(123_456)));
+        // ext4 keeps a value of up to 64 bytes (named `user.walship`)
+        // inside a 256-byte inode; a larger one takes a block of its own.
+        for seq in [1, 123_456, u64::MAX] {
+            let v = encode(stamp(), &walships(seq)).expect("encode");
+            assert!(v.len() <= 64, "{} bytes at seq {seq}", v.len());
+            assert_eq!(decode(&v, stamp()), Some(walships(seq)));
+        }
     }
 
     #[test]
@@ -182,8 +253,34 @@ mod tests {
             size: 1401,
             ..stamp()
         };
+        let elsewhere = Stamp {
+            path: path_hash("k/2026/12/07/object.jso"),
+            ..stamp()
+        };
         assert_eq!(decode(&v, touched), None);
         assert_eq!(decode(&v, grown), None);
+        assert_eq!(decode(&v, elsewhere), None, "moved from another key");
+    }
+
+    #[test]
+    fn a_kind_of_a_later_build_is_left_out_and_the_rest_kept() {
+        let wire = Wire {
+            format: FORMAT,
+            stamp: stamp(),
+            ts: None,
+            seq: None,
+            attrs: vec![
+                (ORIGIN, None, "3f2a9c0d11e4b7a8".into()),
+                (200, None, "from a later build".into()),
+            ],
+        };
+        let v = bincode::serde::encode_to_vec(&wire, bincode::config::standard()).expect("encode");
+        let mut only_origin = Attributes::new();
+        only_origin.insert(
+            Attribute::Metadata(META_ORIGIN.into()),
+            "3f2a9c0d11e4b7a8".into(),
+        );
+        assert_eq!(decode(&v, stamp()), Some(only_origin));
     }
 
     #[test]
@@ -221,12 +318,13 @@ mod tests {
             pairs in proptest::collection::vec((attribute(), "\\PC{0,40}"), 0..8),
             mtime_us in any::<u64>(),
             size in any::<u64>(),
+            path in any::<u64>(),
         ) {
             let mut attrs = Attributes::new();
             for (a, v) in pairs {
                 attrs.insert(a, v.into());
             }
-            let stamp = Stamp { mtime_us, size };
+            let stamp = Stamp { mtime_us, size, path };
             let v = encode(stamp, &attrs).expect("encode");
             prop_assert_eq!(decode(&v, stamp), Some(attrs));
         }

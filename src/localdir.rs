@@ -27,7 +27,9 @@
 //! per write with three targets.
 //!
 //! Reads are `LocalFileSystem`'s, with the attributes of the file they
-//! opened added (read from that open file, so they are its own). A file
+//! opened added (read from that open file, so they are its own: one
+//! `fgetxattr` on the calling thread, which a local file system answers
+//! from the inode it has just opened). A file
 //! system that keeps no extended attributes answers a put with attributes
 //! as `LocalFileSystem` does (not implemented), and the engine then writes
 //! there without them (recording its versions next to the log instead).
@@ -196,15 +198,16 @@ fn close(file: File, path: &FsPath) -> object_store::Result<()> {
 }
 
 /// Steps 2 and 3 of the protocol for a staged file.
-fn write_and_publish(
-    mut file: File,
-    staged: &FsPath,
-    path: &FsPath,
-    payload: &PutPayload,
-    mode: &PutMode,
-    attributes: &Attributes,
-    fsync: bool,
-) -> object_store::Result<String> {
+fn write_and_publish(mut file: File, staged: &FsPath, put: &Put) -> object_store::Result<String> {
+    let Put {
+        path,
+        location,
+        payload,
+        mode,
+        attributes,
+        fsync,
+    } = put;
+    let (path, fsync) = (path.as_path(), *fsync);
     for chunk in payload.iter() {
         file.write_all(chunk)
             .map_err(io_err("writing staged file", staged))?;
@@ -214,7 +217,7 @@ fn write_and_publish(
         .map_err(io_err("reading the metadata of", staged))?;
     let etag = etag_of(&meta);
     if !attributes.is_empty() {
-        set_attributes(&file, Stamp::of(&meta), attributes)?;
+        set_attributes(&file, staged, Stamp::of(location, &meta), attributes)?;
     }
     if fsync {
         file.sync_all().map_err(io_err("fsync of", staged))?;
@@ -242,21 +245,54 @@ fn write_and_publish(
     Ok(etag)
 }
 
-/// Keeps `attributes` on `file` (its metadata stamped `stamp`). Anything
-/// the file system refuses is "not implemented" for attributes: the engine
-/// learns the directory keeps none, and writes again without them.
-fn set_attributes(file: &File, stamp: Stamp, attributes: &Attributes) -> object_store::Result<()> {
+/// Keeps `attributes` on `file` (stamped `stamp`). A file system that
+/// keeps no extended attributes answers "not implemented" for attributes:
+/// the engine learns the directory keeps none, and writes again without
+/// them. Attributes too large for the file system (ext4 keeps about 4 KiB
+/// per file) are kept as walship's own three only, which tell whose the
+/// version is (the log keeps the rest and answers reads with them). Any
+/// other failure fails the put.
+fn set_attributes(
+    file: &File,
+    staged: &FsPath,
+    stamp: Stamp,
+    attributes: &Attributes,
+) -> object_store::Result<()> {
     use xattr::FileExt as _;
-    let value = localattrs::encode(stamp, attributes).map_err(|name| {
+    let refused = |e: &std::io::Error| {
         not_implemented(&format!(
-            "`put_opts` with `opts.attributes` specified: a local directory cannot keep the attribute {name}"
+            "`put_opts` with `opts.attributes` specified: this directory's file system keeps no extended attributes ({e})"
         ))
-    })?;
-    file.set_xattr(XATTR, &value).map_err(|e| {
-        not_implemented(&format!(
-            "`put_opts` with `opts.attributes` specified: this directory's file system did not keep them as the extended attribute {XATTR} ({e})"
-        ))
-    })
+    };
+    let encode = |attributes: &Attributes| {
+        localattrs::encode(stamp, attributes).map_err(|name| {
+            not_implemented(&format!(
+                "`put_opts` with `opts.attributes` specified: a local directory cannot keep the attribute {name}"
+            ))
+        })
+    };
+    match file.set_xattr(XATTR, &encode(attributes)?) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == ErrorKind::Unsupported => return Err(refused(&e)),
+        Err(e) if localattrs::too_large(&e) => {
+            tracing::warn!(path = %staged.display(), error = %e, "the object's attributes are too large for this file system's extended attributes; it keeps walship's own only (reads through walship answer the rest from the log)");
+        }
+        Err(e) => {
+            return Err(io_err(
+                "setting the extended attribute user.walship of",
+                staged,
+            )(e));
+        }
+    }
+    let own = localattrs::walships_own(attributes);
+    match file.set_xattr(XATTR, &encode(&own)?) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::Unsupported => Err(refused(&e)),
+        Err(e) => Err(io_err(
+            "setting the extended attribute user.walship of",
+            staged,
+        )(e)),
+    }
 }
 
 /// The attributes kept on `file` (see `localattrs`); none when it has none,
@@ -278,23 +314,25 @@ fn attributes_of(
             )(e));
         }
     };
-    let stamp = Stamp {
-        mtime_us: u64::try_from(meta.last_modified.timestamp_micros()).unwrap_or(0),
-        size: meta.size,
-    };
-    Ok(localattrs::decode(&value, stamp).unwrap_or_default())
+    Ok(localattrs::decode(&value, Stamp::of_meta(meta)).unwrap_or_default())
+}
+
+/// One put: what is written where, and how.
+struct Put {
+    /// The object's file.
+    path: PathBuf,
+    /// The object's path in the store (its attributes are stamped with it).
+    location: String,
+    payload: PutPayload,
+    mode: PutMode,
+    attributes: Attributes,
+    fsync: bool,
 }
 
 /// A whole put (the module's protocol), on the calling thread.
-fn put_file(
-    path: &FsPath,
-    payload: &PutPayload,
-    mode: &PutMode,
-    attributes: &Attributes,
-    fsync: bool,
-) -> object_store::Result<PutResult> {
-    let (file, staged) = stage(path, fsync)?;
-    match write_and_publish(file, &staged, path, payload, mode, attributes, fsync) {
+fn put_file(put: &Put) -> object_store::Result<PutResult> {
+    let (file, staged) = stage(&put.path, put.fsync)?;
+    match write_and_publish(file, &staged, put) {
         Ok(etag) => Ok(PutResult {
             e_tag: Some(etag),
             version: None,
@@ -332,11 +370,16 @@ impl ObjectStore for LocalDir {
             return Err(not_implemented("`put_opts` with mode `PutMode::Update`"));
         }
         let path = self.fs.path_to_filesystem(location)?;
-        let (mode, attributes, fsync) = (opts.mode, opts.attributes, self.fsync);
+        let put = Put {
+            path,
+            location: location.to_string(),
+            payload,
+            mode: opts.mode,
+            attributes: opts.attributes,
+            fsync: self.fsync,
+        };
         self.ordered
-            .in_order_blocking(location, move || {
-                put_file(&path, &payload, &mode, &attributes, fsync)
-            })
+            .in_order_blocking(location, move || put_file(&put))
             .await
     }
 
@@ -547,7 +590,7 @@ mod tests {
         )
         .await
         .expect("put");
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        std::thread::sleep(std::time::Duration::from_millis(20));
         let file = tmp.path().join("a/k");
         std::fs::OpenOptions::new()
             .append(true)
@@ -560,7 +603,63 @@ mod tests {
             assert!(f.get_xattr(XATTR).expect("xattr").is_some(), "still there");
         }
         assert!(d.get(&p).await.expect("get").attributes.is_empty());
+
+        // Rewritten in place to the same size: the same.
+        let with_attributes = PutOptions {
+            attributes: attributes.clone(),
+            ..Default::default()
+        };
+        d.put_opts(&p, "12345".into(), with_attributes.clone())
+            .await
+            .expect("put");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        {
+            use std::os::unix::fs::FileExt as _;
+            let f = OpenOptions::new().write(true).open(&file).expect("open");
+            f.write_all_at(b"54321", 0).expect("rewrite in place");
+        }
+        assert!(d.get(&p).await.expect("get").attributes.is_empty());
+
+        // Moved here from another key, attribute and times kept: the same.
+        let other = Path::from("a/other");
+        d.put_opts(&other, "moved".into(), with_attributes)
+            .await
+            .expect("put");
+        std::fs::rename(tmp.path().join("a/other"), &file).expect("mv");
+        let moved = d.get(&p).await.expect("get");
+        assert_eq!(moved.bytes().await.expect("bytes").as_ref(), b"moved");
+        assert!(d.get(&p).await.expect("get").attributes.is_empty());
         assert!(no_staged_files(tmp.path()));
+    }
+
+    #[tokio::test]
+    async fn attributes_too_large_for_the_file_system_keep_walships_own() {
+        let (_tmp, d) = dir(true);
+        let mut attributes = Attributes::new();
+        let origin = object_store::Attribute::Metadata(crate::conflict::META_ORIGIN.into());
+        attributes.insert(origin.clone(), "0123456789abcdef".into());
+        // Over the 64 KiB any Linux file system takes for one attribute.
+        attributes.insert(
+            object_store::Attribute::Metadata("big".into()),
+            "x".repeat(70 * 1024).into(),
+        );
+        let p = Path::from("k");
+        d.put_opts(
+            &p,
+            "v".into(),
+            PutOptions {
+                attributes,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("the put goes through");
+        let got = d.get(&p).await.expect("get").attributes;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            got.get(&origin).map(|v| v.as_ref()),
+            Some("0123456789abcdef")
+        );
     }
 
     #[tokio::test]

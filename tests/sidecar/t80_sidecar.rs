@@ -1120,14 +1120,6 @@ impl Tmpfs {
 /// can be mounted.
 async fn on_a_tmpfs(mib: u32) -> Option<(tempfile::TempDir, Tmpfs, std::path::PathBuf, Sidecar)> {
     let root = tempfile::tempdir().expect("tempdir");
-    on_a_tmpfs_in(root, mib).await
-}
-
-/// [`on_a_tmpfs`] in `root` (where the caller may have mounted more).
-async fn on_a_tmpfs_in(
-    root: tempfile::TempDir,
-    mib: u32,
-) -> Option<(tempfile::TempDir, Tmpfs, std::path::PathBuf, Sidecar)> {
     let dir = root.path();
     let tmpfs = Tmpfs::mount(&dir.join("data"), mib)?;
     let port = free_port();
@@ -1314,14 +1306,19 @@ async fn a_full_data_dir_answers_507_and_resumes_by_itself_once_space_is_freed()
 /// without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_filled_while_a_replica_catches_up_heals_without_a_write() {
+    // Declared first, so dropped last: the mounts go before their directory.
     let root = tempfile::tempdir().expect("tempdir");
-    let Some(_ramfs) = Tmpfs::ramfs(&root.path().join("targets").join("replica-2")) else {
-        return;
-    };
-    let Some((root, _tmpfs, _cfg, sc)) = on_a_tmpfs_in(root, 64).await else {
-        return;
-    };
     let dir = root.path();
+    let Some(_ramfs) = Tmpfs::ramfs(&dir.join("targets").join("replica-2")) else {
+        return;
+    };
+    let Some(_tmpfs) = Tmpfs::mount(&dir.join("data"), 64) else {
+        return;
+    };
+    let port = free_port();
+    let cfg = dir.join("walship.toml");
+    std::fs::write(&cfg, dir_config(dir, port, "async")).expect("config");
+    let sc = Sidecar::start(&cfg, port).await;
     let data = dir.join("data");
     let (code, _, err) = run(&["pause", "replica-2"], dir);
     assert_eq!(code, 0, "{err}");
@@ -1386,9 +1383,6 @@ async fn a_disk_filled_while_a_replica_catches_up_heals_without_a_write() {
         .expect("put");
     assert_eq!(r.status(), 200, "writes are taken again");
     assert!(sc.term().success());
-    // Unmounted before their directory goes.
-    drop((_tmpfs, _ramfs));
-    drop(root);
 }
 
 /// A full data dir, met by a write large enough for sled to store as a
