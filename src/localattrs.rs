@@ -48,14 +48,8 @@ pub(crate) struct Stamp {
 impl Stamp {
     /// The stamp of the file of `location` with metadata `m`.
     pub(crate) fn of(location: &str, m: &std::fs::Metadata) -> Stamp {
-        let mtime_us = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .unwrap_or_default()
-            .as_micros();
         Stamp {
-            mtime_us: u64::try_from(mtime_us).unwrap_or(u64::MAX),
+            mtime_us: u64::try_from(mtime_us(m)).unwrap_or(u64::MAX),
             size: m.len(),
             path: path_hash(location),
         }
@@ -69,6 +63,16 @@ impl Stamp {
             path: path_hash(meta.location.as_ref()),
         }
     }
+}
+
+/// A file's modification time in µs since the epoch (0 before it), as
+/// `LocalFileSystem` reads it.
+pub(crate) fn mtime_us(m: &std::fs::Metadata) -> u128 {
+    m.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .unwrap_or_default()
+        .as_micros()
 }
 
 /// A stable hash of an object's path (the same in every build).

@@ -112,12 +112,7 @@ fn io_err(what: &'static str, path: &FsPath) -> impl FnOnce(std::io::Error) -> o
 /// The e-tag `LocalFileSystem` gives a file: inode, mtime in µs and size.
 fn etag_of(m: &std::fs::Metadata) -> String {
     use std::os::unix::fs::MetadataExt as _;
-    let mtime = m
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .unwrap_or_default()
-        .as_micros();
+    let mtime = localattrs::mtime_us(m);
     format!("\"{:x}-{mtime:x}-{:x}\"", m.ino(), m.len())
 }
 
@@ -554,16 +549,13 @@ mod tests {
             object_store::Attribute::Metadata(crate::conflict::META_ORIGIN.into()),
             "0123456789abcdef".into(),
         );
+        let with_attributes = PutOptions {
+            attributes: attributes.clone(),
+            ..Default::default()
+        };
         let p = Path::from("a/k");
         let put = d
-            .put_opts(
-                &p,
-                "v".into(),
-                PutOptions {
-                    attributes: attributes.clone(),
-                    ..Default::default()
-                },
-            )
+            .put_opts(&p, "v".into(), with_attributes.clone())
             .await
             .expect("put with attributes");
         let got = d.get(&p).await.expect("get");
@@ -580,16 +572,9 @@ mod tests {
 
         // Changed in place after the put (the attribute stays with the
         // inode): read as a file without attributes.
-        d.put_opts(
-            &p,
-            "v".into(),
-            PutOptions {
-                attributes: attributes.clone(),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("put");
+        d.put_opts(&p, "v".into(), with_attributes.clone())
+            .await
+            .expect("put");
         std::thread::sleep(std::time::Duration::from_millis(20));
         let file = tmp.path().join("a/k");
         std::fs::OpenOptions::new()
@@ -605,10 +590,6 @@ mod tests {
         assert!(d.get(&p).await.expect("get").attributes.is_empty());
 
         // Rewritten in place to the same size: the same.
-        let with_attributes = PutOptions {
-            attributes: attributes.clone(),
-            ..Default::default()
-        };
         d.put_opts(&p, "12345".into(), with_attributes.clone())
             .await
             .expect("put");
