@@ -40,6 +40,11 @@ pub const META_TS: &str = "walshipts";
 /// The entry's seq in its origin's log, in decimal.
 pub const META_SEQ: &str = "walshipseq";
 
+/// Whether `a` is one of the three metadata walship stamps on each write.
+pub(crate) fn is_walship_meta(a: &object_store::Attribute) -> bool {
+    matches!(a, object_store::Attribute::Metadata(n) if [META_ORIGIN, META_TS, META_SEQ].contains(&n.as_ref()))
+}
+
 /// What orders two versions of a key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Tag {

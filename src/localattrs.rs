@@ -20,10 +20,12 @@
 //! 80 bytes inside the inode, and a larger one costs a block of its own per
 //! file. walship's own three metadata take one byte of name each.
 
+use std::borrow::Cow;
+
 use object_store::{Attribute, AttributeValue, Attributes};
 use serde::{Deserialize, Serialize};
 
-use crate::conflict::{META_ORIGIN, META_SEQ, META_TS};
+use crate::conflict::{META_ORIGIN, META_SEQ, META_TS, is_walship_meta};
 
 /// The extended attribute's name.
 pub(crate) const XATTR: &str = "user.walship";
@@ -101,47 +103,43 @@ fn number(v: &str) -> Option<u64> {
     v.parse::<u64>().ok().filter(|n| n.to_string() == v)
 }
 
-const CONTENT_TYPE: u8 = 1;
-const CONTENT_ENCODING: u8 = 2;
-const CONTENT_DISPOSITION: u8 = 3;
-const CACHE_CONTROL: u8 = 4;
-const CONTENT_LANGUAGE: u8 = 5;
-const STORAGE_CLASS: u8 = 6;
-const ORIGIN: u8 = 7;
 const TS: u8 = 8;
 const SEQ: u8 = 9;
 const OTHER_META: u8 = 10;
 
+/// Each attribute kept under a kind of one byte (other metadata: kind
+/// `OTHER_META` with its name).
+const KINDS: [(u8, Attribute); 9] = [
+    (1, Attribute::ContentType),
+    (2, Attribute::ContentEncoding),
+    (3, Attribute::ContentDisposition),
+    (4, Attribute::CacheControl),
+    (5, Attribute::ContentLanguage),
+    (6, Attribute::StorageClass),
+    (7, Attribute::Metadata(Cow::Borrowed(META_ORIGIN))),
+    (TS, Attribute::Metadata(Cow::Borrowed(META_TS))),
+    (SEQ, Attribute::Metadata(Cow::Borrowed(META_SEQ))),
+];
+
 fn kind_of(a: &Attribute) -> Option<(u8, Option<String>)> {
-    Some(match a {
-        Attribute::ContentType => (CONTENT_TYPE, None),
-        Attribute::ContentEncoding => (CONTENT_ENCODING, None),
-        Attribute::ContentDisposition => (CONTENT_DISPOSITION, None),
-        Attribute::CacheControl => (CACHE_CONTROL, None),
-        Attribute::ContentLanguage => (CONTENT_LANGUAGE, None),
-        Attribute::StorageClass => (STORAGE_CLASS, None),
-        Attribute::Metadata(n) if n == META_ORIGIN => (ORIGIN, None),
-        Attribute::Metadata(n) if n == META_TS => (TS, None),
-        Attribute::Metadata(n) if n == META_SEQ => (SEQ, None),
-        Attribute::Metadata(n) => (OTHER_META, Some(n.to_string())),
-        _ => return None,
-    })
+    match KINDS.iter().find(|(_, known)| known == a) {
+        Some((kind, _)) => Some((*kind, None)),
+        None => match a {
+            Attribute::Metadata(n) => Some((OTHER_META, Some(n.to_string()))),
+            _ => None,
+        },
+    }
 }
 
 fn attribute_of(kind: u8, name: Option<String>) -> Option<Attribute> {
-    Some(match (kind, name) {
-        (CONTENT_TYPE, None) => Attribute::ContentType,
-        (CONTENT_ENCODING, None) => Attribute::ContentEncoding,
-        (CONTENT_DISPOSITION, None) => Attribute::ContentDisposition,
-        (CACHE_CONTROL, None) => Attribute::CacheControl,
-        (CONTENT_LANGUAGE, None) => Attribute::ContentLanguage,
-        (STORAGE_CLASS, None) => Attribute::StorageClass,
-        (ORIGIN, None) => Attribute::Metadata(META_ORIGIN.into()),
-        (TS, None) => Attribute::Metadata(META_TS.into()),
-        (SEQ, None) => Attribute::Metadata(META_SEQ.into()),
-        (OTHER_META, Some(n)) => Attribute::Metadata(n.into()),
-        _ => return None,
-    })
+    match (kind, name) {
+        (OTHER_META, Some(n)) => Some(Attribute::Metadata(n.into())),
+        (kind, None) => KINDS
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, a)| a.clone()),
+        _ => None,
+    }
 }
 
 /// The value kept for `attrs` on a file of `stamp`; the name of an
@@ -171,7 +169,7 @@ pub(crate) fn encode(stamp: Stamp, attrs: &Attributes) -> Result<Vec<u8>, String
 pub(crate) fn walships_own(attrs: &Attributes) -> Attributes {
     attrs
         .iter()
-        .filter(|(a, _)| matches!(a, Attribute::Metadata(n) if [META_ORIGIN, META_TS, META_SEQ].contains(&n.as_ref())))
+        .filter(|(a, _)| is_walship_meta(a))
         .map(|(a, v)| (a.clone(), v.clone()))
         .collect()
 }
@@ -274,7 +272,7 @@ mod tests {
             ts: None,
             seq: None,
             attrs: vec![
-                (ORIGIN, None, "3f2a9c0d11e4b7a8".into()),
+                (7, None, "3f2a9c0d11e4b7a8".into()),
                 (200, None, "from a later build".into()),
             ],
         };

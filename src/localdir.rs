@@ -266,27 +266,21 @@ fn set_attributes(
             ))
         })
     };
-    match file.set_xattr(XATTR, &encode(attributes)?) {
+    let failed = |e| io_err("setting the extended attribute user.walship of", staged)(e);
+    let too_large = match file.set_xattr(XATTR, &encode(attributes)?) {
         Ok(()) => return Ok(()),
         Err(e) if e.kind() == ErrorKind::Unsupported => return Err(refused(&e)),
-        Err(e) if localattrs::too_large(&e) => {
-            tracing::warn!(path = %staged.display(), error = %e, "the object's attributes are too large for this file system's extended attributes; it keeps walship's own only (reads through walship answer the rest from the log)");
+        Err(e) if localattrs::too_large(&e) => e,
+        Err(e) => return Err(failed(e)),
+    };
+    match file.set_xattr(XATTR, &encode(&localattrs::walships_own(attributes))?) {
+        Ok(()) => {
+            tracing::warn!(path = %staged.display(), error = %too_large, "the object's attributes are too large for this file system's extended attributes; it keeps walship's own only (reads through walship answer the rest from the log)");
+            Ok(())
         }
-        Err(e) => {
-            return Err(io_err(
-                "setting the extended attribute user.walship of",
-                staged,
-            )(e));
-        }
-    }
-    let own = localattrs::walships_own(attributes);
-    match file.set_xattr(XATTR, &encode(&own)?) {
-        Ok(()) => Ok(()),
         Err(e) if e.kind() == ErrorKind::Unsupported => Err(refused(&e)),
-        Err(e) => Err(io_err(
-            "setting the extended attribute user.walship of",
-            staged,
-        )(e)),
+        // Not the size after all (a full disk answers ENOSPC too).
+        Err(e) => Err(failed(e)),
     }
 }
 

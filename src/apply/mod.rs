@@ -1308,9 +1308,7 @@ async fn fetch(
     let content: Attributes = r
         .attributes
         .iter()
-        .filter(|(k, _)| {
-            !matches!(k, Attribute::Metadata(n) if [META_ORIGIN, META_TS, META_SEQ].contains(&n.as_ref()))
-        })
+        .filter(|(k, _)| !conflict::is_walship_meta(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let bytes = if body { Some(r.bytes().await?) } else { None };
