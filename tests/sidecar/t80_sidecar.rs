@@ -1115,6 +1115,87 @@ impl Tmpfs {
     }
 }
 
+/// An ext4 file system (no journal, `errors=continue`) on a loop device
+/// whose image is a sparse file on a small tmpfs, mounted at `dir` for one
+/// test: filling that tmpfs (`backing()`) makes the device fail writes
+/// into blocks the image has not used yet, so a write-back and an
+/// `fdatasync` fail (ENOSPC from the device, then EIO) while the ext4
+/// itself still reports free space: a failing disk, for real. Dropped in
+/// reverse: unmounted, the loop device detached, the tmpfs unmounted.
+/// `None` (a SKIPPED line, or a failure in CI) where that cannot be set up.
+struct LoopDisk {
+    dir: std::path::PathBuf,
+    device: String,
+    backing: Tmpfs,
+}
+
+impl LoopDisk {
+    fn mount(dir: &std::path::Path, backing_mib: u32) -> Option<LoopDisk> {
+        let back = dir.with_extension("backing");
+        let backing = Tmpfs::mount(&back, backing_mib)?;
+        let image = back.join("disk.img");
+        let step = |what: &str, cmd: &mut Command| -> Option<String> {
+            match cmd.output() {
+                Ok(out) if out.status.success() => {
+                    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+                }
+                Ok(out) => {
+                    skip::skip(&format!(
+                        "cannot {what} here: {}; the failed-fsync test did not run",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
+                    None
+                }
+                Err(e) => {
+                    skip::skip(&format!(
+                        "cannot {what} here: {e}; the failed-fsync test did not run"
+                    ));
+                    None
+                }
+            }
+        };
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(256 << 20))
+            .expect("sparse image");
+        step(
+            "make an ext4 file system (mkfs.ext4)",
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-O", "^has_journal"])
+                .arg(&image),
+        )?;
+        let device = step(
+            "attach a loop device (losetup)",
+            Command::new("losetup").args(["-f", "--show"]).arg(&image),
+        )?;
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let disk = LoopDisk {
+            dir: dir.to_path_buf(),
+            device,
+            backing,
+        };
+        step(
+            "mount a loop device",
+            Command::new("mount")
+                .args(["-o", "errors=continue", &disk.device])
+                .arg(dir),
+        )?;
+        Some(disk)
+    }
+
+    /// Where the image lives: a file written there until it is full
+    /// leaves the device no room for a block it has not used yet.
+    fn backing(&self) -> &std::path::Path {
+        &self.backing.0
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+    }
+}
+
 /// A sidecar (async, local-directory targets) whose `data_dir` is a
 /// tmpfs of `mib` MiB; `None` (the test skipped, and says so) where no tmpfs
 /// can be mounted.
@@ -1292,6 +1373,143 @@ async fn a_full_data_dir_answers_507_and_resumes_by_itself_once_space_is_freed()
             assert!(
                 dir.join("targets").join(t).join(key).is_file(),
                 "{t} lacks acknowledged {key}"
+            );
+        }
+    }
+    assert!(sc.term().success());
+}
+
+/// A failed fsync (SPEC: "a failed fsync makes the log reopen itself from
+/// disk before it takes writes again (no restart, no seq reused)"), made
+/// to happen: `data_dir` is an ext4 on a loop device whose backing store
+/// fills, so the journal's `fdatasync` fails while the file system still
+/// shows free space. Writes are refused with an error that says so, none
+/// is acknowledged meanwhile; once the device has room again they are
+/// taken without a restart, the seqs go on from the last acknowledged,
+/// and after a kill -9 every acknowledged write is in the log and on
+/// every target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_refuses_writes_until_the_log_reopens_and_loses_nothing_acknowledged() {
+    // Declared first, so dropped last: the mounts go before their directory.
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path();
+    let data = dir.join("data");
+    let Some(disk) = LoopDisk::mount(&data, 48) else {
+        return;
+    };
+    let port = free_port();
+    let cfg = dir.join("walship.toml");
+    std::fs::write(&cfg, dir_config(dir, port, "sync")).expect("config");
+    let sc = Sidecar::start(&cfg, port).await;
+    let c = sidecar::client();
+    let put = |key: String, body: String| {
+        let (c, base) = (c.clone(), sc.base.clone());
+        async move {
+            let r = c
+                .put(format!("{base}/v1/objects/{key}"))
+                .body(body)
+                .send()
+                .await
+                .expect("put");
+            let status = r.status().as_u16();
+            (status, r.text().await.expect("body"))
+        }
+    };
+    let seq_of = |body: &str| -> u64 {
+        serde_json::from_str::<serde_json::Value>(body).expect("json")["seq"]
+            .as_u64()
+            .expect("seq")
+    };
+    let mut acked: Vec<(String, String, u64)> = Vec::new();
+    for i in 0..50 {
+        let (key, value) = (format!("before/{i}"), format!("{i:08}").repeat(64));
+        let (status, body) = put(key.clone(), value.clone()).await;
+        assert_eq!(status, 200, "{body}");
+        acked.push((key, value, seq_of(&body)));
+    }
+
+    // The device runs out of room: the next journal block it has not
+    // written before cannot be stored.
+    fill_to_the_last_byte(&disk.backing().join("filler"));
+    let mut refused = None;
+    for i in 0..2000 {
+        let (key, value) = (format!("during/{i}"), format!("{i:08}").repeat(64));
+        let (status, body) = put(key.clone(), value.clone()).await;
+        match status {
+            200 => acked.push((key, value, seq_of(&body))),
+            _ => {
+                refused = Some((status, body));
+                break;
+            }
+        }
+    }
+    let (status, body) = refused.expect("a write failed its fsync (the fault happened)");
+    assert!(
+        status == 507 || status == 500,
+        "a failed fsync answers 507 or 500: {status} {body}"
+    );
+    assert!(
+        body.contains("flush") && body.contains("retrying it is safe"),
+        "the answer says what happened and what to do: {body}"
+    );
+
+    std::fs::remove_file(disk.backing().join("filler")).expect("free the device");
+    let mut resumed = None;
+    for _ in 0..200 {
+        let (status, body) = put("after".into(), "back".into()).await;
+        if status == 200 {
+            resumed = Some(seq_of(&body));
+            break;
+        }
+        assert!(status == 507 || status == 500, "{status} {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let resumed = resumed.unwrap_or_else(|| {
+        panic!(
+            "writes did not resume without a restart; the sidecar's log ends:\n{}",
+            sc.log_tail(3000)
+        )
+    });
+    let last = acked.last().map(|(_, _, s)| *s).unwrap_or(0);
+    assert_eq!(resumed, last + 1, "seqs go on from the last acknowledged");
+    acked.push(("after".into(), "back".into(), resumed));
+
+    sc.wait_caught_up(std::time::Duration::from_secs(60)).await;
+    sc.kill9();
+    let sc = Sidecar::start(&cfg, port).await;
+    sc.wait_caught_up(std::time::Duration::from_secs(60)).await;
+    let log: serde_json::Value = c
+        .get(format!("{}/v1/log?from=1&limit=10000", sc.base))
+        .send()
+        .await
+        .expect("log")
+        .json()
+        .await
+        .expect("json");
+    let in_log: std::collections::HashMap<u64, String> = log["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            (
+                e["seq"].as_u64().expect("seq"),
+                e["key"].as_str().expect("key").to_string(),
+            )
+        })
+        .collect();
+    for (key, value, seq) in &acked {
+        assert_eq!(
+            in_log.get(seq),
+            Some(key),
+            "the log holds acknowledged seq {seq}"
+        );
+        for t in ["primary", "replica-1", "replica-2"] {
+            assert_eq!(
+                std::fs::read_to_string(dir.join("targets").join(t).join(key))
+                    .ok()
+                    .as_deref(),
+                Some(value.as_str()),
+                "{t} holds acknowledged {key}"
             );
         }
     }
