@@ -1516,6 +1516,78 @@ async fn a_failed_fsync_refuses_writes_until_the_log_reopens_and_loses_nothing_a
     assert!(sc.term().success());
 }
 
+/// Guarantee 9 on a failing disk: a replica directory whose device fails
+/// its writes (an ext4 on a loop device whose backing tmpfs fills, so
+/// `fsync` fails while the file system shows free space) is never counted
+/// as holding what it could not make durable: its cursor stops short
+/// while the device is full, and once the device has room it catches up,
+/// with no new write, to hold every write's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_disk_fails_its_fsync_vouches_for_nothing_and_catches_up_after() {
+    // Declared first, so dropped last: the mounts go before their directory.
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path();
+    let Some(disk) = LoopDisk::mount(&dir.join("targets").join("replica-2"), 48) else {
+        return;
+    };
+    let port = free_port();
+    let cfg = dir.join("walship.toml");
+    std::fs::write(&cfg, dir_config(dir, port, "async")).expect("config");
+    let sc = Sidecar::start(&cfg, port).await;
+    let c = sidecar::client();
+    let value = |i: u64| format!("{i:08}").repeat(512);
+    let mut n = 0u64;
+    let mut write = async |n: &mut u64| {
+        *n += 1;
+        let r = c
+            .put(format!("{}/v1/objects/k/{n}", sc.base))
+            .body(value(*n))
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(r.status(), 200, "put {n}");
+    };
+    for _ in 0..20 {
+        write(&mut n).await;
+    }
+    sc.wait_caught_up(std::time::Duration::from_secs(30)).await;
+
+    fill_to_the_last_byte(&disk.backing().join("filler"));
+    for _ in 0..200 {
+        write(&mut n).await;
+    }
+    // The fault happened: replica-2 stops short of the head and stays.
+    let mut stalled = None;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let cursor = sc.cursor_of("replica-2").await;
+        if stalled == Some(cursor) {
+            break;
+        }
+        stalled = Some(cursor);
+    }
+    let stalled = stalled.expect("cursor");
+    assert!(
+        stalled < n,
+        "replica-2 reached the head although its device could store nothing new: it vouched for writes it could not make durable (or the fault did not happen)"
+    );
+    assert_eq!(sc.cursor_of("replica-1").await, n, "replica-1 went on");
+
+    std::fs::remove_file(disk.backing().join("filler")).expect("free the device");
+    // No write from here on.
+    sc.wait_caught_up(std::time::Duration::from_secs(60)).await;
+    for i in 1..=n {
+        assert_eq!(
+            std::fs::read_to_string(dir.join("targets/replica-2/k").join(i.to_string()))
+                .ok()
+                .as_deref(),
+            Some(value(i).as_str()),
+            "replica-2 holds write {i}"
+        );
+    }
+    assert!(sc.term().success());
+}
+
 /// A full data dir met outside a write (here by a resumed replica's
 /// shipper, whose version records sled's flusher cannot write: replica-2
 /// is a local directory on a file system without extended attributes)
