@@ -1537,7 +1537,7 @@ async fn a_replica_whose_disk_fails_its_fsync_vouches_for_nothing_and_catches_up
     let c = sidecar::client();
     let value = |i: u64| format!("{i:08}").repeat(512);
     let mut n = 0u64;
-    let mut write = async |n: &mut u64| {
+    let write = async |n: &mut u64| {
         *n += 1;
         let r = c
             .put(format!("{}/v1/objects/k/{n}", sc.base))
