@@ -230,6 +230,21 @@ impl Sidecar {
             .unwrap_or_else(|| panic!("no cursor for {name}: {v}"))
     }
 
+    /// `name`'s cursor once it has stopped moving: read every 100 ms until
+    /// two readings agree (at most 10 s, then the last reading).
+    pub async fn settled_cursor(&self, name: &str) -> u64 {
+        let mut last = None;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let cursor = self.cursor_of(name).await;
+            if last == Some(cursor) {
+                break;
+            }
+            last = Some(cursor);
+        }
+        last.unwrap_or_else(|| panic!("no reading of {name}'s cursor"))
+    }
+
     /// Polls `/v1/cursors` until every cursor is at the head.
     pub async fn wait_caught_up(&self, within: Duration) -> serde_json::Value {
         let deadline = std::time::Instant::now() + within;

@@ -1557,16 +1557,7 @@ async fn a_replica_whose_disk_fails_its_fsync_vouches_for_nothing_and_catches_up
         write(&mut n).await;
     }
     // The fault happened: replica-2 stops short of the head and stays.
-    let mut stalled = None;
-    for _ in 0..100 {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let cursor = sc.cursor_of("replica-2").await;
-        if stalled == Some(cursor) {
-            break;
-        }
-        stalled = Some(cursor);
-    }
-    let stalled = stalled.expect("cursor");
+    let stalled = sc.settled_cursor("replica-2").await;
     assert!(
         stalled < n,
         "replica-2 reached the head although its device could store nothing new: it vouched for writes it could not make durable (or the fault did not happen)"
@@ -1642,16 +1633,7 @@ async fn a_disk_filled_while_a_replica_catches_up_heals_without_a_write() {
     let filler = data.join("filler");
     fill_to_the_last_byte(&filler);
     // The fault happened: replica-2 stops short of the head.
-    let mut stalled = None;
-    for _ in 0..100 {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let cursor = sc.cursor_of("replica-2").await;
-        if stalled == Some(cursor) {
-            break;
-        }
-        stalled = Some(cursor);
-    }
-    let stalled = stalled.expect("cursor");
+    let stalled = sc.settled_cursor("replica-2").await;
     assert!(
         stalled < n,
         "replica-2 caught up although the data dir was full (the fault did not happen)"
