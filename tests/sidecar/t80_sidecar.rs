@@ -1163,10 +1163,16 @@ impl LoopDisk {
                 .args(["-q", "-F", "-O", "^has_journal"])
                 .arg(&image),
         )?;
-        let device = step(
-            "attach a loop device (losetup)",
-            Command::new("losetup").args(["-f", "--show"]).arg(&image),
-        )?;
+        // One at a time: two tests finding the same free device at once
+        // would race for it.
+        static ATTACHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let device = {
+            let _one = ATTACHING.lock().unwrap_or_else(|p| p.into_inner());
+            step(
+                "attach a loop device (losetup)",
+                Command::new("losetup").args(["-f", "--show"]).arg(&image),
+            )?
+        };
         std::fs::create_dir_all(dir).expect("mkdir");
         let disk = LoopDisk {
             dir: dir.to_path_buf(),
