@@ -23,11 +23,6 @@
 //! - tree `versions`: target NUL key → the version walship knows a target
 //!   holds (see `conflict`)
 //! - tree `conflicts`: id (u64 big-endian) → an open manual conflict
-//!
-//! After a failed write, sled's files are rebuilt whole at the reopen (a
-//! copy in `data_dir/log.rebuild` put in place of `log`, which goes by way
-//! of `log.old`; see `SledStorage::must_rebuild`): a page whose write-back
-//! failed reads back in this process but may be missing on the device.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -424,15 +419,6 @@ pub struct SledStorage {
     /// thread meeting a full disk makes every later write of any thread
     /// fail (its "global error") until the database is opened again.
     failed: AtomicBool,
-    /// Set by a failed sync of sled's files or any failed sled I/O,
-    /// cleared once a reopen has rebuilt them ([`rebuild_sled`]). A page
-    /// whose write-back failed is marked clean by Linux: every read in
-    /// this process still shows it, and a later sync that succeeds does
-    /// not write it again, so the device can lack what sled's later
-    /// snapshot says is there (a machine restart then finds the log
-    /// "corrupted" and the journal that held it removed). Until rebuilt,
-    /// `sync` answers an error: no checkpoint removes a journal file.
-    must_rebuild: AtomicBool,
     /// Replaced by each `Log::open` on this storage.
     on_failure: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
     /// Counts reopens (see `LogStorage::generation`).
@@ -446,7 +432,6 @@ impl SledStorage {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating data directory {}", dir.display()), e))?;
         let path = dir.join("log");
-        finish_rebuild(&path)?;
         let sled = open_sled(&path, cache_bytes)?;
         let journal_dir = dir.join("journal");
         std::fs::create_dir_all(&journal_dir).map_err(|e| {
@@ -479,7 +464,6 @@ impl SledStorage {
             blobs_synced: Mutex::new(0),
             stuck: Mutex::new(None),
             failed: AtomicBool::new(false),
-            must_rebuild: AtomicBool::new(false),
             on_failure: Mutex::new(None),
             generation: AtomicU64::new(0),
         };
@@ -753,7 +737,6 @@ impl SledStorage {
     /// Records a failed I/O and tells whoever asked (see `failed`).
     fn note_failure(&self) {
         self.failed.store(true, Ordering::Release);
-        self.must_rebuild.store(true, Ordering::Release);
         if let Some(hook) = self
             .on_failure
             .lock()
@@ -889,22 +872,8 @@ impl LogStore for SledStorage {
 
     fn sync(&self) -> Result<()> {
         let s = self.s()?;
-        if self.must_rebuild.load(Ordering::Acquire) {
-            return Err(Error::io(
-                format!("syncing the log in {}", self.path.display()),
-                std::io::Error::other(
-                    "an earlier write of sled's files failed, so what they hold on the disk is not known; the log rebuilds them from what this process holds before it trusts a sync again (by itself; if it keeps failing, check the disk of data_dir and that it has room for a second copy of the log)",
-                ),
-            ));
-        }
-        let synced =
-            s.db.flush()
-                .map_err(self.err("flushing the log"))
-                .and_then(|_| self.sync_flushed(&s));
-        if synced.is_err() {
-            self.note_failure();
-        }
-        synced
+        s.db.flush().map_err(self.err("flushing the log"))?;
+        self.sync_flushed(&s)
     }
 
     fn scan(&self, from: u64, to: u64, f: &mut dyn FnMut(u64, &[u8]) -> bool) -> Result<()> {
@@ -1066,14 +1035,6 @@ impl LogStore for SledStorage {
                     let _ = std::fs::remove_file(f.path());
                 }
             }
-        }
-        // Every reopen follows a failure, and the old handle's own flush as
-        // it went (sled's drop) may have failed unseen: its files are
-        // rebuilt whole (see `must_rebuild`).
-        self.must_rebuild.store(false, Ordering::Release);
-        if let Err(e) = rebuild_sled(&self.path, self.cache_bytes) {
-            self.must_rebuild.store(true, Ordering::Release);
-            return Err(e);
         }
         *guard = Some(Arc::new(open_sled(&self.path, self.cache_bytes)?));
         drop(guard);
@@ -1284,7 +1245,7 @@ fn release(old: Sled, path: &Path) -> Result<()> {
     }
 }
 
-fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db> {
+fn open_sled(path: &Path, cache_bytes: u64) -> Result<Sled> {
     let path = path.to_path_buf();
     let locked = |e: &sled::Error| matches!(e, sled::Error::Io(io) if is_lock_error(io));
     // sled releases its file lock from a background thread a moment
@@ -1292,7 +1253,7 @@ fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db> {
     // restart of the library) may find it still held: wait for it a
     // little before calling it another process's.
     let mut waited = 0;
-    loop {
+    let db = loop {
         // sled's recovery can panic on damaged files instead of answering
         // an error: that is a damaged log, said as one, not a crash.
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -1332,155 +1293,7 @@ fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db> {
             io,
         ),
         other => Error::storage("opening the log", &path, other),
-    })
-}
-
-/// Copies the sled database at `path` whole into a new one beside it
-/// (`log.rebuild`), makes every file of the copy durable, and puts it in
-/// `path`'s place (see `SledStorage::must_rebuild`): the copy's pages are
-/// all written anew, so its sync covers everything this process reads.
-/// `log.rebuild` is complete and durable before `path` moves to `log.old`,
-/// so [`finish_rebuild`] can finish or undo a rebuild a crash cut short.
-fn rebuild_sled(path: &Path, cache_bytes: u64) -> Result<()> {
-    let (fresh, old) = (path.with_extension("rebuild"), path.with_extension("old"));
-    let io = |what: &str, p: &Path| {
-        let what = format!("{what} {} (rebuilding the log)", p.display());
-        move |e| Error::io(what, e)
-    };
-    remove_dir_if_any(&fresh).map_err(io("removing", &fresh))?;
-    // sled must not meet a full disk (see `ROOM_RESERVE`): the copy is
-    // made only with room for all of it and the reserve.
-    let need = size_under(path).map_err(io("measuring", path))? + ROOM_RESERVE;
-    let free = fs2::available_space(path).map_err(io("reading the free space of", path))?;
-    if free < need {
-        return Err(Error::DiskFull(format!(
-            "the log in {} is rebuilt after a failed write, which needs {need} bytes free for a copy of it; {free} are",
-            path.display()
-        )));
-    }
-    let from = open_db(path, cache_bytes)?;
-    let to = open_db(&fresh, cache_bytes)?;
-    let copied = copy_db(&from, &to).map_err(|e| Error::storage("rebuilding the log", path, e));
-    // Dropped as a reopen drops a handle: within a bound (a sled that met
-    // a full disk anyway can hang as it goes).
-    release_db(to, &fresh)?;
-    release_db(from, path)?;
-    copied?;
-    sync_everything_under(&fresh).map_err(io("fsync of", &fresh))?;
-
-    let parent = path.parent().unwrap_or(Path::new("."));
-    std::fs::rename(path, &old).map_err(io("moving aside", path))?;
-    std::fs::rename(&fresh, path).map_err(io("putting in place", &fresh))?;
-    sync_dir(parent).map_err(io("fsync of", parent))?;
-    if let Err(e) = remove_dir_if_any(&old) {
-        tracing::warn!(path = %old.display(), error = %e, "could not remove the log's old files after rebuilding it; the next open removes them");
-    }
-    tracing::warn!(path = %path.display(), "an earlier write of the log's files failed: rebuilt them whole from what this process holds, and made the copy durable");
-    Ok(())
-}
-
-/// Every tree of `from` copied into `to`, then `to` flushed.
-fn copy_db(from: &sled::Db, to: &sled::Db) -> sled::Result<()> {
-    for name in from.tree_names() {
-        let (a, b) = (from.open_tree(&name)?, to.open_tree(&name)?);
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
-        for kv in a.iter() {
-            let (k, v) = kv?;
-            batch.insert(k, v);
-            n += 1;
-            if n == 1024 {
-                b.apply_batch(std::mem::take(&mut batch))?;
-                n = 0;
-            }
-        }
-        b.apply_batch(batch)?;
-    }
-    to.flush()?;
-    Ok(())
-}
-
-/// Bytes of every file under `dir`.
-fn size_under(dir: &Path) -> std::io::Result<u64> {
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        total += if entry.file_type()?.is_dir() {
-            size_under(&entry.path())?
-        } else {
-            entry.metadata()?.len()
-        };
-    }
-    Ok(total)
-}
-
-/// Drops `db` on a thread of its own, waiting at most [`RELEASE_WAIT`].
-fn release_db(db: sled::Db, path: &Path) -> Result<()> {
-    let (done, released) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("walship-release".into())
-        .spawn(move || {
-            drop(db);
-            let _ = done.send(());
-        })
-        .map_err(|e| Error::io("starting a thread to close the log", e))?;
-    released.recv_timeout(RELEASE_WAIT).map_err(|_| {
-        Error::LogPoisoned(format!(
-            "sled did not let go of {} within {} s while the log was rebuilt after a failed write; nothing acknowledged is lost: free space in data_dir and restart walship",
-            path.display(),
-            RELEASE_WAIT.as_secs()
-        ))
-    })
-}
-
-/// At open: finishes a rebuild that was cut short after its copy was
-/// complete (`path` moved to `log.old`, the copy not yet in place), and
-/// removes what an unfinished or finished rebuild left.
-fn finish_rebuild(path: &Path) -> Result<()> {
-    let (fresh, old) = (path.with_extension("rebuild"), path.with_extension("old"));
-    let io = |what: &str, p: &Path| {
-        let what = format!("{what} {} (finishing a rebuild of the log)", p.display());
-        move |e| Error::io(what, e)
-    };
-    if !path.exists() && old.exists() && fresh.exists() {
-        std::fs::rename(&fresh, path).map_err(io("putting in place", &fresh))?;
-        let parent = path.parent().unwrap_or(Path::new("."));
-        sync_dir(parent).map_err(io("fsync of", parent))?;
-    }
-    if path.exists() {
-        remove_dir_if_any(&fresh).map_err(io("removing", &fresh))?;
-        remove_dir_if_any(&old).map_err(io("removing", &old))?;
-    }
-    Ok(())
-}
-
-fn remove_dir_if_any(p: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(p) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
-}
-
-fn sync_dir(p: &Path) -> std::io::Result<()> {
-    File::open(p)?.sync_all()
-}
-
-/// fsync of every file and directory under `dir`, and of `dir`.
-fn sync_everything_under(dir: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            sync_everything_under(&entry.path())?;
-        } else {
-            File::open(entry.path())?.sync_all()?;
-        }
-    }
-    sync_dir(dir)
-}
-
-fn open_sled(path: &Path, cache_bytes: u64) -> Result<Sled> {
-    let db = open_db(path, cache_bytes)?;
-    let path = path.to_path_buf();
+    })?;
     let tree = |name: &str| {
         db.open_tree(name)
             .map_err(|e| Error::storage("opening a tree", &path, e))
@@ -2197,102 +2010,6 @@ mod tests {
                 "checkpoint between: {checkpoint_between}"
             );
         }
-    }
-
-    /// After a failed sled I/O, a sync is refused (so no checkpoint removes
-    /// the journal) until a reopen has rebuilt sled's files: new files,
-    /// written whole, holding every tree as it was.
-    #[test]
-    fn a_reopen_rebuilds_sleds_files_whole_and_a_failure_holds_the_journal_until_then() {
-        use std::os::unix::fs::MetadataExt as _;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let recs: Vec<Vec<u8>> = (0..=40).map(record_for).collect();
-        let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
-        commit(&s, &recs, 1..=10);
-        s.set_target("r1", &rec_at(7, 700)).expect("target");
-        s.set_meta("m", b"meta value").expect("meta");
-        s.set_side(Side::Versions, b"r1\0k", Some(b"v1"))
-            .expect("side");
-        s.checkpoint().expect("checkpoint");
-        commit(&s, &recs, 11..=20);
-        let inode = || {
-            std::fs::metadata(dir.path().join("log/db"))
-                .expect("db")
-                .ino()
-        };
-        let before = inode();
-
-        s.note_failure();
-        assert!(
-            s.sync().is_err(),
-            "a sync is refused until the files are rebuilt"
-        );
-        assert!(s.checkpoint().is_err());
-        assert!(
-            !s.journal.read().expect("read").is_empty(),
-            "the journal is kept"
-        );
-
-        s.reopen().expect("reopen");
-        assert_ne!(inode(), before, "sled's data file was written anew");
-        for leftover in ["log.rebuild", "log.old"] {
-            assert!(!dir.path().join(leftover).exists(), "{leftover} is gone");
-        }
-        assert_eq!(seqs(&s, 1, 40).expect("scan"), (1..=20).collect::<Vec<_>>());
-        assert_eq!(s.target("r1").expect("target"), Some(rec_at(7, 700)));
-        assert_eq!(
-            s.meta("m").expect("meta").as_deref(),
-            Some(&b"meta value"[..])
-        );
-        assert_eq!(
-            s.side(Side::Versions, b"r1\0k").expect("side").as_deref(),
-            Some(&b"v1"[..])
-        );
-        s.sync().expect("a sync is trusted again");
-        s.checkpoint().expect("checkpoint");
-        drop(s);
-        let again = SledStorage::open(dir.path(), 8 << 20).expect("reopen the copy");
-        assert_eq!(
-            seqs(&again, 1, 40).expect("scan"),
-            (1..=20).collect::<Vec<_>>()
-        );
-    }
-
-    /// A rebuild a crash cut short: its copy half made is removed; a copy
-    /// complete (the old files already moved aside) is put in place; old
-    /// files left behind are removed.
-    #[test]
-    fn a_rebuild_cut_short_is_undone_or_finished_at_open() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let recs: Vec<Vec<u8>> = (0..=40).map(record_for).collect();
-        let log = dir.path().join("log");
-        {
-            let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
-            commit(&s, &recs, 1..=10);
-            s.checkpoint().expect("checkpoint");
-        }
-        // Cut during the copy.
-        std::fs::create_dir(log.with_extension("rebuild")).expect("mkdir");
-        std::fs::write(log.with_extension("rebuild").join("db"), b"half").expect("half");
-        {
-            let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
-            assert_eq!(seqs(&s, 1, 40).expect("scan"), (1..=10).collect::<Vec<_>>());
-            assert!(!log.with_extension("rebuild").exists());
-        }
-        // Cut between the two renames: the complete copy is put in place.
-        crash_copy(&log, &log.with_extension("rebuild"));
-        std::fs::rename(&log, log.with_extension("old")).expect("aside");
-        {
-            let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
-            assert_eq!(seqs(&s, 1, 40).expect("scan"), (1..=10).collect::<Vec<_>>());
-        }
-        assert!(!log.with_extension("rebuild").exists());
-        assert!(!log.with_extension("old").exists());
-        // Cut before the old files went.
-        crash_copy(&log, &log.with_extension("old"));
-        let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
-        assert!(!log.with_extension("old").exists());
-        assert_eq!(seqs(&s, 1, 40).expect("scan"), (1..=10).collect::<Vec<_>>());
     }
 
     /// A reopen whose replay fails leaves no sled to flush: a checkpoint
