@@ -425,11 +425,8 @@ pub struct SledStorage {
     /// thread meeting a full disk makes every later write of any thread
     /// fail (its "global error") until the database is opened again.
     failed: AtomicBool,
-    /// Set by a failed sync of sled's files (its flush or an fdatasync),
-    /// cleared as a reopen copies them anew ([`rebuild_sled`]; every reopen
-    /// does, as the old handle's own flush as it goes can fail unseen). A
-    /// failed read sets only `failed` (a sync that then works says the
-    /// storage is well). A page
+    /// Set by a failed sync of sled's files or any failed sled I/O,
+    /// cleared once a reopen has rebuilt them ([`rebuild_sled`]). A page
     /// whose write-back failed is marked clean by Linux: every read in
     /// this process still shows it, and a later sync that succeeds does
     /// not write it again, so the device can lack what sled's later
@@ -757,6 +754,7 @@ impl SledStorage {
     /// Records a failed I/O and tells whoever asked (see `failed`).
     fn note_failure(&self) {
         self.failed.store(true, Ordering::Release);
+        self.must_rebuild.store(true, Ordering::Release);
         if let Some(hook) = self
             .on_failure
             .lock()
@@ -905,7 +903,6 @@ impl LogStore for SledStorage {
                 .map_err(self.err("flushing the log"))
                 .and_then(|_| self.sync_flushed(&s));
         if synced.is_err() {
-            self.must_rebuild.store(true, Ordering::Release);
             self.note_failure();
         }
         synced
@@ -1359,19 +1356,6 @@ fn rebuild_sled(path: &Path) -> Result<()> {
         let what = format!("{what} {} (rebuilding the log's files)", p.display());
         move |e| Error::io(what, e)
     };
-    // An earlier attempt cut short is finished or undone first: a copy it
-    // marked complete is put in place, never removed with the files it
-    // stands for; no marker is left for the copy made below.
-    finish_rebuild(path)?;
-    if !path.exists() {
-        return Err(io("copying", path)(std::io::Error::other(
-            "the log's files are not there; restart walship (its open says what is missing)",
-        )));
-    }
-    // sled's own lock on its data file, as an open of sled takes it: no
-    // sled (a handle of this process still letting go, or another
-    // process) changes the files while they are copied.
-    let _locked = lock_sled_files(path)?;
     for stale in [&fresh, &old] {
         remove_dir_if_any(stale).map_err(io("removing", stale))?;
     }
@@ -1395,34 +1379,6 @@ fn rebuild_sled(path: &Path) -> Result<()> {
     put_in_place(path).map_err(io("putting in place", &fresh))?;
     tracing::warn!(path = %path.display(), "a write of the log's files failed: copied them anew from what this machine holds, and made the copy durable");
     Ok(())
-}
-
-/// sled's lock on its data file in `path`, taken as an open of sled takes
-/// it (waiting as [`open_db`] does for a handle of this process still
-/// letting go); held until the file is dropped.
-fn lock_sled_files(path: &Path) -> Result<File> {
-    use fs2::FileExt as _;
-    let db = path.join("db");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&db)
-        .map_err(|e| Error::io(format!("opening {} to lock it", db.display()), e))?;
-    for _ in 0..LOCK_WAIT_TRIES {
-        match file.try_lock_exclusive() {
-            Ok(()) => return Ok(file),
-            Err(e) if is_lock_error(&e) => {
-                std::thread::sleep(std::time::Duration::from_millis(100))
-            }
-            Err(e) => return Err(Error::io(format!("locking {}", db.display()), e)),
-        }
-    }
-    Err(Error::io(
-        format!("locking {}", db.display()),
-        std::io::Error::other(
-            "still locked by a handle of the log that did not let go, or by another walship process; its files are not copied while they are (retried)",
-        ),
-    ))
 }
 
 /// `log.rebuild`, `log.old` and the marker `log.rebuild.complete`.
@@ -1468,11 +1424,7 @@ fn finish_rebuild(path: &Path) -> Result<()> {
     if done.exists() && fresh.exists() {
         return put_in_place(path).map_err(io("putting in place", &fresh));
     }
-    if done.exists() {
-        std::fs::remove_file(&done).map_err(io("removing", &done))?;
-        let parent = path.parent().unwrap_or(Path::new("."));
-        sync_dir(parent).map_err(io("fsync of", parent))?;
-    }
+    let _ = std::fs::remove_file(&done);
     if path.exists() {
         remove_dir_if_any(&fresh).map_err(io("removing", &fresh))?;
         remove_dir_if_any(&old).map_err(io("removing", &old))?;
@@ -2291,10 +2243,8 @@ mod tests {
         };
         let before = inode();
 
-        // What a failed sync of sled's files leaves (its flush or fdatasync
-        // failing), then a sync under way clearing `failed` as it succeeds.
-        s.must_rebuild.store(true, Ordering::Release);
         s.note_failure();
+        // As a sync under way when the failure was noted leaves it.
         s.failed.store(false, Ordering::Release);
         assert!(s.failed(), "the failure still asks for a reopen");
         assert!(
@@ -2373,10 +2323,6 @@ mod tests {
         // Old files left behind.
         crash_copy(&log, &old);
         reads_all("old files left");
-        // A marker left by an attempt whose copy is gone: removed, so that
-        // the next copy is not taken as complete before it is.
-        std::fs::write(&done, b"").expect("marker");
-        reads_all("a marker without its copy");
     }
 
     /// A reopen whose replay fails leaves no sled to flush: a checkpoint
