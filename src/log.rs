@@ -34,7 +34,7 @@
 //! - lag is `head - cursor` entries and `offset(head) - offset(cursor)`
 //!   bytes, offsets counted across truncation (see `offset_of`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -195,6 +195,17 @@ pub struct Log {
     /// Offsets were measured afresh on open: persisted cursor offsets do
     /// not apply.
     rebased: bool,
+    /// Why writes are refused, while the log could not reopen after a
+    /// failed write (set by the committer).
+    refusing: Arc<Refusing>,
+}
+
+/// The committer's "writes are refused" state, for readers elsewhere
+/// (`/readyz`): the flag read without a lock, the reason beside it.
+#[derive(Debug, Default)]
+struct Refusing {
+    on: AtomicBool,
+    why: Mutex<String>,
 }
 
 /// Counts a writer inside `append` (also across cancellation).
@@ -296,6 +307,7 @@ impl Log {
                 .map_err(|e| Error::io("starting the key index thread", e))?
         };
         let tail: Arc<Mutex<Tail>> = Default::default();
+        let refusing: Arc<Refusing> = Default::default();
         let committer = Committer {
             tail: tail.clone(),
             stats: stats.clone(),
@@ -305,6 +317,7 @@ impl Log {
             pending: pending_index.clone(),
             next_seq: head + 1,
             last_ts,
+            refusing: refusing.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("walship-commit".into())
@@ -322,6 +335,7 @@ impl Log {
             stats,
             first_offset: AtomicU64::new(first_abs),
             rebased,
+            refusing,
         }))
     }
 
@@ -358,6 +372,22 @@ impl Log {
     /// Group-commit counters.
     pub fn stats(&self) -> &CommitStats {
         &self.stats
+    }
+
+    /// Why every write is refused for now, if it is: a write failed and
+    /// the log could not reopen from disk yet (a full `data_dir`, a disk
+    /// that fails its writes). It retries by itself every 500 ms.
+    pub fn refusing_writes(&self) -> Option<String> {
+        if !self.refusing.on.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(
+            self.refusing
+                .why
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
     }
 
     /// The highest durable seq (0 for an empty log).
@@ -1231,9 +1261,23 @@ struct Committer {
     pending: Arc<Mutex<PendingIndex>>,
     next_seq: u64,
     last_ts: u64,
+    refusing: Arc<Refusing>,
 }
 
 impl Committer {
+    /// Publishes whether writes are refused (`poisoned`), when that changed.
+    fn publish_refusing(&self, poisoned: &Option<(String, bool)>) {
+        if poisoned.is_some() == self.refusing.on.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some((why, _)) = poisoned {
+            *self.refusing.why.lock().unwrap_or_else(|p| p.into_inner()) = why.clone();
+        }
+        self.refusing
+            .on
+            .store(poisoned.is_some(), Ordering::Release);
+    }
+
     /// Answers `DiskFull`, before sled is touched, to the writes of
     /// `group` that `data_dir` lacks room for (`LogStore::room`: its free
     /// space less the reserve sled needs): taken in order while they fit,
@@ -1363,7 +1407,11 @@ impl Committer {
         // The key index's last checkpoint may not have reached the disk:
         // bring it up to the head again from the log, as an open does.
         rebuild_key_index(self.storage.as_ref(), published)?;
-        self.storage.sync()
+        self.storage.sync()?;
+        // Wakes the shippers, whose targets are rewound onto the reopened
+        // storage (see `target_state`).
+        self.head.send_modify(|_| {});
+        Ok(())
     }
 
     /// A reopen asked for by a failure outside the committer: at most one
@@ -1584,6 +1632,7 @@ impl Committer {
         let mut last_asked: Option<std::time::Instant> = None;
         let mut last_flush = std::time::Duration::ZERO;
         loop {
+            self.publish_refusing(&poisoned);
             // While the log cannot reopen, try again every 500 ms without
             // waiting for a write (readers need it back too).
             let first = if poisoned.is_some() {

@@ -602,6 +602,17 @@ async fn readyz(State(app): State<App>) -> Response {
         )
             .into_response();
     }
+    if let Some(why) = app.rep.log().refusing_writes() {
+        // Not ready for writes: a write failed and the log has not
+        // reopened from disk yet (it retries by itself).
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(ErrorAnswer::new(format!(
+                "the log refuses writes until it reopens from disk, which it retries every 500 ms: {why}"
+            ))),
+        )
+            .into_response();
+    }
     if app.rep.primary_reachable().await {
         (StatusCode::OK, "ready\n").into_response()
     } else {

@@ -152,6 +152,18 @@ impl Shipper {
             if self.cancel.is_cancelled() {
                 break;
             }
+            if self.target.reopened_since(self.log.storage().as_ref()) {
+                // The log reopened (it wakes the head's watchers): ship
+                // again from what the reopened storage holds.
+                if let Err(e) = self.target.rewind_if_reopened(&self.log) {
+                    tracing::warn!(target = %name, error = %e, "the log reopened and the target's record cannot be read yet; retrying in 200 ms");
+                    tokio::select! {
+                        () = tokio::time::sleep(LOCAL_RETRY) => {}
+                        () = self.cancel.cancelled() => break,
+                    }
+                    continue;
+                }
+            }
             let state = *state_rx.borrow_and_update();
             if state != TargetState::Active {
                 self.persist();
@@ -214,10 +226,7 @@ impl Shipper {
     /// held the record, or the write failed): try again later.
     fn persist(&self) -> bool {
         crate::crash::point("cursor");
-        match self
-            .target
-            .save_position(self.log.storage().as_ref(), false)
-        {
+        match self.target.save_position(&self.log, false) {
             Ok(saved) => saved,
             Err(e) => {
                 tracing::warn!(target = %self.target.name(), error = %e, "could not persist cursor; it will be persisted later");

@@ -267,6 +267,10 @@ pub trait StateStore: Send + Sync + 'static {
     fn target(&self, target: &str) -> Result<Option<TargetRecord>>;
     /// Persists a target's record whole (durable with the next `sync`).
     fn set_target(&self, target: &str, record: &TargetRecord) -> Result<()>;
+    /// [`StateStore::set_target`], only into storage generation
+    /// `generation` (see `LogStore::generation`): `LogReopened` when the
+    /// storage reopened since, and the record is not written.
+    fn set_target_in(&self, generation: u64, target: &str, record: &TargetRecord) -> Result<()>;
     /// Every persisted target record, by name; a damaged one is `Err`
     /// (with what is wrong), the others still listed.
     fn targets(&self) -> Result<Vec<(String, std::result::Result<TargetRecord, String>)>>;
@@ -642,19 +646,31 @@ impl SledStorage {
     }
 
     fn s(&self) -> Result<Arc<Sled>> {
-        self.sled
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(
-                || match self.stuck.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-                    Some(why) => Error::LogPoisoned(why),
-                    None => Error::DiskFull(format!(
-                        "the log in {} is being reopened after a failed flush",
-                        self.path.display()
-                    )),
-                },
-            )
+        let guard = self.sled.read().unwrap_or_else(|p| p.into_inner());
+        self.handle(&guard)
+    }
+
+    /// The handle of storage generation `generation`: `LogReopened` when
+    /// the storage reopened since. (A reopen moves the generation only
+    /// with the handle's write lock held.)
+    fn s_in(&self, generation: u64) -> Result<Arc<Sled>> {
+        let guard = self.sled.read().unwrap_or_else(|p| p.into_inner());
+        if self.generation.load(Ordering::Acquire) != generation {
+            return Err(Error::LogReopened);
+        }
+        self.handle(&guard)
+    }
+
+    fn handle(&self, sled: &Option<Arc<Sled>>) -> Result<Arc<Sled>> {
+        sled.clone().ok_or_else(|| {
+            match self.stuck.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                Some(why) => Error::LogPoisoned(why),
+                None => Error::DiskFull(format!(
+                    "the log in {} is being reopened after a failed flush",
+                    self.path.display()
+                )),
+            }
+        })
     }
 
     /// For `benches/append` only: group commits skip the head record, as
@@ -1132,6 +1148,14 @@ impl StateStore for SledStorage {
         Ok(())
     }
 
+    fn set_target_in(&self, generation: u64, target: &str, record: &TargetRecord) -> Result<()> {
+        self.s_in(generation)?
+            .cursors
+            .insert(target, &record.encode())
+            .map_err(self.err("persisting a target's record"))?;
+        Ok(())
+    }
+
     fn targets(&self) -> Result<Vec<(String, std::result::Result<TargetRecord, String>)>> {
         let mut out = Vec::new();
         for item in self.s()?.cursors.iter() {
@@ -1591,6 +1615,26 @@ mod tests {
         s.set_meta("k", b"v").expect("meta");
         s.sync_since(now).expect("sync");
         assert_eq!(s.meta("k").expect("meta").as_deref(), Some(&b"v"[..]));
+    }
+
+    /// A target's record is written only into the generation its writer
+    /// checked: after a reopen it is refused, and nothing is written.
+    #[test]
+    fn a_target_record_checked_before_a_reopen_is_not_written_after_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
+        let before = s.generation();
+        s.set_target_in(before, "t", &rec_at(3, 30))
+            .expect("same generation");
+        s.reopen().expect("reopen");
+        let err = s
+            .set_target_in(before, "t", &rec_at(9, 90))
+            .expect_err("checked before the reopen");
+        assert!(err.to_string().contains("reopened"), "{err}");
+        assert_ne!(s.target("t").expect("read").map(|r| r.cursor), Some(9));
+        s.set_target_in(s.generation(), "t", &rec_at(9, 90))
+            .expect("the new generation");
+        assert_eq!(s.target("t").expect("read").map(|r| r.cursor), Some(9));
     }
 
     /// The room left is the disk's free space less the reserve, and a

@@ -2,9 +2,24 @@
 //! its state, and what is known of its health.
 //!
 //! Invariant: the published cursor only moves forward while shipping
-//! (replay and resync move it explicitly), and `offset` is the log offset
-//! just after `cursor`, so lag bytes are `head offset - offset`.
+//! (replay, resync and a reopen of the log move it explicitly), and
+//! `offset` is the log offset just after `cursor`, so lag bytes are
+//! `head offset - offset`.
+//!
+//! Invariant (a reopen of the log): the position and the version cache of
+//! a target stand on one storage generation (`LogStore::generation`). A
+//! reopen after a failed flush loses what was written since the last
+//! sync, the version records of the entries shipped meanwhile among it
+//! (a target without metadata needs them to tell its versions are ours
+//! after a restart). So no record of the target is written in a newer
+//! generation before the target is rewound ([`TargetHandle::rewind_if_reopened`]):
+//! its cursor goes back to its record as the reopened storage holds it
+//! (the epoch moves, so nothing shipped before lands as progress) and
+//! the entries after it are shipped again, recording their versions anew.
+//! Every write of the record goes through that check, under the record's
+//! lock, and lands only in the generation it checked.
 
+use crate::log::Log;
 use crate::storage::LogStorage;
 use crate::target_machine::{Event, Step, next, on};
 use crate::target_record::TargetRecord;
@@ -104,6 +119,9 @@ pub(crate) struct TargetHandle {
     /// open). Cleared by the next state change written. Read on the read
     /// and failover paths, so kept apart from the record's lock.
     pub(crate) copy_unfinished: AtomicBool,
+    /// The storage generation the position stands on (see the module
+    /// docs).
+    generation: AtomicU64,
 }
 
 impl TargetHandle {
@@ -114,6 +132,7 @@ impl TargetHandle {
         store: Arc<dyn ObjectStore>,
         record: TargetRecord,
         state: TargetState,
+        generation: u64,
     ) -> TargetHandle {
         let cursor = record.cursor;
         let offset = record.offset.unwrap_or(0);
@@ -141,6 +160,7 @@ impl TargetHandle {
                 record.state == TargetState::Syncing && state != TargetState::Syncing,
             ),
             record: Mutex::new(record),
+            generation: AtomicU64::new(generation),
         }
     }
 
@@ -185,12 +205,9 @@ impl TargetHandle {
     /// with the next sync), unless the record already says so. Returns
     /// whether the record now holds that position: with `wait` false, false
     /// when a state change holds the record (it may have read the position
-    /// before the last move; save again later).
-    pub(crate) fn save_position(
-        &self,
-        storage: &dyn LogStorage,
-        wait: bool,
-    ) -> crate::Result<bool> {
+    /// before the last move; save again later). After a reopen of the log
+    /// the target is rewound first (see the module docs).
+    pub(crate) fn save_position(&self, log: &Log, wait: bool) -> crate::Result<bool> {
         let mut kept = if wait {
             self.record.lock().unwrap_or_else(|p| p.into_inner())
         } else {
@@ -200,6 +217,7 @@ impl TargetHandle {
                 Err(TryLockError::Poisoned(p)) => p.into_inner(),
             }
         };
+        let generation = self.on_current_generation(log, &mut kept)?;
         let (cursor, offset) = self.position();
         if kept.cursor == cursor && kept.offset == Some(offset) {
             return Ok(true);
@@ -209,9 +227,79 @@ impl TargetHandle {
             offset: Some(offset),
             ..*kept
         };
-        storage.set_target(self.name(), &next)?;
+        log.storage()
+            .set_target_in(generation, self.name(), &next)?;
         *kept = next;
         Ok(true)
+    }
+
+    /// Whether the log reopened since the target's position was last
+    /// brought onto its storage (a rewind is due).
+    pub(crate) fn reopened_since(&self, storage: &dyn LogStorage) -> bool {
+        storage.generation() != self.generation.load(Ordering::Acquire)
+    }
+
+    /// Rewinds the target if the log reopened since its position was last
+    /// brought onto it (see the module docs); whether it did.
+    pub(crate) fn rewind_if_reopened(&self, log: &Log) -> crate::Result<bool> {
+        if !self.reopened_since(log.storage().as_ref()) {
+            return Ok(false);
+        }
+        let mut kept = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        let before = self.generation.load(Ordering::Acquire);
+        Ok(self.on_current_generation(log, &mut kept)? != before)
+    }
+
+    /// With the record's lock held (`kept`): the storage generation the
+    /// record may be written in, the target rewound first when the log
+    /// reopened since its position was last brought onto it. The cursor
+    /// goes back to the record the reopened storage holds (or where this
+    /// process opened the target, when it holds none), never forward; a
+    /// syncing target keeps its position (the resync hands over at its
+    /// own floor, and its end is written and synced as one change).
+    pub(crate) fn on_current_generation(
+        &self,
+        log: &Log,
+        kept: &mut TargetRecord,
+    ) -> crate::Result<u64> {
+        let storage = log.storage();
+        let generation = storage.generation();
+        if generation == self.generation.load(Ordering::Acquire) {
+            return Ok(generation);
+        }
+        let stored = storage.target(self.name())?;
+        if storage.generation() != generation {
+            // Reopened again meanwhile: the next write tries again.
+            return Err(crate::Error::LogReopened);
+        }
+        if self.state() != TargetState::Syncing {
+            let (cursor, _) = self.position();
+            let back = stored
+                .as_ref()
+                .map_or(self.opened_cursor, |r| r.cursor)
+                .min(cursor);
+            let offset = match stored.as_ref().and_then(|r| r.offset) {
+                Some(o)
+                    if stored.as_ref().is_some_and(|r| r.cursor == back)
+                        && log.offsets_persisted()
+                        && o <= log.head_offset() =>
+                {
+                    o
+                }
+                _ => log.offset_of(back)?,
+            };
+            if back < cursor {
+                tracing::warn!(target = %self.name(), from = cursor, to = back, "the log reopened after a failed flush, losing what was written since its last sync: shipping again from the cursor it holds, so every version walship records is on disk again");
+            }
+            // Also when the cursor stays: what was shipped before the
+            // reopen does not land as progress.
+            self.reset(back, offset);
+        }
+        if let Some(r) = stored {
+            *kept = r;
+        }
+        self.generation.store(generation, Ordering::Release);
+        Ok(generation)
     }
 
     /// Moves the cursor by hand (replay, end of resync).

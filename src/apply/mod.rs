@@ -170,6 +170,11 @@ const CACHE_KEYS: usize = 16 * 1024;
 #[derive(Default)]
 pub(crate) struct KnownCache {
     map: std::collections::HashMap<String, Option<Known>>,
+    /// The storage generation what is cached was read or written in: a
+    /// reopen of the log may have lost a version written before it (or
+    /// brought back one removed), so the cache is emptied then, and what
+    /// was read or written in an older generation is not cached.
+    generation: u64,
 }
 
 impl KnownCache {
@@ -367,16 +372,24 @@ impl Engine {
 
     /// The version `t` is known to hold for `key`: the cache, else sled.
     pub(crate) fn known(&self, t: &TargetHandle, key: &str) -> Result<Option<Known>> {
-        if let Some(k) = self.cache(t).get(key) {
-            return Ok(k.clone());
-        }
+        let generation = {
+            let c = self.cache(t);
+            if let Some(k) = c.get(key) {
+                return Ok(k.clone());
+            }
+            c.generation
+        };
         let k = known_in(self.log.storage().as_ref(), t.name(), key)?.map(|mut k| {
             k.in_sled = true;
             k
         });
         // Read without the cache's lock: a `set_known` meanwhile is newer
         // than what was read, and stays.
-        Ok(self.cache(t).fill(key, k))
+        let mut c = self.cache(t);
+        if c.generation != generation {
+            return Ok(k);
+        }
+        Ok(c.fill(key, k))
     }
 
     /// Records what `t` holds for `key`. Kept in sled when a restart needs
@@ -387,6 +400,7 @@ impl Engine {
     /// finds them by their `walshiporigin` (one HEAD more).
     pub(crate) fn set_known(&self, t: &TargetHandle, key: &str, k: Option<&Known>) -> Result<()> {
         let storage = self.log.storage();
+        let generation = storage.generation();
         let sled_key = versions_key(t.name(), key);
         let persist = k.is_some_and(|k| {
             k.tag.origin != self.origin
@@ -433,7 +447,14 @@ impl Engine {
                 foreign.remove(key);
             }
         }
-        self.cache(t).insert(key, cached);
+        let mut c = self.cache(t);
+        if c.generation == generation {
+            c.insert(key, cached);
+        } else {
+            // Written into a storage that reopened meanwhile: sled must
+            // say again.
+            c.map.remove(key);
+        }
         Ok(())
     }
 
@@ -447,8 +468,16 @@ impl Engine {
             .map_err(|e| Error::io("syncing conflict records", std::io::Error::other(e)))?
     }
 
+    /// `t`'s cache, emptied first when the log reopened since it was
+    /// filled (see [`KnownCache`]).
     fn cache(&self, t: &TargetHandle) -> std::sync::MutexGuard<'_, KnownCache> {
-        self.cache[t.idx].lock().unwrap_or_else(|p| p.into_inner())
+        let mut c = self.cache[t.idx].lock().unwrap_or_else(|p| p.into_inner());
+        let generation = self.log.storage().generation();
+        if c.generation != generation {
+            c.map.clear();
+            c.generation = generation;
+        }
+        c
     }
 
     fn record(&self, id: u64) -> Result<Option<ConflictRecord>> {

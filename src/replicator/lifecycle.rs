@@ -385,10 +385,19 @@ impl Replicator {
             // never finds a cursor below the oldest kept entry (the shipper
             // persists only now and then). Unchanged records are not
             // written again.
+            let mut below = below;
             if below > log.first() {
                 for t in &targets {
-                    t.save_position(log.storage().as_ref(), true)?;
+                    t.save_position(&log, true)?;
                 }
+                // A save rewinds its target when the log reopened since the
+                // floors were read: never past a floor as it stands now.
+                let floors: Vec<u64> = targets
+                    .iter()
+                    .filter(|t| t.state() != TargetState::Removed)
+                    .map(|t| t.floor())
+                    .collect();
+                below = below.min(truncation_point(&floors, u64::MAX));
             }
             log.truncate_below(below)
         })

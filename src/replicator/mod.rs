@@ -756,7 +756,7 @@ impl Replicator {
         for command in step.commands {
             match command {
                 Command::PersistRecord => {
-                    let generation = storage.generation();
+                    let generation = t.on_current_generation(&self.log, &mut kept)?;
                     let (cursor, offset) = t.position();
                     let mut record = TargetRecord {
                         cursor,
@@ -769,7 +769,7 @@ impl Replicator {
                     if let Some(state) = crate::target_machine::persisted(step.to) {
                         record.state = state;
                     }
-                    storage.set_target(t.name(), &record)?;
+                    storage.set_target_in(generation, t.name(), &record)?;
                     storage.sync_since(generation)?;
                     // The record now says what the target is.
                     t.copy_unfinished.store(false, Ordering::Release);
@@ -959,7 +959,7 @@ impl Replicator {
             })?
             .map_err(|e| Error::target(t.name(), e))?;
         let mut kept = t.record.lock().unwrap_or_else(|p| p.into_inner());
-        let generation = storage.generation();
+        let generation = t.on_current_generation(&self.log, &mut kept)?;
         let (cursor, offset) = t.position();
         let record = TargetRecord {
             cursor,
@@ -967,7 +967,7 @@ impl Replicator {
             marked: true,
             ..*kept
         };
-        storage.set_target(t.name(), &record)?;
+        storage.set_target_in(generation, t.name(), &record)?;
         storage.sync_since(generation)?;
         *kept = record;
         Ok(())
@@ -1257,7 +1257,7 @@ impl Replicator {
         self.accepting.store(false, Ordering::Release);
         let generation = self.log.storage().generation();
         for t in &self.targets {
-            t.save_position(self.log.storage().as_ref(), true)?;
+            t.save_position(&self.log, true)?;
         }
         self.log.storage().sync_since(generation)
     }
@@ -1364,6 +1364,7 @@ fn open_target(
             ..stored
         },
         state,
+        storage.generation(),
     ));
     if let Some(until) = (TargetRecord { cursor, ..stored }).replaying() {
         tracing::info!(target = %t.name, from = cursor + 1, to = until, "finishing a replay cut short: these entries go over whatever the target holds");

@@ -1615,9 +1615,12 @@ async fn a_replica_whose_disk_fails_its_fsync_vouches_for_nothing_and_catches_up
 /// A full data dir met outside a write (here by a resumed replica's
 /// shipper, whose version records sled's flusher cannot write: replica-2
 /// is a local directory on a file system without extended attributes)
-/// makes sled refuse every write: the log reopens by itself, and once
-/// space is freed the replica catches up without any new write and
-/// without a restart.
+/// makes the log refuse every write, and `/readyz` says so; once space is
+/// freed the log reopens by itself and the replica catches up without any
+/// new write and without a restart. What the reopen lost (the versions
+/// recorded since the last sync) is recorded again: after a restart,
+/// writing every key again meets this sidecar's own versions, never a
+/// conflict.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_filled_while_a_replica_catches_up_heals_without_a_write() {
     // Declared first, so dropped last: the mounts go before their directory.
@@ -1638,42 +1641,77 @@ async fn a_disk_filled_while_a_replica_catches_up_heals_without_a_write() {
     assert_eq!(code, 0, "{err}");
     let c = sidecar::client();
     // Long keys: replica-2's version records (kept in sled for a local
-    // directory without extended attributes) must outgrow what sled can
-    // still write in place.
+    // directory without extended attributes) must outgrow the room left.
     let n: u64 = 3000;
     let key = |i: u64| format!("k/{}-{i}", "x".repeat(200));
-    let mut writers = Vec::new();
-    for w in 0..8u64 {
-        let (c, base) = (c.clone(), sc.base.clone());
-        writers.push(tokio::spawn(async move {
-            for i in (w..n).step_by(8) {
-                let r = c
-                    .put(format!("{base}/v1/objects/{}", key(i)))
-                    .body(format!("{i:08}"))
-                    .send()
-                    .await
-                    .expect("put");
-                assert_eq!(r.status(), 200, "put {i}");
-            }
-        }));
+    let write_all = async |sc: &Sidecar, value: fn(u64) -> String| {
+        let mut writers = Vec::new();
+        for w in 0..8u64 {
+            let (c, base) = (c.clone(), sc.base.clone());
+            writers.push(tokio::spawn(async move {
+                for i in (w..n).step_by(8) {
+                    let r = c
+                        .put(format!("{base}/v1/objects/{}", key(i)))
+                        .body(value(i))
+                        .send()
+                        .await
+                        .expect("put");
+                    assert_eq!(r.status(), 200, "put {i}");
+                }
+            }));
+        }
+        for w in writers {
+            w.await.expect("writer");
+        }
+    };
+    write_all(&sc, |i| format!("{i:08}")).await;
+    // Everything so far made durable (a state change syncs the log), so
+    // the room left below is the catch-up's alone.
+    for cmd in ["pause", "resume"] {
+        let (code, _, err) = run(&[cmd, "replica-1"], dir);
+        assert_eq!(code, 0, "{err}");
     }
-    for w in writers {
-        w.await.expect("writer");
-    }
-    let (code, _, err) = run(&["resume", "replica-2"], dir);
-    assert_eq!(code, 0, "{err}");
-    // Fill the data dir to the last byte while replica-2 catches up.
+    // Room for the resume's record, not for the catch-up's versions.
     let filler = data.join("filler");
     fill_to_the_last_byte(&filler);
-    // The fault happened: replica-2 stops short of the head.
-    let stalled = sc.settled_cursor("replica-2").await;
-    assert!(
-        stalled < n,
-        "replica-2 caught up although the data dir was full (the fault did not happen)"
-    );
+    let len = std::fs::metadata(&filler).expect("filler").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .and_then(|f| f.set_len(len - (256 << 10)))
+        .expect("leave 256 KiB");
+    let (code, _, err) = run(&["resume", "replica-2"], dir);
+    assert_eq!(code, 0, "{err}");
+    // The fault happened, outside any write: the log refuses writes.
+    let ready = |c: reqwest::Client, base: String| async move {
+        let r = c
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .expect("readyz");
+        (r.status().as_u16(), r.text().await.expect("readyz body"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) = ready(c.clone(), sc.base.clone()).await;
+        if status == 503 {
+            assert!(body.contains("refuses writes"), "{body}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log still takes writes although the catch-up's versions cannot be written (the fault did not happen): {status} {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     std::fs::remove_file(&filler).expect("free the space");
     // No write from here on.
-    sc.wait_caught_up(std::time::Duration::from_secs(30)).await;
+    sc.wait_caught_up(std::time::Duration::from_secs(60)).await;
+    assert_eq!(
+        ready(c.clone(), sc.base.clone()).await.0,
+        200,
+        "ready again"
+    );
     for i in 0..n {
         assert!(
             dir.join("targets/replica-2").join(key(i)).is_file(),
@@ -1687,6 +1725,37 @@ async fn a_disk_filled_while_a_replica_catches_up_heals_without_a_write() {
         .await
         .expect("put");
     assert_eq!(r.status(), 200, "writes are taken again");
+    assert!(sc.term().success());
+
+    // Restarted, every key written again: replica-2 holds this sidecar's
+    // versions, which it must know as its own from what it recorded.
+    let sc = Sidecar::start(&cfg, port).await;
+    write_all(&sc, |i| format!("again {i:08}")).await;
+    sc.wait_caught_up(std::time::Duration::from_secs(60)).await;
+    let metrics = c
+        .get(format!("{}/metrics", sc.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let detected: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("walship_conflicts_detected"))
+        .collect();
+    assert_eq!(
+        detected,
+        ["walship_conflicts_detected_total 0"],
+        "versions recorded before the reopen were lost with it: their keys now look written by another"
+    );
+    for i in (0..n).step_by(97) {
+        assert_eq!(
+            std::fs::read_to_string(dir.join("targets/replica-2").join(key(i))).ok(),
+            Some(format!("again {i:08}")),
+            "replica-2 holds the new version of entry {i}"
+        );
+    }
     assert!(sc.term().success());
 }
 
