@@ -622,6 +622,19 @@ impl Log {
         self.stats.head_offset.load(Ordering::Acquire)
     }
 
+    /// The stored bytes of the entries after `from` up to `to`: how far
+    /// apart the offsets just after them are.
+    pub(crate) fn bytes_between(&self, from: u64, to: u64) -> Result<u64> {
+        let mut bytes = 0u64;
+        if to > from {
+            self.storage.scan(from + 1, to, &mut |_, rec| {
+                bytes += rec.len() as u64;
+                true
+            })?;
+        }
+        Ok(bytes)
+    }
+
     /// The offset just after `seq`: the head's offset minus the stored bytes
     /// of the entries after `seq`. Scans those entries; used when a cursor is
     /// (re)placed, after which shippers keep their offset up to date.
@@ -1267,15 +1280,20 @@ struct Committer {
 impl Committer {
     /// Publishes whether writes are refused (`poisoned`), when that changed.
     fn publish_refusing(&self, poisoned: &Option<(String, bool)>) {
-        if poisoned.is_some() == self.refusing.on.load(Ordering::Acquire) {
-            return;
+        match poisoned {
+            None => {
+                if self.refusing.on.load(Ordering::Acquire) {
+                    self.refusing.on.store(false, Ordering::Release);
+                }
+            }
+            Some((why, _)) => {
+                let mut said = self.refusing.why.lock().unwrap_or_else(|p| p.into_inner());
+                if *said != *why {
+                    *said = why.clone();
+                }
+                self.refusing.on.store(true, Ordering::Release);
+            }
         }
-        if let Some((why, _)) = poisoned {
-            *self.refusing.why.lock().unwrap_or_else(|p| p.into_inner()) = why.clone();
-        }
-        self.refusing
-            .on
-            .store(poisoned.is_some(), Ordering::Release);
     }
 
     /// Answers `DiskFull`, before sled is touched, to the writes of

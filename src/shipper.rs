@@ -156,7 +156,8 @@ impl Shipper {
                 // The log reopened (it wakes the head's watchers): ship
                 // again from what the reopened storage holds.
                 if let Err(e) = self.target.rewind_if_reopened(&self.log) {
-                    tracing::warn!(target = %name, error = %e, "the log reopened and the target's record cannot be read yet; retrying in 200 ms");
+                    // The log says why it refuses; not repeated per target.
+                    tracing::debug!(target = %name, error = %e, "the log reopened and the target's record cannot be read yet; retrying in 200 ms");
                     tokio::select! {
                         () = tokio::time::sleep(LOCAL_RETRY) => {}
                         () = self.cancel.cancelled() => break,

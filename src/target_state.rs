@@ -245,7 +245,13 @@ impl TargetHandle {
         if !self.reopened_since(log.storage().as_ref()) {
             return Ok(false);
         }
-        let mut kept = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        // Not waiting for a state change that holds the record (its write
+        // rewinds the target itself, as does the next save).
+        let mut kept = match self.record.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::WouldBlock) => return Ok(false),
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        };
         let before = self.generation.load(Ordering::Acquire);
         Ok(self.on_current_generation(log, &mut kept)? != before)
     }
@@ -273,20 +279,17 @@ impl TargetHandle {
             return Err(crate::Error::LogReopened);
         }
         if self.state() != TargetState::Syncing {
-            let (cursor, _) = self.position();
+            let (cursor, offset) = self.position();
             let back = stored
                 .as_ref()
                 .map_or(self.opened_cursor, |r| r.cursor)
                 .min(cursor);
-            let offset = match stored.as_ref().and_then(|r| r.offset) {
-                Some(o)
-                    if stored.as_ref().is_some_and(|r| r.cursor == back)
-                        && log.offsets_persisted()
-                        && o <= log.head_offset() =>
-                {
-                    o
-                }
-                _ => log.offset_of(back)?,
+            // The offset just after `back`: the one after the cursor less
+            // the entries rewound over (only those are read).
+            let offset = if back < cursor {
+                offset.saturating_sub(log.bytes_between(back, cursor)?)
+            } else {
+                offset
             };
             if back < cursor {
                 tracing::warn!(target = %self.name(), from = cursor, to = back, "the log reopened after a failed flush, losing what was written since its last sync: shipping again from the cursor it holds, so every version walship records is on disk again");

@@ -461,7 +461,7 @@ impl Engine {
     /// Makes conflict records written since `generation` durable, off the
     /// async threads (fdatasync); fails if the log reopened meanwhile (see
     /// `LogStorage::sync_since`).
-    async fn sync_since(&self, generation: u64) -> Result<()> {
+    pub(crate) async fn sync_since(&self, generation: u64) -> Result<()> {
         let storage = self.log.storage().clone();
         tokio::task::spawn_blocking(move || storage.sync_since(generation))
             .await

@@ -387,6 +387,7 @@ impl Replicator {
             // written again.
             let mut below = below;
             if below > log.first() {
+                let generation = log.storage().generation();
                 for t in &targets {
                     t.save_position(&log, true)?;
                 }
@@ -398,6 +399,9 @@ impl Replicator {
                     .map(|t| t.floor())
                     .collect();
                 below = below.min(truncation_point(&floors, u64::MAX));
+                // Those cursors durable before anything is removed: a reopen
+                // losing them would rewind a target below the kept log.
+                log.storage().sync_since(generation)?;
             }
             log.truncate_below(below)
         })
@@ -557,6 +561,9 @@ impl Replicator {
             .map(|m| (m.location.clone(), m))
             .collect();
         let total = src_objects.len();
+        // The versions the copy records are made durable in this storage
+        // generation before the hand-over (a reopen would lose them).
+        let generation = self.log.storage().generation();
         let copied = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let keep: HashSet<Path> = src_objects.iter().map(|m| m.location.clone()).collect();
         let jobs: Vec<(Path, bool)> = src_objects
@@ -605,7 +612,13 @@ impl Replicator {
             self.engine.set_known(&t, extra.as_ref(), None)?;
         }
         self.engine.resynced(&t)?;
-        Ok(true)
+        match self.engine.sync_since(generation).await {
+            Ok(()) => Ok(true),
+            // The log reopened meanwhile, losing versions recorded by the
+            // copy: copy again.
+            Err(Error::LogReopened) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// On the target's owner, once a copy towards `start` is done: hands

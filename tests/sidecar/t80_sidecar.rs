@@ -1644,12 +1644,12 @@ async fn a_disk_filled_while_a_replica_catches_up_heals_without_a_write() {
     // directory without extended attributes) must outgrow the room left.
     let n: u64 = 3000;
     let key = |i: u64| format!("k/{}-{i}", "x".repeat(200));
-    let write_all = async |sc: &Sidecar, value: fn(u64) -> String| {
+    let write_all = async |sc: &Sidecar, keys: std::ops::Range<u64>, value: fn(u64) -> String| {
         let mut writers = Vec::new();
         for w in 0..8u64 {
-            let (c, base) = (c.clone(), sc.base.clone());
+            let (c, base, keys) = (c.clone(), sc.base.clone(), keys.clone());
             writers.push(tokio::spawn(async move {
-                for i in (w..n).step_by(8) {
+                for i in keys.skip(w as usize).step_by(8) {
                     let r = c
                         .put(format!("{base}/v1/objects/{}", key(i)))
                         .body(value(i))
@@ -1664,25 +1664,6 @@ async fn a_disk_filled_while_a_replica_catches_up_heals_without_a_write() {
             w.await.expect("writer");
         }
     };
-    write_all(&sc, |i| format!("{i:08}")).await;
-    // Everything so far made durable (a state change syncs the log), so
-    // the room left below is the catch-up's alone.
-    for cmd in ["pause", "resume"] {
-        let (code, _, err) = run(&[cmd, "replica-1"], dir);
-        assert_eq!(code, 0, "{err}");
-    }
-    // Room for the resume's record, not for the catch-up's versions.
-    let filler = data.join("filler");
-    fill_to_the_last_byte(&filler);
-    let len = std::fs::metadata(&filler).expect("filler").len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&filler)
-        .and_then(|f| f.set_len(len - (256 << 10)))
-        .expect("leave 256 KiB");
-    let (code, _, err) = run(&["resume", "replica-2"], dir);
-    assert_eq!(code, 0, "{err}");
-    // The fault happened, outside any write: the log refuses writes.
     let ready = |c: reqwest::Client, base: String| async move {
         let r = c
             .get(format!("{base}/readyz"))
@@ -1691,28 +1672,78 @@ async fn a_disk_filled_while_a_replica_catches_up_heals_without_a_write() {
             .expect("readyz");
         (r.status().as_u16(), r.text().await.expect("readyz body"))
     };
+    let filler = data.join("filler");
+    // Rounds, until the fault happens: sled reuses free room inside its
+    // file first, so how much of the catch-up fits is not known ahead.
+    let mut written = 0;
+    for round in 1.. {
+        assert!(
+            round <= 5,
+            "the fault never happened: replica-2's catch-up always fit"
+        );
+        write_all(&sc, written..written + n, |i| format!("{i:08}")).await;
+        written += n;
+        // Everything so far made durable (a state change syncs the log),
+        // so the room left below is the catch-up's alone.
+        for cmd in ["pause", "resume"] {
+            let (code, _, err) = run(&[cmd, "replica-1"], dir);
+            assert_eq!(code, 0, "{err}");
+        }
+        // Room for the resume's record, not for the catch-up's versions.
+        fill_to_the_last_byte(&filler);
+        let len = std::fs::metadata(&filler).expect("filler").len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&filler)
+            .and_then(|f| f.set_len(len - (256 << 10)))
+            .expect("leave 256 KiB");
+        let (code, _, err) = run(&["resume", "replica-2"], dir);
+        assert_eq!(code, 0, "{err}");
+        // The fault happens outside any write: the log refuses writes
+        // (another 503, a slow answer of the primary's probe, is not it).
+        // Or the catch-up fit: it has ended and two seconds of checkpoints
+        // have passed.
+        let mut ended: Option<std::time::Instant> = None;
+        let faulted = loop {
+            let (status, body) = ready(c.clone(), sc.base.clone()).await;
+            if status == 503 && body.contains("refuses writes") {
+                break true;
+            }
+            let caught_up = sc.cursor_of("replica-2").await == written;
+            match ended {
+                Some(at) if caught_up && at.elapsed() > std::time::Duration::from_secs(2) => {
+                    break false;
+                }
+                Some(_) if caught_up => {}
+                _ => ended = caught_up.then(std::time::Instant::now),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        if faulted {
+            eprintln!("the fault happened in round {round}");
+            break;
+        }
+        std::fs::remove_file(&filler).expect("free the space");
+        let (code, _, err) = run(&["pause", "replica-2"], dir);
+        assert_eq!(code, 0, "{err}");
+    }
+    std::fs::remove_file(&filler).expect("free the space");
+    // No write from here on: the log reopens by itself, and replica-2
+    // catches up.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let (status, body) = ready(c.clone(), sc.base.clone()).await;
-        if status == 503 {
-            assert!(body.contains("refuses writes"), "{body}");
+        if status == 200 {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the log still takes writes although the catch-up's versions cannot be written (the fault did not happen): {status} {body}"
+            "not ready again although space was freed: {status} {body}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    std::fs::remove_file(&filler).expect("free the space");
-    // No write from here on.
     sc.wait_caught_up(std::time::Duration::from_secs(60)).await;
-    assert_eq!(
-        ready(c.clone(), sc.base.clone()).await.0,
-        200,
-        "ready again"
-    );
-    for i in 0..n {
+    for i in 0..written {
         assert!(
             dir.join("targets/replica-2").join(key(i)).is_file(),
             "replica-2 lacks entry {i}"
@@ -1730,7 +1761,7 @@ async fn a_disk_filled_while_a_replica_catches_up_heals_without_a_write() {
     // Restarted, every key written again: replica-2 holds this sidecar's
     // versions, which it must know as its own from what it recorded.
     let sc = Sidecar::start(&cfg, port).await;
-    write_all(&sc, |i| format!("again {i:08}")).await;
+    write_all(&sc, 0..written, |i| format!("again {i:08}")).await;
     sc.wait_caught_up(std::time::Duration::from_secs(60)).await;
     let metrics = c
         .get(format!("{}/metrics", sc.base))
@@ -1749,7 +1780,7 @@ async fn a_disk_filled_while_a_replica_catches_up_heals_without_a_write() {
         ["walship_conflicts_detected_total 0"],
         "versions recorded before the reopen were lost with it: their keys now look written by another"
     );
-    for i in (0..n).step_by(97) {
+    for i in (0..written).step_by(97) {
         assert_eq!(
             std::fs::read_to_string(dir.join("targets/replica-2").join(key(i))).ok(),
             Some(format!("again {i:08}")),
