@@ -177,19 +177,27 @@ impl Journal {
             )
         })?;
         let path = self.dir.join(name(first));
-        let existed = path.exists();
+        // A file of that name (a group taken back, or this very start
+        // retried after its directory's fsync failed) goes, and a new one
+        // takes its place: what it held must not come back, and the
+        // directory is changed again, so its fsync below writes it whole.
+        // (After a failed write-back Linux marks a directory's block
+        // clean: a retried fsync that changed nothing would succeed
+        // without writing the entry the failed one was for.)
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(
+                    format!("removing the journal {} to start it anew", path.display()),
+                    e,
+                ));
+            }
+            _ => {}
+        }
         let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .write(true)
             .open(&path)
             .map_err(|e| Error::io(format!("creating the journal {}", path.display()), e))?;
-        if existed {
-            // What it held (a group taken back) must not come back after
-            // a power loss: the truncation made durable.
-            file.sync_all()
-                .map_err(|e| Error::io(format!("fsync of the journal {}", path.display()), e))?;
-        }
         // The file's entry, and once per process the journal directory's
         // own entry in the data directory.
         let mut dirs = vec![self.dir.clone()];

@@ -23,6 +23,12 @@
 //! - tree `versions`: target NUL key → the version walship knows a target
 //!   holds (see `conflict`)
 //! - tree `conflicts`: id (u64 big-endian) → an open manual conflict
+//!
+//! After a failed write, sled's files are copied anew at the reopen (a
+//! copy in `data_dir/log.rebuild`, marked complete, put in place of `log`
+//! by way of `log.old`; see `SledStorage::must_rebuild`): a page whose
+//! write-back failed reads back on this machine but may be missing on the
+//! device.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -423,6 +429,18 @@ pub struct SledStorage {
     /// thread meeting a full disk makes every later write of any thread
     /// fail (its "global error") until the database is opened again.
     failed: AtomicBool,
+    /// Set by a failed sync of sled's files (its flush or an fdatasync),
+    /// cleared as a reopen copies them anew ([`rebuild_sled`]; every reopen
+    /// does, as the old handle's own flush as it goes can fail unseen). A
+    /// failed read sets only `failed` (a sync that then works says the
+    /// storage is well). A page
+    /// whose write-back failed is marked clean by Linux: every read in
+    /// this process still shows it, and a later sync that succeeds does
+    /// not write it again, so the device can lack what sled's later
+    /// snapshot says is there (a machine restart then finds the log
+    /// "corrupted" and the journal that held it removed). Until rebuilt,
+    /// `sync` answers an error: no checkpoint removes a journal file.
+    must_rebuild: AtomicBool,
     /// Replaced by each `Log::open` on this storage.
     on_failure: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
     /// Counts reopens (see `LogStorage::generation`).
@@ -436,6 +454,7 @@ impl SledStorage {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating data directory {}", dir.display()), e))?;
         let path = dir.join("log");
+        finish_rebuild(&path)?;
         let sled = open_sled(&path, cache_bytes)?;
         let journal_dir = dir.join("journal");
         std::fs::create_dir_all(&journal_dir).map_err(|e| {
@@ -468,6 +487,7 @@ impl SledStorage {
             blobs_synced: Mutex::new(0),
             stuck: Mutex::new(None),
             failed: AtomicBool::new(false),
+            must_rebuild: AtomicBool::new(false),
             on_failure: Mutex::new(None),
             generation: AtomicU64::new(0),
         };
@@ -888,8 +908,23 @@ impl LogStore for SledStorage {
 
     fn sync(&self) -> Result<()> {
         let s = self.s()?;
-        s.db.flush().map_err(self.err("flushing the log"))?;
-        self.sync_flushed(&s)
+        if self.must_rebuild.load(Ordering::Acquire) {
+            return Err(Error::io(
+                format!("syncing the log in {}", self.path.display()),
+                std::io::Error::other(
+                    "an earlier write of sled's files failed, so what they hold on the disk is not known; the log rebuilds them from what this process holds before it trusts a sync again (by itself; if it keeps failing, check the disk of data_dir and that it has room for a second copy of the log)",
+                ),
+            ));
+        }
+        let synced =
+            s.db.flush()
+                .map_err(self.err("flushing the log"))
+                .and_then(|_| self.sync_flushed(&s));
+        if synced.is_err() {
+            self.must_rebuild.store(true, Ordering::Release);
+            self.note_failure();
+        }
+        synced
     }
 
     fn scan(&self, from: u64, to: u64, f: &mut dyn FnMut(u64, &[u8]) -> bool) -> Result<()> {
@@ -1052,8 +1087,18 @@ impl LogStore for SledStorage {
                 }
             }
         }
-        *guard = Some(Arc::new(open_sled(&self.path, self.cache_bytes)?));
+        // Every reopen follows a failure, and the old handle's own flush as
+        // it went (sled's drop) may have failed unseen: its files are
+        // copied anew (see `must_rebuild`). Readers meanwhile find no
+        // handle and are told the log is reopening, rather than wait.
         drop(guard);
+        self.must_rebuild.store(false, Ordering::Release);
+        if let Err(e) = rebuild_sled(&self.path) {
+            self.must_rebuild.store(true, Ordering::Release);
+            return Err(e);
+        }
+        let opened = Arc::new(open_sled(&self.path, self.cache_bytes)?);
+        *self.sled.write().unwrap_or_else(|p| p.into_inner()) = Some(opened);
         // What sled held in memory went with the old handle; the journal
         // still holds every group made durable since the last checkpoint.
         if let Err(e) = self.replay().and_then(|_| self.reaches_acked()) {
@@ -1072,7 +1117,9 @@ impl LogStore for SledStorage {
     }
 
     fn failed(&self) -> bool {
-        self.failed.load(Ordering::Acquire)
+        // A failure noted while a sync was under way stays noted: that
+        // sync clears `failed` as it succeeds, not `must_rebuild`.
+        self.failed.load(Ordering::Acquire) || self.must_rebuild.load(Ordering::Acquire)
     }
 
     fn on_failure(&self, hook: Box<dyn Fn() + Send + Sync>) {
@@ -1269,7 +1316,7 @@ fn release(old: Sled, path: &Path) -> Result<()> {
     }
 }
 
-fn open_sled(path: &Path, cache_bytes: u64) -> Result<Sled> {
+fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db> {
     let path = path.to_path_buf();
     let locked = |e: &sled::Error| matches!(e, sled::Error::Io(io) if is_lock_error(io));
     // sled releases its file lock from a background thread a moment
@@ -1277,7 +1324,7 @@ fn open_sled(path: &Path, cache_bytes: u64) -> Result<Sled> {
     // restart of the library) may find it still held: wait for it a
     // little before calling it another process's.
     let mut waited = 0;
-    let db = loop {
+    loop {
         // sled's recovery can panic on damaged files instead of answering
         // an error: that is a damaged log, said as one, not a crash.
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -1317,7 +1364,216 @@ fn open_sled(path: &Path, cache_bytes: u64) -> Result<Sled> {
             io,
         ),
         other => Error::storage("opening the log", &path, other),
-    })?;
+    })
+}
+
+/// Copies sled's files at `path` byte for byte into `log.rebuild` beside
+/// it, makes every file of the copy durable, and puts it in `path`'s place
+/// (see `SledStorage::must_rebuild`). The copy is read through this
+/// machine's pages, which hold what this process wrote, and written as new
+/// files, so their sync covers all of it; no sled handle is open on either
+/// while it runs (so neither changes). Steps, each durable before the
+/// next: the copy; the marker `log.rebuild.complete`; `path` moved to
+/// `log.old` and the copy to `path`; the marker and `log.old` removed.
+/// [`finish_rebuild`] at open finishes a rebuild whose marker exists and
+/// removes one without it.
+fn rebuild_sled(path: &Path) -> Result<()> {
+    let (fresh, old, done) = rebuild_paths(path);
+    let io = |what: &str, p: &Path| {
+        let what = format!("{what} {} (rebuilding the log's files)", p.display());
+        move |e| Error::io(what, e)
+    };
+    // An earlier attempt cut short is finished or undone first: a copy it
+    // marked complete is put in place, never removed with the files it
+    // stands for; no marker is left for the copy made below.
+    finish_rebuild(path)?;
+    if !path.exists() {
+        return Err(io("copying", path)(std::io::Error::other(
+            "the log's files are not there; restart walship (its open says what is missing)",
+        )));
+    }
+    // sled's own lock on its data file, as an open of sled takes it: no
+    // sled (a handle of this process still letting go, or another
+    // process) changes the files while they are copied.
+    let _locked = lock_sled_files(path)?;
+    for stale in [&fresh, &old] {
+        remove_dir_if_any(stale).map_err(io("removing", stale))?;
+    }
+    // sled must not meet a full disk (see `ROOM_RESERVE`): the copy is
+    // made only with room for all of it and the reserve.
+    let need = size_under(path).map_err(io("measuring", path))? + ROOM_RESERVE;
+    let free = fs2::available_space(path).map_err(io("reading the free space of", path))?;
+    if free < need {
+        return Err(Error::DiskFull(format!(
+            "the log's files in {} are copied anew after a failed write, which needs {need} bytes free; {free} are",
+            path.display()
+        )));
+    }
+    copy_files(path, &fresh).map_err(io("copying into", &fresh))?;
+    sync_everything_under(&fresh).map_err(io("fsync of", &fresh))?;
+    let parent = path.parent().unwrap_or(Path::new("."));
+    File::create(&done)
+        .and_then(|f| f.sync_all())
+        .map_err(io("marking complete", &done))?;
+    sync_dir(parent).map_err(io("fsync of", parent))?;
+    put_in_place(path).map_err(io("putting in place", &fresh))?;
+    tracing::warn!(path = %path.display(), "a write of the log's files failed: copied them anew from what this machine holds, and made the copy durable");
+    Ok(())
+}
+
+/// sled's lock on its data file in `path`, taken as an open of sled takes
+/// it (waiting as [`open_db`] does for a handle of this process still
+/// letting go); held until the file is dropped.
+fn lock_sled_files(path: &Path) -> Result<File> {
+    use fs2::FileExt as _;
+    let db = path.join("db");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&db)
+        .map_err(|e| Error::io(format!("opening {} to lock it", db.display()), e))?;
+    for _ in 0..LOCK_WAIT_TRIES {
+        match file.try_lock_exclusive() {
+            Ok(()) => return Ok(file),
+            Err(e) if is_lock_error(&e) => {
+                std::thread::sleep(std::time::Duration::from_millis(100))
+            }
+            Err(e) => return Err(Error::io(format!("locking {}", db.display()), e)),
+        }
+    }
+    Err(Error::io(
+        format!("locking {}", db.display()),
+        std::io::Error::other(
+            "still locked by a handle of the log that did not let go, or by another walship process; its files are not copied while they are (retried)",
+        ),
+    ))
+}
+
+/// `log.rebuild`, `log.old` and the marker `log.rebuild.complete`.
+fn rebuild_paths(path: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    (
+        path.with_extension("rebuild"),
+        path.with_extension("old"),
+        path.with_extension("rebuild.complete"),
+    )
+}
+
+/// The last steps of a rebuild whose copy is complete (its marker durable):
+/// `path` (if still there) moved aside, the copy put in its place, then
+/// the marker and the old files removed.
+fn put_in_place(path: &Path) -> std::io::Result<()> {
+    let (fresh, old, done) = rebuild_paths(path);
+    let parent = path.parent().unwrap_or(Path::new("."));
+    if path.exists() {
+        remove_dir_if_any(&old)?;
+        std::fs::rename(path, &old)?;
+    }
+    std::fs::rename(&fresh, path)?;
+    sync_dir(parent)?;
+    std::fs::remove_file(&done)?;
+    sync_dir(parent)?;
+    if let Err(e) = remove_dir_if_any(&old) {
+        tracing::warn!(path = %old.display(), error = %e, "could not remove the log's old files after copying them anew; the next open removes them");
+    }
+    Ok(())
+}
+
+/// At open: a rebuild a crash cut short is finished when its copy was
+/// complete (its marker there), and undone when not.
+fn finish_rebuild(path: &Path) -> Result<()> {
+    let (fresh, old, done) = rebuild_paths(path);
+    let io = |what: &str, p: &Path| {
+        let what = format!(
+            "{what} {} (finishing a rebuild of the log's files)",
+            p.display()
+        );
+        move |e| Error::io(what, e)
+    };
+    if done.exists() && fresh.exists() {
+        return put_in_place(path).map_err(io("putting in place", &fresh));
+    }
+    if done.exists() {
+        std::fs::remove_file(&done).map_err(io("removing", &done))?;
+        let parent = path.parent().unwrap_or(Path::new("."));
+        sync_dir(parent).map_err(io("fsync of", parent))?;
+    }
+    if path.exists() {
+        remove_dir_if_any(&fresh).map_err(io("removing", &fresh))?;
+        remove_dir_if_any(&old).map_err(io("removing", &old))?;
+    }
+    Ok(())
+}
+
+/// Every file under `from` copied to the same place under `to`, read and
+/// written (never `copy_file_range`, which may share the old blocks).
+fn copy_files(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::io::{Read as _, Write as _};
+    std::fs::create_dir(to)?;
+    let mut buf = vec![0u8; 1 << 20];
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_files(&entry.path(), &dest)?;
+            continue;
+        }
+        let mut src = File::open(entry.path())?;
+        let mut dst = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&dest)?;
+        loop {
+            let n = src.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            dst.write_all(&buf[..n])?;
+        }
+    }
+    Ok(())
+}
+
+/// Bytes of every file under `dir`.
+fn size_under(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        total += if entry.file_type()?.is_dir() {
+            size_under(&entry.path())?
+        } else {
+            entry.metadata()?.len()
+        };
+    }
+    Ok(total)
+}
+
+fn remove_dir_if_any(p: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(p) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+fn sync_dir(p: &Path) -> std::io::Result<()> {
+    File::open(p)?.sync_all()
+}
+
+/// fsync of every file and directory under `dir`, and of `dir`.
+fn sync_everything_under(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            sync_everything_under(&entry.path())?;
+        } else {
+            File::open(entry.path())?.sync_all()?;
+        }
+    }
+    sync_dir(dir)
+}
+
+fn open_sled(path: &Path, cache_bytes: u64) -> Result<Sled> {
+    let db = open_db(path, cache_bytes)?;
+    let path = path.to_path_buf();
     let tree = |name: &str| {
         db.open_tree(name)
             .map_err(|e| Error::storage("opening a tree", &path, e))
@@ -2054,6 +2310,117 @@ mod tests {
                 "checkpoint between: {checkpoint_between}"
             );
         }
+    }
+
+    /// After a failed sled I/O, a sync is refused (so no checkpoint removes
+    /// the journal) until a reopen has rebuilt sled's files: new files,
+    /// written whole, holding every tree as it was.
+    #[test]
+    fn a_reopen_rebuilds_sleds_files_whole_and_a_failure_holds_the_journal_until_then() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let recs: Vec<Vec<u8>> = (0..=40).map(record_for).collect();
+        let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
+        commit(&s, &recs, 1..=10);
+        s.set_target("r1", &rec_at(7, 700)).expect("target");
+        s.set_meta("m", b"meta value").expect("meta");
+        s.set_side(Side::Versions, b"r1\0k", Some(b"v1"))
+            .expect("side");
+        s.checkpoint().expect("checkpoint");
+        commit(&s, &recs, 11..=20);
+        let inode = || {
+            std::fs::metadata(dir.path().join("log/db"))
+                .expect("db")
+                .ino()
+        };
+        let before = inode();
+
+        // What a failed sync of sled's files leaves (its flush or fdatasync
+        // failing), then a sync under way clearing `failed` as it succeeds.
+        s.must_rebuild.store(true, Ordering::Release);
+        s.note_failure();
+        s.failed.store(false, Ordering::Release);
+        assert!(s.failed(), "the failure still asks for a reopen");
+        assert!(
+            s.sync().is_err(),
+            "a sync is refused until the files are rebuilt"
+        );
+        assert!(s.checkpoint().is_err());
+        assert!(
+            !s.journal.read().expect("read").is_empty(),
+            "the journal is kept"
+        );
+
+        s.reopen().expect("reopen");
+        assert_ne!(inode(), before, "sled's data file was written anew");
+        for leftover in ["log.rebuild", "log.old", "log.rebuild.complete"] {
+            assert!(!dir.path().join(leftover).exists(), "{leftover} is gone");
+        }
+        assert_eq!(seqs(&s, 1, 40).expect("scan"), (1..=20).collect::<Vec<_>>());
+        assert_eq!(s.target("r1").expect("target"), Some(rec_at(7, 700)));
+        assert_eq!(
+            s.meta("m").expect("meta").as_deref(),
+            Some(&b"meta value"[..])
+        );
+        assert_eq!(
+            s.side(Side::Versions, b"r1\0k").expect("side").as_deref(),
+            Some(&b"v1"[..])
+        );
+        s.sync().expect("a sync is trusted again");
+        s.checkpoint().expect("checkpoint");
+        drop(s);
+        let again = SledStorage::open(dir.path(), 8 << 20).expect("reopen the copy");
+        assert_eq!(
+            seqs(&again, 1, 40).expect("scan"),
+            (1..=20).collect::<Vec<_>>()
+        );
+    }
+
+    /// A rebuild a crash cut short: a copy without its marker is removed;
+    /// a copy marked complete is put in place, whether or not the old files
+    /// were moved aside yet; old files left behind are removed.
+    #[test]
+    fn a_rebuild_cut_short_is_undone_or_finished_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let recs: Vec<Vec<u8>> = (0..=40).map(record_for).collect();
+        let log = dir.path().join("log");
+        let (fresh, old, done) = rebuild_paths(&log);
+        {
+            let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
+            commit(&s, &recs, 1..=10);
+            s.checkpoint().expect("checkpoint");
+        }
+        let reads_all = |what: &str| {
+            let s = SledStorage::open(dir.path(), 8 << 20).expect(what);
+            assert_eq!(
+                seqs(&s, 1, 40).expect("scan"),
+                (1..=10).collect::<Vec<_>>(),
+                "{what}"
+            );
+            for leftover in [&fresh, &old, &done] {
+                assert!(!leftover.exists(), "{what}: {} is gone", leftover.display());
+            }
+        };
+        // Cut during the copy: no marker.
+        std::fs::create_dir(&fresh).expect("mkdir");
+        std::fs::write(fresh.join("db"), b"half").expect("half");
+        reads_all("a copy cut short");
+        // The copy marked complete, the old files still in place.
+        crash_copy(&log, &fresh);
+        std::fs::write(&done, b"").expect("marker");
+        reads_all("a complete copy, not yet in place");
+        // The old files moved aside, the copy not yet in their place.
+        crash_copy(&log, &fresh);
+        std::fs::write(&done, b"").expect("marker");
+        std::fs::rename(&log, &old).expect("aside");
+        reads_all("a complete copy, the old files aside");
+        // Old files left behind.
+        crash_copy(&log, &old);
+        reads_all("old files left");
+        // A marker left by an attempt whose copy is gone: removed, so that
+        // the next copy is not taken as complete before it is.
+        std::fs::write(&done, b"").expect("marker");
+        reads_all("a marker without its copy");
     }
 
     /// A reopen whose replay fails leaves no sled to flush: a checkpoint
