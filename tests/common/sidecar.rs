@@ -206,6 +206,29 @@ impl Sidecar {
             .unwrap_or_else(|| panic!("no port in {}", self.base))
     }
 
+    /// Asserts that `/metrics` counts no conflict: every version met was
+    /// this sidecar's own (what re-shipping, after a crash or a reopen of
+    /// the log, must find).
+    pub async fn assert_no_conflicts(&self) {
+        let text = client()
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let detected: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("walship_conflicts_detected"))
+            .collect();
+        assert_eq!(
+            detected,
+            ["walship_conflicts_detected_total 0"],
+            "conflicts counted where every version was this sidecar's own (its records of them lost?)"
+        );
+    }
+
     /// `GET /v1/cursors`.
     pub async fn cursors(&self) -> serde_json::Value {
         client()
