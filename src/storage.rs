@@ -495,16 +495,43 @@ impl SledStorage {
         Ok(storage)
     }
 
+    /// The first and last seq handle `s` holds (see `LogStore::bounds`).
+    fn bounds_in(&self, s: &Sled) -> Result<Option<(u64, u64)>> {
+        let first = s.log.first().map_err(self.err("reading the log"))?;
+        let last = s.log.last().map_err(self.err("reading the log"))?;
+        let (Some((a, _)), Some((b, last))) = (first, last) else {
+            // A log emptied by repair keeps its head (no seq is used twice).
+            return Ok(s
+                .meta
+                .get(crate::log::HEAD_FLOOR_META)
+                .map_err(self.err("reading metadata"))?
+                .and_then(|b| Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?)))
+                .map(|h| (h + 1, h)));
+        };
+        let (first, last_frame) = (frame_seq(&a, 0)?, frame_seq(&b, 0)?);
+        let n = frame::count(&last).map_err(|e| Error::Corrupt {
+            seq: last_frame + e.index,
+            reason: e.reason,
+        })?;
+        Ok(Some((first, last_frame + n - 1)))
+    }
+
     /// Brings sled up to what the journal holds (see `journal`:
     /// [`crate::journal::View`] reads the files as one run of records,
     /// [`crate::journal::replay_plan`] decides what of it goes in).
     /// Returns the records put in.
     fn replay(&self) -> Result<u64> {
+        self.replay_into(&*self.s()?)
+    }
+
+    /// [`SledStorage::replay`] into handle `s` (a reopen's, before it is
+    /// installed for anyone else to read).
+    fn replay_into(&self, s: &Sled) -> Result<u64> {
         let files = self.journal.read()?;
         let Some(view) = crate::journal::View::of(files) else {
             return Ok(0);
         };
-        let (sled_first, sled_head) = self.bounds()?.unwrap_or((1, 0));
+        let (sled_first, sled_head) = self.bounds_in(s)?.unwrap_or((1, 0));
         // A damaged head record says nothing: the run alone decides.
         let acked = self.head.found().ok().flatten().map_or(0, |m| m.acked);
         for note in &view.notes {
@@ -524,7 +551,7 @@ impl SledStorage {
         // (sled writes its buffers when they fill) keeps both or neither.
         let mut batch = sled::Batch::default();
         if let Some(seq) = plan.trim_above {
-            self.trim_into(seq, &mut batch)?;
+            self.trim_into(s, seq, &mut batch)?;
         }
         let skip = plan.from.saturating_sub(view.first) as usize;
         let mut frames = FrameBuilder::default();
@@ -534,8 +561,7 @@ impl SledStorage {
             put += 1;
         }
         let (bytes, large) = add_frames(frames, &mut batch);
-        self.s()?
-            .log
+        s.log
             .apply_batch(batch)
             .map_err(self.err("putting the journal back into the log"))?;
         self.appended.fetch_add(bytes, Ordering::AcqRel);
@@ -589,9 +615,9 @@ impl SledStorage {
     /// batch. Returns how many.
     fn remove_in_sled_above(&self, seq: u64) -> Result<u64> {
         let mut batch = sled::Batch::default();
-        let removed = self.trim_into(seq, &mut batch)?;
-        self.s()?
-            .log
+        let s = self.s()?;
+        let removed = self.trim_into(&s, seq, &mut batch)?;
+        s.log
             .apply_batch(batch)
             .map_err(self.err("trimming the log"))?;
         Ok(removed)
@@ -600,8 +626,7 @@ impl SledStorage {
     /// Adds to `batch` what removes sled's records above `seq`: the frames
     /// past it go, a frame that runs past it keeps its records up to
     /// `seq`. Returns how many frames go, and records of the one cut.
-    fn trim_into(&self, seq: u64, batch: &mut sled::Batch) -> Result<u64> {
-        let s = self.s()?;
+    fn trim_into(&self, s: &Sled, seq: u64, batch: &mut sled::Batch) -> Result<u64> {
         let mut removed = 0;
         for kv in s.log.range(seq.saturating_add(1).to_be_bytes()..) {
             let (k, _) = kv.map_err(self.err("reading the log"))?;
@@ -650,8 +675,8 @@ impl SledStorage {
     /// After a reopen's replay: the log reaches every seq the head record
     /// says was acknowledged (a journal that could not say so leaves it
     /// short, and this process must not write on past the hole).
-    fn reaches_acked(&self) -> Result<()> {
-        let head = self.bounds()?.map_or(0, |(_, h)| h);
+    fn reaches_acked(&self, s: &Sled) -> Result<()> {
+        let head = self.bounds_in(s)?.map_or(0, |(_, h)| h);
         let acked = self.head.found().ok().flatten().map_or(0, |m| m.acked);
         if head < acked {
             return Err(Error::io(
@@ -981,21 +1006,7 @@ impl LogStore for SledStorage {
     }
 
     fn bounds(&self) -> Result<Option<(u64, u64)>> {
-        let first = self.s()?.log.first().map_err(self.err("reading the log"))?;
-        let last = self.s()?.log.last().map_err(self.err("reading the log"))?;
-        let (Some((a, _)), Some((b, last))) = (first, last) else {
-            // A log emptied by repair keeps its head (no seq is used twice).
-            return Ok(self
-                .meta(crate::log::HEAD_FLOOR_META)?
-                .and_then(|b| Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?)))
-                .map(|h| (h + 1, h)));
-        };
-        let (first, last_frame) = (frame_seq(&a, 0)?, frame_seq(&b, 0)?);
-        let n = frame::count(&last).map_err(|e| Error::Corrupt {
-            seq: last_frame + e.index,
-            reason: e.reason,
-        })?;
-        Ok(Some((first, last_frame + n - 1)))
+        self.bounds_in(&*self.s()?)
     }
 
     fn clear_log(&self) -> Result<()> {
@@ -1098,20 +1109,23 @@ impl LogStore for SledStorage {
             return Err(e);
         }
         let opened = Arc::new(open_sled(&self.path, self.cache_bytes)?);
-        *self.sled.write().unwrap_or_else(|p| p.into_inner()) = Some(opened);
         // What sled held in memory went with the old handle; the journal
         // still holds every group made durable since the last checkpoint.
-        if let Err(e) = self.replay().and_then(|_| self.reaches_acked()) {
+        // Put back before the handle is installed: a reader meanwhile
+        // (a target rewound onto the reopened log) would find entries
+        // missing that only the journal holds.
+        if let Err(e) = self
+            .replay_into(&opened)
+            .and_then(|_| self.reaches_acked(&opened))
+        {
             // A sled without what the journal holds must not be flushed
             // by a checkpoint that then removes the journal: no handle
             // until a reopen has replayed it whole. Let go of it as of
             // any other (its flush can hang on a full disk).
-            let taken = self.sled.write().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(s) = taken {
-                self.let_go(s)?;
-            }
+            self.let_go(opened)?;
             return Err(e);
         }
+        *self.sled.write().unwrap_or_else(|p| p.into_inner()) = Some(opened);
         self.failed.store(false, Ordering::Release);
         Ok(())
     }
@@ -1405,8 +1419,9 @@ fn rebuild_sled(path: &Path) -> Result<()> {
     let free = fs2::available_space(path).map_err(io("reading the free space of", path))?;
     if free < need {
         return Err(Error::DiskFull(format!(
-            "the log's files in {} are copied anew after a failed write, which needs {need} bytes free; {free} are",
-            path.display()
+            "the log's files in {} are copied anew after a failed write, which needs {need} bytes free and {free} are: free at least {} more bytes there (walship retries by itself every 500 ms)",
+            path.display(),
+            need - free
         )));
     }
     copy_files(path, &fresh).map_err(io("copying into", &fresh))?;
