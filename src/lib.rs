@@ -71,6 +71,7 @@ mod keyfit;
 mod keyindex;
 pub mod log;
 pub mod object;
+mod reopen_pace;
 pub mod storage;
 
 pub use error::{Error, Result};

@@ -241,6 +241,8 @@ pub struct CommitStats {
     pub gather_us: AtomicU64,
     /// Time spent appending and syncing, µs.
     pub flush_us: AtomicU64,
+    /// Reopens tried after failed writes, whether they worked or not.
+    pub reopen_tries: AtomicU64,
 }
 
 impl Drop for Log {
@@ -318,6 +320,7 @@ impl Log {
             next_seq: head + 1,
             last_ts,
             refusing: refusing.clone(),
+            pace: Default::default(),
         };
         let handle = std::thread::Builder::new()
             .name("walship-commit".into())
@@ -376,7 +379,7 @@ impl Log {
 
     /// Why every write is refused for now, if it is: a write failed and
     /// the log could not reopen from disk yet (a full `data_dir`, a disk
-    /// that fails its writes). It retries by itself every 500 ms.
+    /// that fails its writes). It retries by itself (see `reopen_pace`).
     pub fn refusing_writes(&self) -> Option<String> {
         if !self.refusing.on.load(Ordering::Acquire) {
             return None;
@@ -1275,6 +1278,8 @@ struct Committer {
     next_seq: u64,
     last_ts: u64,
     refusing: Arc<Refusing>,
+    /// When a failed reopen may be tried again (see `reopen_pace`).
+    pace: crate::reopen_pace::ReopenPace,
 }
 
 impl Committer {
@@ -1432,10 +1437,25 @@ impl Committer {
         Ok(())
     }
 
+    /// [`Committer::recover`], counted and paced: a failure sets when the
+    /// next try may start (see `reopen_pace`).
+    fn try_recover(&mut self) -> Result<()> {
+        self.stats.reopen_tries.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let r = self.recover();
+        match &r {
+            Ok(()) => self.pace.succeeded(),
+            Err(_) => {
+                self.pace.failed(started, std::time::Instant::now());
+            }
+        }
+        r
+    }
+
     /// A reopen asked for by a failure outside the committer: at most one
     /// every `RECOVER_EVERY`, and none once the storage is well again.
     fn recover_asked(
-        &self,
+        &mut self,
         poisoned: &mut Option<(String, bool)>,
         last: &mut Option<std::time::Instant>,
     ) {
@@ -1451,13 +1471,13 @@ impl Committer {
             std::thread::sleep(wait);
         }
         *last = Some(std::time::Instant::now());
-        match self.recover() {
+        match self.try_recover() {
             Ok(()) => tracing::info!(
                 "the log reopened from disk after a failed write outside the committer"
             ),
             Err(e) => {
                 let full = e.is_disk_full();
-                tracing::warn!(error = %e, disk_full = full, "the log failed a write and cannot reopen yet; it refuses writes and retries every 500 ms");
+                tracing::warn!(error = %e, disk_full = full, retry_in_ms = self.pace.wait(std::time::Instant::now()).as_millis() as u64, "the log failed a write and cannot reopen yet; it refuses writes and retries by itself");
                 *poisoned = Some((e.to_string(), full));
             }
         }
@@ -1631,8 +1651,8 @@ impl Committer {
                 // What the failed group left in memory (or partly on
                 // disk) goes: the log is what was made durable and
                 // answered, and the next group continues its seqs.
-                if let Err(again) = self.recover() {
-                    tracing::warn!(error = %again, "reopening the log failed; trying again with the next write");
+                if let Err(again) = self.try_recover() {
+                    tracing::warn!(error = %again, retry_in_ms = self.pace.wait(std::time::Instant::now()).as_millis() as u64, "reopening the log failed; it refuses writes and retries by itself");
                     return Some((why, full));
                 }
             }
@@ -1651,16 +1671,23 @@ impl Committer {
         let mut last_flush = std::time::Duration::ZERO;
         loop {
             self.publish_refusing(&poisoned);
-            // While the log cannot reopen, try again every 500 ms without
-            // waiting for a write (readers need it back too).
+            // While the log cannot reopen, try again as its pace allows
+            // (see `reopen_pace`) without waiting for a write (readers
+            // need it back too).
             let first = if poisoned.is_some() {
                 match rx.try_recv() {
                     Ok(Msg::Append(r)) => r,
                     Ok(Msg::Recover) => continue,
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
                     Err(mpsc::error::TryRecvError::Empty) => {
-                        std::thread::sleep(std::time::Duration::from_millis(500));
-                        match self.recover() {
+                        // Looks for writes (to refuse them at once) and a
+                        // shutdown every step until the pace allows a try.
+                        let now = std::time::Instant::now();
+                        if !self.pace.may_try(now) {
+                            std::thread::sleep(self.pace.wait(now).min(REFUSING_STEP));
+                            continue;
+                        }
+                        match self.try_recover() {
                             Ok(()) => {
                                 tracing::info!(
                                     "the log reopened from disk after a failed flush; taking writes again"
@@ -1671,7 +1698,7 @@ impl Committer {
                             Err(e) => {
                                 let e = e.to_string();
                                 if last_reopen_error.as_ref() != Some(&e) {
-                                    tracing::warn!(error = %e, "the log cannot reopen yet; retrying every 500 ms");
+                                    tracing::warn!(error = %e, retry_in_ms = self.pace.wait(std::time::Instant::now()).as_millis() as u64, "the log cannot reopen yet; it retries by itself");
                                     last_reopen_error = Some(e);
                                 }
                             }
@@ -1703,27 +1730,34 @@ impl Committer {
             }
             if let Some((why, full)) = &poisoned {
                 // Take writes again once the log reopens cleanly from disk
-                // (not again at once when it just failed to).
-                let reopened = if tried {
-                    Err(Error::LogPoisoned(why.clone()))
+                // (not again at once when it just failed to, nor before
+                // its pace allows: a failed reopen may have copied the
+                // whole log).
+                let reopened = if tried || !self.pace.may_try(std::time::Instant::now()) {
+                    None
                 } else {
-                    self.recover()
+                    Some(self.try_recover())
                 };
                 match reopened {
-                    Ok(()) => {
+                    Some(Ok(())) => {
                         tracing::info!(
                             "the log reopened from disk after a failed flush; taking writes again"
                         );
                         poisoned = None;
                     }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "the log cannot reopen yet");
-                        let full = *full || e.is_disk_full();
+                    not_now => {
+                        let e = not_now.and_then(Result::err);
+                        if let Some(e) = &e {
+                            tracing::debug!(error = %e, "the log cannot reopen yet");
+                        }
+                        let full = *full || e.as_ref().is_some_and(Error::is_disk_full);
                         for r in group.drain(..) {
                             let _ = r.reply.send(Err(match &e {
                                 // It will not reopen by itself (sled is
                                 // stuck): say so, not "retry".
-                                Error::LogPoisoned(stuck) => Error::LogPoisoned(stuck.clone()),
+                                Some(Error::LogPoisoned(stuck)) => {
+                                    Error::LogPoisoned(stuck.clone())
+                                }
                                 _ if full => Error::DiskFull(why.clone()),
                                 _ => Error::LogPoisoned(why.clone()),
                             }));
@@ -1865,6 +1899,10 @@ struct PendingIndex {
 /// Fewest time between two reopens asked for by failures outside the
 /// committer (a disk that stays full fails every write anew).
 const RECOVER_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// While writes are refused, how often the committer looks for writes
+/// to refuse between its tries to reopen.
+const REFUSING_STEP: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// How often the index thread writes the pending key index to storage.
 const INDEX_CHECKPOINT: std::time::Duration = std::time::Duration::from_millis(200);
@@ -2014,6 +2052,63 @@ mod tests {
             log.append(put("after", "x")).await.expect("append").seq,
             801
         );
+    }
+
+    /// A reopen that keeps failing after its copy of sled's files (here
+    /// sled refuses its damaged settings file, copied with the rest) is
+    /// not tried again for every refused write, which would copy the whole
+    /// log each time (see `reopen_pace`): writes are refused at once until
+    /// the pace allows a try. Once the cause is gone the log reopens by
+    /// itself and has lost nothing acknowledged.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reopen_that_keeps_failing_is_not_tried_for_every_refused_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Arc::new(SledStorage::open(dir.path(), 8 << 20).expect("open"));
+        let log = Log::open(storage.clone()).expect("log");
+        for i in 0..20 {
+            log.append(put(&format!("k{i}"), "v"))
+                .await
+                .expect("append");
+        }
+        let conf = dir.path().join("log/conf");
+        let good = std::fs::read(&conf).expect("sled's settings file");
+        std::fs::write(&conf, b"not sled's settings\n\0\0\0\0").expect("damage it");
+        storage.fail_a_write();
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while log.refusing_writes().is_none() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the reopen failed and the log refuses writes");
+        let tries = || log.stats().reopen_tries.load(Ordering::Relaxed);
+        let first = tries();
+        assert!(first >= 1, "a reopen was tried");
+        for _ in 0..20 {
+            let refused = log.append(put("refused", "v")).await;
+            assert!(refused.is_err(), "writes are refused until the log reopens");
+        }
+        assert!(
+            tries() <= first + 2,
+            "20 refused writes tried {} reopens more, each a copy of the whole log",
+            tries() - first
+        );
+
+        std::fs::write(&conf, &good).expect("mend it");
+        let back = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            loop {
+                if let Ok(a) = log.append(put("back", "v")).await {
+                    return a;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .expect("the log reopened by itself once sled's files could be opened");
+        assert_eq!(back.seq, 21, "seqs go on from the last acknowledged");
+        let batch = log.read(1, 100, usize::MAX);
+        assert!(batch.error.is_none());
+        assert_eq!(batch.entries.len(), 21, "nothing acknowledged was lost");
     }
 
     /// Offsets are recorded by the committer and by truncation; a data dir

@@ -608,7 +608,7 @@ async fn readyz(State(app): State<App>) -> Response {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(ErrorAnswer::new(format!(
-                "the log refuses writes until it reopens from disk, which it retries every 500 ms: {why}"
+                "the log refuses writes until it reopens from disk, which it retries by itself: {why}"
             ))),
         )
             .into_response();

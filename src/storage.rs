@@ -795,6 +795,15 @@ impl SledStorage {
         }
     }
 
+    /// What a failed write of sled's files leaves (as the storage test of
+    /// the rebuild makes it): its files must be copied anew before a sync
+    /// is trusted, and whoever asked is told.
+    #[cfg(test)]
+    pub(crate) fn fail_a_write(&self) {
+        self.must_rebuild.store(true, Ordering::Release);
+        self.note_failure();
+    }
+
     /// Records a failed I/O and tells whoever asked (see `failed`).
     fn note_failure(&self) {
         self.failed.store(true, Ordering::Release);
