@@ -1415,6 +1415,32 @@ fn rebuild_sled(path: &Path) -> Result<()> {
             "the log's files are not there; restart walship (its open says what is missing)",
         )));
     }
+    // sled must not meet a full disk (see `ROOM_RESERVE`): the copy is
+    // made only with room for all of it and the reserve. Checked before
+    // the lock is waited for too, so that a try on a disk still full fails
+    // at once, and is tried again soon (see `reopen_pace`), even while an
+    // old handle's flush waits for room with the lock held. A copy left
+    // by an earlier try counts as free then: it is removed under the lock.
+    let room = |stale: u64| -> Result<()> {
+        let need = size_under(path).map_err(io("measuring", path))? + ROOM_RESERVE;
+        let free =
+            fs2::available_space(path).map_err(io("reading the free space of", path))? + stale;
+        if free < need {
+            return Err(Error::DiskFull(format!(
+                "the log's files in {} are copied anew after a failed write, which needs {need} bytes free and {free} are: free at least {} more bytes there (walship retries by itself every 500 ms)",
+                path.display(),
+                need - free
+            )));
+        }
+        Ok(())
+    };
+    let mut stale_bytes = 0;
+    for stale in [&fresh, &old] {
+        if stale.exists() {
+            stale_bytes += size_under(stale).map_err(io("measuring", stale))?;
+        }
+    }
+    room(stale_bytes)?;
     // sled's own lock on its data file, as an open of sled takes it: no
     // sled (a handle of this process still letting go, or another
     // process) changes the files while they are copied.
@@ -1422,17 +1448,7 @@ fn rebuild_sled(path: &Path) -> Result<()> {
     for stale in [&fresh, &old] {
         remove_dir_if_any(stale).map_err(io("removing", stale))?;
     }
-    // sled must not meet a full disk (see `ROOM_RESERVE`): the copy is
-    // made only with room for all of it and the reserve.
-    let need = size_under(path).map_err(io("measuring", path))? + ROOM_RESERVE;
-    let free = fs2::available_space(path).map_err(io("reading the free space of", path))?;
-    if free < need {
-        return Err(Error::DiskFull(format!(
-            "the log's files in {} are copied anew after a failed write, which needs {need} bytes free and {free} are: free at least {} more bytes there (walship retries by itself every 500 ms)",
-            path.display(),
-            need - free
-        )));
-    }
+    room(0)?;
     copy_files(path, &fresh).map_err(io("copying into", &fresh))?;
     sync_everything_under(&fresh).map_err(io("fsync of", &fresh))?;
     let parent = path.parent().unwrap_or(Path::new("."));
@@ -2397,6 +2413,53 @@ mod tests {
         assert_eq!(
             seqs(&again, 1, 40).expect("scan"),
             (1..=20).collect::<Vec<_>>()
+        );
+    }
+
+    /// A rebuild checks for room before it waits for sled's lock: on a disk
+    /// still full it fails at once (and is tried again soon), even while
+    /// the lock is held (an old handle whose flush waits for room). Room is made short by a sparse file of 8 TiB among sled's files,
+    /// which a copy would need room for.
+    #[test]
+    fn a_rebuild_short_of_room_says_so_at_once_without_waiting_for_the_lock() {
+        use fs2::FileExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let recs: Vec<Vec<u8>> = (0..=10).map(record_for).collect();
+        let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
+        commit(&s, &recs, 1..=10);
+        drop(s);
+        let log = dir.path().join("log");
+        let huge = 8u64 << 40;
+        assert!(
+            fs2::available_space(&log).expect("free space") < huge,
+            "this test needs a disk with less than 8 TiB free"
+        );
+        std::fs::File::create(log.join("huge"))
+            .and_then(|f| f.set_len(huge))
+            .expect("a sparse file");
+        let db = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(log.join("db"))
+            .expect("db");
+        db.try_lock_exclusive().expect("hold sled's lock");
+        match rebuild_sled(&log) {
+            Err(e @ Error::DiskFull(_)) => assert!(
+                e.to_string().contains("free at least"),
+                "it says how much to free: {e}"
+            ),
+            other => panic!("a rebuild short of room says so before the lock: {other:?}"),
+        }
+        fs2::FileExt::unlock(&db).expect("unlock");
+        drop(db);
+
+        // With room, it copies (and takes the lock).
+        std::fs::remove_file(log.join("huge")).expect("rm");
+        rebuild_sled(&log).expect("a rebuild with room");
+        let again = SledStorage::open(dir.path(), 8 << 20).expect("open the copy");
+        assert_eq!(
+            seqs(&again, 1, 20).expect("scan"),
+            (1..=10).collect::<Vec<_>>()
         );
     }
 
