@@ -1438,13 +1438,24 @@ impl Committer {
     }
 
     /// [`Committer::recover`], counted and paced: a failure sets when the
-    /// next try may start (see `reopen_pace`).
+    /// next try may start (see `reopen_pace`). Writes are refused while it
+    /// runs, as far as readers of [`Log::refusing_writes`] can tell: they
+    /// wait for it, and are refused if it fails.
     fn try_recover(&mut self) -> Result<()> {
+        if !self.refusing.on.load(Ordering::Acquire) {
+            self.publish_refusing(&Some((
+                "a write failed and the log is reopening from disk".into(),
+                false,
+            )));
+        }
         self.stats.reopen_tries.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
         let r = self.recover();
         match &r {
-            Ok(()) => self.pace.succeeded(),
+            Ok(()) => {
+                self.pace.succeeded();
+                self.publish_refusing(&None);
+            }
             Err(_) => {
                 self.pace.failed(started, std::time::Instant::now());
             }
@@ -2052,6 +2063,49 @@ mod tests {
             log.append(put("after", "x")).await.expect("append").seq,
             801
         );
+    }
+
+    /// While the log reopens after a failed write (a copy of sled's files,
+    /// which takes a while for a log of some size), it says it refuses
+    /// writes (`/readyz` answers 503 then), and once reopened it takes
+    /// them again and says so.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_says_it_refuses_writes_while_it_reopens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Arc::new(SledStorage::open(dir.path(), 8 << 20).expect("open"));
+        let log = Log::open(storage.clone()).expect("log");
+        let value = "v".repeat(256 << 10);
+        for i in 0..128 {
+            log.append(put(&format!("k{i}"), &value))
+                .await
+                .expect("append");
+        }
+        assert_eq!(log.refusing_writes(), None);
+        storage.fail_a_write();
+        let said = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            loop {
+                if let Some(why) = log.refusing_writes() {
+                    return why;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the log says it refuses writes while it reopens");
+        assert!(said.contains("reopening"), "{said}");
+        let back = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            loop {
+                if let Ok(a) = log.append(put("back", "v")).await {
+                    return a;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the log reopened by itself");
+        assert_eq!(back.seq, 129);
+        assert_eq!(log.refusing_writes(), None, "ready again");
+        assert_eq!(log.stats().reopen_tries.load(Ordering::Relaxed), 1);
     }
 
     /// A reopen that keeps failing after its copy of sled's files (here
