@@ -2065,6 +2065,35 @@ mod tests {
         );
     }
 
+    /// Appends `key` until the log takes it (once it has reopened by
+    /// itself), for at most a minute.
+    async fn append_once_reopened(log: &Log, key: &str) -> Appended {
+        tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            loop {
+                if let Ok(a) = log.append(put(key, "v")).await {
+                    return a;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the log reopened by itself and took a write")
+    }
+
+    /// Why the log refuses writes, once it says it does (within 20 s).
+    async fn refusing(log: &Log) -> String {
+        tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            loop {
+                if let Some(why) = log.refusing_writes() {
+                    return why;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the log says it refuses writes")
+    }
+
     /// While the log reopens after a failed write (a copy of sled's files,
     /// which takes a while for a log of some size), it says it refuses
     /// writes (`/readyz` answers 503 then), and once reopened it takes
@@ -2082,27 +2111,9 @@ mod tests {
         }
         assert_eq!(log.refusing_writes(), None);
         storage.fail_a_write();
-        let said = tokio::time::timeout(std::time::Duration::from_secs(20), async {
-            loop {
-                if let Some(why) = log.refusing_writes() {
-                    return why;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
-        })
-        .await
-        .expect("the log says it refuses writes while it reopens");
+        let said = refusing(&log).await;
         assert!(said.contains("reopening"), "{said}");
-        let back = tokio::time::timeout(std::time::Duration::from_secs(60), async {
-            loop {
-                if let Ok(a) = log.append(put("back", "v")).await {
-                    return a;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        })
-        .await
-        .expect("the log reopened by itself");
+        let back = append_once_reopened(&log, "back").await;
         assert_eq!(back.seq, 129);
         assert_eq!(log.refusing_writes(), None, "ready again");
         assert_eq!(log.stats().reopen_tries.load(Ordering::Relaxed), 1);
@@ -2128,13 +2139,7 @@ mod tests {
         let good = std::fs::read(&conf).expect("sled's settings file");
         std::fs::write(&conf, b"not sled's settings\n\0\0\0\0").expect("damage it");
         storage.fail_a_write();
-        tokio::time::timeout(std::time::Duration::from_secs(30), async {
-            while log.refusing_writes().is_none() {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("the reopen failed and the log refuses writes");
+        refusing(&log).await;
         let tries = || log.stats().reopen_tries.load(Ordering::Relaxed);
         let first = tries();
         assert!(first >= 1, "a reopen was tried");
@@ -2149,16 +2154,7 @@ mod tests {
         );
 
         std::fs::write(&conf, &good).expect("mend it");
-        let back = tokio::time::timeout(std::time::Duration::from_secs(60), async {
-            loop {
-                if let Ok(a) = log.append(put("back", "v")).await {
-                    return a;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        })
-        .await
-        .expect("the log reopened by itself once sled's files could be opened");
+        let back = append_once_reopened(&log, "back").await;
         assert_eq!(back.seq, 21, "seqs go on from the last acknowledged");
         let batch = log.read(1, 100, usize::MAX);
         assert!(batch.error.is_none());
