@@ -9,10 +9,12 @@
 //!
 //! Invariant: after a failed try that took `t`, the next one starts no
 //! sooner than `max(FLOOR, COST × t)` (at most `CEILING`) after it ended.
-//! So failing tries take at most a tenth of the time, while a cheap failure
-//! (room still short, which a reopen checks before it copies anything) is
-//! tried again every `FLOOR`, and writes resume soon after room is freed.
-//! Writes that arrive before then are refused without a try.
+//! So failing tries take at most a tenth of the time. A cheap failure is
+//! tried again every `FLOOR` whatever it took: room still short, which a
+//! reopen checks before it copies anything (its time is spent waiting for
+//! the old handle to let go, not on the disk), so writes resume soon after
+//! room is freed. Writes that arrive before the next try are refused
+//! without a try of their own.
 
 use std::time::{Duration, Instant};
 
@@ -41,11 +43,15 @@ impl ReopenPace {
             .map_or(Duration::ZERO, |next| next.saturating_duration_since(now))
     }
 
-    /// A try that ran from `started` to `ended` failed: returns the rest
-    /// before the next.
-    pub(crate) fn failed(&mut self, started: Instant, ended: Instant) -> Duration {
+    /// A try that ran from `started` to `ended` failed (`cheap`: before
+    /// any work on the disk): returns the rest before the next.
+    pub(crate) fn failed(&mut self, started: Instant, ended: Instant, cheap: bool) -> Duration {
         let took = ended.saturating_duration_since(started);
-        let rest = took.saturating_mul(COST).clamp(FLOOR, CEILING);
+        let rest = if cheap {
+            FLOOR
+        } else {
+            took.saturating_mul(COST).clamp(FLOOR, CEILING)
+        };
         self.next = Some(ended + rest);
         rest
     }
@@ -61,13 +67,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cheap_failure_is_tried_again_after_the_floor() {
+    fn a_quick_failure_is_tried_again_after_the_floor() {
         let mut p = ReopenPace::default();
         let t0 = Instant::now();
         assert!(p.may_try(t0), "nothing failed yet");
         assert_eq!(p.wait(t0), Duration::ZERO);
         let ended = t0 + Duration::from_millis(2);
-        assert_eq!(p.failed(t0, ended), FLOOR);
+        assert_eq!(p.failed(t0, ended, false), FLOOR);
         assert!(!p.may_try(ended));
         assert!(!p.may_try(ended + FLOOR - Duration::from_millis(1)));
         assert!(p.may_try(ended + FLOOR));
@@ -82,20 +88,29 @@ mod tests {
         let mut p = ReopenPace::default();
         let t0 = Instant::now();
         let ended = t0 + Duration::from_secs(2);
-        assert_eq!(p.failed(t0, ended), Duration::from_secs(18));
+        assert_eq!(p.failed(t0, ended, false), Duration::from_secs(18));
         assert!(!p.may_try(ended + Duration::from_secs(17)));
         assert!(p.may_try(ended + Duration::from_secs(18)));
         let later = ended + Duration::from_secs(18);
         let ended = later + Duration::from_secs(20);
-        assert_eq!(p.failed(later, ended), CEILING);
+        assert_eq!(p.failed(later, ended, false), CEILING);
         assert!(!p.may_try(ended + CEILING - Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn a_failure_before_any_work_rests_the_floor_however_long_it_took() {
+        let mut p = ReopenPace::default();
+        let t0 = Instant::now();
+        let ended = t0 + Duration::from_secs(3);
+        assert_eq!(p.failed(t0, ended, true), FLOOR);
+        assert!(p.may_try(ended + FLOOR));
     }
 
     #[test]
     fn a_success_lifts_the_rest() {
         let mut p = ReopenPace::default();
         let t0 = Instant::now();
-        p.failed(t0, t0 + Duration::from_secs(1));
+        p.failed(t0, t0 + Duration::from_secs(1), false);
         assert!(!p.may_try(t0 + Duration::from_secs(2)));
         p.succeeded();
         assert!(p.may_try(t0 + Duration::from_secs(2)));

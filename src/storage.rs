@@ -1419,12 +1419,12 @@ fn rebuild_sled(path: &Path) -> Result<()> {
     // made only with room for all of it and the reserve. Checked before
     // the lock is waited for too, so that a try on a disk still full fails
     // at once, and is tried again soon (see `reopen_pace`), even while an
-    // old handle's flush waits for room with the lock held. A copy left
-    // by an earlier try counts as free then: it is removed under the lock.
-    let room = |stale: u64| -> Result<()> {
+    // old handle's flush waits for room with the lock held. (That handle
+    // may still change the files then: a measure that fails is left to
+    // the check under the lock.)
+    let room = || -> Result<()> {
         let need = size_under(path).map_err(io("measuring", path))? + ROOM_RESERVE;
-        let free =
-            fs2::available_space(path).map_err(io("reading the free space of", path))? + stale;
+        let free = fs2::available_space(path).map_err(io("reading the free space of", path))?;
         if free < need {
             return Err(Error::DiskFull(format!(
                 "the log's files in {} are copied anew after a failed write, which needs {need} bytes free and {free} are: free at least {} more bytes there (walship retries by itself every 500 ms)",
@@ -1434,13 +1434,9 @@ fn rebuild_sled(path: &Path) -> Result<()> {
         }
         Ok(())
     };
-    let mut stale_bytes = 0;
-    for stale in [&fresh, &old] {
-        if stale.exists() {
-            stale_bytes += size_under(stale).map_err(io("measuring", stale))?;
-        }
+    if let Err(e @ Error::DiskFull(_)) = room() {
+        return Err(e);
     }
-    room(stale_bytes)?;
     // sled's own lock on its data file, as an open of sled takes it: no
     // sled (a handle of this process still letting go, or another
     // process) changes the files while they are copied.
@@ -1448,7 +1444,7 @@ fn rebuild_sled(path: &Path) -> Result<()> {
     for stale in [&fresh, &old] {
         remove_dir_if_any(stale).map_err(io("removing", stale))?;
     }
-    room(0)?;
+    room()?;
     copy_files(path, &fresh).map_err(io("copying into", &fresh))?;
     sync_everything_under(&fresh).map_err(io("fsync of", &fresh))?;
     let parent = path.parent().unwrap_or(Path::new("."));
