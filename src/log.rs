@@ -1490,7 +1490,6 @@ impl Committer {
             self.publish_refusing(Some(REOPENING));
         }
         self.stats.reopen_tries.fetch_add(1, Ordering::Relaxed);
-        let started = std::time::Instant::now();
         let r = self.recover();
         match &r {
             Ok(()) => {
@@ -1502,9 +1501,9 @@ impl Committer {
                 );
             }
             Err(e) => {
-                // A reopen refused for room copied nothing: cheap to try.
-                let cheap = matches!(e, Error::DiskFull(_));
-                let rest = self.pace.failed(started, std::time::Instant::now(), cheap);
+                let rest = self
+                    .pace
+                    .failed(std::time::Instant::now(), self.storage.reopen_work());
                 let refusal = Refusal::of(e);
                 // Said once, and again when it turns to or from room (a
                 // reason for room names bytes that change with every try).

@@ -7,14 +7,15 @@
 //! every group of writes refused meanwhile: a disk kept busy by nothing
 //! but failures.
 //!
-//! Invariant: after a failed try that took `t`, the next one starts no
-//! sooner than `max(FLOOR, COST × t)` (at most `CEILING`) after it ended.
-//! So failing tries take at most a tenth of the time. A cheap failure is
-//! tried again every `FLOOR` whatever it took: room still short, which a
-//! reopen checks before it copies anything (its time is spent waiting for
-//! the old handle to let go, not on the disk), so writes resume soon after
-//! room is freed. Writes that arrive before the next try are refused
-//! without a try of their own.
+//! Invariant: after a failed try that worked on the disk for `w` (its copy
+//! and open of sled's files: `LogStore::reopen_work`), the next one starts
+//! no sooner than `max(FLOOR, COST × w)` (at most `CEILING`) after it
+//! ended. So failing tries keep the disk busy at most a tenth of the time.
+//! A try that did no such work (room still short, which a reopen checks
+//! before it waits for sled's lock or copies anything; a lock that did not
+//! come) is tried again every `FLOOR` however long it waited, so writes
+//! resume soon after room is freed. Writes that arrive before the next
+//! try are refused without a try of their own.
 
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 pub(crate) const FLOOR: Duration = Duration::from_millis(500);
 /// The latest: how long a reopen may wait after its cause is gone.
 pub(crate) const CEILING: Duration = Duration::from_secs(60);
-/// A failed try that took `t` is followed by at least `COST × t` of rest.
+/// A failed try that worked `w` is followed by at least `COST × w` of rest.
 pub(crate) const COST: u32 = 9;
 
 /// When the next reopen may be tried; owned by the committer.
@@ -43,15 +44,10 @@ impl ReopenPace {
             .map_or(Duration::ZERO, |next| next.saturating_duration_since(now))
     }
 
-    /// A try that ran from `started` to `ended` failed (`cheap`: before
-    /// any work on the disk): returns the rest before the next.
-    pub(crate) fn failed(&mut self, started: Instant, ended: Instant, cheap: bool) -> Duration {
-        let took = ended.saturating_duration_since(started);
-        let rest = if cheap {
-            FLOOR
-        } else {
-            took.saturating_mul(COST).clamp(FLOOR, CEILING)
-        };
+    /// A try that ended at `ended`, having worked on the disk for `work`,
+    /// failed: returns the rest before the next.
+    pub(crate) fn failed(&mut self, ended: Instant, work: Duration) -> Duration {
+        let rest = work.saturating_mul(COST).clamp(FLOOR, CEILING);
         self.next = Some(ended + rest);
         rest
     }
@@ -73,7 +69,7 @@ mod tests {
         assert!(p.may_try(t0), "nothing failed yet");
         assert_eq!(p.wait(t0), Duration::ZERO);
         let ended = t0 + Duration::from_millis(2);
-        assert_eq!(p.failed(t0, ended, false), FLOOR);
+        assert_eq!(p.failed(ended, Duration::from_millis(2)), FLOOR);
         assert!(!p.may_try(ended));
         assert!(!p.may_try(ended + FLOOR - Duration::from_millis(1)));
         assert!(p.may_try(ended + FLOOR));
@@ -84,25 +80,28 @@ mod tests {
     }
 
     #[test]
-    fn a_costly_failure_rests_nine_times_as_long_up_to_the_ceiling() {
+    fn a_costly_failure_rests_nine_times_its_work_up_to_the_ceiling() {
         let mut p = ReopenPace::default();
         let t0 = Instant::now();
         let ended = t0 + Duration::from_secs(2);
-        assert_eq!(p.failed(t0, ended, false), Duration::from_secs(18));
+        assert_eq!(
+            p.failed(ended, Duration::from_secs(2)),
+            Duration::from_secs(18)
+        );
         assert!(!p.may_try(ended + Duration::from_secs(17)));
         assert!(p.may_try(ended + Duration::from_secs(18)));
         let later = ended + Duration::from_secs(18);
         let ended = later + Duration::from_secs(20);
-        assert_eq!(p.failed(later, ended, false), CEILING);
+        assert_eq!(p.failed(ended, Duration::from_secs(20)), CEILING);
         assert!(!p.may_try(ended + CEILING - Duration::from_millis(1)));
     }
 
     #[test]
-    fn a_failure_before_any_work_rests_the_floor_however_long_it_took() {
+    fn a_failure_before_any_work_rests_the_floor_however_long_it_waited() {
         let mut p = ReopenPace::default();
         let t0 = Instant::now();
         let ended = t0 + Duration::from_secs(3);
-        assert_eq!(p.failed(t0, ended, true), FLOOR);
+        assert_eq!(p.failed(ended, Duration::ZERO), FLOOR);
         assert!(p.may_try(ended + FLOOR));
     }
 
@@ -110,7 +109,7 @@ mod tests {
     fn a_success_lifts_the_rest() {
         let mut p = ReopenPace::default();
         let t0 = Instant::now();
-        p.failed(t0, t0 + Duration::from_secs(1), false);
+        p.failed(t0 + Duration::from_secs(1), Duration::from_secs(1));
         assert!(!p.may_try(t0 + Duration::from_secs(2)));
         p.succeeded();
         assert!(p.may_try(t0 + Duration::from_secs(2)));

@@ -253,6 +253,13 @@ pub trait LogStore: Send + Sync + 'static {
             "this log storage cannot reopen itself; restart walship".into(),
         ))
     }
+    /// How long the last [`LogStore::reopen`] worked on the disk (a copy
+    /// and an open of the engine's files), not counting its waits for an
+    /// old handle or a lock: what paces a failed one (`reopen_pace`).
+    /// Default: none.
+    fn reopen_work(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
     /// Removes every record above `seq` (a tail a failed flush left
     /// behind: its writers were answered with an error). Returns how many.
     fn remove_above(&self, seq: u64) -> Result<u64> {
@@ -441,6 +448,8 @@ pub struct SledStorage {
     /// "corrupted" and the journal that held it removed). Until rebuilt,
     /// `sync` answers an error: no checkpoint removes a journal file.
     must_rebuild: AtomicBool,
+    /// [`LogStore::reopen_work`], µs.
+    reopen_work_us: AtomicU64,
     /// Replaced by each `Log::open` on this storage.
     on_failure: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
     /// Counts reopens (see `LogStorage::generation`).
@@ -448,6 +457,65 @@ pub struct SledStorage {
 }
 
 impl SledStorage {
+    /// [`LogStore::reopen`]; sets `work_from` once its work on the disk
+    /// begins (see [`LogStore::reopen_work`]).
+    fn reopen_from_disk(&self, work_from: &mut Option<std::time::Instant>) -> Result<()> {
+        if let Some(why) = self.stuck.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Err(Error::LogPoisoned(why));
+        }
+        // No checkpoint in between: sled reopened, the journal replayed.
+        let _held = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.sled.write().unwrap_or_else(|p| p.into_inner());
+        // What the old handle held in memory goes with it.
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Some(old) = guard.take() {
+            self.let_go(old)?;
+        }
+        // (This process owns the data dir: it held sled's lock until now.)
+        // A snapshot sled began on a full disk stays behind half written
+        // (`snap.*.generating`) and makes the next open fail as corrupt;
+        // it is derived data (sled rebuilds it from its log): remove it.
+        if let Ok(dir) = std::fs::read_dir(&self.path) {
+            for f in dir.flatten() {
+                let name = f.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with("snap.") && name.ends_with(".generating") {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+        }
+        // Every reopen follows a failure, and the old handle's own flush as
+        // it went (sled's drop) may have failed unseen: its files are
+        // copied anew (see `must_rebuild`). Readers meanwhile find no
+        // handle and are told the log is reopening, rather than wait.
+        drop(guard);
+        self.must_rebuild.store(false, Ordering::Release);
+        if let Err(e) = rebuild_sled(&self.path, work_from) {
+            self.must_rebuild.store(true, Ordering::Release);
+            return Err(e);
+        }
+        let opened = Arc::new(open_sled(&self.path, self.cache_bytes)?);
+        // What sled held in memory went with the old handle; the journal
+        // still holds every group made durable since the last checkpoint.
+        // Put back before the handle is installed: a reader meanwhile
+        // (a target rewound onto the reopened log) would find entries
+        // missing that only the journal holds.
+        if let Err(e) = self
+            .replay_into(&opened)
+            .and_then(|_| self.reaches_acked(&opened))
+        {
+            // A sled without what the journal holds must not be flushed
+            // by a checkpoint that then removes the journal: no handle
+            // until a reopen has replayed it whole. Let go of it as of
+            // any other (its flush can hang on a full disk).
+            self.let_go(opened)?;
+            return Err(e);
+        }
+        *self.sled.write().unwrap_or_else(|p| p.into_inner()) = Some(opened);
+        self.failed.store(false, Ordering::Release);
+        Ok(())
+    }
+
     /// Opens (or creates) the log database in `dir`, with a cache of
     /// `cache_bytes`.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<SledStorage> {
@@ -488,6 +556,7 @@ impl SledStorage {
             stuck: Mutex::new(None),
             failed: AtomicBool::new(false),
             must_rebuild: AtomicBool::new(false),
+            reopen_work_us: AtomicU64::new(0),
             on_failure: Mutex::new(None),
             generation: AtomicU64::new(0),
         };
@@ -1083,60 +1152,18 @@ impl LogStore for SledStorage {
     }
 
     fn reopen(&self) -> Result<()> {
-        if let Some(why) = self.stuck.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-            return Err(Error::LogPoisoned(why));
-        }
-        // No checkpoint in between: sled reopened, the journal replayed.
-        let _held = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
-        let mut guard = self.sled.write().unwrap_or_else(|p| p.into_inner());
-        // What the old handle held in memory goes with it.
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        if let Some(old) = guard.take() {
-            self.let_go(old)?;
-        }
-        // (This process owns the data dir: it held sled's lock until now.)
-        // A snapshot sled began on a full disk stays behind half written
-        // (`snap.*.generating`) and makes the next open fail as corrupt;
-        // it is derived data (sled rebuilds it from its log): remove it.
-        if let Ok(dir) = std::fs::read_dir(&self.path) {
-            for f in dir.flatten() {
-                let name = f.file_name();
-                let name = name.to_string_lossy();
-                if name.starts_with("snap.") && name.ends_with(".generating") {
-                    let _ = std::fs::remove_file(f.path());
-                }
-            }
-        }
-        // Every reopen follows a failure, and the old handle's own flush as
-        // it went (sled's drop) may have failed unseen: its files are
-        // copied anew (see `must_rebuild`). Readers meanwhile find no
-        // handle and are told the log is reopening, rather than wait.
-        drop(guard);
-        self.must_rebuild.store(false, Ordering::Release);
-        if let Err(e) = rebuild_sled(&self.path) {
-            self.must_rebuild.store(true, Ordering::Release);
-            return Err(e);
-        }
-        let opened = Arc::new(open_sled(&self.path, self.cache_bytes)?);
-        // What sled held in memory went with the old handle; the journal
-        // still holds every group made durable since the last checkpoint.
-        // Put back before the handle is installed: a reader meanwhile
-        // (a target rewound onto the reopened log) would find entries
-        // missing that only the journal holds.
-        if let Err(e) = self
-            .replay_into(&opened)
-            .and_then(|_| self.reaches_acked(&opened))
-        {
-            // A sled without what the journal holds must not be flushed
-            // by a checkpoint that then removes the journal: no handle
-            // until a reopen has replayed it whole. Let go of it as of
-            // any other (its flush can hang on a full disk).
-            self.let_go(opened)?;
-            return Err(e);
-        }
-        *self.sled.write().unwrap_or_else(|p| p.into_inner()) = Some(opened);
-        self.failed.store(false, Ordering::Release);
-        Ok(())
+        let mut work_from = None;
+        let r = self.reopen_from_disk(&mut work_from);
+        let work = work_from.map_or(std::time::Duration::ZERO, |t: std::time::Instant| {
+            t.elapsed()
+        });
+        self.reopen_work_us
+            .store(work.as_micros() as u64, Ordering::Release);
+        r
+    }
+
+    fn reopen_work(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.reopen_work_us.load(Ordering::Acquire))
     }
 
     fn failed(&self) -> bool {
@@ -1400,7 +1427,7 @@ fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db> {
 /// `log.old` and the copy to `path`; the marker and `log.old` removed.
 /// [`finish_rebuild`] at open finishes a rebuild whose marker exists and
 /// removes one without it.
-fn rebuild_sled(path: &Path) -> Result<()> {
+fn rebuild_sled(path: &Path, work_from: &mut Option<std::time::Instant>) -> Result<()> {
     let (fresh, old, done) = rebuild_paths(path);
     let io = |what: &str, p: &Path| {
         let what = format!("{what} {} (rebuilding the log's files)", p.display());
@@ -1441,6 +1468,7 @@ fn rebuild_sled(path: &Path) -> Result<()> {
     // sled (a handle of this process still letting go, or another
     // process) changes the files while they are copied.
     let _locked = lock_sled_files(path)?;
+    *work_from = Some(std::time::Instant::now());
     for stale in [&fresh, &old] {
         remove_dir_if_any(stale).map_err(io("removing", stale))?;
     }
@@ -2439,7 +2467,7 @@ mod tests {
             .open(log.join("db"))
             .expect("db");
         db.try_lock_exclusive().expect("hold sled's lock");
-        match rebuild_sled(&log) {
+        match rebuild_sled(&log, &mut None) {
             Err(e @ Error::DiskFull(_)) => assert!(
                 e.to_string().contains("free at least"),
                 "it says how much to free: {e}"
@@ -2451,12 +2479,54 @@ mod tests {
 
         // With room, it copies (and takes the lock).
         std::fs::remove_file(log.join("huge")).expect("rm");
-        rebuild_sled(&log).expect("a rebuild with room");
+        rebuild_sled(&log, &mut None).expect("a rebuild with room");
         let again = SledStorage::open(dir.path(), 8 << 20).expect("open the copy");
         assert_eq!(
             seqs(&again, 1, 20).expect("scan"),
             (1..=10).collect::<Vec<_>>()
         );
+    }
+
+    /// What paces a failed reopen is its work on the disk, not its waits:
+    /// a reopen that copied sled's files and then failed (sled refuses its
+    /// damaged settings file) reports that work; one that waited for
+    /// sled's lock in vain reports none, so it is tried again soon.
+    #[test]
+    fn a_reopen_reports_its_work_on_the_disk_not_its_wait_for_the_lock() {
+        use fs2::FileExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let recs: Vec<Vec<u8>> = (0..=10).map(record_for).collect();
+        let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
+        commit(&s, &recs, 1..=10);
+        let conf = dir.path().join("log/conf");
+        let good = std::fs::read(&conf).expect("sled's settings file");
+        std::fs::write(&conf, b"not sled's settings\n\0\0\0\0").expect("damage it");
+        s.fail_a_write();
+        assert!(s.reopen().is_err(), "sled refuses the damaged file");
+        assert!(
+            s.reopen_work() > std::time::Duration::ZERO,
+            "it copied sled's files"
+        );
+
+        let db = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.path().join("log/db"))
+            .expect("db");
+        db.try_lock_exclusive().expect("hold sled's lock");
+        let refused = s.reopen().expect_err("the lock does not come");
+        assert!(refused.to_string().contains("lock"), "{refused}");
+        assert_eq!(
+            s.reopen_work(),
+            std::time::Duration::ZERO,
+            "a wait for the lock is no work on the disk"
+        );
+        fs2::FileExt::unlock(&db).expect("unlock");
+        drop(db);
+
+        std::fs::write(&conf, &good).expect("mend it");
+        s.reopen().expect("reopen");
+        assert_eq!(seqs(&s, 1, 20).expect("scan"), (1..=10).collect::<Vec<_>>());
     }
 
     /// A rebuild a crash cut short: a copy without its marker is removed;
