@@ -2440,13 +2440,26 @@ mod tests {
         );
     }
 
+    /// sled's lock on the files in `log`, as a handle holds it, until the
+    /// returned file is dropped.
+    fn hold_sleds_lock(log: &Path) -> File {
+        use fs2::FileExt as _;
+        let db = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(log.join("db"))
+            .expect("db");
+        db.try_lock_exclusive().expect("hold sled's lock");
+        db
+    }
+
     /// A rebuild checks for room before it waits for sled's lock: on a disk
     /// still full it fails at once (and is tried again soon), even while
-    /// the lock is held (an old handle whose flush waits for room). Room is made short by a sparse file of 8 TiB among sled's files,
-    /// which a copy would need room for.
+    /// the lock is held (an old handle whose flush waits for room). Room is
+    /// made short by a sparse file of 8 TiB among sled's files, which a
+    /// copy would need room for.
     #[test]
     fn a_rebuild_short_of_room_says_so_at_once_without_waiting_for_the_lock() {
-        use fs2::FileExt as _;
         let dir = tempfile::tempdir().expect("tempdir");
         let recs: Vec<Vec<u8>> = (0..=10).map(record_for).collect();
         let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
@@ -2461,12 +2474,7 @@ mod tests {
         std::fs::File::create(log.join("huge"))
             .and_then(|f| f.set_len(huge))
             .expect("a sparse file");
-        let db = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(log.join("db"))
-            .expect("db");
-        db.try_lock_exclusive().expect("hold sled's lock");
+        let held = hold_sleds_lock(&log);
         match rebuild_sled(&log, &mut None) {
             Err(e @ Error::DiskFull(_)) => assert!(
                 e.to_string().contains("free at least"),
@@ -2474,8 +2482,7 @@ mod tests {
             ),
             other => panic!("a rebuild short of room says so before the lock: {other:?}"),
         }
-        fs2::FileExt::unlock(&db).expect("unlock");
-        drop(db);
+        drop(held);
 
         // With room, it copies (and takes the lock).
         std::fs::remove_file(log.join("huge")).expect("rm");
@@ -2493,7 +2500,6 @@ mod tests {
     /// sled's lock in vain reports none, so it is tried again soon.
     #[test]
     fn a_reopen_reports_its_work_on_the_disk_not_its_wait_for_the_lock() {
-        use fs2::FileExt as _;
         let dir = tempfile::tempdir().expect("tempdir");
         let recs: Vec<Vec<u8>> = (0..=10).map(record_for).collect();
         let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
@@ -2508,12 +2514,7 @@ mod tests {
             "it copied sled's files"
         );
 
-        let db = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(dir.path().join("log/db"))
-            .expect("db");
-        db.try_lock_exclusive().expect("hold sled's lock");
+        let held = hold_sleds_lock(&dir.path().join("log"));
         let refused = s.reopen().expect_err("the lock does not come");
         assert!(refused.to_string().contains("lock"), "{refused}");
         assert_eq!(
@@ -2521,8 +2522,7 @@ mod tests {
             std::time::Duration::ZERO,
             "a wait for the lock is no work on the disk"
         );
-        fs2::FileExt::unlock(&db).expect("unlock");
-        drop(db);
+        drop(held);
 
         std::fs::write(&conf, &good).expect("mend it");
         s.reopen().expect("reopen");
