@@ -2441,7 +2441,8 @@ mod tests {
     }
 
     /// sled's lock on the files in `log`, as a handle holds it, until the
-    /// returned file is dropped.
+    /// returned file is dropped (waiting, as an open does, for a handle
+    /// dropped just before whose background writes still hold it).
     fn hold_sleds_lock(log: &Path) -> File {
         use fs2::FileExt as _;
         let db = std::fs::OpenOptions::new()
@@ -2449,8 +2450,13 @@ mod tests {
             .write(true)
             .open(log.join("db"))
             .expect("db");
-        db.try_lock_exclusive().expect("hold sled's lock");
-        db
+        for _ in 0..LOCK_WAIT_TRIES {
+            if db.try_lock_exclusive().is_ok() {
+                return db;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("sled's lock did not come");
     }
 
     /// A rebuild checks for room before it waits for sled's lock: on a disk
