@@ -210,14 +210,7 @@ impl Sidecar {
     /// this sidecar's own (what re-shipping, after a crash or a reopen of
     /// the log, must find).
     pub async fn assert_no_conflicts(&self) {
-        let text = client()
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
+        let text = self.get_text("/metrics").await;
         let detected: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("walship_conflicts_detected"))
@@ -229,16 +222,27 @@ impl Sidecar {
         );
     }
 
-    /// `GET /v1/cursors`.
-    pub async fn cursors(&self) -> serde_json::Value {
+    /// The body of `GET path` (say `/metrics`) on this sidecar.
+    pub async fn get_text(&self, path: &str) -> String {
         client()
-            .get(format!("{}/v1/cursors", self.base))
+            .get(format!("{}{path}", self.base))
             .send()
             .await
-            .expect("cursors")
-            .json()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .text()
             .await
-            .expect("json")
+            .unwrap_or_else(|e| panic!("GET {path}, its body: {e}"))
+    }
+
+    /// The JSON body of `GET path` on this sidecar.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let text = self.get_text(path).await;
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {text}"))
+    }
+
+    /// `GET /v1/cursors`.
+    pub async fn cursors(&self) -> serde_json::Value {
+        self.get_json("/v1/cursors").await
     }
 
     /// The cursor of target `name`.

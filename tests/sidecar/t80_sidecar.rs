@@ -1529,14 +1529,7 @@ async fn a_failed_fsync_refuses_writes_until_the_log_reopens_and_loses_nothing_a
     disk.remount();
     let sc = Sidecar::start(&cfg, port).await;
     sc.wait_caught_up(std::time::Duration::from_secs(60)).await;
-    let log: serde_json::Value = c
-        .get(format!("{}/v1/log?from=1&limit=10000", sc.base))
-        .send()
-        .await
-        .expect("log")
-        .json()
-        .await
-        .expect("json");
+    let log = sc.get_json("/v1/log?from=1&limit=10000").await;
     let in_log: std::collections::HashMap<u64, String> = log["entries"]
         .as_array()
         .expect("entries")
