@@ -1435,6 +1435,19 @@ async fn a_full_data_dir_answers_507_and_resumes_by_itself_once_space_is_freed()
 /// acknowledged write is in the log and on every target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_fsync_refuses_writes_until_the_log_reopens_and_loses_nothing_acknowledged() {
+    a_failed_fsync(512).await;
+}
+
+/// The same with 48 KiB values, which sled keeps in files of their own
+/// (`log/blobs`) besides its main file: the reopen writes those anew too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_with_values_sled_keeps_in_files_of_their_own_loses_nothing_either() {
+    a_failed_fsync(48 << 10).await;
+}
+
+/// [`a_failed_fsync_refuses_writes_until_the_log_reopens_and_loses_nothing_acknowledged`]
+/// with values of `value_bytes` before the fault.
+async fn a_failed_fsync(value_bytes: usize) {
     // Declared first, so dropped last: the mounts go before their directory.
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path();
@@ -1467,11 +1480,20 @@ async fn a_failed_fsync_refuses_writes_until_the_log_reopens_and_loses_nothing_a
     };
     let mut acked: Vec<(String, String, u64)> = Vec::new();
     for i in 0..50 {
-        let (key, value) = (format!("before/{i}"), format!("{i:08}").repeat(64));
+        let (key, value) = (
+            format!("before/{i}"),
+            format!("{i:08}").repeat(value_bytes / 8),
+        );
         let (status, body) = put(key.clone(), value.clone()).await;
         assert_eq!(status, 200, "{body}");
         acked.push((key, value, seq_of(&body)));
     }
+    let blobs = std::fs::read_dir(data.join("log").join("blobs")).map_or(0, |d| d.count());
+    assert_eq!(
+        blobs > 0,
+        value_bytes > 8 << 10,
+        "sled keeps large values in files of their own, small ones not: {blobs} such files"
+    );
 
     // The device runs out of room: the next journal block it has not
     // written before cannot be stored.
