@@ -1117,11 +1117,22 @@ pub struct LogRow {
 
 /// Up to `limit` rows of the stored entries from `from` (used offline too).
 pub fn inspect(storage: &dyn LogStorage, from: u64, limit: usize) -> Result<Vec<LogRow>> {
+    inspect_to(storage, from, u64::MAX, limit)
+}
+
+/// [`inspect`], up to seq `to`: a running log's durable head (see
+/// `server::log_json`).
+pub fn inspect_to(
+    storage: &dyn LogStorage,
+    from: u64,
+    to: u64,
+    limit: usize,
+) -> Result<Vec<LogRow>> {
     let mut rows = Vec::new();
     if limit == 0 {
         return Ok(rows);
     }
-    storage.scan(from, u64::MAX, &mut |seq, rec| {
+    storage.scan(from, to, &mut |seq, rec| {
         rows.push(match codec::decode(seq, rec) {
             Ok(e) => LogRow {
                 seq,

@@ -24,7 +24,7 @@ pub(super) async fn log(cli: &Cli, from: &Option<u64>, limit: &usize) -> Result<
             let first = crate::storage::LogStore::bounds(&storage)?
                 .map(|(f, _)| f)
                 .unwrap_or(1);
-            crate::server::log_json(&storage, from.unwrap_or(first).max(1), *limit)?
+            crate::server::log_json(&storage, from.unwrap_or(first).max(1), *limit, u64::MAX)?
         }
         Err(err) => return Err(unreachable(&e.addr, err)),
     };
