@@ -78,20 +78,30 @@ pub(crate) fn destination(cfg: &crate::config::Config, url: &str) -> Result<Arc<
     crate::target::build_store(&t)
 }
 
-/// The point of `--as-of TIME`: the last entry appended at or before it.
-pub(crate) fn seq_as_of(storage: &dyn LogStorage, ts_ms: u64) -> Result<u64> {
-    Ok(crate::log::first_seq_since(storage, ts_ms.saturating_add(1))?.saturating_sub(1))
+/// The point of `--as-of TIME`: the last entry appended at or before it,
+/// at most `upto` (a running log's durable head; offline, `u64::MAX`).
+pub(crate) fn seq_as_of(storage: &dyn LogStorage, ts_ms: u64, upto: u64) -> Result<u64> {
+    Ok(
+        crate::log::first_seq_since(storage, ts_ms.saturating_add(1))?
+            .saturating_sub(1)
+            .min(upto),
+    )
 }
 
 /// Plans, and with `execute` carries out, a restore into `to`, reading
 /// what the log does not keep from `primary`.
+/// `upto` bounds the log read: a running log's durable head (a group in
+/// the storage but not yet durable was not acknowledged), offline
+/// `u64::MAX`.
 pub(crate) async fn restore(
     storage: Arc<dyn LogStorage>,
     primary: Arc<dyn ObjectStore>,
     to: Arc<dyn ObjectStore>,
     req: RestoreRequest,
+    upto: u64,
 ) -> Result<RestorePlan> {
     let (first, head) = storage.bounds()?.unwrap_or((1, 0));
+    let head = head.min(upto);
     if req.seq > head {
         return Err(Error::BadRequest(format!(
             "seq {} is past the log's head {head}; pick a seq or time at or before it",
@@ -113,7 +123,7 @@ pub(crate) async fn restore(
     type Versions = BTreeMap<String, Option<(u64, Option<Bytes>)>>;
     let (latest, at_point): (BTreeMap<String, crate::storage::KeyInfo>, Versions) =
         tokio::task::spawn_blocking(move || -> Result<_> {
-            let latest: BTreeMap<_, _> = crate::replicator::latest_keys(storage2.as_ref())?
+            let latest: BTreeMap<_, _> = crate::replicator::latest_keys(storage2.as_ref(), head)?
                 .into_iter()
                 .filter(|(k, _)| k.starts_with(&prefix))
                 .collect();

@@ -578,7 +578,7 @@ async fn restore(
         (Some(s), None) => s,
         (None, Some(t)) => {
             let ts = parse_time(t)?;
-            crate::restore::seq_as_of(app.rep.log().storage().as_ref(), ts)?
+            crate::restore::seq_as_of(app.rep.log().storage().as_ref(), ts, app.rep.log().head())?
         }
         (None, None) => app.rep.log().head(),
     };

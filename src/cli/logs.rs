@@ -169,9 +169,11 @@ pub(super) async fn restore(
                 std::sync::Arc::new(open_offline(&e.data_dir)?);
             let point = match (seq, as_of) {
                 (Some(s), _) => *s,
-                (None, Some(t)) => {
-                    crate::restore::seq_as_of(storage.as_ref(), crate::server::parse_time(t)?)?
-                }
+                (None, Some(t)) => crate::restore::seq_as_of(
+                    storage.as_ref(),
+                    crate::server::parse_time(t)?,
+                    u64::MAX,
+                )?,
                 (None, None) => crate::storage::LogStore::bounds(storage.as_ref())?
                     .map(|(_, h)| h)
                     .unwrap_or(0),
@@ -187,6 +189,7 @@ pub(super) async fn restore(
                     prefix: prefix.clone().unwrap_or_default(),
                     execute: *execute,
                 },
+                u64::MAX,
             )
             .await?
         }
@@ -371,7 +374,7 @@ pub(super) fn repair(e: &Endpoints, accept_loss: bool, json: bool) -> Result<(),
 async fn offline_verify(e: &Endpoints, only: Option<&str>) -> Result<VerifyReport, Failure> {
     let storage: std::sync::Arc<dyn crate::storage::LogStorage> =
         std::sync::Arc::new(open_offline(&e.data_dir)?);
-    let keys = crate::replicator::latest_keys(storage.as_ref())?;
+    let keys = crate::replicator::latest_keys(storage.as_ref(), u64::MAX)?;
     let mut targets = Vec::new();
     match &e.cfg {
         Some(cfg) => {
@@ -408,7 +411,7 @@ async fn offline_verify(e: &Endpoints, only: Option<&str>) -> Result<VerifyRepor
     let b = bar.clone();
     let progress: crate::replicator::Progress =
         std::sync::Arc::new(move |done, _| b.set_position(done));
-    let report = crate::replicator::verify(storage, &keys, &targets, progress).await?;
+    let report = crate::replicator::verify(storage, &keys, &targets, progress, u64::MAX).await?;
     bar.finish_and_clear();
     Ok(report)
 }

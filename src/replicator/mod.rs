@@ -296,6 +296,7 @@ impl Replicator {
             self.acting_primary().store.clone(),
             dest,
             req,
+            self.log.head(),
         )
         .await
     }
