@@ -864,6 +864,13 @@ impl SledStorage {
         }
     }
 
+    /// Refuses every sync from now on (or no longer), as a failed write of
+    /// sled's files does, without telling anyone (no reopen follows).
+    #[cfg(test)]
+    pub(crate) fn refuse_syncs(&self, on: bool) {
+        self.must_rebuild.store(on, Ordering::Release);
+    }
+
     /// What a failed write of sled's files leaves (as the storage test of
     /// the rebuild makes it): its files must be copied anew before a sync
     /// is trusted, and whoever asked is told.
