@@ -454,6 +454,10 @@ pub struct SledStorage {
     on_failure: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
     /// Counts reopens (see `LogStorage::generation`).
     generation: AtomicU64,
+    /// A checkpoint fails after its sync, as a failed removal of an old
+    /// journal file makes it (see `SledStorage::fail_journal_cleanup`).
+    #[cfg(test)]
+    fail_cleanup: AtomicBool,
 }
 
 impl SledStorage {
@@ -559,6 +563,8 @@ impl SledStorage {
             reopen_work_us: AtomicU64::new(0),
             on_failure: Mutex::new(None),
             generation: AtomicU64::new(0),
+            #[cfg(test)]
+            fail_cleanup: AtomicBool::new(false),
         };
         storage.replay()?;
         Ok(storage)
@@ -864,6 +870,13 @@ impl SledStorage {
         }
     }
 
+    /// Fails every checkpoint after its sync from now on (or no longer),
+    /// as a failed removal of an old journal file does.
+    #[cfg(test)]
+    pub(crate) fn fail_journal_cleanup(&self, on: bool) {
+        self.fail_cleanup.store(on, Ordering::Release);
+    }
+
     /// Refuses every sync from now on (or no longer), as a failed write of
     /// sled's files does, without telling anyone (no reopen follows).
     #[cfg(test)]
@@ -1013,6 +1026,13 @@ impl LogStore for SledStorage {
         // hold is in sled (appended there first), durable after this sync.
         self.journal.roll();
         self.sync()?;
+        #[cfg(test)]
+        if self.fail_cleanup.load(Ordering::Acquire) {
+            return Err(Error::io(
+                "removing an old journal file",
+                std::io::Error::other("a test's fault"),
+            ));
+        }
         self.journal.remove_older()
     }
 

@@ -142,18 +142,21 @@ pub struct VerifyTarget {
 /// storage but not yet durable (or whose flush failed) was not
 /// acknowledged. Offline, `u64::MAX`.
 ///
-/// The watermark is read before the index is listed: the index thread may
-/// checkpoint in between, and then the listing holds newer entries than
-/// the watermark says, which the scan from it does not undo (the higher
-/// seq of a key wins). Read after the listing, a checkpoint in between
-/// left the entries from the listing's watermark to the new one out of
-/// both.
+/// The index's watermark moves while the index is listed: up, when the
+/// index thread checkpoints (the listing then holds entries above the
+/// watermark read before), and down, when the log reopens after a failed
+/// flush (the reopened index stops at its last durable checkpoint until
+/// the log rebuilds it). So the scan starts above the lower of the
+/// watermarks read before and after the listing, and a key's higher seq
+/// wins. With one read, after the listing, a checkpoint in between left
+/// the entries between the two watermarks out of both.
 pub fn latest_keys(storage: &dyn LogStorage, upto: u64) -> Result<BTreeMap<String, KeyInfo>> {
-    let from = storage.key_index_watermark()? + 1;
+    let before = storage.key_index_watermark()?;
     let mut keys: BTreeMap<String, KeyInfo> = storage
         .keys_with_prefix("", "", usize::MAX)?
         .into_iter()
         .collect();
+    let from = before.min(storage.key_index_watermark()?) + 1;
     let head = storage.bounds()?.map(|(_, h)| h).unwrap_or(0).min(upto);
     storage.scan(from, head, &mut |seq, rec| {
         if let Ok(e) = crate::codec::decode(seq, rec) {
