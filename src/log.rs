@@ -2001,6 +2001,41 @@ fn run_indexer(
     }
 }
 
+/// A set-up shared by the tests of the answers that read the log.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::storage::{LogStore as _, PendingRecord, SledStorage};
+
+    /// A log on sled with three acknowledged writes (seqs 1–3, keys
+    /// `k0`–`k2`) and a fourth, key `unacked`, put in sled as the committer
+    /// puts a group there before its sync: in the storage, not durable,
+    /// never acknowledged.
+    pub(crate) async fn with_a_group_not_yet_durable()
+    -> (tempfile::TempDir, Arc<SledStorage>, Arc<Log>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Arc::new(SledStorage::open(dir.path(), 8 << 20).expect("open"));
+        let log = Log::open(storage.clone()).expect("log");
+        for i in 0..3 {
+            log.append(Write::put(
+                Key::parse(&format!("k{i}")).expect("key"),
+                Bytes::from_static(b"v"),
+            ))
+            .await
+            .expect("append");
+        }
+        assert_eq!(log.head(), 3);
+        let unacked = codec::encode(4, 1, Op::Put, "unacked", b"v");
+        storage
+            .append(&[PendingRecord {
+                seq: 4,
+                record: &unacked,
+            }])
+            .expect("in sled, not yet durable");
+        (dir, storage, log)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -917,26 +917,7 @@ mod tests {
     /// listed; offline, with no sidecar, what an open finds is.
     #[tokio::test]
     async fn the_log_answer_ends_at_the_durable_head() {
-        use crate::storage::{LogStore as _, PendingRecord, SledStorage};
-        let dir = tempfile::tempdir().expect("tempdir");
-        let storage = std::sync::Arc::new(SledStorage::open(dir.path(), 8 << 20).expect("open"));
-        let log = crate::log::Log::open(storage.clone()).expect("log");
-        for i in 0..3 {
-            log.append(crate::log::Write::put(
-                crate::key::Key::parse(&format!("k{i}")).expect("key"),
-                bytes::Bytes::from_static(b"v"),
-            ))
-            .await
-            .expect("append");
-        }
-        assert_eq!(log.head(), 3);
-        let unacked = crate::codec::encode(4, 1, crate::codec::Op::Put, "unacked", b"v");
-        storage
-            .append(&[PendingRecord {
-                seq: 4,
-                record: &unacked,
-            }])
-            .expect("in sled, not yet durable");
+        let (_dir, storage, log) = crate::log::testing::with_a_group_not_yet_durable().await;
         let seqs = |a: &LogAnswer| a.entries.iter().map(|e| e.row.seq).collect::<Vec<_>>();
 
         let live = log_json(storage.as_ref(), 1, 100, log.head()).expect("log");

@@ -899,18 +899,7 @@ mod tests {
     /// as the committer does before its sync.
     #[tokio::test]
     async fn restore_and_verify_stop_at_the_durable_head() {
-        use crate::storage::{LogStore as _, PendingRecord};
-        let (_dir, storage, log) = sled_log();
-        for i in 0..3 {
-            log.append(put(&format!("k{i}"))).await.expect("append");
-        }
-        let unacked = crate::codec::encode(4, 1, crate::codec::Op::Put, "unacked", b"v");
-        storage
-            .append(&[PendingRecord {
-                seq: 4,
-                record: &unacked,
-            }])
-            .expect("in sled, not yet durable");
+        let (_dir, storage, log) = crate::log::testing::with_a_group_not_yet_durable().await;
         let head = log.head();
         assert_eq!(head, 3);
 
