@@ -1941,6 +1941,12 @@ fn run_indexer(
         );
         // One checkpoint answers every ask queued so far.
         while rx.try_recv().is_ok() {}
+        // The storage the index is written to, read before the snapshot: a
+        // reopen (after a failed flush) drops what sled held in memory, an
+        // index not yet durable with it, and the log rebuilds the index on
+        // the reopened storage; a snapshot taken before would write older
+        // entries over the rebuild's.
+        let generation = storage.generation();
         // The keys and the head they cover, taken together.
         let (snapshot, last): (Vec<(String, KeyInfo)>, u64) = {
             let p = pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -1954,18 +1960,16 @@ fn run_indexer(
                 )
             }
         };
-        // The storage the index is written to: a reopen (after a failed
-        // flush) drops what sled held in memory, an index not yet durable
-        // with it.
-        let generation = storage.generation();
         let mut indexed = false;
         if last != saved {
             let keys: Vec<(&str, KeyInfo)> = snapshot
                 .iter()
                 .map(|(k, i)| (k.as_str(), i.clone()))
                 .collect();
-            match storage.index(&keys, last) {
+            match storage.index_in(generation, &keys, last) {
                 Ok(()) => indexed = true,
+                // Taken again from the keys pending at the next tick.
+                Err(Error::LogReopened) => {}
                 Err(e) => tracing::error!(error = %e, "key index checkpoint failed; retrying"),
             }
         }

@@ -275,6 +275,10 @@ pub trait StateStore: Send + Sync + 'static {
     /// every seq up to `watermark` (derived data: rebuilt from the log on
     /// open, so it needs no sync of its own).
     fn index(&self, keys: &[(&str, KeyInfo)], watermark: u64) -> Result<()>;
+    /// [`StateStore::index`], only into storage generation `generation`
+    /// (see `LogStore::generation`): `LogReopened` when the storage
+    /// reopened since, and nothing is written.
+    fn index_in(&self, generation: u64, keys: &[(&str, KeyInfo)], watermark: u64) -> Result<()>;
     /// A target's persisted record; `Damaged` when its bytes do not
     /// decode.
     fn target(&self, target: &str) -> Result<Option<TargetRecord>>;
@@ -1251,6 +1255,11 @@ impl LogStore for SledStorage {
 impl StateStore for SledStorage {
     fn index(&self, keys: &[(&str, KeyInfo)], watermark: u64) -> Result<()> {
         let r = self.s()?.keys.add(keys, watermark);
+        self.noted(r)
+    }
+
+    fn index_in(&self, generation: u64, keys: &[(&str, KeyInfo)], watermark: u64) -> Result<()> {
+        let r = self.s_in(generation)?.keys.add(keys, watermark);
         self.noted(r)
     }
 
@@ -2484,6 +2493,33 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         panic!("sled's lock did not come");
+    }
+
+    /// The index thread's snapshot of the pending keys is written only
+    /// into the storage it was taken for: after a reopen, whose rebuild of
+    /// the index is newer, it is refused and writes nothing.
+    #[test]
+    fn an_index_written_for_an_earlier_generation_is_refused_after_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let recs: Vec<Vec<u8>> = (0..=10).map(record_for).collect();
+        let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
+        commit(&s, &recs, 1..=10);
+        let before = s.generation();
+        let info = KeyInfo {
+            seq: 3,
+            op: Op::Put,
+            size: 1,
+            meta: None,
+        };
+        s.reopen().expect("reopen");
+        assert!(matches!(
+            s.index_in(before, &[("k", info.clone())], 3),
+            Err(Error::LogReopened)
+        ));
+        assert_eq!(s.key_info("k").expect("lookup"), None, "nothing written");
+        s.index_in(s.generation(), &[("k", info.clone())], 3)
+            .expect("the current generation");
+        assert_eq!(s.key_info("k").expect("lookup"), Some(info));
     }
 
     /// A rebuild checks for room before it waits for sled's lock: on a disk

@@ -956,14 +956,18 @@ mod tests {
     async fn every_key_is_listed_while_the_index_checkpoints() {
         let (_dir, storage, log) = sled_log();
         let acked = Arc::new(std::sync::Mutex::new(Vec::<(u64, String)>::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let write = |from: usize, n: usize| {
-            let (log, acked) = (log.clone(), acked.clone());
+            let (log, acked, stop) = (log.clone(), acked.clone(), stop.clone());
             async move {
                 let mut tasks = tokio::task::JoinSet::new();
                 for w in 0..16 {
-                    let (log, acked) = (log.clone(), acked.clone());
+                    let (log, acked, stop) = (log.clone(), acked.clone(), stop.clone());
                     tasks.spawn(async move {
                         for i in (from + w..from + n).step_by(16) {
+                            if stop.load(Ordering::Acquire) {
+                                return;
+                            }
                             let key = format!("key/{i:08}");
                             let a = log.append(put(&key)).await.expect("append");
                             acked.lock().expect("acked").push((a.seq, key));
@@ -996,10 +1000,10 @@ mod tests {
                 break;
             }
         }
-        // The writers stop before any assertion: a test ending with them
-        // still writing does not end.
-        writing.abort();
-        let _ = writing.await;
+        // The writers stop, each after its write under way, before any
+        // assertion.
+        stop.store(true, Ordering::Release);
+        writing.await.expect("writers");
         assert_eq!(missed, None);
     }
 }
