@@ -2265,6 +2265,15 @@ mod tests {
         }
     }
 
+    /// A storage in a new directory with seqs 1–10 committed.
+    fn ten_committed() -> (tempfile::TempDir, SledStorage) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let recs: Vec<Vec<u8>> = (0..=10).map(record_for).collect();
+        let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
+        commit(&s, &recs, 1..=10);
+        (dir, s)
+    }
+
     fn commit(s: &SledStorage, recs: &[Vec<u8>], seqs: std::ops::RangeInclusive<u64>) {
         let batch: Vec<PendingRecord<'_>> = seqs
             .clone()
@@ -2500,10 +2509,7 @@ mod tests {
     /// the index is newer, it is refused and writes nothing.
     #[test]
     fn an_index_written_for_an_earlier_generation_is_refused_after_a_reopen() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let recs: Vec<Vec<u8>> = (0..=10).map(record_for).collect();
-        let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
-        commit(&s, &recs, 1..=10);
+        let (_dir, s) = ten_committed();
         let before = s.generation();
         let info = KeyInfo {
             seq: 3,
@@ -2529,10 +2535,7 @@ mod tests {
     /// copy would need room for.
     #[test]
     fn a_rebuild_short_of_room_says_so_at_once_without_waiting_for_the_lock() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let recs: Vec<Vec<u8>> = (0..=10).map(record_for).collect();
-        let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
-        commit(&s, &recs, 1..=10);
+        let (dir, s) = ten_committed();
         drop(s);
         let log = dir.path().join("log");
         let huge = 8u64 << 40;
@@ -2569,10 +2572,7 @@ mod tests {
     /// sled's lock in vain reports none, so it is tried again soon.
     #[test]
     fn a_reopen_reports_its_work_on_the_disk_not_its_wait_for_the_lock() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let recs: Vec<Vec<u8>> = (0..=10).map(record_for).collect();
-        let s = SledStorage::open(dir.path(), 8 << 20).expect("open");
-        commit(&s, &recs, 1..=10);
+        let (dir, s) = ten_committed();
         let conf = dir.path().join("log/conf");
         let good = std::fs::read(&conf).expect("sled's settings file");
         std::fs::write(&conf, b"not sled's settings\n\0\0\0\0").expect("damage it");
